@@ -1,0 +1,80 @@
+// The content-addressed, deduplicated chunk store.
+//
+// Put hashes a chunk and stores it once; an all-zero chunk is a hole and is
+// never stored. On a dedup hit the stored bytes are compared with the new ones
+// before they are shared: a mismatch (a hash collision, or a damaged stored
+// chunk) is a Corruption error, logged loudly, and nothing is overwritten.
+// Get verifies the hash of what it read and returns Corruption rather than
+// wrong bytes.
+//
+// Thread safety: all methods may be called concurrently from any number of
+// threads. The store holds no mutable state of its own except the read cache,
+// which has its own mutex; atomicity of publication is the backend's.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "blockstore/chunk_backend.h"
+#include "blockstore/hash.h"
+#include "blockstore/status.h"
+
+namespace imgfs {
+
+inline constexpr uint32_t kMinChunkSize = 4 * 1024;
+inline constexpr uint32_t kMaxChunkSize = 4 * 1024 * 1024;
+inline constexpr uint32_t kDefaultChunkSize = 64 * 1024;  // see docs/formats.md
+
+// OK for a power of two in [4 KiB, 4 MiB]; else InvalidArgument.
+Status ValidateChunkSize(uint64_t chunk_size);
+
+class ChunkStore {
+ public:
+  // cache_bytes: size of the cache of verified chunks used by Read.
+  ChunkStore(std::shared_ptr<ChunkBackend> backend, uint32_t chunk_size,
+             size_t cache_bytes = 64u << 20);
+
+  uint32_t chunk_size() const { return chunk_size_; }
+  ChunkBackend& backend() { return *backend_; }
+  const std::shared_ptr<ChunkBackend>& shared_backend() const { return backend_; }
+
+  struct PutResult {
+    ChunkId id;
+    bool stored = false;  // true when new bytes were written (not a hole, not a dedup hit)
+  };
+  // Stores up to chunk_size() bytes. (The last chunk of an image may be short.)
+  Result<PutResult> Put(ByteView data);
+
+  // Reads chunk `id` into `out`, verifying its hash. Corruption on mismatch,
+  // NotFound when missing. The hole id yields an empty `out`.
+  Status Get(const ChunkId& id, Bytes* out);
+
+  // Reads chunk `id` into `buf` (at least chunk_size() bytes), zero-filling
+  // past the chunk's stored length; returns that length. Verified, cached.
+  Result<size_t> Read(const ChunkId& id, MutableByteView buf);
+
+  Result<bool> Exists(const ChunkId& id);
+  Status Remove(const ChunkId& id);
+  Status ListIds(const std::function<Status(const ChunkId&)>& fn);
+
+ private:
+  std::shared_ptr<ChunkBackend> backend_;  // constant after construction
+  const uint32_t chunk_size_;
+
+  // LRU cache of verified chunks, GUARDED_BY(cache_mu_).
+  std::mutex cache_mu_;
+  size_t cache_capacity_;
+  size_t cache_used_ = 0;
+  std::list<std::pair<ChunkId, std::shared_ptr<const Bytes>>> lru_;
+  std::unordered_map<ChunkId, decltype(lru_)::iterator> cache_index_;
+  std::shared_ptr<const Bytes> CacheLookup(const ChunkId& id);
+  void CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> data);
+
+ public:
+  void DropFromCache(const ChunkId& id);
+};
+
+}  // namespace imgfs

@@ -1,0 +1,156 @@
+// The disk backend: writable, thin, copy-on-write disks over images.
+//
+// A disk is named INSTANCE/DISK and is either a clone of a stored image (its
+// parent) or blank. Implementations, chosen by the store's configuration:
+//   - "local": an overlay in the store directory (DESIGN.md §4);
+//   - "mem":   in memory, for unit tests;
+//   - "rbd:POOL": an RBD clone of the image published into POOL (DESIGN.md §5).
+//
+// Semantics every implementation keeps (checked by tests/blockstore/
+// disk_conformance_test.cc):
+//   - unwritten ranges read as the parent's bytes, or zeros for holes, for a
+//     blank disk, and beyond the parent's end (or beyond any size the disk was
+//     ever shrunk to: the "parent overlap");
+//   - Resize is O(1) and only grows unless allow_shrink is set;
+//   - Discard makes the range read back as zeros and releases space where it
+//     covers whole allocation units;
+//   - after Flush returns OK, every write acknowledged before it survives a
+//     crash of the process; a crash may lose only what was not flushed;
+//   - a disk opened for writing is locked: a second Open for writing, and
+//     Remove, from this or any other process, fail with Busy ("in use").
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blockstore/chunk_backend.h"
+#include "blockstore/hash.h"
+#include "blockstore/image.h"
+#include "blockstore/names.h"
+#include "blockstore/status.h"
+
+namespace imgfs {
+
+struct Extent {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool operator==(const Extent&) const = default;
+};
+
+// File attributes the mount shows and persists (libvirt relabels disk files).
+struct DiskAttrs {
+  uint32_t mode = 0644;  // permission bits only
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+};
+
+struct DiskInfo {
+  DiskRef ref;
+  uint64_t size = 0;
+  uint64_t owned_bytes = 0;  // bytes the disk itself stores (not shared with its parent)
+  std::optional<ImageId> parent;
+  DiskAttrs attrs;
+  int64_t mtime_ns = 0;  // last modification, nanoseconds since the epoch
+  std::string location;  // backend-specific: a directory, or "rbd:pool/name"
+};
+
+enum class OpenMode : uint8_t { kReadOnly, kReadWrite };
+
+// An open disk. Thread safety: Read, Write, Discard, Flush, Resize, Allocated
+// and the async forms may all be called from many threads at once; Resize is
+// serialised against I/O internally. Destroying the handle closes it without
+// flushing (call Flush first to make writes durable).
+class Disk {
+ public:
+  using Callback = std::function<void(Status)>;
+
+  virtual ~Disk() = default;
+
+  virtual const DiskRef& ref() const = 0;
+  virtual uint64_t size() const = 0;
+  virtual bool writable() const = 0;
+
+  // Reads `buf.size()` bytes at `offset`. The range must lie within size().
+  virtual Status Read(uint64_t offset, MutableByteView buf) = 0;
+  // Writes within size() (InvalidArgument beyond it; grow with Resize first).
+  virtual Status Write(uint64_t offset, ByteView buf) = 0;
+  // The range reads back as zeros afterwards.
+  virtual Status Discard(uint64_t offset, uint64_t length) = 0;
+  // Makes every acknowledged write and the metadata durable. Errors are
+  // always returned, never dropped.
+  virtual Status Flush() = 0;
+  // O(1). A size below the current one is refused with PermissionDenied
+  // (the mount's EPERM) unless allow_shrink.
+  virtual Status Resize(uint64_t new_size, bool allow_shrink) = 0;
+  // The extents within [offset, offset+length) that hold data (written, or
+  // data of the parent); everything else reads as zeros. Used for
+  // SEEK_DATA/SEEK_HOLE. May over-report data, never under-report.
+  virtual Result<std::vector<Extent>> Allocated(uint64_t offset, uint64_t length) = 0;
+
+  // Asynchronous forms: `done` is called exactly once, possibly on another
+  // thread, possibly before the call returns. Buffers must stay valid until
+  // then. The defaults run the synchronous call inline.
+  virtual void ReadAsync(uint64_t offset, MutableByteView buf, Callback done);
+  virtual void WriteAsync(uint64_t offset, ByteView buf, Callback done);
+  virtual void DiscardAsync(uint64_t offset, uint64_t length, Callback done);
+  virtual void FlushAsync(Callback done);
+};
+
+struct DiskCreateOptions {
+  std::optional<ImageId> image;   // parent; nullopt for a blank disk
+  std::optional<uint64_t> size;   // default: the image's size; required if blank
+  DiskAttrs attrs;
+};
+
+// Thread safety: every method may be called from many threads at once.
+class DiskBackend {
+ public:
+  virtual ~DiskBackend() = default;
+
+  virtual std::string Describe() const = 0;  // "local", "mem:", "rbd:pool"
+
+  // Creates a disk. AlreadyExists if it exists; NotFound if the image does
+  // not; InvalidArgument if size is smaller than the image or missing for a
+  // blank disk. Creating the instance directory is implicit.
+  virtual Status Create(const DiskRef& ref, const DiskCreateOptions& opts) = 0;
+  virtual Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) = 0;
+  // Busy ("in use") when open for writing anywhere.
+  virtual Status Remove(const DiskRef& ref) = 0;
+  // Renames within the backend, keeping data. Busy when open for writing;
+  // AlreadyExists when `to` exists.
+  virtual Status Rename(const DiskRef& from, const DiskRef& to) = 0;
+  virtual Result<DiskInfo> Info(const DiskRef& ref) = 0;
+  // Resizes a disk that is not open (the command line's `disk resize`). Busy
+  // when it is open for writing; PermissionDenied for a refused shrink.
+  virtual Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) = 0;
+  virtual Status SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) = 0;
+
+  // Instances: directories that hold disks. An instance exists while it has
+  // disks or after CreateInstance; RemoveInstance of one with disks is NotEmpty.
+  virtual Status CreateInstance(const std::string& instance) = 0;
+  virtual Status RemoveInstance(const std::string& instance) = 0;
+  virtual Result<std::vector<std::string>> ListInstances() = 0;
+  // Disks of one instance, or of all instances when `instance` is empty.
+  virtual Result<std::vector<DiskRef>> List(const std::string& instance) = 0;
+
+  // Space for statfs.
+  virtual Result<SpaceInfo> Space() = 0;
+};
+
+}  // namespace imgfs
+
+namespace imgfs {
+
+// Builds a disk backend from its string: "local" (under
+// `store_path`/disks), "mem:", "rbd:POOL". `images` opens parent images and
+// must outlive the backend.
+Result<std::unique_ptr<DiskBackend>> CreateDiskBackend(std::string_view spec,
+                                                       const std::string& store_path,
+                                                       ImageSource* images,
+                                                       const CephOptions* ceph = nullptr);
+
+}  // namespace imgfs

@@ -1,0 +1,115 @@
+// The store: one directory holding imgfs's configuration and local state, the
+// chunk store (the deduplicated _base cache) and the disk backend.
+//
+// Layout of a store directory (docs/formats.md):
+//   imgfs.json   configuration: format version, chunk size, chunk backend,
+//                disk backend, Ceph options
+//   chunks/      the "dir" chunk backend (when chunks = dir)
+//   disks/       the "local" disk backend (when disks = local)
+//   tmp/         temporary files (conversions, imports in progress)
+//
+// Images and names are records in the chunk backend, so a store whose chunks
+// live in RADOS shares them with every host using the same pool:
+//   images/<image id>  JSON image record (size, created, last_used, ...)
+//   names/<name>       the image id the name points at
+// An image is visible once its record exists; the record is written last,
+// after its chunks and manifest, so an interrupted import is never visible.
+//
+// Thread safety: a Store may be used from many threads at once.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blockstore/chunk_backend.h"
+#include "blockstore/chunk_store.h"
+#include "blockstore/disk.h"
+#include "blockstore/image.h"
+#include "blockstore/manifest.h"
+#include "blockstore/status.h"
+
+namespace imgfs {
+
+struct StoreConfig {
+  uint32_t chunk_size = kDefaultChunkSize;
+  std::string chunks = "dir";   // "dir", "mem", "rados:POOL[/NS]"
+  std::string disks = "local";  // "local", "mem", "rbd:POOL"
+  CephOptions ceph;
+};
+
+struct ImageRecord {
+  ImageId id;
+  uint64_t size = 0;
+  uint64_t data_bytes = 0;  // bytes of non-hole chunks
+  int64_t created = 0;      // unix seconds
+  int64_t last_used = 0;    // unix seconds; disk creation and mounting count as use
+  std::vector<std::string> names;  // filled by ListImages/GetImage
+};
+
+// The store's notion of "now"; tests inject a frozen clock.
+using Clock = std::function<int64_t()>;  // unix seconds
+int64_t SystemClockNow();
+
+class Store : public ImageSource {
+ public:
+  // Creates a store at `path`, or does nothing if one with the same
+  // configuration is already there. Refuses a non-empty directory that is not
+  // a store, and an existing store with a different configuration.
+  static Status Init(const std::string& path, const StoreConfig& config);
+
+  // Opens an existing store; NotFound with "run 'imgfs init'" when missing,
+  // InvalidArgument when `path` holds something that is not a store.
+  static Result<std::unique_ptr<Store>> Open(const std::string& path, Clock clock = {});
+
+  ~Store() override;
+
+  const std::string& path() const { return path_; }
+  const StoreConfig& config() const { return config_; }
+  std::string tmp_dir() const { return path_ + "/tmp"; }
+  ChunkStore& chunks() { return *chunks_; }
+  const std::shared_ptr<ChunkStore>& shared_chunks() { return chunks_; }
+  ChunkBackend& backend() { return chunks_->backend(); }
+  DiskBackend& disks() { return *disks_; }
+  int64_t Now() const { return clock_(); }
+
+  // IMAGE is a full id, a unique id prefix of 8+ hex digits, or a name. An
+  // ambiguous prefix is InvalidArgument listing the candidates.
+  Result<ImageId> ResolveImage(std::string_view ref);
+  Result<ImageRecord> GetImage(const ImageId& id);
+  Result<std::vector<ImageRecord>> ListImages();
+
+  // Publishes an image whose chunks and manifest are already stored: writes
+  // its record (if absent) and adds `names`. Idempotent.
+  Status PublishImage(const Manifest& manifest, const ImageId& id,
+                      const std::vector<std::string>& names, bool force_names);
+  // Points `name` at `id`. AlreadyExists if it points elsewhere, unless force.
+  Status SetName(const std::string& name, const ImageId& id, bool force);
+  Status RemoveName(const std::string& name);
+  // Removes an image and its names. Busy, naming the disks, when disks use it.
+  // Its chunks are left for `imgfs gc`.
+  Status RemoveImage(const ImageId& id);
+  // Records a use of an image (disk creation, mounting) for gc's aging.
+  Status TouchImage(const ImageId& id);
+
+  // Disks whose parent is `id`.
+  Result<std::vector<DiskRef>> DisksUsing(const ImageId& id);
+
+  // ImageSource.
+  Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override;
+
+ private:
+  Store(std::string path, StoreConfig config, Clock clock);
+
+  std::string path_;
+  StoreConfig config_;
+  Clock clock_;
+  std::shared_ptr<ChunkStore> chunks_;
+  std::unique_ptr<DiskBackend> disks_;
+};
+
+}  // namespace imgfs

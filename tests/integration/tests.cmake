@@ -1,0 +1,2 @@
+# One line per integration test script in this folder.
+imgfs_shell_test(cli_basics)

@@ -1,0 +1,116 @@
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "blockstore/log.h"
+#include "blockstore/units.h"
+#include "tools/cli.h"
+
+namespace imgfs::cli {
+
+std::string StorePath(const GlobalOptions& g) {
+  if (!g.store.empty()) return g.store;
+  if (const char* env = std::getenv("IMGFS_STORE"); env && *env) return env;
+  return "/var/lib/imgfs";
+}
+
+void PrintJson(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
+
+bool ShowProgress(const GlobalOptions& g) { return !g.quiet && isatty(STDERR_FILENO); }
+
+namespace {
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+Progress::Progress(bool enabled, std::string label, uint64_t total)
+    : enabled_(enabled), label_(std::move(label)), total_(total), start_ns_(NowNs()) {}
+
+Progress::~Progress() { Finish(); }
+
+void Progress::Update(uint64_t done) {
+  if (!enabled_ || finished_) return;
+  int64_t now = NowNs();
+  if (now - last_draw_ns_ < 100'000'000 && done < total_) return;
+  last_draw_ns_ = now;
+  double secs = static_cast<double>(now - start_ns_) / 1e9;
+  double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+  int width = 30;
+  int filled = total_ ? static_cast<int>(width * std::min<double>(1.0, double(done) / total_)) : 0;
+  std::string bar(filled, '#');
+  bar.resize(width, '.');
+  std::string eta = "--";
+  if (rate > 0 && total_ >= done) {
+    int64_t left = static_cast<int64_t>(static_cast<double>(total_ - done) / rate);
+    eta = std::to_string(left / 60) + "m" + std::to_string(left % 60) + "s";
+  }
+  std::fprintf(stderr, "\r%s [%s] %s / %s  %s/s  eta %s   ", label_.c_str(), bar.c_str(),
+               FormatSizeHuman(done).c_str(), FormatSizeHuman(total_).c_str(),
+               FormatSizeHuman(static_cast<uint64_t>(rate)).c_str(), eta.c_str());
+  std::fflush(stderr);
+}
+
+void Progress::Finish() {
+  if (!enabled_ || finished_) return;
+  finished_ = true;
+  std::fprintf(stderr, "\n");
+}
+
+}  // namespace imgfs::cli
+
+int main(int argc, char** argv) {
+  using namespace imgfs::cli;
+  Cli cli;
+  cli.app.require_subcommand(1);
+  cli.app.option_defaults()->always_capture_default();
+  cli.app.add_option("--store", cli.global.store,
+                     "Store directory (default: $IMGFS_STORE, else /var/lib/imgfs)");
+  cli.app.add_flag("--json", cli.global.json, "Machine-readable output on stdout");
+  cli.app.add_flag("-v,--verbose", cli.global.verbose, "More logging on stderr (repeat for debug)");
+  cli.app.add_flag("-q,--quiet", cli.global.quiet, "Only errors on stderr");
+  cli.app.set_version_flag("--version", "imgfs 0.1");
+
+  RegisterStoreCommands(cli);
+  RegisterImageCommands(cli);
+  RegisterDiskCommands(cli);
+  RegisterMountCommand(cli);
+
+  try {
+    cli.app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return cli.app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return cli.app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return cli.app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string what = e.what();
+    std::fprintf(stderr, "imgfs: error: %s (see imgfs --help)\n", what.c_str());
+    return 2;
+  }
+  imgfs::InitLogging(cli.global.quiet ? -1 : cli.global.verbose);
+  if (!cli.action) {
+    std::fprintf(stderr, "imgfs: error: no command given (see imgfs --help)\n");
+    return 2;
+  }
+  Outcome out;
+  try {
+    out = cli.action();
+  } catch (const std::bad_alloc&) {
+    out.status = imgfs::Status::NoSpace("out of memory");
+  } catch (const std::exception& e) {
+    out.status = imgfs::Status::IOError(std::string("internal error: ") + e.what());
+  }
+  if (!out.status.ok()) {
+    std::fprintf(stderr, "imgfs: error: %s\n", out.status.message().c_str());
+    return out.exit_code ? out.exit_code : 1;
+  }
+  return out.exit_code;
+}

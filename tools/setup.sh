@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs every Debian package imgfs needs (build, runtime and tests), then
+# configures and builds. Idempotent and quiet when everything is already there.
+#   tools/setup.sh            install + build (build dir: build/)
+#   tools/setup.sh --no-build install only
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+
+build_pkgs=(cmake ninja-build g++ pkg-config
+  libfuse3-dev fuse3 librbd-dev librados-dev libxxhash-dev libspdlog-dev
+  catch2 libcli11-dev nlohmann-json3-dev qemu-utils)
+test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
+  e2fsprogs xfsprogs util-linux)
+
+missing=()
+for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[[ "${1:-}" == "--no-build" ]] && exit 0
+
+build="${IMGFS_BUILD_DIR:-$here/build}"
+if [[ ! -f "$build/build.ninja" ]]; then
+  cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    ${IMGFS_CMAKE_ARGS:-} >/dev/null
+fi
+cmake --build "$build" -- --quiet

@@ -1,0 +1,48 @@
+// Small POSIX file helpers shared by the local backends and the store.
+// Every error comes back as a Status made by Status::FromErrno with the path.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "blockstore/status.h"
+
+namespace imgfs {
+
+// Writes `data` to `path` atomically and durably: a temp file in the same
+// directory, fsync, rename over `path`, fsync of the directory. A crash
+// leaves either the old file or the new one, never a partial one.
+Status WriteFileAtomic(const std::string& path, std::string_view data);
+
+// Reads a whole file. NotFound when it does not exist.
+Result<std::string> ReadFile(const std::string& path);
+
+// fsync of a directory (makes renames and creations in it durable).
+Status FsyncDir(const std::string& dir);
+
+// mkdir -p with mode 0755. OK when it already exists as a directory.
+Status MakeDirs(const std::string& path);
+
+// A file descriptor closed on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd();
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace imgfs

@@ -1,2 +1,3 @@
 # One line per integration test script in this folder.
 imgfs_shell_test(cli_basics)
+imgfs_shell_test(ceph_cluster)

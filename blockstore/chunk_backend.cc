@@ -1,1 +1,121 @@
-// Placeholder: implemented by the chunk store / disk work.
+#include "blockstore/chunk_backend.h"
+
+#include "blockstore/backend_util.h"
+#include "blockstore/dir_backend.h"
+#include "blockstore/mem_backend.h"
+#include "blockstore/names.h"
+
+namespace imgfs {
+
+std::string_view ObjectKindName(ObjectKind kind) {
+  switch (kind) {
+    case ObjectKind::kChunk:
+      return "chunk";
+    case ObjectKind::kManifest:
+      return "manifest";
+  }
+  return "unknown";
+}
+
+Status ValidateObjectId(std::string_view id) {
+  bool ok = id.size() >= 2 && id.size() <= 64;
+  for (char c : id) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) ok = false;
+  }
+  if (!ok) {
+    return Status::InvalidArgument("invalid object id '" + std::string(id.substr(0, 70)) +
+                                   "': expected 2 to 64 lowercase hex digits");
+  }
+  return Status::OK();
+}
+
+Status ValidateRecordKey(std::string_view key) {
+  if (key.empty()) return Status::InvalidArgument("record key is empty");
+  int components = 0;
+  size_t start = 0;
+  while (true) {
+    size_t slash = key.find('/', start);
+    std::string_view part =
+        key.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
+    Status s = ValidateImageName(part);
+    if (!s.ok()) {
+      return Status::InvalidArgument("invalid record key '" + std::string(key.substr(0, 300)) +
+                                     "': " + s.message());
+    }
+    if (++components > 8) {
+      return Status::InvalidArgument("invalid record key: more than 8 components");
+    }
+    if (slash == std::string_view::npos) break;
+    start = slash + 1;
+  }
+  return Status::OK();
+}
+
+Status CheckPutCondition(std::string_view key, const std::string* current,
+                         const RecordCondition& cond) {
+  switch (cond.mode) {
+    case RecordCondition::kAny:
+      return Status::OK();
+    case RecordCondition::kAbsent:
+      if (current != nullptr) {
+        return Status::AlreadyExists("record '" + std::string(key) + "' already exists");
+      }
+      return Status::OK();
+    case RecordCondition::kEquals:
+      if (current == nullptr) {
+        return Status::Busy("record '" + std::string(key) + "' does not exist (changed meanwhile)");
+      }
+      if (*current != cond.expected) {
+        return Status::Busy("record '" + std::string(key) + "' changed meanwhile");
+      }
+      return Status::OK();
+  }
+  return Status::InvalidArgument("unknown record condition");
+}
+
+Status CheckRemoveCondition(std::string_view key, const std::string* current,
+                            const RecordCondition& cond) {
+  if (cond.mode == RecordCondition::kAbsent) {
+    return Status::InvalidArgument("removing record '" + std::string(key) +
+                                   "' on condition 'absent' makes no sense");
+  }
+  if (current == nullptr) return Status::NotFound("no record '" + std::string(key) + "'");
+  if (cond.mode == RecordCondition::kEquals && *current != cond.expected) {
+    return Status::Busy("record '" + std::string(key) + "' changed meanwhile");
+  }
+  return Status::OK();
+}
+
+void ChunkBackend::ReadAsync(ObjectKind kind, std::string_view id, MutableByteView buf,
+                             std::function<void(Result<size_t>)> done) {
+  done(Read(kind, id, buf));
+}
+
+void ChunkBackend::PutIfAbsentAsync(ObjectKind kind, std::string_view id, ByteView data,
+                                    std::function<void(Status)> done) {
+  done(PutIfAbsent(kind, id, data));
+}
+
+Result<std::shared_ptr<ChunkBackend>> CreateChunkBackend(std::string_view spec,
+                                                         const CephOptions* ceph) {
+  (void)ceph;
+  size_t colon = spec.find(':');
+  std::string_view kind = spec.substr(0, colon);
+  std::string_view arg =
+      colon == std::string_view::npos ? std::string_view() : spec.substr(colon + 1);
+  if (colon != std::string_view::npos && kind == "dir") {
+    if (arg.empty()) return Status::InvalidArgument("chunk backend 'dir:' needs a path");
+    ASSIGN_OR_RETURN(auto dir, DirChunkBackend::Open(std::string(arg)));
+    return std::shared_ptr<ChunkBackend>(std::move(dir));
+  }
+  if (colon != std::string_view::npos && kind == "mem") {
+    return std::shared_ptr<ChunkBackend>(MemChunkBackend::Get(std::string(arg)));
+  }
+  if (colon != std::string_view::npos && kind == "rados") {
+    return Status::NotSupported("chunk backend 'rados:' is not built yet");
+  }
+  return Status::InvalidArgument("unknown chunk backend '" + std::string(spec.substr(0, 200)) +
+                                 "': expected dir:PATH, mem: or rados:POOL[/NS]");
+}
+
+}  // namespace imgfs

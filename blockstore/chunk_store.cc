@@ -1,1 +1,165 @@
-// Placeholder: implemented by the chunk store / disk work.
+#include "blockstore/chunk_store.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+namespace imgfs {
+
+Status ValidateChunkSize(uint64_t chunk_size) {
+  if (chunk_size < kMinChunkSize || chunk_size > kMaxChunkSize ||
+      (chunk_size & (chunk_size - 1)) != 0) {
+    return Status::InvalidArgument("invalid chunk size " + std::to_string(chunk_size) +
+                                   ": must be a power of two from 4K to 4M");
+  }
+  return Status::OK();
+}
+
+ChunkStore::ChunkStore(std::shared_ptr<ChunkBackend> backend, uint32_t chunk_size,
+                       size_t cache_bytes)
+    : backend_(std::move(backend)), chunk_size_(chunk_size), cache_capacity_(cache_bytes) {}
+
+Result<ChunkStore::PutResult> ChunkStore::Put(ByteView data) {
+  if (data.size() > chunk_size_) {
+    return Status::InvalidArgument("chunk of " + std::to_string(data.size()) +
+                                   " bytes is larger than the chunk size " +
+                                   std::to_string(chunk_size_));
+  }
+  if (IsAllZero(data)) return PutResult{ChunkId::Hole(), false};
+  ChunkId id = Hash128(data);
+  std::string hex = id.Hex();
+  Status s = backend_->PutIfAbsent(ObjectKind::kChunk, hex, data);
+  if (s.ok()) return PutResult{id, true};
+  if (!s.IsAlreadyExists()) return s.WithContext("store chunk " + hex);
+  Bytes stored;
+  RETURN_IF_ERROR(backend_->Get(ObjectKind::kChunk, hex, &stored).WithContext("read chunk " + hex));
+  if (stored.size() != data.size() || std::memcmp(stored.data(), data.data(), data.size()) != 0) {
+    bool damaged = Hash128(stored) != id;
+    spdlog::error(
+        "chunk {}: the stored chunk differs from new data with the same hash ({}); nothing was "
+        "overwritten, the new data was not stored",
+        hex, damaged ? "the stored chunk is damaged" : "an XXH3-128 collision");
+    return Status::Corruption("chunk " + hex +
+                              ": stored bytes differ from new bytes with the same id (" +
+                              (damaged ? "stored chunk damaged" : "hash collision") + ")");
+  }
+  return PutResult{id, false};
+}
+
+Status ChunkStore::Get(const ChunkId& id, Bytes* out) {
+  out->clear();
+  if (id.IsHole()) return Status::OK();
+  std::string hex = id.Hex();
+  if (auto cached = CacheLookup(id)) {
+    out->assign(cached->begin(), cached->end());
+    return Status::OK();
+  }
+  Status s = backend_->Get(ObjectKind::kChunk, hex, out);
+  if (!s.ok()) {
+    out->clear();
+    return s;
+  }
+  if (out->size() > chunk_size_ || Hash128(*out) != id) {
+    out->clear();
+    spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
+    return Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id");
+  }
+  return Status::OK();
+}
+
+Result<size_t> ChunkStore::Read(const ChunkId& id, MutableByteView buf) {
+  if (buf.size() < chunk_size_) {
+    return Status::InvalidArgument("read buffer of " + std::to_string(buf.size()) +
+                                   " bytes is smaller than the chunk size");
+  }
+  if (id.IsHole()) {
+    std::memset(buf.data(), 0, buf.size());
+    return size_t{0};
+  }
+  size_t n;
+  if (auto cached = CacheLookup(id)) {
+    n = cached->size();
+    std::memcpy(buf.data(), cached->data(), n);
+  } else {
+    std::string hex = id.Hex();
+    auto r = backend_->Read(ObjectKind::kChunk, hex, buf.first(chunk_size_));
+    if (!r.ok()) {
+      if (r.status().IsInvalidArgument()) {
+        spdlog::error("chunk {} is damaged: larger than the chunk size", hex);
+        return Status::Corruption("chunk " + hex + " is damaged: larger than the chunk size");
+      }
+      return r.status();
+    }
+    n = *r;
+    if (Hash128(buf.first(n)) != id) {
+      std::memset(buf.data(), 0, buf.size());
+      spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
+      return Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id");
+    }
+    if (cache_capacity_ > 0) {
+      CacheInsert(id, std::make_shared<const Bytes>(buf.begin(), buf.begin() + n));
+    }
+  }
+  if (n < buf.size()) std::memset(buf.data() + n, 0, buf.size() - n);
+  return n;
+}
+
+Result<bool> ChunkStore::Exists(const ChunkId& id) {
+  if (id.IsHole()) return true;
+  return backend_->Exists(ObjectKind::kChunk, id.Hex());
+}
+
+Status ChunkStore::Remove(const ChunkId& id) {
+  if (id.IsHole()) return Status::InvalidArgument("the hole chunk cannot be removed");
+  DropFromCache(id);
+  Status s = backend_->Remove(ObjectKind::kChunk, id.Hex());
+  DropFromCache(id);
+  return s;
+}
+
+Status ChunkStore::ListIds(const std::function<Status(const ChunkId&)>& fn) {
+  return backend_->List(ObjectKind::kChunk, [&](std::string_view hex) -> Status {
+    auto id = ChunkId::FromHex(hex);
+    if (!id.ok()) {
+      spdlog::warn("chunk store {}: ignoring object with a malformed id '{}'", backend_->Describe(),
+                   hex);
+      return Status::OK();
+    }
+    return fn(*id);
+  });
+}
+
+std::shared_ptr<const Bytes> ChunkStore::CacheLookup(const ChunkId& id) {
+  std::lock_guard lock(cache_mu_);
+  auto it = cache_index_.find(id);
+  if (it == cache_index_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+void ChunkStore::CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> data) {
+  size_t size = data->size();
+  if (size > cache_capacity_) return;
+  std::lock_guard lock(cache_mu_);
+  if (cache_index_.count(id) != 0) return;
+  lru_.emplace_front(id, std::move(data));
+  cache_index_[id] = lru_.begin();
+  cache_used_ += size;
+  while (cache_used_ > cache_capacity_ && !lru_.empty()) {
+    auto& last = lru_.back();
+    cache_used_ -= last.second->size();
+    cache_index_.erase(last.first);
+    lru_.pop_back();
+  }
+}
+
+void ChunkStore::DropFromCache(const ChunkId& id) {
+  std::lock_guard lock(cache_mu_);
+  auto it = cache_index_.find(id);
+  if (it == cache_index_.end()) return;
+  cache_used_ -= it->second->second->size();
+  lru_.erase(it->second);
+  cache_index_.erase(it);
+}
+
+}  // namespace imgfs

@@ -1,1 +1,472 @@
-// Placeholder: implemented by the chunk store / disk work.
+#include "blockstore/dir_backend.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "blockstore/backend_util.h"
+
+namespace imgfs {
+namespace {
+
+constexpr char kFormatLine[] = "imgfs-dir-backend 1\n";
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+std::string ParentOf(const std::string& path) { return path.substr(0, path.rfind('/')); }
+
+Status FsyncDir(const std::string& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) return Status::FromErrno(errno, "open directory " + dir);
+  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync directory " + dir);
+  return Status::OK();
+}
+
+// mkdir that accepts an existing directory; fsyncs the parent when it created one.
+Status MakeDir(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0755) == 0) return FsyncDir(ParentOf(dir));
+  if (errno != EEXIST) return Status::FromErrno(errno, "mkdir " + dir);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + dir);
+  if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(dir + " exists and is not a directory");
+  return Status::OK();
+}
+
+Status WriteAll(int fd, ByteView data, const std::string& what) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + what);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::OK();
+}
+
+Result<size_t> ReadAll(int fd, MutableByteView buf, const std::string& what) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + what);
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+Status ObjectMissing(ObjectKind kind, std::string_view id) {
+  return Status::NotFound(std::string(ObjectKindName(kind)) + " " + std::string(id) + " not found");
+}
+
+// Lists a directory's entries except "." and "..", with whether each is a directory.
+Status ListDir(const std::string& dir, std::vector<std::pair<std::string, bool>>* out,
+               bool* exists) {
+  out->clear();
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      *exists = false;
+      return Status::OK();
+    }
+    return Status::FromErrno(errno, "opendir " + dir);
+  }
+  *exists = true;
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name == "." || name == "..") continue;
+    bool is_dir = e->d_type == DT_DIR;
+    if (e->d_type == DT_UNKNOWN) {
+      struct stat st;
+      is_dir =
+          ::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+    }
+    out->emplace_back(std::string(name), is_dir);
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(d);
+  if (err != 0) return Status::FromErrno(err, "readdir " + dir);
+  return Status::OK();
+}
+
+class FlockGuard {
+ public:
+  explicit FlockGuard(int fd) : fd_(fd) {}
+  Status Lock() {
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno != EINTR) return Status::FromErrno(errno, "flock records.lock");
+    }
+    locked_ = true;
+    return Status::OK();
+  }
+  ~FlockGuard() {
+    if (locked_) ::flock(fd_, LOCK_UN);
+  }
+
+ private:
+  int fd_;
+  bool locked_ = false;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string& root_in) {
+  std::string root = root_in;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  if (root.empty()) return Status::InvalidArgument("dir chunk backend: empty path");
+  if (::mkdir(root.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status::FromErrno(errno, "create chunk directory " + root);
+  }
+  std::string format_path = root + "/FORMAT";
+  Fd format_fd(::open(format_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (format_fd.get() >= 0) {
+    char buf[64] = {};
+    ASSIGN_OR_RETURN(
+        size_t n,
+        ReadAll(format_fd.get(), MutableByteView(reinterpret_cast<uint8_t*>(buf), sizeof buf - 1),
+                format_path));
+    if (std::string_view(buf, n) != kFormatLine) {
+      return Status::InvalidArgument(root + " has an unknown chunk directory format: '" +
+                                     std::string(buf, n > 0 && buf[n - 1] == '\n' ? n - 1 : n) +
+                                     "'");
+    }
+  } else if (errno == ENOENT) {
+    std::vector<std::pair<std::string, bool>> entries;
+    bool exists = false;
+    RETURN_IF_ERROR(ListDir(root, &entries, &exists));
+    if (!exists) return Status::InvalidArgument(root + " is not a directory");
+    for (const auto& [name, is_dir] : entries) {
+      if (name != "objects" && name != "records" && name != "tmp" && name != "records.lock") {
+        return Status::InvalidArgument(root + " is not empty and is not an imgfs chunk directory");
+      }
+    }
+  } else {
+    return Status::FromErrno(errno, "open " + format_path);
+  }
+  RETURN_IF_ERROR(MakeDir(root + "/objects"));
+  RETURN_IF_ERROR(MakeDir(root + "/objects/chunk"));
+  RETURN_IF_ERROR(MakeDir(root + "/objects/manifest"));
+  RETURN_IF_ERROR(MakeDir(root + "/records"));
+  RETURN_IF_ERROR(MakeDir(root + "/tmp"));
+  std::string lock_path = root + "/records.lock";
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) return Status::FromErrno(errno, "open " + lock_path);
+  std::shared_ptr<DirChunkBackend> backend(new DirChunkBackend(root, lock_fd));
+  if (format_fd.get() < 0) {
+    std::string tmp;
+    RETURN_IF_ERROR(backend->WriteTemp(
+        ByteView(reinterpret_cast<const uint8_t*>(kFormatLine), sizeof kFormatLine - 1), &tmp));
+    RETURN_IF_ERROR(backend->Publish(tmp, format_path, /*replace=*/true));
+  }
+  auto cleaned = backend->CleanTemp(kStaleTempAge);
+  if (!cleaned.ok()) return cleaned.status();
+  return backend;
+}
+
+DirChunkBackend::DirChunkBackend(std::string root, int lock_fd)
+    : root_(std::move(root)), lock_fd_(lock_fd) {}
+
+DirChunkBackend::~DirChunkBackend() { ::close(lock_fd_); }
+
+std::string DirChunkBackend::ObjectPath(ObjectKind kind, std::string_view id) const {
+  std::string path = root_;
+  path += "/objects/";
+  path += ObjectKindName(kind);
+  path += '/';
+  path += id.substr(0, 2);
+  path += '/';
+  path += id;
+  return path;
+}
+
+Status DirChunkBackend::WriteTemp(ByteView data, std::string* path) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char name[96];
+  std::snprintf(name, sizeof name, "/tmp/%d.%llu.%016llx.tmp", static_cast<int>(::getpid()),
+                static_cast<unsigned long long>(temp_seq_.fetch_add(1)),
+                static_cast<unsigned long long>(rng()));
+  *path = root_ + name;
+  Fd fd(::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return Status::FromErrno(errno, "create temp file " + *path);
+  Status s = WriteAll(fd.get(), data, *path);
+  if (s.ok() && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + *path);
+  if (s.ok() && ::close(fd.release()) != 0) s = Status::FromErrno(errno, "close " + *path);
+  if (!s.ok()) ::unlink(path->c_str());
+  return s;
+}
+
+Status DirChunkBackend::Publish(const std::string& tmp, const std::string& dest, bool replace) {
+  std::string parent = ParentOf(dest);
+  for (int attempt = 0;; ++attempt) {
+    int rc;
+    if (replace) {
+      rc = ::rename(tmp.c_str(), dest.c_str());
+    } else {
+      rc = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE);
+      if (rc != 0 && (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP)) {
+        rc = ::link(tmp.c_str(), dest.c_str());
+        if (rc == 0) ::unlink(tmp.c_str());
+      }
+    }
+    if (rc == 0) break;
+    int err = errno;
+    if (err == ENOENT && attempt == 0) {
+      Status s = MakeDir(parent);
+      if (!s.ok()) {
+        ::unlink(tmp.c_str());
+        return s;
+      }
+      continue;
+    }
+    ::unlink(tmp.c_str());
+    if (err == EEXIST && !replace) return Status::AlreadyExists(dest + " already exists");
+    if (err == EISDIR || err == ENOTDIR) {
+      return Status::InvalidArgument(dest + " conflicts with an existing directory or file");
+    }
+    return Status::FromErrno(err, "publish " + dest);
+  }
+  return FsyncDir(parent);
+}
+
+Status DirChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  std::string dest = ObjectPath(kind, id);
+  if (::access(dest.c_str(), F_OK) == 0) {
+    return Status::AlreadyExists(std::string(ObjectKindName(kind)) + " " + std::string(id) +
+                                 " already exists");
+  }
+  std::string tmp;
+  RETURN_IF_ERROR(WriteTemp(data, &tmp));
+  Status s = Publish(tmp, dest, /*replace=*/false);
+  if (s.IsAlreadyExists()) {
+    return Status::AlreadyExists(std::string(ObjectKindName(kind)) + " " + std::string(id) +
+                                 " already exists");
+  }
+  return s;
+}
+
+Status DirChunkBackend::Get(ObjectKind kind, std::string_view id, Bytes* out) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  std::string path = ObjectPath(kind, id);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return ObjectMissing(kind, id);
+    return Status::FromErrno(errno, "open " + path);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  out->resize(static_cast<size_t>(st.st_size));
+  ASSIGN_OR_RETURN(size_t n, ReadAll(fd.get(), MutableByteView(*out), path));
+  if (n != out->size()) {
+    return Status::Corruption(std::string(ObjectKindName(kind)) + " " + std::string(id) +
+                              " changed size while being read");
+  }
+  return Status::OK();
+}
+
+Result<size_t> DirChunkBackend::Read(ObjectKind kind, std::string_view id, MutableByteView buf) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  std::string path = ObjectPath(kind, id);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return ObjectMissing(kind, id);
+    return Status::FromErrno(errno, "open " + path);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  size_t size = static_cast<size_t>(st.st_size);
+  if (size > buf.size()) {
+    return Status::InvalidArgument(std::string(ObjectKindName(kind)) + " " + std::string(id) +
+                                   " is " + std::to_string(size) +
+                                   " bytes, more than the buffer's " + std::to_string(buf.size()));
+  }
+  ASSIGN_OR_RETURN(size_t n, ReadAll(fd.get(), buf.first(size), path));
+  if (n != size) {
+    return Status::Corruption(std::string(ObjectKindName(kind)) + " " + std::string(id) +
+                              " changed size while being read");
+  }
+  return n;
+}
+
+Result<bool> DirChunkBackend::Exists(ObjectKind kind, std::string_view id) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  std::string path = ObjectPath(kind, id);
+  if (::access(path.c_str(), F_OK) == 0) return true;
+  if (errno == ENOENT) return false;
+  return Status::FromErrno(errno, "access " + path);
+}
+
+Status DirChunkBackend::Remove(ObjectKind kind, std::string_view id) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  std::string path = ObjectPath(kind, id);
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return ObjectMissing(kind, id);
+    return Status::FromErrno(errno, "remove " + path);
+  }
+  return FsyncDir(ParentOf(path));
+}
+
+Status DirChunkBackend::List(ObjectKind kind,
+                             const std::function<Status(std::string_view id)>& fn) {
+  std::string base = root_ + "/objects/" + std::string(ObjectKindName(kind));
+  std::vector<std::pair<std::string, bool>> shards, entries;
+  bool exists = false;
+  RETURN_IF_ERROR(ListDir(base, &shards, &exists));
+  for (const auto& [shard, is_dir] : shards) {
+    if (!is_dir || shard.size() != 2 || !ValidateObjectId(shard).ok()) continue;
+    RETURN_IF_ERROR(ListDir(base + "/" + shard, &entries, &exists));
+    for (const auto& [name, sub_is_dir] : entries) {
+      if (sub_is_dir || name.compare(0, 2, shard) != 0 || !ValidateObjectId(name).ok()) continue;
+      RETURN_IF_ERROR(fn(name));
+    }
+  }
+  return Status::OK();
+}
+
+Status DirChunkBackend::ReadRecordFile(const std::string& path, std::string* value, bool* found) {
+  *found = false;
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return Status::OK();
+    return Status::FromErrno(errno, "open " + path);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  if (!S_ISREG(st.st_mode)) return Status::OK();
+  value->resize(static_cast<size_t>(st.st_size));
+  ASSIGN_OR_RETURN(
+      size_t n,
+      ReadAll(fd.get(), MutableByteView(reinterpret_cast<uint8_t*>(value->data()), value->size()),
+              path));
+  value->resize(n);
+  *found = true;
+  return Status::OK();
+}
+
+Status DirChunkBackend::GetRecord(std::string_view key, std::string* value) {
+  RETURN_IF_ERROR(ValidateRecordKey(key));
+  bool found = false;
+  RETURN_IF_ERROR(ReadRecordFile(RecordPath(key), value, &found));
+  if (!found) return Status::NotFound("no record '" + std::string(key) + "'");
+  return Status::OK();
+}
+
+Status DirChunkBackend::PutRecord(std::string_view key, std::string_view value,
+                                  const RecordCondition& cond) {
+  RETURN_IF_ERROR(ValidateRecordKey(key));
+  std::string path = RecordPath(key);
+  std::lock_guard lock(records_mu_);
+  FlockGuard flock_guard(lock_fd_);
+  RETURN_IF_ERROR(flock_guard.Lock());
+  std::string current;
+  bool found = false;
+  RETURN_IF_ERROR(ReadRecordFile(path, &current, &found));
+  RETURN_IF_ERROR(CheckPutCondition(key, found ? &current : nullptr, cond));
+  for (size_t slash = key.find('/'); slash != std::string_view::npos;
+       slash = key.find('/', slash + 1)) {
+    RETURN_IF_ERROR(MakeDir(RecordPath(key.substr(0, slash))));
+  }
+  std::string tmp;
+  RETURN_IF_ERROR(
+      WriteTemp(ByteView(reinterpret_cast<const uint8_t*>(value.data()), value.size()), &tmp));
+  return Publish(tmp, path, /*replace=*/true);
+}
+
+Status DirChunkBackend::RemoveRecord(std::string_view key, const RecordCondition& cond) {
+  RETURN_IF_ERROR(ValidateRecordKey(key));
+  std::string path = RecordPath(key);
+  std::lock_guard lock(records_mu_);
+  FlockGuard flock_guard(lock_fd_);
+  RETURN_IF_ERROR(flock_guard.Lock());
+  std::string current;
+  bool found = false;
+  RETURN_IF_ERROR(ReadRecordFile(path, &current, &found));
+  RETURN_IF_ERROR(CheckRemoveCondition(key, found ? &current : nullptr, cond));
+  if (::unlink(path.c_str()) != 0) return Status::FromErrno(errno, "remove " + path);
+  return FsyncDir(ParentOf(path));
+}
+
+Status DirChunkBackend::ListRecords(std::string_view prefix,
+                                    const std::function<Status(std::string_view key)>& fn) {
+  size_t slash = prefix.rfind('/');
+  std::string start_key(slash == std::string_view::npos ? std::string_view()
+                                                        : prefix.substr(0, slash));
+  if (!start_key.empty()) RETURN_IF_ERROR(ValidateRecordKey(start_key));
+  std::vector<std::string> keys;
+  std::vector<std::string> pending{start_key};
+  std::vector<std::pair<std::string, bool>> entries;
+  while (!pending.empty()) {
+    std::string dir_key = std::move(pending.back());
+    pending.pop_back();
+    bool exists = false;
+    RETURN_IF_ERROR(
+        ListDir(dir_key.empty() ? root_ + "/records" : RecordPath(dir_key), &entries, &exists));
+    for (const auto& [name, is_dir] : entries) {
+      std::string key = dir_key.empty() ? name : dir_key + "/" + name;
+      if (is_dir) {
+        pending.push_back(std::move(key));
+      } else if (key.compare(0, prefix.size(), prefix) == 0) {
+        keys.push_back(std::move(key));
+      }
+    }
+  }
+  for (const auto& key : keys) RETURN_IF_ERROR(fn(key));
+  return Status::OK();
+}
+
+Result<SpaceInfo> DirChunkBackend::Space() {
+  struct statvfs vfs;
+  if (::statvfs(root_.c_str(), &vfs) != 0) return Status::FromErrno(errno, "statvfs " + root_);
+  SpaceInfo info;
+  info.capacity_bytes = uint64_t(vfs.f_blocks) * vfs.f_frsize;
+  info.available_bytes = uint64_t(vfs.f_bavail) * vfs.f_frsize;
+  return info;
+}
+
+Result<int> DirChunkBackend::CleanTemp(std::chrono::seconds min_age) {
+  std::string dir = TempDir();
+  std::vector<std::pair<std::string, bool>> entries;
+  bool exists = false;
+  RETURN_IF_ERROR(ListDir(dir, &entries, &exists));
+  time_t now = ::time(nullptr);
+  int removed = 0;
+  for (const auto& [name, is_dir] : entries) {
+    if (is_dir) continue;
+    std::string path = dir + "/" + name;
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0) continue;
+    if (now - st.st_mtime < min_age.count()) continue;
+    if (::unlink(path.c_str()) == 0) ++removed;
+  }
+  return removed;
+}
+
+}  // namespace imgfs

@@ -14,11 +14,20 @@
 
 namespace imgfs {
 
+// The most chunks a manifest may hold (holes included): 4 TiB at 64 KiB chunks.
+// A decoded manifest holds one 16-byte id per chunk in memory, so this bounds
+// what a (possibly hostile) manifest can make Decode allocate (1 GiB).
+inline constexpr uint64_t kMaxManifestChunks = uint64_t{1} << 26;
+
 struct Manifest {
-  uint64_t size = 0;         // image size in bytes
-  uint32_t chunk_size = 0;   // bytes per chunk; the last chunk may be short
+  uint64_t size = 0;            // image size in bytes
+  uint32_t chunk_size = 0;      // bytes per chunk; the last chunk may be short
   std::vector<ChunkId> chunks;  // ceil(size / chunk_size) ids, holes included
 
+  // OK when chunk_size is valid, chunks.size() == ceil(size / chunk_size) and
+  // that is at most kMaxManifestChunks; else InvalidArgument.
+  Status Validate() const;
+  // The canonical encoding. Only meaningful for a manifest that validates.
   Bytes Encode() const;
   static Result<Manifest> Decode(ByteView data);
   ImageId Id() const;  // Hash128(Encode())

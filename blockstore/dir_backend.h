@@ -1,0 +1,92 @@
+// "dir:PATH" chunk backend: objects and records as files under PATH.
+//
+// Layout (docs/formats.md, "Chunk store: dir backend"):
+//   PATH/FORMAT                         "imgfs-dir-backend 1\n"
+//   PATH/objects/<kind>/<xx>/<id>       kind = chunk | manifest; xx = first two
+//                                       hex digits of the id (256 shards)
+//   PATH/records/<key>                  one file per record ("names/ubuntu")
+//   PATH/records.lock                   flock'ed around record updates
+//   PATH/tmp/                           temporary files being written
+//
+// Publishing an object: write tmp/<unique>.tmp, fsync it, renameat2 it into
+// place with RENAME_NOREPLACE (link(2) + unlink where the file system lacks
+// it), fsync the shard directory. A reader therefore sees a whole object or
+// none; after a crash a temp file may remain in tmp/, where nothing looks,
+// and Open removes temp files older than kStaleTempAge.
+//
+// Thread and process safety: objects need no locks (the name is the content
+// and publication is an atomic no-replace rename, so concurrent puts of one id
+// from threads or processes store it exactly once). Record updates are
+// serialised by a mutex within the process and an exclusive flock on
+// records.lock across processes; record reads take no lock (rename is atomic).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "blockstore/chunk_backend.h"
+
+namespace imgfs {
+
+class DirChunkBackend : public ChunkBackend {
+ public:
+  static constexpr std::chrono::seconds kStaleTempAge{3600};
+
+  // Opens the backend at `root`, creating the directory (not its parents) and
+  // the layout when missing or empty. InvalidArgument if `root` is a non-empty
+  // directory that is not a dir backend, or has another format version.
+  // Removes stale temp files.
+  static Result<std::shared_ptr<DirChunkBackend>> Open(const std::string& root);
+  ~DirChunkBackend() override;
+  DirChunkBackend(const DirChunkBackend&) = delete;
+  DirChunkBackend& operator=(const DirChunkBackend&) = delete;
+
+  std::string Describe() const override { return "dir:" + root_; }
+  Status PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) override;
+  Status Get(ObjectKind kind, std::string_view id, Bytes* out) override;
+  Result<size_t> Read(ObjectKind kind, std::string_view id, MutableByteView buf) override;
+  Result<bool> Exists(ObjectKind kind, std::string_view id) override;
+  Status Remove(ObjectKind kind, std::string_view id) override;
+  Status List(ObjectKind kind, const std::function<Status(std::string_view id)>& fn) override;
+  Status GetRecord(std::string_view key, std::string* value) override;
+  Status PutRecord(std::string_view key, std::string_view value,
+                   const RecordCondition& cond) override;
+  Status RemoveRecord(std::string_view key, const RecordCondition& cond) override;
+  Status ListRecords(std::string_view prefix,
+                     const std::function<Status(std::string_view key)>& fn) override;
+  // capacity/available from statvfs(PATH); used_bytes is left 0 (unknown:
+  // computing it would walk every object).
+  Result<SpaceInfo> Space() override;
+
+  const std::string& root() const { return root_; }
+  // Where object (kind, id) lives; the id must be valid. For tests and fsck.
+  std::string ObjectPath(ObjectKind kind, std::string_view id) const;
+  std::string TempDir() const { return root_ + "/tmp"; }
+  // Removes files in tmp/ last modified more than `min_age` ago; returns how
+  // many it removed.
+  Result<int> CleanTemp(std::chrono::seconds min_age);
+
+ private:
+  DirChunkBackend(std::string root, int lock_fd);
+
+  // Writes `data` to a new temp file and fsyncs it; sets *path.
+  Status WriteTemp(ByteView data, std::string* path);
+  // Moves temp file `tmp` to `dest` (no replace when !replace), creating the
+  // parent directory if missing, and fsyncs the parent. AlreadyExists when
+  // !replace and `dest` exists; the temp file is removed in every case.
+  Status Publish(const std::string& tmp, const std::string& dest, bool replace);
+  std::string RecordPath(std::string_view key) const {
+    return root_ + "/records/" + std::string(key);
+  }
+  Status ReadRecordFile(const std::string& path, std::string* value, bool* found);
+
+  const std::string root_;  // constant after construction
+  const int lock_fd_;       // records.lock, open for the backend's lifetime
+  std::mutex records_mu_;   // serialises record updates within the process
+  std::atomic<uint64_t> temp_seq_{0};
+};
+
+}  // namespace imgfs

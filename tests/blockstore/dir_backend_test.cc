@@ -1,0 +1,143 @@
+// What only the dir backend promises: its layout, temp-file handling and
+// refusal of foreign directories. The shared behaviour is in
+// chunk_store_conformance_test.cc.
+#include "blockstore/dir_backend.h"
+
+#include <sys/stat.h>
+#include <utime.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+
+#include "blockstore/chunk_store.h"
+#include "tests/blockstore/test_util.h"
+
+namespace imgfs {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::AsBytes;
+
+void WriteFile(const std::string& path, std::string_view text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+  REQUIRE(f.good());
+}
+
+TEST_CASE("dir backend: objects are sharded by the first two hex digits", "[dir_backend]") {
+  testing::TempDir tmp;
+  std::string root = tmp.path() + "/chunks";
+  auto b = DirChunkBackend::Open(root);
+  REQUIRE(b.status() == Status::OK());
+  ChunkStore store(*b, 4096);
+  auto put = store.Put(testing::RandomBytes(4096, 1));
+  REQUIRE(put.ok());
+  std::string hex = put->id.Hex();
+  std::string path = root + "/objects/chunk/" + hex.substr(0, 2) + "/" + hex;
+  CHECK((*b)->ObjectPath(ObjectKind::kChunk, hex) == path);
+  CHECK(fs::file_size(path) == 4096);
+  CHECK(fs::exists(root + "/FORMAT"));
+  CHECK(fs::is_empty(root + "/tmp"));  // no temp file left behind
+  REQUIRE((*b)->PutRecord("names/x", "v", RecordCondition::Any()) == Status::OK());
+  CHECK(fs::exists(root + "/records/names/x"));
+  CHECK(fs::is_empty(root + "/tmp"));
+  CHECK((*b)->Describe() == "dir:" + root);
+}
+
+TEST_CASE("dir backend: data survives reopening", "[dir_backend]") {
+  testing::TempDir tmp;
+  std::string root = tmp.path() + "/chunks";
+  Bytes data = testing::RandomBytes(5000, 2);
+  ChunkId id;
+  {
+    auto b = CreateChunkBackend("dir:" + root + "/");
+    REQUIRE(b.ok());
+    ChunkStore store(*b, 8192);
+    id = store.Put(data)->id;
+    REQUIRE((*b)->PutRecord("images/" + id.Hex(), "{}", RecordCondition::Absent()) == Status::OK());
+  }
+  auto b = CreateChunkBackend("dir:" + root);
+  REQUIRE(b.ok());
+  ChunkStore store(*b, 8192);
+  Bytes got;
+  REQUIRE(store.Get(id, &got) == Status::OK());
+  CHECK(got == data);
+  std::string v;
+  REQUIRE((*b)->GetRecord("images/" + id.Hex(), &v) == Status::OK());
+  CHECK(v == "{}");
+}
+
+TEST_CASE("dir backend: stale temp files are removed on open, fresh ones kept", "[dir_backend]") {
+  testing::TempDir tmp;
+  std::string root = tmp.path() + "/chunks";
+  REQUIRE(DirChunkBackend::Open(root).ok());
+  std::string stale = root + "/tmp/1.2.3.tmp", fresh = root + "/tmp/4.5.6.tmp";
+  WriteFile(stale, "half a chunk");
+  WriteFile(fresh, "being written right now");
+  struct utimbuf old_times = {::time(nullptr) - 2 * 3600, ::time(nullptr) - 2 * 3600};
+  REQUIRE(::utime(stale.c_str(), &old_times) == 0);
+  auto b = DirChunkBackend::Open(root);
+  REQUIRE(b.ok());
+  CHECK_FALSE(fs::exists(stale));
+  CHECK(fs::exists(fresh));
+  auto removed = (*b)->CleanTemp(std::chrono::seconds(0));
+  REQUIRE(removed.ok());
+  CHECK(*removed == 1);
+  CHECK_FALSE(fs::exists(fresh));
+}
+
+TEST_CASE("dir backend: a foreign or unknown directory is refused, untouched", "[dir_backend]") {
+  testing::TempDir tmp;
+  std::string root = tmp.path() + "/data";
+  fs::create_directory(root);
+  WriteFile(root + "/precious.txt", "keep me");
+  auto b = CreateChunkBackend("dir:" + root);
+  CHECK(b.status().IsInvalidArgument());
+  CHECK_THAT(b.status().message(), Catch::Contains("not an imgfs chunk directory"));
+  CHECK(fs::exists(root + "/precious.txt"));
+  CHECK_FALSE(fs::exists(root + "/objects"));
+
+  std::string other = tmp.path() + "/other";
+  REQUIRE(DirChunkBackend::Open(other).ok());
+  WriteFile(other + "/FORMAT", "imgfs-dir-backend 99\n");
+  auto v = DirChunkBackend::Open(other);
+  CHECK(v.status().IsInvalidArgument());
+  CHECK_THAT(v.status().message(), Catch::Contains("imgfs-dir-backend 99"));
+
+  CHECK(CreateChunkBackend("dir:" + tmp.path() + "/no/such/parent").status().IsNotFound());
+  CHECK(CreateChunkBackend("dir:").status().IsInvalidArgument());
+}
+
+TEST_CASE("dir backend: a record key that is also a record's folder is refused", "[dir_backend]") {
+  testing::TempDir tmp;
+  auto b = DirChunkBackend::Open(tmp.path() + "/c");
+  REQUIRE(b.ok());
+  REQUIRE((*b)->PutRecord("a/b", "1", RecordCondition::Any()) == Status::OK());
+  CHECK((*b)->PutRecord("a", "2", RecordCondition::Any()).IsInvalidArgument());
+  CHECK((*b)->PutRecord("a/b/c", "3", RecordCondition::Any()).IsInvalidArgument());
+  std::string v;
+  CHECK((*b)->GetRecord("a", &v).IsNotFound());
+  CHECK((*b)->GetRecord("a/b/c", &v).IsNotFound());
+  REQUIRE((*b)->GetRecord("a/b", &v) == Status::OK());
+  CHECK(v == "1");
+}
+
+TEST_CASE("chunk backend factory", "[chunk_backend]") {
+  CHECK(CreateChunkBackend("rados:pool").status().code() == Code::kNotSupported);
+  CHECK(CreateChunkBackend("nfs:/x").status().IsInvalidArgument());
+  CHECK(CreateChunkBackend("").status().IsInvalidArgument());
+  CHECK(CreateChunkBackend("mem").status().IsInvalidArgument());
+  auto a = CreateChunkBackend("mem:");
+  auto b = CreateChunkBackend("mem:");
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(a->get() != b->get());  // "mem:" is a fresh backend each time
+  auto n1 = CreateChunkBackend("mem:shared-test");
+  auto n2 = CreateChunkBackend("mem:shared-test");
+  CHECK(n1->get() == n2->get());  // "mem:NAME" is one per process
+  CHECK((*n1)->Describe() == "mem:shared-test");
+}
+
+}  // namespace
+}  // namespace imgfs

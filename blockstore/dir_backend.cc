@@ -14,35 +14,14 @@
 #include <vector>
 
 #include "blockstore/backend_util.h"
+#include "blockstore/file_util.h"
 
 namespace imgfs {
 namespace {
 
 constexpr char kFormatLine[] = "imgfs-dir-backend 1\n";
 
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
-
 std::string ParentOf(const std::string& path) { return path.substr(0, path.rfind('/')); }
-
-Status FsyncDir(const std::string& dir) {
-  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) return Status::FromErrno(errno, "open directory " + dir);
-  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync directory " + dir);
-  return Status::OK();
-}
 
 // mkdir that accepts an existing directory; fsyncs the parent when it created one.
 Status MakeDir(const std::string& dir) {
@@ -146,7 +125,7 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
     return Status::FromErrno(errno, "create chunk directory " + root);
   }
   std::string format_path = root + "/FORMAT";
-  Fd format_fd(::open(format_path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd format_fd(::open(format_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (format_fd.get() >= 0) {
     char buf[64] = {};
     ASSIGN_OR_RETURN(
@@ -214,7 +193,7 @@ Status DirChunkBackend::WriteTemp(ByteView data, std::string* path) {
                 static_cast<unsigned long long>(temp_seq_.fetch_add(1)),
                 static_cast<unsigned long long>(rng()));
   *path = root_ + name;
-  Fd fd(::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Status::FromErrno(errno, "create temp file " + *path);
   Status s = WriteAll(fd.get(), data, *path);
   if (s.ok() && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + *path);
@@ -276,7 +255,7 @@ Status DirChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteVi
 Status DirChunkBackend::Get(ObjectKind kind, std::string_view id, Bytes* out) {
   RETURN_IF_ERROR(ValidateObjectId(id));
   std::string path = ObjectPath(kind, id);
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     if (errno == ENOENT) return ObjectMissing(kind, id);
     return Status::FromErrno(errno, "open " + path);
@@ -295,7 +274,7 @@ Status DirChunkBackend::Get(ObjectKind kind, std::string_view id, Bytes* out) {
 Result<size_t> DirChunkBackend::Read(ObjectKind kind, std::string_view id, MutableByteView buf) {
   RETURN_IF_ERROR(ValidateObjectId(id));
   std::string path = ObjectPath(kind, id);
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     if (errno == ENOENT) return ObjectMissing(kind, id);
     return Status::FromErrno(errno, "open " + path);
@@ -353,7 +332,7 @@ Status DirChunkBackend::List(ObjectKind kind,
 
 Status DirChunkBackend::ReadRecordFile(const std::string& path, std::string* value, bool* found) {
   *found = false;
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     if (errno == ENOENT || errno == ENOTDIR) return Status::OK();
     return Status::FromErrno(errno, "open " + path);

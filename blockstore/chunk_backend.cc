@@ -4,6 +4,7 @@
 #include "blockstore/dir_backend.h"
 #include "blockstore/mem_backend.h"
 #include "blockstore/names.h"
+#include "blockstore/rados_backend.h"
 
 namespace imgfs {
 
@@ -98,7 +99,6 @@ void ChunkBackend::PutIfAbsentAsync(ObjectKind kind, std::string_view id, ByteVi
 
 Result<std::shared_ptr<ChunkBackend>> CreateChunkBackend(std::string_view spec,
                                                          const CephOptions* ceph) {
-  (void)ceph;
   size_t colon = spec.find(':');
   std::string_view kind = spec.substr(0, colon);
   std::string_view arg =
@@ -112,7 +112,7 @@ Result<std::shared_ptr<ChunkBackend>> CreateChunkBackend(std::string_view spec,
     return std::shared_ptr<ChunkBackend>(MemChunkBackend::Get(std::string(arg)));
   }
   if (colon != std::string_view::npos && kind == "rados") {
-    return Status::NotSupported("chunk backend 'rados:' is not built yet");
+    return CreateRadosBackend(arg, ceph ? *ceph : CephOptions{});
   }
   return Status::InvalidArgument("unknown chunk backend '" + std::string(spec.substr(0, 200)) +
                                  "': expected dir:PATH, mem: or rados:POOL[/NS]");

@@ -4,12 +4,15 @@
 
 #include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "blockstore/backend_util.h"
 
 namespace imgfs {
 namespace {
@@ -98,6 +101,7 @@ class RadosBackend final : public ChunkBackend {
   }
 
   Status PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) override {
+    RETURN_IF_ERROR(ValidateObjectId(id));
     std::string oid = ObjectName(kind, id);
     rados_write_op_t op = MakePutOp(data);
     int r = rados_write_op_operate(op, io_, oid.c_str(), nullptr, 0);
@@ -107,6 +111,7 @@ class RadosBackend final : public ChunkBackend {
 
   void PutIfAbsentAsync(ObjectKind kind, std::string_view id, ByteView data,
                         std::function<void(Status)> done) override {
+    if (Status s = ValidateObjectId(id); !s.ok()) return done(std::move(s));
     auto* aio = new AioPut{this, ObjectName(kind, id), MakePutOp(data), nullptr, std::move(done)};
     BeginAio();
     rados_aio_create_completion2(aio, &RadosBackend::OnPutComplete, &aio->comp);
@@ -115,6 +120,7 @@ class RadosBackend final : public ChunkBackend {
   }
 
   Status Get(ObjectKind kind, std::string_view id, Bytes* out) override {
+    RETURN_IF_ERROR(ValidateObjectId(id));
     std::string oid = ObjectName(kind, id);
     out->resize(std::max(out->capacity(), kFirstGetBytes));
     uint64_t size = 0;
@@ -139,8 +145,10 @@ class RadosBackend final : public ChunkBackend {
   }
 
   Result<size_t> Read(ObjectKind kind, std::string_view id, MutableByteView buf) override {
+    RETURN_IF_ERROR(ValidateObjectId(id));
     std::string oid = ObjectName(kind, id);
     ReadState st;
+    st.buf = buf.data();
     st.buf_size = buf.size();
     rados_read_op_t op = MakeReadOp(buf, &st);
     int r = rados_read_op_operate(op, io_, oid.c_str(), 0);
@@ -150,7 +158,9 @@ class RadosBackend final : public ChunkBackend {
 
   void ReadAsync(ObjectKind kind, std::string_view id, MutableByteView buf,
                  std::function<void(Result<size_t>)> done) override {
+    if (Status s = ValidateObjectId(id); !s.ok()) return done(std::move(s));
     auto* aio = new AioRead{this, ObjectName(kind, id), nullptr, nullptr, {}, std::move(done)};
+    aio->st.buf = buf.data();
     aio->st.buf_size = buf.size();
     aio->op = MakeReadOp(buf, &aio->st);
     BeginAio();
@@ -160,6 +170,7 @@ class RadosBackend final : public ChunkBackend {
   }
 
   Result<bool> Exists(ObjectKind kind, std::string_view id) override {
+    RETURN_IF_ERROR(ValidateObjectId(id));
     std::string oid = ObjectName(kind, id);
     uint64_t size = 0;
     int r = rados_stat(io_, oid.c_str(), &size, nullptr);
@@ -169,6 +180,7 @@ class RadosBackend final : public ChunkBackend {
   }
 
   Status Remove(ObjectKind kind, std::string_view id) override {
+    RETURN_IF_ERROR(ValidateObjectId(id));
     std::string oid = ObjectName(kind, id);
     int r = rados_remove(io_, oid.c_str());
     if (r < 0) return Error(r, "remove " + oid);
@@ -191,8 +203,10 @@ class RadosBackend final : public ChunkBackend {
         break;
       }
       std::string_view name(entry, entry_size);
-      if (name.size() <= prefix.size() || !name.starts_with(prefix)) continue;
-      status = fn(name.substr(prefix.size()));
+      if (!name.starts_with(prefix)) continue;
+      std::string_view id = name.substr(prefix.size());
+      if (!ValidateObjectId(id).ok()) continue;  // not one of ours
+      status = fn(id);
       if (!status.ok()) break;
     }
     rados_nobjects_list_close(ctx);
@@ -331,6 +345,7 @@ class RadosBackend final : public ChunkBackend {
 
  private:
   struct ReadState {
+    uint8_t* buf = nullptr;
     size_t buf_size = 0;
     uint64_t size = 0;
     size_t got = 0;
@@ -366,12 +381,7 @@ class RadosBackend final : public ChunkBackend {
     }
     return Status::Busy(Where("record " + std::string(key) + " changed concurrently"));
   }
-  Status CheckKey(std::string_view key) const {
-    if (key.empty() || key.find('\0') != std::string_view::npos) {
-      return Status::InvalidArgument(Where("invalid record key"));
-    }
-    return Status::OK();
-  }
+  static Status CheckKey(std::string_view key) { return ValidateRecordKey(key); }
 
   static std::string Tagged(const RecordCondition& cond) {
     if (cond.mode != RecordCondition::kEquals) return {};
@@ -426,6 +436,7 @@ class RadosBackend final : public ChunkBackend {
     if (r >= 0) r = st.stat_rval < 0 ? st.stat_rval : st.read_rval;
     if (r < 0) return Error(r, "read " + oid);
     if (st.size > st.buf_size) {
+      std::memset(st.buf, 0, st.buf_size);  // no part of an oversized object leaks out
       return Status::InvalidArgument(Where("read " + oid + ": object of " +
                                            std::to_string(st.size) + " bytes, buffer of " +
                                            std::to_string(st.buf_size)));

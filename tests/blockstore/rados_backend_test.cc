@@ -1,0 +1,363 @@
+// The rados chunk backend on the real test cluster (IMGFS_CEPH_CONF etc., set
+// by tools/test.sh): what the conformance suite cannot show — races between
+// writers resolved by RADOS, many asynchronous operations at once, and the
+// errors an operator sees for a bad pool or an unreachable cluster. Each run
+// works in its own namespace of the pool, so runs do not see each other.
+#include "blockstore/rados_backend.h"
+
+#include <rados/librados.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace imgfs {
+namespace {
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+bool HaveCluster() {
+  if (!Env("IMGFS_CEPH_CONF").empty()) return true;
+  WARN("IMGFS_CEPH_CONF is not set: rados backend tests skipped (tools/test.sh sets it)");
+  return false;
+}
+
+CephOptions TestCeph() {
+  CephOptions o;
+  o.conf_file = Env("IMGFS_CEPH_CONF");
+  o.client_id = Env("IMGFS_CEPH_ID");
+  o.keyring = Env("IMGFS_CEPH_KEYRING");
+  return o;
+}
+
+std::string TestPool() {
+  std::string pool = Env("IMGFS_CEPH_CHUNK_POOL");
+  return pool.empty() ? Env("IMGFS_CEPH_POOL") : pool;
+}
+
+std::string UniqueNamespace() {
+  std::random_device rd;
+  return "test-" + std::to_string(getpid()) + "-" + std::to_string(rd());
+}
+
+std::shared_ptr<ChunkBackend> Open(const std::string& ns = UniqueNamespace()) {
+  auto b = CreateRadosBackend(TestPool() + "/" + ns, TestCeph());
+  REQUIRE(b.ok());
+  return *b;
+}
+
+// A valid object id (32 hex digits) made from `i`.
+std::string HexId(int i) {
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%032x", i);
+  return buf;
+}
+
+Bytes Pattern(size_t n, uint32_t seed) {
+  Bytes b(n);
+  std::mt19937 rng(seed);
+  for (auto& x : b) x = static_cast<uint8_t>(rng());
+  return b;
+}
+
+// Waits for `n` asynchronous completions.
+class Countdown {
+ public:
+  explicit Countdown(int n) : n_(n) {}
+  void Done() {
+    std::lock_guard lock(mu_);
+    if (--n_ == 0) cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return n_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int n_;
+};
+
+TEST_CASE("rados: racing PutIfAbsent of one object: exactly one writer wins", "[rados]") {
+  if (!HaveCluster()) return;
+  auto b = Open();
+  Bytes data = Pattern(64 * 1024, 1);
+  std::atomic<int> won{0}, lost{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      Status s = b->PutIfAbsent(ObjectKind::kChunk, "00112233445566778899aabbccddeeff", data);
+      if (s.ok()) {
+        ++won;
+      } else if (s.IsAlreadyExists()) {
+        ++lost;
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(won == 1);
+  CHECK(lost == 7);
+  CHECK(other == 0);
+  Bytes got;
+  REQUIRE(b->Get(ObjectKind::kChunk, "00112233445566778899aabbccddeeff", &got).ok());
+  CHECK(got == data);
+}
+
+TEST_CASE("rados: many asynchronous puts and reads at once", "[rados]") {
+  if (!HaveCluster()) return;
+  auto b = Open();
+  constexpr int kN = 300;
+  std::vector<Bytes> data;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kN; ++i) {
+    data.push_back(Pattern(16 * 1024 + i, 100 + i));
+    ids.push_back(HexId(i));
+  }
+  std::atomic<int> put_failures{0};
+  Countdown puts(kN);
+  for (int i = 0; i < kN; ++i) {
+    b->PutIfAbsentAsync(ObjectKind::kChunk, ids[i], data[i], [&](Status s) {
+      if (!s.ok()) ++put_failures;
+      puts.Done();
+    });
+  }
+  puts.Wait();
+  CHECK(put_failures == 0);
+
+  std::vector<Bytes> bufs(kN, Bytes(64 * 1024));
+  std::vector<Result<size_t>> results(kN, Status::IOError("not done"));
+  Countdown reads(kN + 1);
+  for (int i = 0; i < kN; ++i) {
+    b->ReadAsync(ObjectKind::kChunk, ids[i], bufs[i], [&, i](Result<size_t> r) {
+      results[i] = std::move(r);
+      reads.Done();
+    });
+  }
+  Bytes missing_buf(1024);
+  Result<size_t> missing = Status::OK();
+  b->ReadAsync(ObjectKind::kChunk, "ffffffffffffffffffffffffffffffff", missing_buf,
+               [&](Result<size_t> r) {
+                 missing = std::move(r);
+                 reads.Done();
+               });
+  reads.Wait();
+  for (int i = 0; i < kN; ++i) {
+    REQUIRE(results[i].ok());
+    REQUIRE(*results[i] == data[i].size());
+    CHECK(std::equal(data[i].begin(), data[i].end(), bufs[i].begin()));
+  }
+  CHECK(missing.status().IsNotFound());
+
+  // A second asynchronous put of an existing object reports AlreadyExists.
+  Countdown again(1);
+  Status again_status;
+  b->PutIfAbsentAsync(ObjectKind::kChunk, ids[0], data[0], [&](Status s) {
+    again_status = s;
+    again.Done();
+  });
+  again.Wait();
+  CHECK(again_status.IsAlreadyExists());
+}
+
+TEST_CASE("rados: compare-and-swap updates of a record lose nothing under contention", "[rados]") {
+  if (!HaveCluster()) return;
+  std::string ns = UniqueNamespace();
+  constexpr int kThreads = 6, kIncrements = 20;
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      auto b = Open(ns);  // one connection per "host"
+      for (int i = 0; i < kIncrements;) {
+        std::string cur;
+        Status s = b->GetRecord("counters/c", &cur);
+        if (s.IsNotFound()) {
+          s = b->PutRecord("counters/c", "1", RecordCondition::Absent());
+          if (s.ok())
+            ++i;
+          else if (!s.IsAlreadyExists())
+            ++errors;
+          continue;
+        }
+        if (!s.ok()) {
+          ++errors;
+          return;
+        }
+        s = b->PutRecord("counters/c", std::to_string(std::stoi(cur) + 1),
+                         RecordCondition::Equals(cur));
+        if (s.ok())
+          ++i;
+        else if (!s.IsBusy())
+          ++errors;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(errors == 0);
+  auto b = Open(ns);
+  std::string final_value;
+  REQUIRE(b->GetRecord("counters/c", &final_value).ok());
+  CHECK(final_value == std::to_string(kThreads * kIncrements));
+}
+
+TEST_CASE("rados: records are shared by every connection to the same pool and namespace",
+          "[rados]") {
+  if (!HaveCluster()) return;
+  std::string ns = UniqueNamespace();
+  auto host1 = Open(ns);
+  auto host2 = Open(ns);
+  auto elsewhere = Open();
+  REQUIRE(host1->PutRecord("names/ubuntu", "abc", RecordCondition::Absent()).ok());
+  std::string v;
+  REQUIRE(host2->GetRecord("names/ubuntu", &v).ok());
+  CHECK(v == "abc");
+  CHECK(host2->PutRecord("names/ubuntu", "def", RecordCondition::Absent()).IsAlreadyExists());
+  CHECK(host2->PutRecord("names/ubuntu", "def", RecordCondition::Equals("xyz")).IsBusy());
+  CHECK(elsewhere->GetRecord("names/ubuntu", &v).IsNotFound());
+  REQUIRE(host2->PutRecord("names/ubuntu", "", RecordCondition::Equals("abc")).ok());
+  REQUIRE(host1->GetRecord("names/ubuntu", &v).ok());
+  CHECK(v.empty());
+  REQUIRE(host1->PutRecord("images/1", "{}", RecordCondition::Any()).ok());
+  std::set<std::string> keys;
+  REQUIRE(host2
+              ->ListRecords("names/",
+                            [&](std::string_view k) {
+                              keys.emplace(k);
+                              return Status::OK();
+                            })
+              .ok());
+  CHECK(keys == std::set<std::string>{"names/ubuntu"});
+  CHECK(host2->RemoveRecord("names/ubuntu", RecordCondition::Equals("zzz")).IsBusy());
+  REQUIRE(host2->RemoveRecord("names/ubuntu", RecordCondition::Equals("")).ok());
+  CHECK(host1->RemoveRecord("names/ubuntu", RecordCondition::Equals("")).IsNotFound());
+  CHECK(host1->RemoveRecord("names/ubuntu", RecordCondition::Any()).IsNotFound());
+  CHECK(elsewhere->RemoveRecord("images/1", RecordCondition::Any()).IsNotFound());
+}
+
+TEST_CASE("rados: List names only the objects of the kind asked for", "[rados]") {
+  if (!HaveCluster()) return;
+  auto b = Open();
+  Bytes one = Pattern(100, 7);
+  REQUIRE(b->PutIfAbsent(ObjectKind::kChunk, "c1c1", one).ok());
+  REQUIRE(b->PutIfAbsent(ObjectKind::kChunk, "c2c2", one).ok());
+  REQUIRE(b->PutIfAbsent(ObjectKind::kManifest, "abab", one).ok());
+  REQUIRE(b->PutRecord("images/m1", "{}", RecordCondition::Absent()).ok());
+  std::set<std::string> chunks, manifests;
+  REQUIRE(b->List(ObjectKind::kChunk, [&](std::string_view id) {
+             chunks.emplace(id);
+             return Status::OK();
+           }).ok());
+  REQUIRE(b->List(ObjectKind::kManifest, [&](std::string_view id) {
+             manifests.emplace(id);
+             return Status::OK();
+           }).ok());
+  CHECK(chunks == std::set<std::string>{"c1c1", "c2c2"});
+  CHECK(manifests == std::set<std::string>{"abab"});
+  Bytes small(10);
+  CHECK(b->Read(ObjectKind::kChunk, "c1c1", small).status().IsInvalidArgument());
+  CHECK(b->Exists(ObjectKind::kChunk, "c1c1").value());
+  REQUIRE(b->Remove(ObjectKind::kChunk, "c1c1").ok());
+  CHECK_FALSE(b->Exists(ObjectKind::kChunk, "c1c1").value());
+  CHECK(b->Remove(ObjectKind::kChunk, "c1c1").IsNotFound());
+  auto space = b->Space();
+  REQUIRE(space.ok());
+  CHECK(space->capacity_bytes > 0);
+  CHECK(space->available_bytes <= space->capacity_bytes);
+  CHECK(b->Describe().starts_with("rados:" + TestPool() + "/test-"));
+}
+
+TEST_CASE("rados: a bad pool spec or a missing pool is a clear error", "[rados]") {
+  if (!HaveCluster()) return;
+  CHECK(CreateRadosBackend("", TestCeph()).status().IsInvalidArgument());
+  CHECK(CreateRadosBackend("pool/", TestCeph()).status().IsInvalidArgument());
+  CHECK(CreateRadosBackend("pool/a/b", TestCeph()).status().IsInvalidArgument());
+  auto missing = CreateRadosBackend("imgfs-no-such-pool", TestCeph());
+  CHECK(missing.status().IsNotFound());
+  CHECK(missing.status().message().find("imgfs-no-such-pool") != std::string::npos);
+}
+
+// Creates (or fetches) a key for `entity` with `osd_caps` through the monitors
+// and writes its keyring to `path`.
+void MakeKey(const std::string& entity, const std::string& osd_caps, const std::string& path) {
+  rados_t cluster;
+  REQUIRE(rados_create(&cluster,
+                       TestCeph().client_id.empty() ? nullptr : TestCeph().client_id.c_str()) == 0);
+  REQUIRE(rados_conf_read_file(cluster, TestCeph().conf_file.c_str()) == 0);
+  if (!TestCeph().keyring.empty()) {
+    REQUIRE(rados_conf_set(cluster, "keyring", TestCeph().keyring.c_str()) == 0);
+  }
+  REQUIRE(rados_connect(cluster) == 0);
+  std::string cmd = R"({"prefix": "auth get-or-create", "entity": ")" + entity +
+                    R"(", "caps": ["mon", "allow r", "osd", ")" + osd_caps + R"("]})";
+  const char* cmds[] = {cmd.c_str()};
+  char *out = nullptr, *outs = nullptr;
+  size_t out_len = 0, outs_len = 0;
+  int r = rados_mon_command(cluster, cmds, 1, nullptr, 0, &out, &out_len, &outs, &outs_len);
+  std::string keyring = out ? std::string(out, out_len) : "";
+  std::string err = outs ? std::string(outs, outs_len) : "";
+  if (out) rados_buffer_free(out);
+  if (outs) rados_buffer_free(outs);
+  rados_shutdown(cluster);
+  INFO(err);
+  REQUIRE(r == 0);
+  std::ofstream(path) << keyring;
+}
+
+TEST_CASE("rados: a key without access to the pool is PermissionDenied, naming client and pool",
+          "[rados]") {
+  if (!HaveCluster()) return;
+  char dir[] = "/tmp/imgfs-rados-test.XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string keyring = std::string(dir) + "/keyring";
+  MakeKey("client.imgfs-test-nopool", "allow rw pool=imgfs-no-such-pool", keyring);
+  CephOptions o = TestCeph();
+  o.client_id = "imgfs-test-nopool";
+  o.keyring = keyring;
+  auto b = CreateRadosBackend(TestPool(), o);
+  std::remove(keyring.c_str());
+  rmdir(dir);
+  REQUIRE_FALSE(b.ok());
+  CHECK(b.status().IsPermissionDenied());
+  CHECK(b.status().message().find("client.imgfs-test-nopool") != std::string::npos);
+  CHECK(b.status().message().find(TestPool()) != std::string::npos);
+}
+
+TEST_CASE("rados: an unreachable cluster is an error after the configured timeout", "[rados]") {
+  if (!HaveCluster()) return;
+  char dir[] = "/tmp/imgfs-rados-test.XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string conf = std::string(dir) + "/ceph.conf";
+  {
+    // Port 9 (discard) on localhost: nothing listens there.
+    std::ofstream f(conf);
+    f << "[global]\nmon_host = 127.0.0.1:9\n";
+  }
+  CephOptions o = TestCeph();
+  o.conf_file = conf;
+  o.timeout_seconds = 3;
+  auto b = CreateRadosBackend(TestPool(), o);
+  std::remove(conf.c_str());
+  rmdir(dir);
+  REQUIRE_FALSE(b.ok());
+  CHECK(b.status().IsRetryable());
+  CHECK(b.status().message().find("connect to Ceph cluster") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace imgfs

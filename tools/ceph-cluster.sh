@@ -168,6 +168,9 @@ osd memory target = 939524096
 
 [client]
 keyring = $dir/client.admin.keyring
+# One socket per client instance: clients sharing one path collide, and the
+# collision check can kill the first client with SIGPIPE.
+admin socket = $dir/run/\$name.\$pid.\$cctid.asok
 EOF
 
   say "bootstrapping in $dir (mon on 127.0.0.1:$port)"

@@ -1,1 +1,35 @@
-// Placeholder: implemented by the chunk store / disk work.
+#include "blockstore/disk.h"
+
+#include "blockstore/local_disk.h"
+#include "blockstore/mem_disk.h"
+
+namespace imgfs {
+
+void Disk::ReadAsync(uint64_t offset, MutableByteView buf, Callback done) {
+  done(Read(offset, buf));
+}
+
+void Disk::WriteAsync(uint64_t offset, ByteView buf, Callback done) { done(Write(offset, buf)); }
+
+void Disk::DiscardAsync(uint64_t offset, uint64_t length, Callback done) {
+  done(Discard(offset, length));
+}
+
+void Disk::FlushAsync(Callback done) { done(Flush()); }
+
+Result<std::unique_ptr<DiskBackend>> CreateDiskBackend(std::string_view spec,
+                                                       const std::string& store_path,
+                                                       ImageSource* images,
+                                                       const CephOptions* ceph) {
+  (void)ceph;
+  if (spec == "local") return CreateLocalDiskBackend(store_path + "/disks", images);
+  if (spec == "mem:" || spec == "mem") return CreateMemDiskBackend(images);
+  if (spec.starts_with("rbd:")) {
+    if (spec.size() == 4) return Status::InvalidArgument("disk backend 'rbd:' needs a pool name");
+    return Status::NotSupported("the rbd disk backend is not built yet");
+  }
+  return Status::InvalidArgument("unknown disk backend '" + std::string(spec) +
+                                 "' (expected local, mem: or rbd:POOL)");
+}
+
+}  // namespace imgfs

@@ -1,1 +1,1176 @@
-// Placeholder: implemented by the chunk store / disk work.
+#include "blockstore/local_disk.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <shared_mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "blockstore/disk_util.h"
+#include "blockstore/units.h"
+
+namespace imgfs {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kFormatVersion = 1;
+constexpr const char* kFormatName = "imgfs-local-disk";
+constexpr char kBitmapMagic[8] = {'I', 'M', 'G', 'F', 'S', 'B', 'M', 'P'};
+constexpr uint64_t kBitmapHeaderBytes = 4096;
+constexpr uint64_t kPageBytes = 4096;
+constexpr uint64_t kBitsPerPage = kPageBytes * 8;
+constexpr uint64_t kWordsPerPage = kPageBytes / 8;
+constexpr size_t kStripes = 64;
+
+constexpr const char* kMetaFile = "meta.json";
+constexpr const char* kDataFile = "data";
+constexpr const char* kBitmapFile = "bitmap";
+constexpr const char* kLockFile = "lock";
+
+// ---------------------------------------------------------------------------
+// Small POSIX helpers. errno becomes a Status only through Status::FromErrno.
+
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { Reset(); }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void Reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+Result<Fd> OpenFile(const std::string& path, int flags, mode_t mode = 0644) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  return Fd(fd);
+}
+
+Status PreadFull(int fd, MutableByteView buf, uint64_t off, const std::string& what) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + what);
+    }
+    if (n == 0) {
+      std::memset(buf.data() + done, 0, buf.size() - done);
+      return Status::OK();
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::OK();
+}
+
+Status PwriteFull(int fd, ByteView buf, uint64_t off, const std::string& what) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + what);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::OK();
+}
+
+Status Fsync(int fd, const std::string& what) {
+  if (::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + what);
+  return Status::OK();
+}
+
+Status FsyncDir(const std::string& dir) {
+  ASSIGN_OR_RETURN(Fd fd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
+  return Fsync(fd.get(), dir);
+}
+
+Result<std::string> ReadWholeFile(const std::string& path) {
+  ASSIGN_OR_RETURN(Fd fd, OpenFile(path, O_RDONLY));
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + path);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// Writes `dir`/`name` atomically: temporary file, fsync, rename, fsync dir.
+Status WriteFileAtomic(const std::string& dir, const std::string& name, std::string_view data) {
+  std::string tmp = dir + "/." + name + ".tmp";
+  std::string path = dir + "/" + name;
+  {
+    ASSIGN_OR_RETURN(Fd fd, OpenFile(tmp, O_WRONLY | O_CREAT | O_TRUNC));
+    RETURN_IF_ERROR(PwriteFull(
+        fd.get(), ByteView(reinterpret_cast<const uint8_t*>(data.data()), data.size()), 0, tmp));
+    RETURN_IF_ERROR(Fsync(fd.get(), tmp));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    Status s = Status::FromErrno(errno, "rename " + tmp);
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  return FsyncDir(dir);
+}
+
+Status PunchHole(int fd, uint64_t off, uint64_t len, const std::string& what) {
+  if (len == 0) return Status::OK();
+  if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                  static_cast<off_t>(len)) == 0) {
+    return Status::OK();
+  }
+  if (errno != EOPNOTSUPP) return Status::FromErrno(errno, "punch hole in " + what);
+  static const std::array<uint8_t, 64 * 1024> kZeros{};
+  while (len > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, kZeros.size()));
+    RETURN_IF_ERROR(PwriteFull(fd, ByteView(kZeros.data(), n), off, what));
+    off += n;
+    len -= n;
+  }
+  return Status::OK();
+}
+
+// Exclusive, non-blocking flock on `dir`/lock: the "open for writing" lock.
+Result<Fd> LockDisk(const std::string& dir, const DiskRef& ref) {
+  std::string path = dir + "/" + kLockFile;
+  auto fd = OpenFile(path, O_RDWR);
+  if (!fd.ok()) {
+    if (fd.status().IsNotFound())
+      return Status::NotFound("disk " + ref.ToString() + " does not exist");
+    return fd.status();
+  }
+  if (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return Status::Busy("disk " + ref.ToString() + " is in use (open for writing)");
+    }
+    return Status::FromErrno(errno, "lock " + path);
+  }
+  // The directory may have been removed or renamed between open and flock.
+  struct stat a, b;
+  if (::fstat(fd->get(), &a) != 0) return Status::FromErrno(errno, "stat " + path);
+  if (::stat(path.c_str(), &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+    return Status::NotFound("disk " + ref.ToString() + " does not exist");
+  }
+  return std::move(fd).value();
+}
+
+// ---------------------------------------------------------------------------
+// Metadata (docs/formats.md, "Local disks").
+
+struct Meta {
+  uint64_t size = 0;
+  uint32_t chunk_size = 0;
+  std::optional<ImageId> parent;
+  uint64_t parent_overlap = 0;
+  DiskAttrs attrs;
+  int64_t created_ns = 0;
+};
+
+std::string EncodeMeta(const Meta& m) {
+  nlohmann::json j;
+  j["format"] = kFormatName;
+  j["version"] = kFormatVersion;
+  j["size"] = m.size;
+  j["chunk_size"] = m.chunk_size;
+  j["parent"] = m.parent ? nlohmann::json(m.parent->Hex()) : nlohmann::json(nullptr);
+  j["parent_overlap"] = m.parent_overlap;
+  j["mode"] = m.attrs.mode;
+  j["uid"] = m.attrs.uid;
+  j["gid"] = m.attrs.gid;
+  j["created_ns"] = m.created_ns;
+  return j.dump(2) + "\n";
+}
+
+Result<Meta> DecodeMeta(std::string_view text, const std::string& path) {
+  auto bad = [&](const std::string& why) {
+    return Status::Corruption("disk metadata " + path + ": " + why);
+  };
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return bad("not a JSON object");
+  if (j.value("format", "") != kFormatName) return bad("not an imgfs local disk");
+  if (!j.contains("version") || !j["version"].is_number_integer()) return bad("no version");
+  int version = j["version"].get<int>();
+  if (version != kFormatVersion) {
+    return Status::NotSupported("disk metadata " + path + ": format version " +
+                                std::to_string(version) + " is not supported (this imgfs reads " +
+                                std::to_string(kFormatVersion) + ")");
+  }
+  auto u64 = [&](const char* key, uint64_t* out) {
+    if (!j.contains(key) || !j[key].is_number_unsigned()) return false;
+    *out = j[key].get<uint64_t>();
+    return true;
+  };
+  Meta m;
+  uint64_t chunk = 0, mode = 0, uid = 0, gid = 0;
+  if (!u64("size", &m.size) || !u64("chunk_size", &chunk) ||
+      !u64("parent_overlap", &m.parent_overlap) || !u64("mode", &mode) || !u64("uid", &uid) ||
+      !u64("gid", &gid)) {
+    return bad("missing or malformed field");
+  }
+  if (!disk_util::IsValidChunkSize(chunk)) return bad("bad chunk size");
+  if (m.size > kMaxDiskSize || m.parent_overlap > m.size) return bad("bad size");
+  m.chunk_size = static_cast<uint32_t>(chunk);
+  m.attrs = DiskAttrs{static_cast<uint32_t>(mode & 07777), static_cast<uint32_t>(uid),
+                      static_cast<uint32_t>(gid)};
+  if (j.contains("created_ns") && j["created_ns"].is_number_integer()) {
+    m.created_ns = j["created_ns"].get<int64_t>();
+  }
+  if (j.contains("parent") && !j["parent"].is_null()) {
+    if (!j["parent"].is_string()) return bad("bad parent");
+    auto id = Id128::FromHex(j["parent"].get<std::string>());
+    if (!id.ok()) return bad("bad parent id");
+    m.parent = *id;
+  }
+  return m;
+}
+
+Result<Meta> ReadMeta(const std::string& dir) {
+  std::string path = dir + "/" + kMetaFile;
+  ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path));
+  return DecodeMeta(text, path);
+}
+
+// Read-modify-write of a disk's metadata, serialised (across processes too) by
+// an flock on the disk's directory.
+Status UpdateMeta(const std::string& dir, const std::function<Status(Meta*)>& fn) {
+  ASSIGN_OR_RETURN(Fd dfd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
+  while (::flock(dfd.get(), LOCK_EX) != 0) {
+    if (errno != EINTR) return Status::FromErrno(errno, "lock " + dir);
+  }
+  ASSIGN_OR_RETURN(Meta m, ReadMeta(dir));
+  RETURN_IF_ERROR(fn(&m));
+  return WriteFileAtomic(dir, kMetaFile, EncodeMeta(m));
+}
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t MtimeNs(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+uint64_t CeilDiv(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+// ---------------------------------------------------------------------------
+// The in-memory allocation bitmap: pages of atomic words, allocated on first
+// set, so a large sparse disk costs memory only where it is written. The
+// page table itself is resized only under the disk's exclusive resize lock.
+
+class AtomicBitmap {
+ public:
+  using Page = std::array<std::atomic<uint64_t>, kWordsPerPage>;
+
+  ~AtomicBitmap() {
+    for (auto& p : pages_) delete p.load();
+  }
+
+  void Resize(uint64_t bits) {
+    size_t n = static_cast<size_t>(CeilDiv(bits, kBitsPerPage));
+    if (n <= pages_.size()) return;
+    std::vector<std::atomic<Page*>> next(n);
+    for (size_t i = 0; i < pages_.size(); ++i) next[i].store(pages_[i].load());
+    pages_.swap(next);
+  }
+
+  bool Test(uint64_t bit) const {
+    size_t p = static_cast<size_t>(bit / kBitsPerPage);
+    if (p >= pages_.size()) return false;
+    Page* page = pages_[p].load(std::memory_order_acquire);
+    if (!page) return false;
+    uint64_t w = (*page)[(bit % kBitsPerPage) / 64].load(std::memory_order_acquire);
+    return (w >> (bit % 64)) & 1;
+  }
+
+  void Set(uint64_t bit) {
+    size_t p = static_cast<size_t>(bit / kBitsPerPage);
+    Page* page = pages_[p].load(std::memory_order_acquire);
+    if (!page) {
+      std::lock_guard lock(alloc_mu_);
+      page = pages_[p].load(std::memory_order_acquire);
+      if (!page) {
+        page = new Page();
+        for (auto& w : *page) w.store(0, std::memory_order_relaxed);
+        pages_[p].store(page, std::memory_order_release);
+      }
+    }
+    (*page)[(bit % kBitsPerPage) / 64].fetch_or(uint64_t{1} << (bit % 64),
+                                                std::memory_order_release);
+  }
+
+  // Calls fn(bit) for every set bit at or after `from`.
+  template <typename Fn>
+  void ForEachSet(uint64_t from, Fn&& fn) const {
+    for (size_t p = static_cast<size_t>(from / kBitsPerPage); p < pages_.size(); ++p) {
+      Page* page = pages_[p].load(std::memory_order_acquire);
+      if (!page) continue;
+      for (uint64_t w = 0; w < kWordsPerPage; ++w) {
+        uint64_t word = (*page)[w].load(std::memory_order_acquire);
+        while (word) {
+          uint64_t bit = p * kBitsPerPage + w * 64 + static_cast<uint64_t>(__builtin_ctzll(word));
+          word &= word - 1;
+          if (bit >= from) fn(bit);
+        }
+      }
+    }
+  }
+
+  void Clear(uint64_t bit) {
+    size_t p = static_cast<size_t>(bit / kBitsPerPage);
+    if (p >= pages_.size()) return;
+    Page* page = pages_[p].load(std::memory_order_acquire);
+    if (!page) return;
+    (*page)[(bit % kBitsPerPage) / 64].fetch_and(~(uint64_t{1} << (bit % 64)),
+                                                 std::memory_order_release);
+  }
+
+ private:
+  std::vector<std::atomic<Page*>> pages_;
+  std::mutex alloc_mu_;
+};
+
+// ---------------------------------------------------------------------------
+
+class LocalDisk final : public Disk {
+ public:
+  LocalDisk(DiskRef ref, std::string dir, bool writable, Meta meta, Fd lock, Fd data, Fd bitmap,
+            std::shared_ptr<ImageReader> parent)
+      : ref_(std::move(ref)),
+        dir_(std::move(dir)),
+        writable_(writable),
+        chunk_size_(meta.chunk_size),
+        chunk_shift_(static_cast<unsigned>(__builtin_ctz(meta.chunk_size))),
+        lock_(std::move(lock)),
+        data_(std::move(data)),
+        bitmap_fd_(std::move(bitmap)),
+        parent_(std::move(parent)),
+        size_(meta.size),
+        overlap_(parent_ ? meta.parent_overlap : 0) {
+    bits_.Resize(Chunks(size_));
+  }
+
+  ~LocalDisk() override {
+    if (writable_) {
+      Status s = Flush();
+      if (!s.ok())
+        spdlog::error("disk {}: flush on close failed: {}", ref_.ToString(), s.ToString());
+    }
+  }
+
+  Status Load();
+
+  const DiskRef& ref() const override { return ref_; }
+  uint64_t size() const override { return size_.load(std::memory_order_acquire); }
+  bool writable() const override { return writable_; }
+
+  Status Read(uint64_t offset, MutableByteView buf) override;
+  Status Write(uint64_t offset, ByteView buf) override;
+  Status Discard(uint64_t offset, uint64_t length) override;
+  Status Flush() override;
+  Status Resize(uint64_t new_size, bool allow_shrink) override;
+  Result<std::vector<Extent>> Allocated(uint64_t offset, uint64_t length) override;
+
+ private:
+  uint64_t Chunks(uint64_t bytes) const { return CeilDiv(bytes, chunk_size_); }
+  uint64_t ChunkStart(uint64_t c) const { return c << chunk_shift_; }
+  std::string DataPath() const { return dir_ + "/" + kDataFile; }
+
+  Status CheckRange(uint64_t offset, uint64_t length, const char* op) const;
+  bool ParentHasData(uint64_t start, uint64_t end) const;
+  Status ReadParent(uint64_t offset, MutableByteView buf) const;
+  // Writes (data != nullptr) or zeroes [pos, pos+len) of chunk c, which the
+  // disk did not own when the caller looked, copying the rest of the chunk
+  // up from the parent first.
+  Status CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* data);
+  void AddPending(uint64_t c, bool set) {
+    std::lock_guard lock(pending_mu_);
+    pending_.push_back(set ? c : (c | kClearFlag));
+  }
+  Status FlushLocked();
+  // Drops everything at or beyond `size` (data and bits) and makes that durable.
+  Status Trim(uint64_t size);
+
+  static constexpr uint64_t kClearFlag = uint64_t{1} << 63;
+
+  const DiskRef ref_;
+  const std::string dir_;
+  const bool writable_;
+  const uint32_t chunk_size_;
+  const unsigned chunk_shift_;
+  Fd lock_;       // holds the flock while open for writing
+  Fd data_;       // constant after construction
+  Fd bitmap_fd_;  // used under flush_mu_
+  const std::shared_ptr<ImageReader> parent_;
+
+  // Shared by I/O, exclusive by Resize. size_ and overlap_ change only under
+  // the exclusive lock; size_ is atomic so size() can read it lock-free.
+  std::shared_mutex resize_mu_;
+  std::atomic<uint64_t> size_;
+  uint64_t overlap_;
+  AtomicBitmap bits_;  // live ownership; a bit is set only after its chunk's data is written
+
+  std::array<std::mutex, kStripes> stripes_;  // serialise copy-ups of one chunk
+
+  std::mutex pending_mu_;
+  std::vector<uint64_t> pending_;  // GUARDED_BY(pending_mu_): bit changes not yet persisted
+
+  std::mutex flush_mu_;
+  // GUARDED_BY(flush_mu_): the persisted bitmap, page by page (absent = zeros).
+  std::unordered_map<uint64_t, std::array<uint8_t, kPageBytes>> persisted_;
+  Status failed_;  // GUARDED_BY(flush_mu_): a sticky flush error
+};
+
+Status LocalDisk::Load() {
+  std::string path = dir_ + "/" + kBitmapFile;
+  std::array<uint8_t, kBitmapHeaderBytes> header{};
+  RETURN_IF_ERROR(PreadFull(bitmap_fd_.get(), MutableByteView(header), 0, path));
+  uint32_t version = 0, chunk = 0;
+  std::memcpy(&version, header.data() + 8, 4);
+  std::memcpy(&chunk, header.data() + 12, 4);
+  if (std::memcmp(header.data(), kBitmapMagic, 8) != 0) {
+    return Status::Corruption("allocation map " + path + ": bad magic");
+  }
+  if (version != kFormatVersion) {
+    return Status::NotSupported("allocation map " + path + ": version " + std::to_string(version) +
+                                " is not supported");
+  }
+  if (chunk != chunk_size_) {
+    return Status::Corruption("allocation map " + path + ": chunk size does not match metadata");
+  }
+  struct stat st;
+  if (::fstat(bitmap_fd_.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  uint64_t file_pages =
+      st.st_size > static_cast<off_t>(kBitmapHeaderBytes)
+          ? CeilDiv(static_cast<uint64_t>(st.st_size) - kBitmapHeaderBytes, kPageBytes)
+          : 0;
+  uint64_t nchunks = Chunks(size_);
+  std::array<uint8_t, kPageBytes> page;
+  bool stale_bits = false;
+  for (uint64_t p = 0; p < file_pages; ++p) {
+    RETURN_IF_ERROR(PreadFull(bitmap_fd_.get(), MutableByteView(page),
+                              kBitmapHeaderBytes + p * kPageBytes, path));
+    if (IsAllZero(ByteView(page))) continue;
+    persisted_[p] = page;
+    for (uint64_t i = 0; i < kPageBytes; ++i) {
+      if (!page[i]) continue;
+      for (int b = 0; b < 8; ++b) {
+        if (!(page[i] >> b & 1)) continue;
+        uint64_t bit = p * kBitsPerPage + i * 8 + b;
+        if (bit < nchunks) {
+          bits_.Set(bit);
+        } else {
+          stale_bits = true;  // left by a shrink interrupted by a crash
+        }
+      }
+    }
+  }
+  if (writable_) {
+    struct stat dst;
+    if (::fstat(data_.get(), &dst) != 0) return Status::FromErrno(errno, "stat " + DataPath());
+    if (stale_bits || static_cast<uint64_t>(dst.st_size) > size_) {
+      return Trim(size_);
+    }
+  }
+  return Status::OK();
+}
+
+Status LocalDisk::CheckRange(uint64_t offset, uint64_t length, const char* op) const {
+  uint64_t size = size_.load(std::memory_order_acquire);
+  if (offset > size || length > size - offset) {
+    return disk_util::RangeError(op, offset, length, ref_, size);
+  }
+  return Status::OK();
+}
+
+bool LocalDisk::ParentHasData(uint64_t start, uint64_t end) const {
+  return disk_util::ParentHasData(parent_.get(), overlap_, start, end);
+}
+
+Status LocalDisk::ReadParent(uint64_t offset, MutableByteView buf) const {
+  return disk_util::ReadParent(parent_.get(), overlap_, offset, buf, ref_);
+}
+
+Status LocalDisk::Read(uint64_t offset, MutableByteView buf) {
+  std::shared_lock lock(resize_mu_);
+  RETURN_IF_ERROR(CheckRange(offset, buf.size(), "read"));
+  uint64_t end = offset + buf.size();
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t c = pos >> chunk_shift_;
+    bool owned = bits_.Test(c);
+    uint64_t run_end = std::min(end, ChunkStart(c + 1));
+    while (run_end < end && bits_.Test(run_end >> chunk_shift_) == owned) {
+      run_end = std::min(end, run_end + chunk_size_);
+    }
+    MutableByteView part = buf.subspan(pos - offset, run_end - pos);
+    if (owned) {
+      RETURN_IF_ERROR(PreadFull(data_.get(), part, pos, DataPath()));
+    } else {
+      RETURN_IF_ERROR(ReadParent(pos, part));
+    }
+    pos = run_end;
+  }
+  return Status::OK();
+}
+
+Status LocalDisk::CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* data) {
+  std::lock_guard lock(stripes_[c % kStripes]);
+  if (bits_.Test(c)) {
+    if (data) return PwriteFull(data_.get(), ByteView(data, len), pos, DataPath());
+    return PunchHole(data_.get(), pos, len, DataPath());
+  }
+  uint64_t cstart = ChunkStart(c);
+  uint64_t cend = std::min(ChunkStart(c + 1), size_.load(std::memory_order_relaxed));
+  bool whole = pos == cstart && pos + len == cend;
+  bool parent_data = ParentHasData(cstart, cend);
+  if (!data && !parent_data) return Status::OK();  // already reads as zeros
+  if (whole || !parent_data) {
+    // Whatever an earlier crash may have left in this range of the data file
+    // must not show through: punch it, then write.
+    if (!whole || !data) RETURN_IF_ERROR(PunchHole(data_.get(), cstart, cend - cstart, DataPath()));
+    if (data) RETURN_IF_ERROR(PwriteFull(data_.get(), ByteView(data, len), pos, DataPath()));
+  } else {
+    Bytes chunk(cend - cstart);
+    RETURN_IF_ERROR(ReadParent(cstart, MutableByteView(chunk)));
+    if (data) {
+      std::memcpy(chunk.data() + (pos - cstart), data, len);
+    } else {
+      std::memset(chunk.data() + (pos - cstart), 0, len);
+    }
+    RETURN_IF_ERROR(PwriteFull(data_.get(), ByteView(chunk), cstart, DataPath()));
+  }
+  bits_.Set(c);
+  AddPending(c, true);
+  return Status::OK();
+}
+
+Status LocalDisk::Write(uint64_t offset, ByteView buf) {
+  if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+  std::shared_lock lock(resize_mu_);
+  RETURN_IF_ERROR(CheckRange(offset, buf.size(), "write"));
+  uint64_t end = offset + buf.size();
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t c = pos >> chunk_shift_;
+    uint64_t run_end = std::min(end, ChunkStart(c + 1));
+    const uint8_t* src = buf.data() + (pos - offset);
+    if (bits_.Test(c)) {
+      while (run_end < end && bits_.Test(run_end >> chunk_shift_)) {
+        run_end = std::min(end, run_end + chunk_size_);
+      }
+      RETURN_IF_ERROR(PwriteFull(data_.get(), ByteView(src, run_end - pos), pos, DataPath()));
+    } else {
+      RETURN_IF_ERROR(CopyUp(c, pos, run_end - pos, src));
+    }
+    pos = run_end;
+  }
+  return Status::OK();
+}
+
+Status LocalDisk::Discard(uint64_t offset, uint64_t length) {
+  if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+  std::shared_lock lock(resize_mu_);
+  uint64_t size = size_.load(std::memory_order_relaxed);
+  if (offset >= size) return Status::OK();
+  uint64_t end = offset + std::min(length, size - offset);
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t c = pos >> chunk_shift_;
+    uint64_t run_end = std::min(end, ChunkStart(c + 1));
+    if (bits_.Test(c)) {
+      while (run_end < end && bits_.Test(run_end >> chunk_shift_)) {
+        run_end = std::min(end, run_end + chunk_size_);
+      }
+      RETURN_IF_ERROR(PunchHole(data_.get(), pos, run_end - pos, DataPath()));
+    } else {
+      RETURN_IF_ERROR(CopyUp(c, pos, run_end - pos, nullptr));
+    }
+    pos = run_end;
+  }
+  return Status::OK();
+}
+
+// Ordering (docs/formats.md): the data file is synced before any bit that
+// points at it is written, so a persisted set bit always names synced data.
+Status LocalDisk::Flush() {
+  if (!writable_) return Status::OK();
+  std::lock_guard lock(flush_mu_);
+  return FlushLocked();
+}
+
+Status LocalDisk::FlushLocked() {
+  if (!failed_.ok()) return failed_;
+  std::vector<uint64_t> ops;
+  {
+    std::lock_guard lock(pending_mu_);
+    ops.swap(pending_);
+  }
+  auto fail = [&](Status s) {
+    failed_ = Status::IOError("disk " + ref_.ToString() + ": " + s.message() +
+                              " (writes since the last flush may be lost; reopen the disk)");
+    return failed_;
+  };
+  if (::fdatasync(data_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync data"));
+  if (ops.empty()) return Status::OK();
+  std::vector<uint64_t> touched;
+  for (uint64_t op : ops) {
+    uint64_t bit = op & ~kClearFlag;
+    uint64_t p = bit / kBitsPerPage;
+    auto it = persisted_.find(p);
+    if (it == persisted_.end()) it = persisted_.emplace(p, std::array<uint8_t, kPageBytes>{}).first;
+    uint8_t& byte = it->second[(bit % kBitsPerPage) / 8];
+    uint8_t mask = static_cast<uint8_t>(1u << (bit % 8));
+    byte = (op & kClearFlag) ? (byte & ~mask) : (byte | mask);
+    touched.push_back(p);
+  }
+  std::sort(touched.begin(), touched.end());
+  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  std::string path = dir_ + "/" + kBitmapFile;
+  for (uint64_t p : touched) {
+    Status s = PwriteFull(bitmap_fd_.get(), ByteView(persisted_[p]),
+                          kBitmapHeaderBytes + p * kPageBytes, path);
+    if (!s.ok()) return fail(s);
+  }
+  if (::fdatasync(bitmap_fd_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync map"));
+  return Status::OK();
+}
+
+Status LocalDisk::Trim(uint64_t size) {
+  if (::ftruncate(data_.get(), static_cast<off_t>(size)) != 0) {
+    return Status::FromErrno(errno, "truncate " + DataPath());
+  }
+  uint64_t first = Chunks(size);
+  std::lock_guard flush_lock(flush_mu_);
+  {
+    std::lock_guard lock(pending_mu_);
+    bits_.ForEachSet(first, [&](uint64_t c) {
+      bits_.Clear(c);
+      pending_.push_back(c | kClearFlag);
+    });
+    for (const auto& [p, page] : persisted_) {
+      if (p < first / kBitsPerPage) continue;
+      for (uint64_t i = 0; i < kPageBytes; ++i) {
+        for (int b = 0; page[i] && b < 8; ++b) {
+          uint64_t bit = p * kBitsPerPage + i * 8 + b;
+          if ((page[i] >> b & 1) && bit >= first) pending_.push_back(bit | kClearFlag);
+        }
+      }
+    }
+  }
+  return FlushLocked();
+}
+
+Status LocalDisk::Resize(uint64_t new_size, bool allow_shrink) {
+  if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+  if (new_size > kMaxDiskSize) {
+    return Status::InvalidArgument("size " + std::to_string(new_size) +
+                                   " is larger than the largest disk (" +
+                                   FormatSizeHuman(kMaxDiskSize) + ")");
+  }
+  std::unique_lock lock(resize_mu_);
+  uint64_t old_size = size_.load(std::memory_order_relaxed);
+  if (new_size == old_size) return Status::OK();
+  if (new_size < old_size && !allow_shrink) {
+    return Status::PermissionDenied("shrinking disk " + ref_.ToString() + " from " +
+                                    std::to_string(old_size) + " to " + std::to_string(new_size) +
+                                    " bytes is refused (it would lose data)");
+  }
+  uint64_t new_overlap = std::min(overlap_, new_size);
+  RETURN_IF_ERROR(UpdateMeta(dir_, [&](Meta* m) {
+    m->size = new_size;
+    m->parent_overlap = std::min(m->parent_overlap, new_size);
+    return Status::OK();
+  }));
+  overlap_ = new_overlap;
+  size_.store(new_size, std::memory_order_release);
+  if (new_size > old_size) {
+    bits_.Resize(Chunks(new_size));
+    return Status::OK();
+  }
+  return Trim(new_size);
+}
+
+Result<std::vector<Extent>> LocalDisk::Allocated(uint64_t offset, uint64_t length) {
+  std::shared_lock lock(resize_mu_);
+  std::vector<Extent> out;
+  uint64_t size = size_.load(std::memory_order_relaxed);
+  if (offset >= size) return out;
+  uint64_t end = offset + std::min(length, size - offset);
+  auto add = [&](uint64_t a, uint64_t b) { disk_util::AddExtent(&out, a, b, offset, end); };
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t c = pos >> chunk_shift_;
+    uint64_t cstart = ChunkStart(c);
+    uint64_t cend = std::min(ChunkStart(c + 1), size);
+    if (bits_.Test(c)) {
+      uint64_t run_end = cend;
+      while (run_end < end && bits_.Test(run_end >> chunk_shift_)) {
+        run_end = std::min(size, run_end + chunk_size_);
+      }
+      uint64_t p = pos;
+      while (p < run_end) {
+        off_t d = ::lseek(data_.get(), static_cast<off_t>(p), SEEK_DATA);
+        if (d < 0) {
+          if (errno == ENXIO) break;
+          return Status::FromErrno(errno, "seek " + DataPath());
+        }
+        if (static_cast<uint64_t>(d) >= run_end) break;
+        off_t h = ::lseek(data_.get(), d, SEEK_HOLE);
+        if (h < 0) return Status::FromErrno(errno, "seek " + DataPath());
+        add(static_cast<uint64_t>(d), std::min<uint64_t>(static_cast<uint64_t>(h), run_end));
+        p = static_cast<uint64_t>(h);
+      }
+      pos = run_end;
+    } else {
+      if (ParentHasData(cstart, cend)) add(cstart, std::min(cend, overlap_));
+      pos = cend;
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+
+class LocalBackend final : public DiskBackend {
+ public:
+  LocalBackend(std::string root, ImageSource* images) : root_(std::move(root)), images_(images) {}
+
+  Status Init();
+
+  std::string Describe() const override { return "local"; }
+  Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override;
+  Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) override;
+  Status Remove(const DiskRef& ref) override;
+  Status Rename(const DiskRef& from, const DiskRef& to) override;
+  Result<DiskInfo> Info(const DiskRef& ref) override;
+  Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) override;
+  Status SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) override;
+  Status CreateInstance(const std::string& instance) override;
+  Status RemoveInstance(const std::string& instance) override;
+  Result<std::vector<std::string>> ListInstances() override;
+  Result<std::vector<DiskRef>> List(const std::string& instance) override;
+  Result<SpaceInfo> Space() override;
+
+ private:
+  std::string InstanceDir(const std::string& instance) const { return root_ + "/" + instance; }
+  std::string DiskDir(const DiskRef& ref) const {
+    return root_ + "/" + ref.instance + "/" + ref.disk;
+  }
+  std::string MarkerPath(const std::string& instance) const {
+    return root_ + "/.instances/" + instance;
+  }
+  std::string UniqueName(const char* prefix);
+  // Removes the instance directory if it has no disks and was not made by
+  // CreateInstance.
+  void DropImplicitInstance(const std::string& instance);
+  Result<bool> InstanceHasDisks(const std::string& instance);
+  Status MoveDiskDir(const std::string& from, const DiskRef& to);
+
+  const std::string root_;
+  ImageSource* const images_;
+  std::atomic<uint64_t> counter_{0};
+};
+
+Status ValidateRef(const DiskRef& ref) {
+  RETURN_IF_ERROR(ValidateInstanceName(ref.instance));
+  return ValidateDiskName(ref.disk);
+}
+
+Status MakeDir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status::FromErrno(errno, "mkdir " + path);
+  }
+  return Status::OK();
+}
+
+Status RemoveTree(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) return Status::FromErrno(ec.value(), "remove " + path);
+  return Status::OK();
+}
+
+Status LocalBackend::Init() {
+  RETURN_IF_ERROR(MakeDir(root_));
+  RETURN_IF_ERROR(MakeDir(root_ + "/.tmp"));
+  RETURN_IF_ERROR(MakeDir(root_ + "/.trash"));
+  RETURN_IF_ERROR(MakeDir(root_ + "/.instances"));
+  // Finish removals that a crash interrupted. Creations left in .tmp by a
+  // crash are removed once they are an hour old (a live one takes seconds).
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root_ + "/.trash", ec)) {
+    (void)RemoveTree(e.path().string());
+  }
+  auto now = fs::file_time_type::clock::now();
+  for (const auto& e : fs::directory_iterator(root_ + "/.tmp", ec)) {
+    std::error_code ec2;
+    auto t = fs::last_write_time(e.path(), ec2);
+    if (!ec2 && now - t > std::chrono::hours(1)) (void)RemoveTree(e.path().string());
+  }
+  return Status::OK();
+}
+
+std::string LocalBackend::UniqueName(const char* prefix) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%s.%d.%llu.%016llx", prefix, static_cast<int>(::getpid()),
+                static_cast<unsigned long long>(counter_.fetch_add(1)),
+                static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+Status LocalBackend::MoveDiskDir(const std::string& from, const DiskRef& to) {
+  for (int attempt = 0;; ++attempt) {
+    RETURN_IF_ERROR(MakeDir(InstanceDir(to.instance)));
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, DiskDir(to).c_str(), RENAME_NOREPLACE) == 0) {
+      break;
+    }
+    int err = errno;
+    if (err == EEXIST || err == ENOTEMPTY) {
+      return Status::AlreadyExists("disk " + to.ToString() + " already exists");
+    }
+    // The instance directory vanished under us (its last disk was removed).
+    if (err == ENOENT && attempt < 5) continue;
+    return Status::FromErrno(err, "rename " + from + " to " + DiskDir(to));
+  }
+  RETURN_IF_ERROR(FsyncDir(InstanceDir(to.instance)));
+  return FsyncDir(root_);
+}
+
+Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
+  RETURN_IF_ERROR(ValidateRef(ref));
+  Meta m;
+  m.attrs = opts.attrs;
+  m.attrs.mode &= 07777;
+  m.created_ns = NowNs();
+  if (opts.image) {
+    if (!images_) return Status::NotFound("image " + opts.image->Hex() + " not found (no images)");
+    auto reader = images_->OpenImage(*opts.image);
+    if (!reader.ok()) return reader.status();
+    uint64_t image_size = (*reader)->size();
+    m.size = opts.size.value_or(image_size);
+    if (m.size < image_size) {
+      return Status::InvalidArgument("size " + std::to_string(m.size) +
+                                     " is smaller than the image (" + std::to_string(image_size) +
+                                     " bytes)");
+    }
+    m.parent = *opts.image;
+    m.parent_overlap = image_size;
+    uint32_t chunk = (*reader)->manifest().chunk_size;
+    m.chunk_size = disk_util::IsValidChunkSize(chunk) ? chunk : kBlankDiskChunkSize;
+  } else {
+    if (!opts.size) return Status::InvalidArgument("a blank disk needs a size");
+    m.size = *opts.size;
+    m.chunk_size = kBlankDiskChunkSize;
+  }
+  if (m.size > kMaxDiskSize) {
+    return Status::InvalidArgument("size " + std::to_string(m.size) +
+                                   " is larger than the largest disk (" +
+                                   FormatSizeHuman(kMaxDiskSize) + ")");
+  }
+  struct stat st;
+  if (::stat(DiskDir(ref).c_str(), &st) == 0) {
+    return Status::AlreadyExists("disk " + ref.ToString() + " already exists");
+  }
+
+  std::string tmp = root_ + "/.tmp/" + UniqueName("create");
+  RETURN_IF_ERROR(MakeDir(tmp));
+  auto build = [&]() -> Status {
+    for (const char* name : {kDataFile, kLockFile}) {
+      ASSIGN_OR_RETURN(Fd fd, OpenFile(tmp + "/" + name, O_WRONLY | O_CREAT | O_EXCL));
+      RETURN_IF_ERROR(Fsync(fd.get(), tmp + "/" + name));
+    }
+    std::array<uint8_t, kBitmapHeaderBytes> header{};
+    std::memcpy(header.data(), kBitmapMagic, 8);
+    uint32_t version = kFormatVersion, chunk = m.chunk_size;
+    std::memcpy(header.data() + 8, &version, 4);
+    std::memcpy(header.data() + 12, &chunk, 4);
+    std::string bm = tmp + "/" + kBitmapFile;
+    ASSIGN_OR_RETURN(Fd fd, OpenFile(bm, O_WRONLY | O_CREAT | O_EXCL));
+    RETURN_IF_ERROR(PwriteFull(fd.get(), ByteView(header), 0, bm));
+    RETURN_IF_ERROR(Fsync(fd.get(), bm));
+    RETURN_IF_ERROR(WriteFileAtomic(tmp, kMetaFile, EncodeMeta(m)));
+    return MoveDiskDir(tmp, ref);
+  };
+  Status s = build();
+  if (!s.ok()) (void)RemoveTree(tmp);
+  return s;
+}
+
+Result<std::unique_ptr<Disk>> LocalBackend::Open(const DiskRef& ref, OpenMode mode) {
+  RETURN_IF_ERROR(ValidateRef(ref));
+  std::string dir = DiskDir(ref);
+  bool rw = mode == OpenMode::kReadWrite;
+  Fd lock;
+  if (rw) {
+    ASSIGN_OR_RETURN(lock, LockDisk(dir, ref));
+  }
+  auto meta = ReadMeta(dir);
+  if (!meta.ok()) {
+    if (meta.status().IsNotFound())
+      return Status::NotFound("disk " + ref.ToString() + " does not exist");
+    return meta.status();
+  }
+  int flags = rw ? O_RDWR : O_RDONLY;
+  ASSIGN_OR_RETURN(Fd data, OpenFile(dir + "/" + kDataFile, flags));
+  ASSIGN_OR_RETURN(Fd bitmap, OpenFile(dir + "/" + kBitmapFile, flags));
+  std::shared_ptr<ImageReader> parent;
+  if (meta->parent && meta->parent_overlap > 0) {
+    if (!images_)
+      return Status::NotFound("disk " + ref.ToString() + ": no image source for its parent");
+    auto r = images_->OpenImage(*meta->parent);
+    if (!r.ok()) {
+      return r.status().WithContext("disk " + ref.ToString() + ": parent image " +
+                                    meta->parent->Hex());
+    }
+    parent = std::move(r).value();
+  }
+  auto disk = std::make_unique<LocalDisk>(ref, dir, rw, *meta, std::move(lock), std::move(data),
+                                          std::move(bitmap), std::move(parent));
+  RETURN_IF_ERROR(disk->Load());
+  return std::unique_ptr<Disk>(std::move(disk));
+}
+
+Result<bool> LocalBackend::InstanceHasDisks(const std::string& instance) {
+  std::string dir = InstanceDir(instance);
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return Status::FromErrno(errno, "open " + dir);
+  bool any = false;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != "..") {
+      any = true;
+      break;
+    }
+  }
+  ::closedir(d);
+  return any;
+}
+
+void LocalBackend::DropImplicitInstance(const std::string& instance) {
+  struct stat st;
+  if (::stat(MarkerPath(instance).c_str(), &st) == 0) return;
+  if (::rmdir(InstanceDir(instance).c_str()) == 0) (void)FsyncDir(root_);
+}
+
+Status LocalBackend::Remove(const DiskRef& ref) {
+  RETURN_IF_ERROR(ValidateRef(ref));
+  std::string dir = DiskDir(ref);
+  ASSIGN_OR_RETURN(Fd lock, LockDisk(dir, ref));
+  std::string trash = root_ + "/.trash/" + UniqueName("rm");
+  if (::rename(dir.c_str(), trash.c_str()) != 0) return Status::FromErrno(errno, "rename " + dir);
+  RETURN_IF_ERROR(FsyncDir(InstanceDir(ref.instance)));
+  lock.Reset();
+  Status s = RemoveTree(trash);
+  if (!s.ok())
+    spdlog::warn("removing {}: {} (it is finished at the next start)", trash, s.ToString());
+  DropImplicitInstance(ref.instance);
+  return Status::OK();
+}
+
+Status LocalBackend::Rename(const DiskRef& from, const DiskRef& to) {
+  RETURN_IF_ERROR(ValidateRef(from));
+  RETURN_IF_ERROR(ValidateRef(to));
+  std::string dir = DiskDir(from);
+  ASSIGN_OR_RETURN(Fd lock, LockDisk(dir, from));
+  RETURN_IF_ERROR(MoveDiskDir(dir, to));
+  if (from.instance != to.instance) {
+    RETURN_IF_ERROR(FsyncDir(InstanceDir(from.instance)));
+    DropImplicitInstance(from.instance);
+  }
+  return Status::OK();
+}
+
+Result<DiskInfo> LocalBackend::Info(const DiskRef& ref) {
+  RETURN_IF_ERROR(ValidateRef(ref));
+  std::string dir = DiskDir(ref);
+  auto meta = ReadMeta(dir);
+  if (!meta.ok()) {
+    if (meta.status().IsNotFound())
+      return Status::NotFound("disk " + ref.ToString() + " does not exist");
+    return meta.status();
+  }
+  DiskInfo info;
+  info.ref = ref;
+  info.size = meta->size;
+  info.parent = meta->parent;
+  info.attrs = meta->attrs;
+  info.location = dir;
+  struct stat st;
+  if (::stat((dir + "/" + kDataFile).c_str(), &st) != 0) {
+    return Status::FromErrno(errno, "stat " + dir + "/" + kDataFile);
+  }
+  info.owned_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
+  info.mtime_ns = MtimeNs(st);
+  if (::stat((dir + "/" + kMetaFile).c_str(), &st) == 0) {
+    info.mtime_ns = std::max(info.mtime_ns, MtimeNs(st));
+  }
+  return info;
+}
+
+Status LocalBackend::Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) {
+  ASSIGN_OR_RETURN(auto disk, Open(ref, OpenMode::kReadWrite));
+  RETURN_IF_ERROR(disk->Resize(new_size, allow_shrink));
+  return disk->Flush();
+}
+
+Status LocalBackend::SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) {
+  RETURN_IF_ERROR(ValidateRef(ref));
+  std::string dir = DiskDir(ref);
+  struct stat st;
+  if (::stat((dir + "/" + kMetaFile).c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::NotFound("disk " + ref.ToString() + " does not exist");
+    return Status::FromErrno(errno, "stat " + dir);
+  }
+  return UpdateMeta(dir, [&](Meta* m) {
+    m->attrs = attrs;
+    m->attrs.mode &= 07777;
+    return Status::OK();
+  });
+}
+
+Status LocalBackend::CreateInstance(const std::string& instance) {
+  RETURN_IF_ERROR(ValidateInstanceName(instance));
+  std::string dir = InstanceDir(instance);
+  if (::mkdir(dir.c_str(), 0755) != 0) {
+    if (errno == EEXIST) return Status::AlreadyExists("instance " + instance + " already exists");
+    return Status::FromErrno(errno, "mkdir " + dir);
+  }
+  { ASSIGN_OR_RETURN(Fd fd, OpenFile(MarkerPath(instance), O_WRONLY | O_CREAT)); }
+  RETURN_IF_ERROR(FsyncDir(root_ + "/.instances"));
+  return FsyncDir(root_);
+}
+
+Status LocalBackend::RemoveInstance(const std::string& instance) {
+  RETURN_IF_ERROR(ValidateInstanceName(instance));
+  std::string dir = InstanceDir(instance);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::NotFound("instance " + instance + " does not exist");
+    return Status::FromErrno(errno, "stat " + dir);
+  }
+  ASSIGN_OR_RETURN(bool has_disks, InstanceHasDisks(instance));
+  if (has_disks) return Status::NotEmpty("instance " + instance + " still has disks");
+  if (::rmdir(dir.c_str()) != 0) {
+    if (errno == ENOTEMPTY || errno == EEXIST) {
+      return Status::NotEmpty("instance " + instance + " still has disks");
+    }
+    return Status::FromErrno(errno, "rmdir " + dir);
+  }
+  ::unlink(MarkerPath(instance).c_str());
+  return FsyncDir(root_);
+}
+
+Result<std::vector<std::string>> LocalBackend::ListInstances() {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root_, ec)) {
+    std::string name = e.path().filename().string();
+    if (name.empty() || name[0] == '.') continue;
+    std::error_code ec2;
+    if (e.is_directory(ec2)) out.push_back(name);
+  }
+  if (ec) return Status::FromErrno(ec.value(), "list " + root_);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<std::vector<DiskRef>> LocalBackend::List(const std::string& instance) {
+  std::vector<std::string> instances;
+  if (instance.empty()) {
+    ASSIGN_OR_RETURN(instances, ListInstances());
+  } else {
+    RETURN_IF_ERROR(ValidateInstanceName(instance));
+    struct stat st;
+    if (::stat(InstanceDir(instance).c_str(), &st) != 0) {
+      return Status::NotFound("instance " + instance + " does not exist");
+    }
+    instances.push_back(instance);
+  }
+  std::vector<DiskRef> out;
+  for (const auto& inst : instances) {
+    std::error_code ec;
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(InstanceDir(inst), ec)) {
+      std::error_code ec2;
+      if (fs::exists(e.path() / kMetaFile, ec2)) names.push_back(e.path().filename().string());
+    }
+    if (ec && ec != std::errc::no_such_file_or_directory) {
+      return Status::FromErrno(ec.value(), "list " + InstanceDir(inst));
+    }
+    std::sort(names.begin(), names.end());
+    for (auto& n : names) out.push_back(DiskRef{inst, std::move(n)});
+  }
+  return out;
+}
+
+Result<SpaceInfo> LocalBackend::Space() {
+  struct statvfs sv;
+  if (::statvfs(root_.c_str(), &sv) != 0) return Status::FromErrno(errno, "statfs " + root_);
+  SpaceInfo info;
+  info.capacity_bytes = static_cast<uint64_t>(sv.f_blocks) * sv.f_frsize;
+  info.available_bytes = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+  ASSIGN_OR_RETURN(auto disks, List(""));
+  for (const auto& ref : disks) {
+    struct stat st;
+    if (::stat((DiskDir(ref) + "/" + kDataFile).c_str(), &st) == 0) {
+      info.used_bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+    }
+  }
+  return info;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<DiskBackend>> CreateLocalDiskBackend(const std::string& dir,
+                                                            ImageSource* images) {
+  auto backend = std::make_unique<LocalBackend>(dir, images);
+  RETURN_IF_ERROR(backend->Init());
+  return std::unique_ptr<DiskBackend>(std::move(backend));
+}
+
+}  // namespace imgfs

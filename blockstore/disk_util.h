@@ -1,0 +1,68 @@
+// Private to blockstore/: helpers shared by the disk backends.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "blockstore/disk.h"
+#include "blockstore/image.h"
+
+namespace imgfs::disk_util {
+
+// A power of two within the chunk store's limits.
+inline bool IsValidChunkSize(uint64_t c) {
+  return c >= kMinChunkSize && c <= kMaxChunkSize && (c & (c - 1)) == 0;
+}
+
+// Whether the parent shows any non-hole data in [start, end), given that only
+// [0, overlap) of it is visible. `parent` may be null.
+inline bool ParentHasData(const ImageReader* parent, uint64_t overlap, uint64_t start,
+                          uint64_t end) {
+  if (!parent || start >= overlap) return false;
+  end = std::min(end, overlap);
+  uint64_t pchunk = parent->manifest().chunk_size;
+  if (pchunk == 0) return true;
+  for (uint64_t off = start; off < end; off = (off / pchunk + 1) * pchunk) {
+    if (!parent->IsHoleAt(off)) return true;
+  }
+  return false;
+}
+
+// Fills `buf` with the parent's bytes at `offset`, zeros at and beyond
+// `overlap` (and everywhere when `parent` is null).
+inline Status ReadParent(ImageReader* parent, uint64_t overlap, uint64_t offset,
+                         MutableByteView buf, const DiskRef& ref) {
+  uint64_t visible = 0;
+  if (parent && offset < overlap) visible = std::min<uint64_t>(buf.size(), overlap - offset);
+  if (visible > 0) {
+    Status s = parent->Read(offset, buf.first(static_cast<size_t>(visible)));
+    if (!s.ok()) return s.WithContext("disk " + ref.ToString() + ": parent image");
+  }
+  std::memset(buf.data() + visible, 0, buf.size() - visible);
+  return Status::OK();
+}
+
+// Appends [a, b) clipped to [lo, hi) to `out`, merging with the last extent.
+inline void AddExtent(std::vector<Extent>* out, uint64_t a, uint64_t b, uint64_t lo, uint64_t hi) {
+  a = std::max(a, lo);
+  b = std::min(b, hi);
+  if (a >= b) return;
+  if (!out->empty() && out->back().offset + out->back().length >= a) {
+    Extent& e = out->back();
+    e.length = std::max(e.offset + e.length, b) - e.offset;
+  } else {
+    out->push_back({a, b - a});
+  }
+}
+
+inline Status RangeError(const char* op, uint64_t offset, uint64_t length, const DiskRef& ref,
+                         uint64_t size) {
+  return Status::InvalidArgument(std::string(op) + " of " + std::to_string(length) + " bytes at " +
+                                 std::to_string(offset) + " is beyond the end of disk " +
+                                 ref.ToString() + " (" + std::to_string(size) + " bytes)");
+}
+
+}  // namespace imgfs::disk_util

@@ -1,0 +1,24 @@
+// Private to blockstore/: the "local" disk backend (DESIGN.md §4), copy-on-write
+// overlays in a directory. Its on-disk format is documented in docs/formats.md
+// ("Local disks").
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "blockstore/disk.h"
+
+namespace imgfs {
+
+// Disks live under `dir` (STORE/disks), created if missing. `images` opens
+// parent images (may be null: then only blank disks can be created or opened).
+Result<std::unique_ptr<DiskBackend>> CreateLocalDiskBackend(const std::string& dir,
+                                                            ImageSource* images);
+
+// Allocation unit of blank disks (disks made from an image use the image's
+// chunk size, so that a copy-up reads exactly one parent chunk).
+inline constexpr uint32_t kBlankDiskChunkSize = 64 * 1024;
+// The largest disk size accepted (1 PiB).
+inline constexpr uint64_t kMaxDiskSize = uint64_t{1} << 50;
+
+}  // namespace imgfs

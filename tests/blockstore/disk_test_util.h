@@ -1,0 +1,78 @@
+// Test helpers for the disk backends: temporary directories, random bytes,
+// and a backend of each kind.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "blockstore/disk.h"
+#include "blockstore/status.h"
+
+namespace imgfs::testing {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/imgfs-test.XXXXXX";
+    path_ = ::mkdtemp(tmpl.data()) ? tmpl : std::string();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+inline Bytes RandomBytes(std::mt19937_64& rng, size_t n) {
+  Bytes out(n);
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rng();
+    for (size_t j = 0; j < 8 && i + j < n; ++j) out[i + j] = static_cast<uint8_t>(v >> (8 * j));
+  }
+  return out;
+}
+
+// The seed of a randomised test: $IMGFS_TEST_SEED when set (to replay a
+// failure), else a fresh one. The test prints it.
+inline uint64_t TestSeed() {
+  if (const char* s = std::getenv("IMGFS_TEST_SEED"); s && *s) return std::strtoull(s, nullptr, 0);
+  return std::random_device{}() * 0x100000001ull ^ std::random_device{}();
+}
+
+inline int EnvInt(const char* name, int def) {
+  if (const char* s = std::getenv(name); s && *s) return std::atoi(s);
+  return def;
+}
+
+// The disk backend kinds the conformance suite runs against.
+inline std::vector<std::string> DiskBackendKinds() {
+  std::vector<std::string> kinds = {"mem:", "local"};
+  // The rbd backend joins when the test cluster is up (tools/test.sh sets these).
+  if (const char* pool = std::getenv("IMGFS_CEPH_POOL"); pool && std::getenv("IMGFS_CEPH_CONF")) {
+    kinds.push_back(std::string("rbd:") + pool);
+  }
+  return kinds;
+}
+
+inline CephOptions TestCephOptions() {
+  CephOptions o;
+  if (const char* v = std::getenv("IMGFS_CEPH_CONF")) o.conf_file = v;
+  if (const char* v = std::getenv("IMGFS_CEPH_ID")) o.client_id = v;
+  if (const char* v = std::getenv("IMGFS_CEPH_KEYRING")) o.keyring = v;
+  return o;
+}
+
+}  // namespace imgfs::testing

@@ -12,11 +12,6 @@
 
 namespace imgfs::disk_util {
 
-// A power of two within the chunk store's limits.
-inline bool IsValidChunkSize(uint64_t c) {
-  return c >= kMinChunkSize && c <= kMaxChunkSize && (c & (c - 1)) == 0;
-}
-
 // Whether the parent shows any non-hole data in [start, end), given that only
 // [0, overlap) of it is visible. `parent` may be null.
 inline bool ParentHasData(const ImageReader* parent, uint64_t overlap, uint64_t start,

@@ -24,6 +24,7 @@
 #include <unordered_set>
 
 #include "blockstore/disk_util.h"
+#include "blockstore/file_util.h"
 #include "blockstore/units.h"
 
 namespace imgfs {
@@ -48,37 +49,13 @@ constexpr const char* kLockFile = "lock";
 // ---------------------------------------------------------------------------
 // Small POSIX helpers. errno becomes a Status only through Status::FromErrno.
 
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  ~Fd() { Reset(); }
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  void Reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-Result<Fd> OpenFile(const std::string& path, int flags, mode_t mode = 0644) {
+Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644) {
   int fd;
   do {
     fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  return Fd(fd);
+  return UniqueFd(fd);
 }
 
 Status PreadFull(int fd, MutableByteView buf, uint64_t off, const std::string& what) {
@@ -116,45 +93,6 @@ Status Fsync(int fd, const std::string& what) {
   return Status::OK();
 }
 
-Status FsyncDir(const std::string& dir) {
-  ASSIGN_OR_RETURN(Fd fd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
-  return Fsync(fd.get(), dir);
-}
-
-Result<std::string> ReadWholeFile(const std::string& path) {
-  ASSIGN_OR_RETURN(Fd fd, OpenFile(path, O_RDONLY));
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read " + path);
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-// Writes `dir`/`name` atomically: temporary file, fsync, rename, fsync dir.
-Status WriteFileAtomic(const std::string& dir, const std::string& name, std::string_view data) {
-  std::string tmp = dir + "/." + name + ".tmp";
-  std::string path = dir + "/" + name;
-  {
-    ASSIGN_OR_RETURN(Fd fd, OpenFile(tmp, O_WRONLY | O_CREAT | O_TRUNC));
-    RETURN_IF_ERROR(PwriteFull(
-        fd.get(), ByteView(reinterpret_cast<const uint8_t*>(data.data()), data.size()), 0, tmp));
-    RETURN_IF_ERROR(Fsync(fd.get(), tmp));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    Status s = Status::FromErrno(errno, "rename " + tmp);
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  return FsyncDir(dir);
-}
-
 Status PunchHole(int fd, uint64_t off, uint64_t len, const std::string& what) {
   if (len == 0) return Status::OK();
   if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
@@ -173,7 +111,7 @@ Status PunchHole(int fd, uint64_t off, uint64_t len, const std::string& what) {
 }
 
 // Exclusive, non-blocking flock on `dir`/lock: the "open for writing" lock.
-Result<Fd> LockDisk(const std::string& dir, const DiskRef& ref) {
+Result<UniqueFd> LockDisk(const std::string& dir, const DiskRef& ref) {
   std::string path = dir + "/" + kLockFile;
   auto fd = OpenFile(path, O_RDWR);
   if (!fd.ok()) {
@@ -249,7 +187,7 @@ Result<Meta> DecodeMeta(std::string_view text, const std::string& path) {
       !u64("gid", &gid)) {
     return bad("missing or malformed field");
   }
-  if (!disk_util::IsValidChunkSize(chunk)) return bad("bad chunk size");
+  if (!ValidateChunkSize(chunk).ok()) return bad("bad chunk size");
   if (m.size > kMaxDiskSize || m.parent_overlap > m.size) return bad("bad size");
   m.chunk_size = static_cast<uint32_t>(chunk);
   m.attrs = DiskAttrs{static_cast<uint32_t>(mode & 07777), static_cast<uint32_t>(uid),
@@ -268,20 +206,20 @@ Result<Meta> DecodeMeta(std::string_view text, const std::string& path) {
 
 Result<Meta> ReadMeta(const std::string& dir) {
   std::string path = dir + "/" + kMetaFile;
-  ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path));
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   return DecodeMeta(text, path);
 }
 
 // Read-modify-write of a disk's metadata, serialised (across processes too) by
 // an flock on the disk's directory.
 Status UpdateMeta(const std::string& dir, const std::function<Status(Meta*)>& fn) {
-  ASSIGN_OR_RETURN(Fd dfd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
+  ASSIGN_OR_RETURN(UniqueFd dfd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
   while (::flock(dfd.get(), LOCK_EX) != 0) {
     if (errno != EINTR) return Status::FromErrno(errno, "lock " + dir);
   }
   ASSIGN_OR_RETURN(Meta m, ReadMeta(dir));
   RETURN_IF_ERROR(fn(&m));
-  return WriteFileAtomic(dir, kMetaFile, EncodeMeta(m));
+  return WriteFileAtomic(dir + "/" + kMetaFile, EncodeMeta(m));
 }
 
 int64_t NowNs() {
@@ -377,8 +315,8 @@ class AtomicBitmap {
 
 class LocalDisk final : public Disk {
  public:
-  LocalDisk(DiskRef ref, std::string dir, bool writable, Meta meta, Fd lock, Fd data, Fd bitmap,
-            std::shared_ptr<ImageReader> parent)
+  LocalDisk(DiskRef ref, std::string dir, bool writable, Meta meta, UniqueFd lock, UniqueFd data,
+            UniqueFd bitmap, std::shared_ptr<ImageReader> parent)
       : ref_(std::move(ref)),
         dir_(std::move(dir)),
         writable_(writable),
@@ -441,9 +379,9 @@ class LocalDisk final : public Disk {
   const bool writable_;
   const uint32_t chunk_size_;
   const unsigned chunk_shift_;
-  Fd lock_;       // holds the flock while open for writing
-  Fd data_;       // constant after construction
-  Fd bitmap_fd_;  // used under flush_mu_
+  UniqueFd lock_;       // holds the flock while open for writing
+  UniqueFd data_;       // constant after construction
+  UniqueFd bitmap_fd_;  // used under flush_mu_
   const std::shared_ptr<ImageReader> parent_;
 
   // Shared by I/O, exclusive by Resize. size_ and overlap_ change only under
@@ -820,13 +758,6 @@ Status ValidateRef(const DiskRef& ref) {
   return ValidateDiskName(ref.disk);
 }
 
-Status MakeDir(const std::string& path) {
-  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
-    return Status::FromErrno(errno, "mkdir " + path);
-  }
-  return Status::OK();
-}
-
 Status RemoveTree(const std::string& path) {
   std::error_code ec;
   fs::remove_all(path, ec);
@@ -835,10 +766,10 @@ Status RemoveTree(const std::string& path) {
 }
 
 Status LocalBackend::Init() {
-  RETURN_IF_ERROR(MakeDir(root_));
-  RETURN_IF_ERROR(MakeDir(root_ + "/.tmp"));
-  RETURN_IF_ERROR(MakeDir(root_ + "/.trash"));
-  RETURN_IF_ERROR(MakeDir(root_ + "/.instances"));
+  RETURN_IF_ERROR(MakeDirs(root_));
+  RETURN_IF_ERROR(MakeDirs(root_ + "/.tmp"));
+  RETURN_IF_ERROR(MakeDirs(root_ + "/.trash"));
+  RETURN_IF_ERROR(MakeDirs(root_ + "/.instances"));
   // Finish removals that a crash interrupted. Creations left in .tmp by a
   // crash are removed once they are an hour old (a live one takes seconds).
   std::error_code ec;
@@ -865,7 +796,7 @@ std::string LocalBackend::UniqueName(const char* prefix) {
 
 Status LocalBackend::MoveDiskDir(const std::string& from, const DiskRef& to) {
   for (int attempt = 0;; ++attempt) {
-    RETURN_IF_ERROR(MakeDir(InstanceDir(to.instance)));
+    RETURN_IF_ERROR(MakeDirs(InstanceDir(to.instance)));
     if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, DiskDir(to).c_str(), RENAME_NOREPLACE) == 0) {
       break;
     }
@@ -901,7 +832,7 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
     m.parent = *opts.image;
     m.parent_overlap = image_size;
     uint32_t chunk = (*reader)->manifest().chunk_size;
-    m.chunk_size = disk_util::IsValidChunkSize(chunk) ? chunk : kBlankDiskChunkSize;
+    m.chunk_size = ValidateChunkSize(chunk).ok() ? chunk : kBlankDiskChunkSize;
   } else {
     if (!opts.size) return Status::InvalidArgument("a blank disk needs a size");
     m.size = *opts.size;
@@ -918,10 +849,10 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
   }
 
   std::string tmp = root_ + "/.tmp/" + UniqueName("create");
-  RETURN_IF_ERROR(MakeDir(tmp));
+  RETURN_IF_ERROR(MakeDirs(tmp));
   auto build = [&]() -> Status {
     for (const char* name : {kDataFile, kLockFile}) {
-      ASSIGN_OR_RETURN(Fd fd, OpenFile(tmp + "/" + name, O_WRONLY | O_CREAT | O_EXCL));
+      ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(tmp + "/" + name, O_WRONLY | O_CREAT | O_EXCL));
       RETURN_IF_ERROR(Fsync(fd.get(), tmp + "/" + name));
     }
     std::array<uint8_t, kBitmapHeaderBytes> header{};
@@ -930,10 +861,10 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
     std::memcpy(header.data() + 8, &version, 4);
     std::memcpy(header.data() + 12, &chunk, 4);
     std::string bm = tmp + "/" + kBitmapFile;
-    ASSIGN_OR_RETURN(Fd fd, OpenFile(bm, O_WRONLY | O_CREAT | O_EXCL));
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(bm, O_WRONLY | O_CREAT | O_EXCL));
     RETURN_IF_ERROR(PwriteFull(fd.get(), ByteView(header), 0, bm));
     RETURN_IF_ERROR(Fsync(fd.get(), bm));
-    RETURN_IF_ERROR(WriteFileAtomic(tmp, kMetaFile, EncodeMeta(m)));
+    RETURN_IF_ERROR(WriteFileAtomic(tmp + "/" + kMetaFile, EncodeMeta(m)));
     return MoveDiskDir(tmp, ref);
   };
   Status s = build();
@@ -945,7 +876,7 @@ Result<std::unique_ptr<Disk>> LocalBackend::Open(const DiskRef& ref, OpenMode mo
   RETURN_IF_ERROR(ValidateRef(ref));
   std::string dir = DiskDir(ref);
   bool rw = mode == OpenMode::kReadWrite;
-  Fd lock;
+  UniqueFd lock;
   if (rw) {
     ASSIGN_OR_RETURN(lock, LockDisk(dir, ref));
   }
@@ -956,8 +887,8 @@ Result<std::unique_ptr<Disk>> LocalBackend::Open(const DiskRef& ref, OpenMode mo
     return meta.status();
   }
   int flags = rw ? O_RDWR : O_RDONLY;
-  ASSIGN_OR_RETURN(Fd data, OpenFile(dir + "/" + kDataFile, flags));
-  ASSIGN_OR_RETURN(Fd bitmap, OpenFile(dir + "/" + kBitmapFile, flags));
+  ASSIGN_OR_RETURN(UniqueFd data, OpenFile(dir + "/" + kDataFile, flags));
+  ASSIGN_OR_RETURN(UniqueFd bitmap, OpenFile(dir + "/" + kBitmapFile, flags));
   std::shared_ptr<ImageReader> parent;
   if (meta->parent && meta->parent_overlap > 0) {
     if (!images_)
@@ -1000,11 +931,11 @@ void LocalBackend::DropImplicitInstance(const std::string& instance) {
 Status LocalBackend::Remove(const DiskRef& ref) {
   RETURN_IF_ERROR(ValidateRef(ref));
   std::string dir = DiskDir(ref);
-  ASSIGN_OR_RETURN(Fd lock, LockDisk(dir, ref));
+  ASSIGN_OR_RETURN(UniqueFd lock, LockDisk(dir, ref));
   std::string trash = root_ + "/.trash/" + UniqueName("rm");
   if (::rename(dir.c_str(), trash.c_str()) != 0) return Status::FromErrno(errno, "rename " + dir);
   RETURN_IF_ERROR(FsyncDir(InstanceDir(ref.instance)));
-  lock.Reset();
+  lock = UniqueFd();
   Status s = RemoveTree(trash);
   if (!s.ok())
     spdlog::warn("removing {}: {} (it is finished at the next start)", trash, s.ToString());
@@ -1016,7 +947,7 @@ Status LocalBackend::Rename(const DiskRef& from, const DiskRef& to) {
   RETURN_IF_ERROR(ValidateRef(from));
   RETURN_IF_ERROR(ValidateRef(to));
   std::string dir = DiskDir(from);
-  ASSIGN_OR_RETURN(Fd lock, LockDisk(dir, from));
+  ASSIGN_OR_RETURN(UniqueFd lock, LockDisk(dir, from));
   RETURN_IF_ERROR(MoveDiskDir(dir, to));
   if (from.instance != to.instance) {
     RETURN_IF_ERROR(FsyncDir(InstanceDir(from.instance)));
@@ -1080,7 +1011,7 @@ Status LocalBackend::CreateInstance(const std::string& instance) {
     if (errno == EEXIST) return Status::AlreadyExists("instance " + instance + " already exists");
     return Status::FromErrno(errno, "mkdir " + dir);
   }
-  { ASSIGN_OR_RETURN(Fd fd, OpenFile(MarkerPath(instance), O_WRONLY | O_CREAT)); }
+  { ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(MarkerPath(instance), O_WRONLY | O_CREAT)); }
   RETURN_IF_ERROR(FsyncDir(root_ + "/.instances"));
   return FsyncDir(root_);
 }

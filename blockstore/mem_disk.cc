@@ -213,7 +213,7 @@ class MemBackend final : public DiskBackend {
       st->parent_id = *opts.image;
       st->overlap = image_size;
       uint32_t chunk = st->parent->manifest().chunk_size;
-      st->chunk_size = disk_util::IsValidChunkSize(chunk) ? chunk : kBlankDiskChunkSize;
+      st->chunk_size = ValidateChunkSize(chunk).ok() ? chunk : kBlankDiskChunkSize;
     } else {
       if (!opts.size) return Status::InvalidArgument("a blank disk needs a size");
       st->size = *opts.size;

@@ -16,13 +16,14 @@ using namespace imgfs::testing;
 namespace {
 
 constexpr uint64_t KiB = 1024, MiB = 1024 * 1024;
+constexpr uint32_t kImageChunk = 16 * 1024;
 
 struct Fixture {
   explicit Fixture(const std::string& kind) : kind(kind) {
     std::mt19937_64 rng(std::random_device{}());
     instance = "t" + std::to_string(rng() % 1000000000);
     CephOptions ceph = TestCephOptions();
-    auto r = CreateDiskBackend(kind, dir.path(), images, &ceph);
+    auto r = CreateDiskBackend(kind, dir.path(), &images, &ceph);
     if (!r.ok()) {
       INFO(r.status().ToString());
       REQUIRE(r.ok());
@@ -48,6 +49,20 @@ struct Fixture {
     REQUIRE(s.ok());
   }
 
+  // Creates a disk from a new image of `image` bytes; returns the image id.
+  ImageId CreateFrom(const std::string& disk, const Bytes& image,
+                     std::optional<uint64_t> size = std::nullopt) {
+    auto id = images.Add(image);
+    REQUIRE(id.ok());
+    DiskCreateOptions o;
+    o.image = *id;
+    o.size = size;
+    Status s = backend->Create(Ref(disk), o);
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+    return *id;
+  }
+
   std::unique_ptr<Disk> OpenRW(const std::string& disk) {
     auto r = backend->Open(Ref(disk), OpenMode::kReadWrite);
     INFO(r.status().ToString());
@@ -57,7 +72,7 @@ struct Fixture {
 
   std::string kind;
   TempDir dir;
-  ImageSource* images = nullptr;
+  TestImages images{kImageChunk};
   std::string instance;
   std::unique_ptr<DiskBackend> backend;
 };
@@ -422,15 +437,108 @@ TEST_CASE("Disk conformance: many threads read and write at once", "[disk]") {
   for (int t = 0; t < kThreads; ++t) CHECK(ReadAll(*d, t * kRegion, kRegion) == want[t]);
 }
 
+TEST_CASE("Disk conformance: a clone reads its image and copies up on write", "[disk]") {
+  auto kind = GENERATE(from_range(DiskBackendKinds()));
+  Fixture f(kind);
+  INFO("backend " << kind);
+  std::mt19937_64 rng(6);
+  Bytes image = RandomImage(rng, 40 * kImageChunk + 999, kImageChunk, 1000);
+  std::fill_n(image.data() + 5 * kImageChunk, kImageChunk, 0);  // a hole
+  ImageId id = f.CreateFrom("d", image);
+  auto info = f.backend->Info(f.Ref("d"));
+  REQUIRE(info.ok());
+  CHECK(info->size == image.size());
+  REQUIRE(info->parent);
+  CHECK(*info->parent == id);
+
+  auto d = f.OpenRW("d");
+  CHECK(ReadAll(*d, 0, image.size()) == image);
+  // Partial writes to chunks the disk does not own keep the rest of the chunk.
+  Bytes want = image;
+  Bytes a = RandomBytes(rng, 100);
+  REQUIRE(d->Write(3 * kImageChunk + 50, ByteView(a)).ok());
+  std::memcpy(want.data() + 3 * kImageChunk + 50, a.data(), a.size());
+  Bytes b = RandomBytes(rng, kImageChunk + 10);
+  REQUIRE(d->Write(7 * kImageChunk - 5, ByteView(b)).ok());
+  std::memcpy(want.data() + 7 * kImageChunk - 5, b.data(), b.size());
+  Bytes c = RandomBytes(rng, 10);
+  REQUIRE(d->Write(5 * kImageChunk + 10, ByteView(c)).ok());  // into the hole
+  std::memcpy(want.data() + 5 * kImageChunk + 10, c.data(), c.size());
+  REQUIRE(d->Write(image.size() - 3, ByteView(c).first(3)).ok());  // the short last chunk
+  std::memcpy(want.data() + image.size() - 3, c.data(), 3);
+  CHECK(ReadAll(*d, 0, image.size()) == want);
+
+  // Discard reads zeros, not the image's bytes: partial, whole, and owned chunks.
+  REQUIRE(d->Discard(10 * kImageChunk + 7, 20).ok());
+  REQUIRE(d->Discard(12 * kImageChunk, 3 * kImageChunk).ok());
+  REQUIRE(d->Discard(3 * kImageChunk, kImageChunk).ok());
+  std::fill_n(want.data() + 10 * kImageChunk + 7, 20, 0);
+  std::fill_n(want.data() + 12 * kImageChunk, 3 * kImageChunk, 0);
+  std::fill_n(want.data() + 3 * kImageChunk, kImageChunk, 0);
+  CHECK(ReadAll(*d, 0, image.size()) == want);
+
+  // Allocated covers the image's data and leaves out its hole and discards.
+  auto ext = d->Allocated(0, d->size());
+  REQUIRE(ext.ok());
+  auto covered = [&](uint64_t off) {
+    for (const auto& e : *ext) {
+      if (off >= e.offset && off < e.offset + e.length) return true;
+    }
+    return false;
+  };
+  for (uint64_t off = 0; off < want.size(); ++off) {
+    if (want[off] && !covered(off)) FAIL("non-zero byte " << off << " not allocated");
+  }
+  CHECK(!covered(13 * kImageChunk));
+
+  REQUIRE(d->Flush().ok());
+  d.reset();
+  d = f.OpenRW("d");
+  CHECK(ReadAll(*d, 0, image.size()) == want);
+
+  // Shrinking below the image hides its tail for good (the parent overlap).
+  REQUIRE(d->Resize(20 * kImageChunk + 1, true).ok());
+  REQUIRE(d->Resize(image.size() + MiB, false).ok());
+  Bytes regrown(image.size() + MiB, 0);
+  std::memcpy(regrown.data(), want.data(), 20 * kImageChunk + 1);
+  CHECK(ReadAll(*d, 0, regrown.size()) == regrown);
+  d.reset();
+  d = f.OpenRW("d");
+  CHECK(ReadAll(*d, 0, regrown.size()) == regrown);
+}
+
+TEST_CASE("Disk conformance: clone sizes", "[disk]") {
+  auto kind = GENERATE(from_range(DiskBackendKinds()));
+  Fixture f(kind);
+  INFO("backend " << kind);
+  std::mt19937_64 rng(7);
+  Bytes image = RandomBytes(rng, 100 * KiB);
+  auto id = f.images.Add(image);
+  REQUIRE(id.ok());
+  DiskCreateOptions o;
+  o.image = *id;
+  o.size = image.size() - 1;
+  Status s = f.backend->Create(f.Ref("small"), o);
+  CHECK(s.IsInvalidArgument());
+  CHECK(s.message().find("smaller than the image") != std::string::npos);
+  CHECK(f.backend->Info(f.Ref("small")).status().IsNotFound());
+  o.size = 10 * MiB;
+  REQUIRE(f.backend->Create(f.Ref("big"), o).ok());
+  auto d = f.OpenRW("big");
+  CHECK(d->size() == 10 * MiB);
+  CHECK(ReadAll(*d, 0, image.size()) == image);
+  CHECK(AllZero(ReadAll(*d, image.size(), 10 * MiB - image.size())));
+}
+
 namespace {
 
 // Runs `ops` random operations against `disk` and an in-memory reference;
 // every read is compared with the reference.
-void RunModel(Fixture& f, const std::string& name, Bytes model, uint64_t seed, int ops) {
+void RunModel(Fixture& f, const std::string& name, Bytes model, uint64_t chunk, uint64_t seed,
+              int ops) {
   std::mt19937_64 rng(seed);
   auto d = f.OpenRW(name);
   REQUIRE(d->size() == model.size());
-  const uint64_t chunk = 64 * KiB;  // boundaries worth aiming at (blank disks)
   auto pick_offset = [&](uint64_t size) -> uint64_t {
     if (size == 0) return 0;
     switch (rng() % 3) {
@@ -549,5 +657,22 @@ TEST_CASE("Disk conformance: model-based random operations", "[disk][model]") {
   std::mt19937_64 rng(seed);
   uint64_t size = rng() % (3 * MiB);
   f.CreateBlank("model", size);
-  RunModel(f, "model", Bytes(size, 0), seed, ops);
+  RunModel(f, "model", Bytes(size, 0), 64 * KiB, seed, ops);
+}
+
+TEST_CASE("Disk conformance: model-based random operations over a parent image", "[disk][model]") {
+  auto kind = GENERATE(from_range(DiskBackendKinds()));
+  Fixture f(kind);
+  uint64_t seed = TestSeed();
+  int ops = EnvInt("IMGFS_TEST_OPS", 4000);
+  std::cout << "disk model test over a parent (" << kind << "): IMGFS_TEST_SEED=" << seed
+            << " ops=" << ops << std::endl;
+  INFO("backend " << kind << ", replay with IMGFS_TEST_SEED=" << seed);
+  std::mt19937_64 rng(seed);
+  Bytes image = RandomImage(rng, 1 + rng() % (2 * MiB), kImageChunk, 4);
+  uint64_t size = image.size() + (rng() % 2 ? rng() % MiB : 0);
+  f.CreateFrom("model", image, size);
+  Bytes model = image;
+  model.resize(size, 0);
+  RunModel(f, "model", model, kImageChunk, seed, ops);
 }

@@ -6,12 +6,17 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "blockstore/chunk_store.h"
 #include "blockstore/disk.h"
+#include "blockstore/image.h"
+#include "blockstore/manifest.h"
 #include "blockstore/status.h"
 
 namespace imgfs::testing {
@@ -55,6 +60,51 @@ inline uint64_t TestSeed() {
 inline int EnvInt(const char* name, int def) {
   if (const char* s = std::getenv(name); s && *s) return std::atoi(s);
   return def;
+}
+
+// Images for parents, in a mem: chunk store.
+class TestImages : public ImageSource {
+ public:
+  explicit TestImages(uint32_t chunk_size)
+      : store_(std::make_shared<ChunkStore>(CreateChunkBackend("mem:").value(), chunk_size)) {}
+
+  // Stores `data` as an image; returns its id.
+  Result<ImageId> Add(const Bytes& data) {
+    Manifest m;
+    m.size = data.size();
+    m.chunk_size = store_->chunk_size();
+    for (size_t off = 0; off < data.size(); off += m.chunk_size) {
+      size_t n = std::min<size_t>(m.chunk_size, data.size() - off);
+      ASSIGN_OR_RETURN(auto put, store_->Put(ByteView(data.data() + off, n)));
+      m.chunks.push_back(put.id);
+    }
+    ASSIGN_OR_RETURN(ImageId id, PutManifest(store_->backend(), m));
+    std::lock_guard lock(mu_);
+    manifests_[id] = m;
+    return id;
+  }
+
+  Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override {
+    std::lock_guard lock(mu_);
+    auto it = manifests_.find(id);
+    if (it == manifests_.end()) return Status::NotFound("image " + id.Hex() + " not found");
+    return std::make_shared<ImageReader>(store_, id, it->second);
+  }
+
+ private:
+  std::shared_ptr<ChunkStore> store_;
+  std::mutex mu_;
+  std::map<ImageId, Manifest> manifests_;
+};
+
+// Random image bytes of `size` where about one chunk in `hole_every` is zeros.
+inline Bytes RandomImage(std::mt19937_64& rng, size_t size, uint32_t chunk, int hole_every) {
+  Bytes out = RandomBytes(rng, size);
+  for (size_t off = 0; off < size; off += chunk) {
+    if (rng() % hole_every == 0)
+      std::fill_n(out.data() + off, std::min<size_t>(chunk, size - off), 0);
+  }
+  return out;
 }
 
 // The disk backend kinds the conformance suite runs against.

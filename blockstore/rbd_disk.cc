@@ -1,0 +1,1035 @@
+#include "blockstore/rbd_disk.h"
+
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <set>
+#include <shared_mutex>
+#include <thread>
+
+namespace imgfs {
+namespace {
+
+constexpr char kBasePrefix[] = "imgfs.base.";
+constexpr char kTmpPrefix[] = "imgfs.tmp.";
+constexpr char kSnap[] = "base";
+constexpr char kInstancesObject[] = "imgfs.instances";
+constexpr char kPublishedKey[] = "imgfs.published";
+constexpr uint64_t kFeatures = RBD_FEATURE_LAYERING | RBD_FEATURE_EXCLUSIVE_LOCK |
+                               RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF |
+                               RBD_FEATURE_DEEP_FLATTEN;
+constexpr uint64_t kMaxDiskSize = uint64_t{1} << 50;
+constexpr uint64_t kPublishRunBytes = 4u << 20;  // RBD's default object size
+constexpr size_t kPublishDepth = 16;
+constexpr int kPublishLockSeconds = 30;
+
+Status Err(int r, std::string_view what) { return Status::FromErrno(r, what); }
+
+// One cluster connection and I/O context, shared by the backend and its disks.
+struct Connection {
+  rados_t cluster = nullptr;
+  rados_ioctx_t io = nullptr;
+  std::string pool;
+  std::string ns;
+  std::string where;  // "pool" or "pool/ns", for messages and locations
+
+  ~Connection() {
+    if (io) rados_ioctx_destroy(io);
+    if (cluster) rados_shutdown(cluster);
+  }
+};
+
+// An open RBD image, closed on destruction.
+class Image {
+ public:
+  Image() = default;
+  explicit Image(rbd_image_t img) : img_(img) {}
+  Image(Image&& o) noexcept : img_(std::exchange(o.img_, nullptr)) {}
+  Image& operator=(Image&& o) noexcept {
+    std::swap(img_, o.img_);
+    return *this;
+  }
+  ~Image() {
+    if (img_) rbd_close(img_);
+  }
+  rbd_image_t get() const { return img_; }
+
+ private:
+  rbd_image_t img_ = nullptr;
+};
+
+Result<Image> OpenImage(Connection& c, const std::string& name, bool read_only,
+                        const char* snap = nullptr) {
+  rbd_image_t img = nullptr;
+  int r = read_only ? rbd_open_read_only(c.io, name.c_str(), &img, snap)
+                    : rbd_open(c.io, name.c_str(), &img, snap);
+  if (r < 0) return Err(r, "rbd: opening " + c.where + "/" + name);
+  return Image(img);
+}
+
+Result<std::string> GetMetadata(rbd_image_t img, const char* key) {
+  std::string value(64, '\0');
+  for (int i = 0; i < 4; i++) {
+    std::fill(value.begin(), value.end(), '\0');
+    size_t len = value.size();
+    int r = rbd_metadata_get(img, key, value.data(), &len);
+    if (r == -ERANGE) {
+      value.resize(len);
+      continue;
+    }
+    if (r < 0) return Err(r, std::string("rbd: reading metadata ") + key);
+    // On success librbd leaves `len` as it was: the value is NUL-terminated.
+    value.resize(strnlen(value.data(), value.size()));
+    return value;
+  }
+  return Status::IOError(std::string("rbd: metadata ") + key + " keeps growing");
+}
+
+Result<std::vector<std::string>> ListImageNames(Connection& c) {
+  std::vector<rbd_image_spec_t> specs(64);
+  for (;;) {
+    size_t n = specs.size();
+    int r = rbd_list2(c.io, specs.data(), &n);
+    if (r == -ERANGE) {
+      specs.resize(n + 16);
+      continue;
+    }
+    if (r < 0) return Err(r, "rbd: listing images in " + c.where);
+    std::vector<std::string> names;
+    names.reserve(n);
+    for (size_t i = 0; i < n; i++) names.emplace_back(specs[i].name);
+    rbd_image_spec_list_cleanup(specs.data(), n);
+    return names;
+  }
+}
+
+// "<instance>_<disk>" back to a DiskRef, or nullopt for other images.
+std::optional<DiskRef> ParseDiskName(std::string_view name) {
+  size_t us = name.find('_');
+  if (us == std::string_view::npos) return std::nullopt;
+  DiskRef ref{std::string(name.substr(0, us)), std::string(name.substr(us + 1))};
+  if (!ValidateInstanceName(ref.instance).ok() || !ValidateDiskName(ref.disk).ok()) {
+    return std::nullopt;
+  }
+  return ref;
+}
+
+Status ValidateRef(const DiskRef& ref) {
+  RETURN_IF_ERROR(ValidateInstanceName(ref.instance));
+  return ValidateDiskName(ref.disk);
+}
+
+Result<size_t> CountWatchers(rbd_image_t img) {
+  std::vector<rbd_image_watcher_t> w(8);
+  for (;;) {
+    size_t n = w.size();
+    int r = rbd_watchers_list(img, w.data(), &n);
+    if (r == -ERANGE) {
+      w.resize(n + 8);
+      continue;
+    }
+    if (r < 0) return Err(r, "rbd: listing watchers");
+    rbd_watchers_list_cleanup(w.data(), n);
+    return n;
+  }
+}
+
+// The completion of one asynchronous request: hands the result to `done`.
+struct AioRequest {
+  Disk::Callback done;
+  std::function<void()> finished;  // bookkeeping of the issuing disk
+  const char* what;
+  size_t expect;  // bytes a read must return (the rest is zero-filled)
+  uint8_t* buf;
+};
+
+// librbd calls the completion callback unconditionally.
+void NoCallback(rbd_completion_t, void*) {}
+
+void AioComplete(rbd_completion_t c, void* arg) {
+  auto* req = static_cast<AioRequest*>(arg);
+  ssize_t r = rbd_aio_get_return_value(c);
+  rbd_aio_release(c);
+  Status s;
+  if (r < 0) {
+    s = Err(static_cast<int>(r), req->what);
+  } else if (req->buf && static_cast<size_t>(r) < req->expect) {
+    std::memset(req->buf + r, 0, req->expect - r);
+  }
+  Disk::Callback done = std::move(req->done);
+  std::function<void()> finished = std::move(req->finished);
+  delete req;
+  finished();
+  done(std::move(s));
+}
+
+class RbdDisk : public Disk {
+ public:
+  RbdDisk(std::shared_ptr<Connection> conn, DiskRef ref, std::string name, Image image,
+          bool writable, uint64_t size)
+      : conn_(std::move(conn)),
+        ref_(std::move(ref)),
+        name_(std::move(name)),
+        image_(std::move(image)),
+        writable_(writable),
+        size_(size) {}
+
+  ~RbdDisk() override {
+    std::unique_lock lock(inflight_mu_);
+    inflight_cv_.wait(lock, [&] { return inflight_ == 0; });
+    lock.unlock();
+    if (writable_) (void)rbd_lock_release(image_.get());
+  }
+
+  const DiskRef& ref() const override { return ref_; }
+  uint64_t size() const override { return size_.load(); }
+  bool writable() const override { return writable_; }
+
+  Status Read(uint64_t offset, MutableByteView buf) override {
+    std::shared_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckRange(offset, buf.size()));
+    if (buf.empty()) return Status::OK();
+    ssize_t r = rbd_read2(image_.get(), offset, buf.size(), reinterpret_cast<char*>(buf.data()), 0);
+    if (r < 0) return Err(static_cast<int>(r), "rbd: reading " + Where());
+    if (static_cast<size_t>(r) < buf.size()) std::memset(buf.data() + r, 0, buf.size() - r);
+    return Status::OK();
+  }
+
+  Status Write(uint64_t offset, ByteView buf) override {
+    std::shared_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckWritable());
+    RETURN_IF_ERROR(CheckRange(offset, buf.size()));
+    if (buf.empty()) return Status::OK();
+    ssize_t r =
+        rbd_write2(image_.get(), offset, buf.size(), reinterpret_cast<const char*>(buf.data()), 0);
+    if (r < 0) return Err(static_cast<int>(r), "rbd: writing " + Where());
+    if (static_cast<size_t>(r) != buf.size())
+      return Status::IOError("rbd: short write to " + Where());
+    return Status::OK();
+  }
+
+  Status Discard(uint64_t offset, uint64_t length) override {
+    std::shared_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckWritable());
+    RETURN_IF_ERROR(CheckRange(offset, length));
+    if (length == 0) return Status::OK();
+    int r = rbd_discard(image_.get(), offset, length);
+    if (r < 0) return Err(r, "rbd: discarding in " + Where());
+    return Status::OK();
+  }
+
+  Status Flush() override {
+    if (!writable_) return Status::OK();
+    int r = rbd_flush(image_.get());
+    if (r < 0) return Err(r, "rbd: flushing " + Where());
+    return Status::OK();
+  }
+
+  Status Resize(uint64_t new_size, bool allow_shrink) override {
+    std::unique_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckWritable());
+    uint64_t cur = size_.load();
+    if (new_size == cur) return Status::OK();
+    if (new_size < cur && !allow_shrink) {
+      return Status::PermissionDenied("disk " + ref_.ToString() + ": shrinking from " +
+                                      std::to_string(cur) + " to " + std::to_string(new_size) +
+                                      " bytes is refused");
+    }
+    if (new_size > kMaxDiskSize) {
+      return Status::InvalidArgument("disk " + ref_.ToString() + ": size " +
+                                     std::to_string(new_size) + " is over the 1 PiB limit");
+    }
+    int r = rbd_resize(image_.get(), new_size);
+    if (r < 0) return Err(r, "rbd: resizing " + Where());
+    size_ = new_size;
+    return Status::OK();
+  }
+
+  Result<std::vector<Extent>> Allocated(uint64_t offset, uint64_t length) override {
+    std::shared_lock lock(resize_mu_);
+    uint64_t size = size_.load();
+    std::vector<Extent> out;
+    if (offset >= size || length == 0) return out;
+    length = std::min(length, size - offset);
+    int r = rbd_diff_iterate2(image_.get(), nullptr, offset, length, 1, 1, &CollectExtent, &out);
+    if (r < 0) return Err(r, "rbd: mapping " + Where());
+    return MergeClip(std::move(out), offset, length);
+  }
+
+  void ReadAsync(uint64_t offset, MutableByteView buf, Callback done) override {
+    std::shared_lock lock(resize_mu_);
+    Status s = CheckRange(offset, buf.size());
+    if (!s.ok() || buf.empty()) return done(std::move(s));
+    rbd_completion_t c;
+    AioRequest* req = Start(std::move(done), "rbd: reading", buf.data(), buf.size(), &c);
+    int r =
+        rbd_aio_read2(image_.get(), offset, buf.size(), reinterpret_cast<char*>(buf.data()), c, 0);
+    if (r < 0) Abort(req, c, r);
+  }
+
+  void WriteAsync(uint64_t offset, ByteView buf, Callback done) override {
+    std::shared_lock lock(resize_mu_);
+    Status s = CheckWritable();
+    if (s.ok()) s = CheckRange(offset, buf.size());
+    if (!s.ok() || buf.empty()) return done(std::move(s));
+    rbd_completion_t c;
+    AioRequest* req = Start(std::move(done), "rbd: writing", nullptr, 0, &c);
+    int r = rbd_aio_write2(image_.get(), offset, buf.size(),
+                           reinterpret_cast<const char*>(buf.data()), c, 0);
+    if (r < 0) Abort(req, c, r);
+  }
+
+  void DiscardAsync(uint64_t offset, uint64_t length, Callback done) override {
+    std::shared_lock lock(resize_mu_);
+    Status s = CheckWritable();
+    if (s.ok()) s = CheckRange(offset, length);
+    if (!s.ok() || length == 0) return done(std::move(s));
+    rbd_completion_t c;
+    AioRequest* req = Start(std::move(done), "rbd: discarding", nullptr, 0, &c);
+    int r = rbd_aio_discard(image_.get(), offset, length, c);
+    if (r < 0) Abort(req, c, r);
+  }
+
+  void FlushAsync(Callback done) override {
+    if (!writable_) return done(Status::OK());
+    rbd_completion_t c;
+    AioRequest* req = Start(std::move(done), "rbd: flushing", nullptr, 0, &c);
+    int r = rbd_aio_flush(image_.get(), c);
+    if (r < 0) Abort(req, c, r);
+  }
+
+ private:
+  std::string Where() const { return conn_->where + "/" + name_; }
+
+  Status CheckWritable() const {
+    if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+    return Status::OK();
+  }
+
+  Status CheckRange(uint64_t offset, uint64_t length) const {
+    uint64_t size = size_.load();
+    if (length > size || offset > size - length) {
+      return Status::InvalidArgument("disk " + ref_.ToString() + ": range " +
+                                     std::to_string(offset) + "+" + std::to_string(length) +
+                                     " is beyond its size " + std::to_string(size));
+    }
+    return Status::OK();
+  }
+
+  AioRequest* Start(Callback done, const char* what, uint8_t* buf, size_t expect,
+                    rbd_completion_t* c) {
+    {
+      std::lock_guard lock(inflight_mu_);
+      inflight_++;
+    }
+    auto* req = new AioRequest{std::move(done), [this] { Finished(); }, what, expect, buf};
+    if (int r = rbd_aio_create_completion(req, &AioComplete, c); r < 0) {
+      *c = nullptr;
+    }
+    return req;
+  }
+
+  void Abort(AioRequest* req, rbd_completion_t c, int r) {
+    if (c) rbd_aio_release(c);
+    Callback done = std::move(req->done);
+    std::string what = std::string(req->what) + " " + Where();
+    delete req;
+    Finished();
+    done(Err(r, what));
+  }
+
+  void Finished() {
+    std::lock_guard lock(inflight_mu_);
+    if (--inflight_ == 0) inflight_cv_.notify_all();
+  }
+
+  static int CollectExtent(uint64_t off, size_t len, int exists, void* arg) {
+    if (exists) static_cast<std::vector<Extent>*>(arg)->push_back({off, len});
+    return 0;
+  }
+
+  static std::vector<Extent> MergeClip(std::vector<Extent> in, uint64_t offset, uint64_t length) {
+    std::sort(in.begin(), in.end(),
+              [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
+    std::vector<Extent> out;
+    uint64_t end = offset + length;
+    for (Extent e : in) {
+      uint64_t s = std::max(e.offset, offset);
+      uint64_t t = std::min(e.offset + e.length, end);
+      if (s >= t) continue;
+      if (!out.empty() && out.back().offset + out.back().length >= s) {
+        out.back().length = std::max(out.back().offset + out.back().length, t) - out.back().offset;
+      } else {
+        out.push_back({s, t - s});
+      }
+    }
+    return out;
+  }
+
+  std::shared_ptr<Connection> conn_;  // constant after construction
+  const DiskRef ref_;
+  const std::string name_;
+  Image image_;
+  const bool writable_;
+  std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
+  std::atomic<uint64_t> size_;   // changed under resize_mu_ held exclusively
+
+  std::mutex inflight_mu_;
+  std::condition_variable inflight_cv_;
+  size_t inflight_ = 0;  // GUARDED_BY(inflight_mu_)
+};
+
+class RbdDiskBackend : public DiskBackend {
+ public:
+  RbdDiskBackend(std::shared_ptr<Connection> conn, ImageSource* images)
+      : conn_(std::move(conn)), images_(images) {}
+
+  std::string Describe() const override { return "rbd:" + conn_->where; }
+
+  Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override {
+    RETURN_IF_ERROR(ValidateRef(ref));
+    const std::string name = RbdDiskName(ref);
+    if (opts.size && *opts.size > kMaxDiskSize) {
+      return Status::InvalidArgument("disk size " + std::to_string(*opts.size) +
+                                     " is over the 1 PiB limit");
+    }
+    {
+      rbd_image_t img = nullptr;
+      int r = rbd_open_read_only(conn_->io, name.c_str(), &img, nullptr);
+      if (r == 0) {
+        rbd_close(img);
+        return Status::AlreadyExists("disk " + ref.ToString() + " already exists");
+      }
+    }
+    uint64_t size = 0;
+    if (!opts.image) {
+      if (!opts.size) return Status::InvalidArgument("a blank disk needs a size");
+      size = *opts.size;
+      RbdOptions o;
+      int r = rbd_create4(conn_->io, name.c_str(), size, o.opts);
+      if (r == -EEXIST) return Status::AlreadyExists("disk " + ref.ToString() + " already exists");
+      if (r < 0) return Err(r, "rbd: creating " + Where(name));
+    } else {
+      if (!images_) return Status::NotSupported("this rbd backend has no image source");
+      ASSIGN_OR_RETURN(auto reader, images_->OpenImage(*opts.image));
+      size = opts.size.value_or(reader->size());
+      if (size < reader->size()) {
+        return Status::InvalidArgument("disk size " + std::to_string(size) +
+                                       " is smaller than image " + opts.image->Hex() + " (" +
+                                       std::to_string(reader->size()) + " bytes)");
+      }
+      RETURN_IF_ERROR(Publish(*reader));
+      RbdOptions o;
+      const std::string base = RbdBaseName(*opts.image);
+      int r = rbd_clone3(conn_->io, base.c_str(), kSnap, conn_->io, name.c_str(), o.opts);
+      if (r == -EEXIST) return Status::AlreadyExists("disk " + ref.ToString() + " already exists");
+      if (r < 0) return Err(r, "rbd: cloning " + Where(base) + "@" + kSnap + " to " + name);
+    }
+    Status s = FinishCreate(ref, name, size, opts.attrs);
+    if (!s.ok()) {
+      (void)rbd_remove(conn_->io, name.c_str());
+      return s;
+    }
+    return AddInstanceMarker(ref.instance);
+  }
+
+  Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) override {
+    RETURN_IF_ERROR(ValidateRef(ref));
+    const std::string name = RbdDiskName(ref);
+    bool rw = mode == OpenMode::kReadWrite;
+    auto img = OpenImage(*conn_, name, !rw);
+    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    if (rw) {
+      int r = rbd_lock_acquire(img->get(), RBD_LOCK_MODE_EXCLUSIVE);
+      if (r == -EROFS || r == -EBUSY || r == -EAGAIN) {
+        return Status::Busy("disk " + ref.ToString() + " is in use (open for writing elsewhere)");
+      }
+      if (r < 0) return Err(r, "rbd: locking " + Where(name));
+    }
+    uint64_t size = 0;
+    if (int r = rbd_get_size(img->get(), &size); r < 0)
+      return Err(r, "rbd: size of " + Where(name));
+    return std::unique_ptr<Disk>(
+        std::make_unique<RbdDisk>(conn_, ref, name, std::move(*img), rw, size));
+  }
+
+  Status Remove(const DiskRef& ref) override {
+    RETURN_IF_ERROR(ValidateRef(ref));
+    const std::string name = RbdDiskName(ref);
+    RETURN_IF_ERROR(CheckNotInUse(ref, name));
+    int r = rbd_remove(conn_->io, name.c_str());
+    if (r == -EBUSY) return InUse(ref);
+    if (r < 0) return NotFoundAsDisk(Err(r, "rbd: removing " + Where(name)), ref);
+    return Status::OK();
+  }
+
+  Status Rename(const DiskRef& from, const DiskRef& to) override {
+    RETURN_IF_ERROR(ValidateRef(from));
+    RETURN_IF_ERROR(ValidateRef(to));
+    const std::string a = RbdDiskName(from), b = RbdDiskName(to);
+    RETURN_IF_ERROR(CheckNotInUse(from, a));
+    int r = rbd_rename(conn_->io, a.c_str(), b.c_str());
+    if (r == -EEXIST) return Status::AlreadyExists("disk " + to.ToString() + " already exists");
+    if (r < 0) return NotFoundAsDisk(Err(r, "rbd: renaming " + Where(a) + " to " + b), from);
+    return AddInstanceMarker(to.instance);
+  }
+
+  Result<DiskInfo> Info(const DiskRef& ref) override {
+    RETURN_IF_ERROR(ValidateRef(ref));
+    const std::string name = RbdDiskName(ref);
+    auto img = OpenImage(*conn_, name, true);
+    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    DiskInfo info;
+    info.ref = ref;
+    info.location = "rbd:" + Where(name);
+    if (int r = rbd_get_size(img->get(), &info.size); r < 0) {
+      return Err(r, "rbd: size of " + Where(name));
+    }
+    rbd_linked_image_spec_t parent;
+    rbd_snap_spec_t snap;
+    int r = rbd_get_parent(img->get(), &parent, &snap);
+    if (r == 0) {
+      std::string_view pname = parent.image_name ? parent.image_name : "";
+      if (pname.starts_with(kBasePrefix)) {
+        auto id = ImageId::FromHex(pname.substr(std::strlen(kBasePrefix)));
+        if (id.ok()) info.parent = *id;
+      }
+      rbd_linked_image_spec_cleanup(&parent);
+      rbd_snap_spec_cleanup(&snap);
+    } else if (r != -ENOENT) {
+      return Err(r, "rbd: parent of " + Where(name));
+    }
+    uint64_t owned = 0;
+    r = rbd_diff_iterate2(
+        img->get(), nullptr, 0, info.size, 0, 1,
+        [](uint64_t, size_t len, int exists, void* arg) {
+          if (exists) *static_cast<uint64_t*>(arg) += len;
+          return 0;
+        },
+        &owned);
+    if (r < 0) return Err(r, "rbd: usage of " + Where(name));
+    info.owned_bytes = owned;
+    timespec ts{};
+    if (rbd_get_modify_timestamp(img->get(), &ts) == 0) {
+      info.mtime_ns = int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+    }
+    ASSIGN_OR_RETURN(info.attrs, ReadAttrs(img->get()));
+    return info;
+  }
+
+  Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) override {
+    RETURN_IF_ERROR(ValidateRef(ref));
+    const std::string name = RbdDiskName(ref);
+    RETURN_IF_ERROR(CheckNotInUse(ref, name));
+    ASSIGN_OR_RETURN(auto disk, Open(ref, OpenMode::kReadWrite));
+    return disk->Resize(new_size, allow_shrink);
+  }
+
+  Status SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) override {
+    RETURN_IF_ERROR(ValidateRef(ref));
+    const std::string name = RbdDiskName(ref);
+    auto img = OpenImage(*conn_, name, false);
+    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    return WriteAttrs(img->get(), name, attrs);
+  }
+
+  Status CreateInstance(const std::string& instance) override {
+    RETURN_IF_ERROR(ValidateInstanceName(instance));
+    ASSIGN_OR_RETURN(auto instances, ListInstances());
+    if (std::find(instances.begin(), instances.end(), instance) != instances.end()) {
+      return Status::AlreadyExists("instance " + instance + " already exists");
+    }
+    return AddInstanceMarker(instance);
+  }
+
+  Status RemoveInstance(const std::string& instance) override {
+    RETURN_IF_ERROR(ValidateInstanceName(instance));
+    ASSIGN_OR_RETURN(auto disks, List(instance));
+    if (!disks.empty()) return Status::NotEmpty("instance " + instance + " still has disks");
+    ASSIGN_OR_RETURN(auto markers, ReadInstanceMarkers());
+    if (!markers.contains(instance)) return Status::NotFound("instance " + instance + " not found");
+    rados_write_op_t op = rados_create_write_op();
+    const char* keys[] = {instance.c_str()};
+    rados_write_op_omap_rm_keys(op, keys, 1);
+    int r = rados_write_op_operate(op, conn_->io, kInstancesObject, nullptr, 0);
+    rados_release_write_op(op);
+    if (r < 0) return Err(r, "rados: removing instance " + instance);
+    return Status::OK();
+  }
+
+  Result<std::vector<std::string>> ListInstances() override {
+    ASSIGN_OR_RETURN(auto set, ReadInstanceMarkers());
+    ASSIGN_OR_RETURN(auto disks, List(""));
+    for (const auto& d : disks) set.insert(d.instance);
+    return std::vector<std::string>(set.begin(), set.end());
+  }
+
+  Result<std::vector<DiskRef>> List(const std::string& instance) override {
+    ASSIGN_OR_RETURN(auto names, ListImageNames(*conn_));
+    std::vector<DiskRef> out;
+    for (const auto& n : names) {
+      auto ref = ParseDiskName(n);
+      if (ref && (instance.empty() || ref->instance == instance)) out.push_back(std::move(*ref));
+    }
+    std::sort(out.begin(), out.end(), [](const DiskRef& a, const DiskRef& b) {
+      return std::tie(a.instance, a.disk) < std::tie(b.instance, b.disk);
+    });
+    return out;
+  }
+
+  Result<SpaceInfo> Space() override {
+    rados_cluster_stat_t cs{};
+    if (int r = rados_cluster_stat(conn_->cluster, &cs); r < 0)
+      return Err(r, "rados: cluster stat");
+    rados_pool_stat_t ps{};
+    if (int r = rados_ioctx_pool_stat(conn_->io, &ps); r < 0) {
+      return Err(r, "rados: stat of pool " + conn_->pool);
+    }
+    SpaceInfo s;
+    s.capacity_bytes = cs.kb * 1024;
+    s.available_bytes = cs.kb_avail * 1024;
+    s.used_bytes = ps.num_bytes;
+    return s;
+  }
+
+ private:
+  // rbd_image_options_t for new images: format 2 and kFeatures.
+  struct RbdOptions {
+    rbd_image_options_t opts;
+    RbdOptions() {
+      rbd_image_options_create(&opts);
+      (void)rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FORMAT, 2);
+      (void)rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, kFeatures);
+    }
+    ~RbdOptions() { rbd_image_options_destroy(opts); }
+  };
+
+  std::string Where(const std::string& name) const { return conn_->where + "/" + name; }
+
+  static Status InUse(const DiskRef& ref) {
+    return Status::Busy("disk " + ref.ToString() + " is in use (open for writing)");
+  }
+
+  static Status NotFoundAsDisk(const Status& s, const DiskRef& ref) {
+    if (s.IsNotFound()) return Status::NotFound("disk " + ref.ToString() + " not found");
+    return s;
+  }
+
+  // Busy when some client has the image open for writing (it watches the
+  // header); read-only opens do not watch.
+  Status CheckNotInUse(const DiskRef& ref, const std::string& name) {
+    auto img = OpenImage(*conn_, name, true);
+    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    ASSIGN_OR_RETURN(size_t watchers, CountWatchers(img->get()));
+    if (watchers > 0) return InUse(ref);
+    return Status::OK();
+  }
+
+  Status FinishCreate(const DiskRef& ref, const std::string& name, uint64_t size,
+                      const DiskAttrs& attrs) {
+    auto img = OpenImage(*conn_, name, false);
+    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    uint64_t cur = 0;
+    if (int r = rbd_get_size(img->get(), &cur); r < 0) return Err(r, "rbd: size of " + Where(name));
+    if (cur != size) {
+      if (int r = rbd_resize(img->get(), size); r < 0) {
+        return Err(r, "rbd: resizing " + Where(name));
+      }
+    }
+    return WriteAttrs(img->get(), name, attrs);
+  }
+
+  Status WriteAttrs(rbd_image_t img, const std::string& name, const DiskAttrs& a) {
+    const std::pair<const char*, uint32_t> kv[] = {
+        {"imgfs.mode", a.mode & 07777}, {"imgfs.uid", a.uid}, {"imgfs.gid", a.gid}};
+    for (const auto& [k, v] : kv) {
+      int r = rbd_metadata_set(img, k, std::to_string(v).c_str());
+      if (r < 0) return Err(r, "rbd: setting " + std::string(k) + " of " + Where(name));
+    }
+    return Status::OK();
+  }
+
+  static Result<DiskAttrs> ReadAttrs(rbd_image_t img) {
+    DiskAttrs a;
+    std::pair<const char*, uint32_t*> kv[] = {
+        {"imgfs.mode", &a.mode}, {"imgfs.uid", &a.uid}, {"imgfs.gid", &a.gid}};
+    for (auto& [k, p] : kv) {
+      auto v = GetMetadata(img, k);
+      if (!v.ok()) {
+        if (v.status().IsNotFound()) continue;
+        return v.status();
+      }
+      try {
+        *p = static_cast<uint32_t>(std::stoul(*v));
+      } catch (...) {
+        return Status::Corruption(std::string("rbd: metadata ") + k + " is not a number: " + *v);
+      }
+    }
+    return a;
+  }
+
+  Result<std::set<std::string>> ReadInstanceMarkers() {
+    std::set<std::string> out;
+    std::string after;
+    for (;;) {
+      rados_read_op_t op = rados_create_read_op();
+      rados_omap_iter_t it = nullptr;
+      unsigned char more = 0;
+      int prval = 0;
+      rados_read_op_omap_get_keys2(op, after.c_str(), 1000, &it, &more, &prval);
+      int r = rados_read_op_operate(op, conn_->io, kInstancesObject, 0);
+      rados_release_read_op(op);
+      if (r == -ENOENT) return out;
+      if (r < 0 || prval < 0) {
+        if (it) rados_omap_get_end(it);
+        return Err(r < 0 ? r : prval, "rados: listing instances in " + conn_->where);
+      }
+      char* key = nullptr;
+      char* val = nullptr;
+      size_t key_len = 0, val_len = 0;
+      while (rados_omap_get_next2(it, &key, &val, &key_len, &val_len) == 0 && key) {
+        after.assign(key, key_len);
+        out.insert(after);
+      }
+      rados_omap_get_end(it);
+      if (!more) return out;
+    }
+  }
+
+  Status AddInstanceMarker(const std::string& instance) {
+    rados_write_op_t op = rados_create_write_op();
+    const char* keys[] = {instance.c_str()};
+    const char* vals[] = {""};
+    size_t lens[] = {0};
+    rados_write_op_omap_set(op, keys, vals, lens, 1);
+    int r = rados_write_op_operate(op, conn_->io, kInstancesObject, nullptr, 0);
+    rados_release_write_op(op);
+    if (r < 0) return Err(r, "rados: recording instance " + instance);
+    return Status::OK();
+  }
+
+  // OK(true) when `name` is a complete publication: snapshot "base" protected
+  // and the published mark set. OK(false) when there is no such image.
+  Result<bool> IsPublished(const std::string& name) {
+    rbd_image_t raw = nullptr;
+    int r = rbd_open_read_only(conn_->io, name.c_str(), &raw, kSnap);
+    if (r == -ENOENT) return false;
+    if (r < 0) return Err(r, "rbd: opening " + Where(name) + "@" + kSnap);
+    Image img(raw);
+    auto mark = GetMetadata(img.get(), kPublishedKey);
+    if (!mark.ok() && !mark.status().IsNotFound()) return mark.status();
+    int prot = 0;
+    if (int r2 = rbd_snap_is_protected(img.get(), kSnap, &prot); r2 < 0) {
+      return Err(r2, "rbd: checking " + Where(name) + "@" + kSnap);
+    }
+    if (!mark.ok() || *mark != "1" || !prot) {
+      return Status::Corruption("rbd: " + Where(name) +
+                                " exists but is not a complete imgfs publication (" +
+                                (!mark.ok() ? mark.status().ToString() : "mark '" + *mark + "'") +
+                                (prot ? "" : ", snapshot not protected") + "); remove it");
+    }
+    return true;
+  }
+
+  // Publishers of one image take turns under the RADOS lock "publish" on the
+  // object imgfs.publish.<id>, held for kPublishLockSeconds and renewed while
+  // writing, so a publisher that dies frees it when it runs out. Under the
+  // lock: if the base is still missing, write a temporary image, then rename
+  // it to the base name. The others wait for the lock and then find the base.
+  Status Publish(ImageReader& reader) {
+    const std::string name = RbdBaseName(reader.id());
+    const std::string oid = "imgfs.publish." + reader.id().Hex();
+    const std::string cookie = RandomHex();
+    for (;;) {
+      ASSIGN_OR_RETURN(bool done, IsPublished(name));
+      if (done) return Status::OK();
+      timeval dur{kPublishLockSeconds, 0};
+      int r = rados_lock_exclusive(conn_->io, oid.c_str(), "publish", cookie.c_str(),
+                                   "imgfs publication", &dur, 0);
+      if (r == -EBUSY || r == -EEXIST) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        continue;
+      }
+      if (r < 0) return Err(r, "rados: locking " + oid);
+      Status s = PublishLocked(reader, name, oid, cookie);
+      (void)rados_unlock(conn_->io, oid.c_str(), "publish", cookie.c_str());
+      if (!s.IsBusy()) return s.ok() ? s : s.WithContext("publishing image " + reader.id().Hex());
+      // Busy: the lock ran out under us; start again.
+    }
+  }
+
+  Status PublishLocked(ImageReader& reader, const std::string& name, const std::string& oid,
+                       const std::string& cookie) {
+    ASSIGN_OR_RETURN(bool done, IsPublished(name));
+    if (done) return Status::OK();
+    (void)CleanAbandoned(reader.id());
+    auto renew = [&]() -> Status {
+      timeval dur{kPublishLockSeconds, 0};
+      int r = rados_lock_exclusive(conn_->io, oid.c_str(), "publish", cookie.c_str(),
+                                   "imgfs publication", &dur, LIBRADOS_LOCK_FLAG_MUST_RENEW);
+      if (r < 0) return Status::Busy("rados: lost the publication lock " + oid);
+      return Status::OK();
+    };
+    std::string tmp = TempName(reader.id());
+    Status s = WriteTemp(reader, tmp, renew);
+    if (s.ok()) s = renew();
+    if (s.ok()) {
+      int r = rbd_rename(conn_->io, tmp.c_str(), name.c_str());
+      if (r == 0) {
+        spdlog::debug("rbd: published image {} as {}", reader.id().Hex(), Where(name));
+        return Status::OK();
+      }
+      s = Err(r, "rbd: renaming " + Where(tmp) + " to " + name);
+    }
+    if (Status rm = RemoveFully(tmp); !rm.ok()) {
+      spdlog::warn("rbd: could not remove {}: {}", Where(tmp), rm.ToString());
+    }
+    return s;
+  }
+
+  static std::string RandomHex() {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+    return buf;
+  }
+
+  static std::string TempName(const ImageId& id) {
+    return std::string(kTmpPrefix) + id.Hex() + "." + RandomHex();
+  }
+
+  // Creates `tmp` and writes the image into it (holes skipped), snapshots
+  // and protects "base", and sets the published mark. Holds the exclusive
+  // lock meanwhile so that cleaners leave it alone.
+  Status WriteTemp(ImageReader& reader, const std::string& tmp,
+                   const std::function<Status()>& renew) {
+    RbdOptions o;
+    int r = rbd_create4(conn_->io, tmp.c_str(), reader.size(), o.opts);
+    if (r < 0) return Err(r, "rbd: creating " + Where(tmp));
+    ASSIGN_OR_RETURN(Image img, OpenImage(*conn_, tmp, false));
+    if (r = rbd_lock_acquire(img.get(), RBD_LOCK_MODE_EXCLUSIVE); r < 0) {
+      return Err(r, "rbd: locking " + Where(tmp));
+    }
+    RETURN_IF_ERROR(WriteData(reader, img.get(), tmp, renew));
+    if (r = rbd_flush(img.get()); r < 0) return Err(r, "rbd: flushing " + Where(tmp));
+    if (r = rbd_snap_create(img.get(), kSnap); r < 0) {
+      return Err(r, "rbd: snapshotting " + Where(tmp));
+    }
+    if (r = rbd_snap_protect(img.get(), kSnap); r < 0) {
+      return Err(r, "rbd: protecting " + Where(tmp) + "@" + kSnap);
+    }
+    if (r = rbd_metadata_set(img.get(), "imgfs.image_id", reader.id().Hex().c_str()); r < 0) {
+      return Err(r, "rbd: setting metadata of " + Where(tmp));
+    }
+    if (r = rbd_metadata_set(img.get(), kPublishedKey, "1"); r < 0) {
+      return Err(r, "rbd: setting metadata of " + Where(tmp));
+    }
+    (void)rbd_lock_release(img.get());
+    return Status::OK();
+  }
+
+  // Streams the non-hole chunks with up to kPublishDepth aio writes in flight.
+  Status WriteData(ImageReader& reader, rbd_image_t img, const std::string& tmp,
+                   const std::function<Status()>& renew) {
+    auto renewed = std::chrono::steady_clock::now();
+    const Manifest& m = reader.manifest();
+    const uint64_t cs = m.chunk_size;
+    struct Pending {
+      rbd_completion_t c;
+      Bytes buf;
+    };
+    std::deque<Pending> inflight;
+    Status status;
+    auto reap = [&](bool all) {
+      while (!inflight.empty() && (all || inflight.size() >= kPublishDepth)) {
+        Pending& p = inflight.front();
+        rbd_aio_wait_for_complete(p.c);
+        ssize_t r = rbd_aio_get_return_value(p.c);
+        rbd_aio_release(p.c);
+        if (r < 0 && status.ok()) status = Err(static_cast<int>(r), "rbd: writing " + Where(tmp));
+        inflight.pop_front();
+      }
+    };
+    size_t i = 0;
+    const size_t n = m.chunks.size();
+    while (i < n && status.ok()) {
+      if (m.chunks[i].IsHole()) {
+        i++;
+        continue;
+      }
+      uint64_t start = i * cs;
+      uint64_t end = start;
+      while (i < n && !m.chunks[i].IsHole() && end - start < kPublishRunBytes &&
+             (end == start || end % kPublishRunBytes != 0)) {
+        end = std::min<uint64_t>((i + 1) * cs, m.size);
+        i++;
+      }
+      reap(false);
+      if (!status.ok()) break;
+      if (std::chrono::steady_clock::now() - renewed >
+          std::chrono::seconds(kPublishLockSeconds / 3)) {
+        status = renew();
+        if (!status.ok()) break;
+        renewed = std::chrono::steady_clock::now();
+      }
+      Pending p;
+      p.buf.resize(end - start);
+      if (Status s = reader.Read(start, p.buf); !s.ok()) {
+        status = s.WithContext("publishing image " + reader.id().Hex());
+        break;
+      }
+      int r = rbd_aio_create_completion(nullptr, &NoCallback, &p.c);
+      if (r < 0) {
+        status = Err(r, "rbd: aio completion");
+        break;
+      }
+      r = rbd_aio_write2(img, start, p.buf.size(), reinterpret_cast<const char*>(p.buf.data()), p.c,
+                         0);
+      if (r < 0) {
+        rbd_aio_release(p.c);
+        status = Err(r, "rbd: writing " + Where(tmp));
+        break;
+      }
+      inflight.push_back(std::move(p));
+    }
+    reap(true);
+    return status;
+  }
+
+  // Temporary publications of `id` left by publishers that died. Called
+  // with the publication lock held, so no live publisher is writing one.
+  Status CleanAbandoned(const ImageId& id) {
+    ASSIGN_OR_RETURN(auto names, ListImageNames(*conn_));
+    const std::string prefix = std::string(kTmpPrefix) + id.Hex() + ".";
+    for (const auto& n : names) {
+      if (!n.starts_with(prefix)) continue;
+      spdlog::info("rbd: removing abandoned publication {}", Where(n));
+      if (Status rm = RemoveFully(n); !rm.ok()) {
+        spdlog::warn("rbd: could not remove {}: {}", Where(n), rm.ToString());
+      }
+    }
+    return Status::OK();
+  }
+
+  Status RemoveFully(const std::string& name) {
+    {
+      auto img = OpenImage(*conn_, name, false);
+      if (!img.ok()) return img.status().IsNotFound() ? Status::OK() : img.status();
+      bool exists = false;
+      if (rbd_snap_exists(img->get(), kSnap, &exists) == 0 && exists) {
+        int prot = 0;
+        if (rbd_snap_is_protected(img->get(), kSnap, &prot) == 0 && prot) {
+          if (int r = rbd_snap_unprotect(img->get(), kSnap); r < 0) {
+            return Err(r, "rbd: unprotecting " + Where(name) + "@" + kSnap);
+          }
+        }
+        if (int r = rbd_snap_remove(img->get(), kSnap); r < 0) {
+          return Err(r, "rbd: removing " + Where(name) + "@" + kSnap);
+        }
+      }
+    }
+    // A watch may linger a moment after a close: retry a little while. (A
+    // client that died keeps watching until its watch times out; then the
+    // image is left for a later publication to remove.)
+    int r = 0;
+    for (int i = 0; i < 50; i++) {
+      r = rbd_remove(conn_->io, name.c_str());
+      if (r != -EBUSY) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (r < 0 && r != -ENOENT) return Err(r, "rbd: removing " + Where(name));
+    return Status::OK();
+  }
+
+  std::shared_ptr<Connection> conn_;  // constant after construction
+  ImageSource* images_;               // constant after construction
+};
+
+Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephOptions* ceph) {
+  CephOptions opts = ceph ? *ceph : CephOptions{};
+  auto c = std::make_shared<Connection>();
+  size_t slash = target.find('/');
+  c->pool = std::string(target.substr(0, slash));
+  if (slash != std::string_view::npos) c->ns = std::string(target.substr(slash + 1));
+  c->where = std::string(target);
+  if (c->pool.empty() || (slash != std::string_view::npos && c->ns.empty()) ||
+      c->ns.find('/') != std::string::npos) {
+    return Status::InvalidArgument("disk backend 'rbd:" + std::string(target) +
+                                   "': expected rbd:POOL or rbd:POOL/NAMESPACE");
+  }
+  std::string id = opts.client_id.empty() ? "admin" : opts.client_id;
+  if (id.starts_with("client.")) id = id.substr(7);
+  const std::string who = "client." + id;
+  if (int r = rados_create(&c->cluster, id.c_str()); r < 0)
+    return Err(r, "rados: creating a client");
+  int r =
+      rados_conf_read_file(c->cluster, opts.conf_file.empty() ? nullptr : opts.conf_file.c_str());
+  if (r < 0 && !(opts.conf_file.empty() && r == -ENOENT)) {
+    return Err(r, "ceph: reading configuration " +
+                      (opts.conf_file.empty() ? std::string("(default)") : opts.conf_file));
+  }
+  if (r = rados_conf_parse_env(c->cluster, nullptr); r < 0) return Err(r, "ceph: CEPH_ARGS");
+  if (!opts.keyring.empty()) {
+    if (r = rados_conf_set(c->cluster, "keyring", opts.keyring.c_str()); r < 0) {
+      return Err(r, "ceph: setting keyring");
+    }
+  }
+  const std::string t = std::to_string(opts.timeout_seconds > 0 ? opts.timeout_seconds : 20);
+  for (const char* k : {"client_mount_timeout", "rados_mon_op_timeout", "rados_osd_op_timeout"}) {
+    if (r = rados_conf_set(c->cluster, k, t.c_str()); r < 0)
+      return Err(r, std::string("ceph: ") + k);
+  }
+  // Discard must make partial objects read back as zeros too.
+  (void)rados_conf_set(c->cluster, "rbd_skip_partial_discard", "false");
+  (void)rados_conf_set(c->cluster, "rbd_discard_granularity_bytes", "4096");
+  const std::string conf_desc =
+      "(conf " + (opts.conf_file.empty() ? std::string("default") : opts.conf_file) + ", " + who +
+      (opts.keyring.empty() ? std::string() : ", keyring " + opts.keyring) + ")";
+  if (r = rados_connect(c->cluster); r < 0) {
+    return Err(r, "ceph: connecting to the cluster " + conf_desc);
+  }
+  r = rados_ioctx_create(c->cluster, c->pool.c_str(), &c->io);
+  if (r == -ENOENT) return Status::NotFound("ceph: pool '" + c->pool + "' does not exist");
+  if (r < 0) return Err(r, "ceph: opening pool " + c->pool);
+  if (!c->ns.empty()) {
+    bool exists = false;
+    if (r = rbd_namespace_exists(c->io, c->ns.c_str(), &exists); r < 0) {
+      return Err(r, "rbd: checking namespace " + c->where);
+    }
+    if (!exists) return Status::NotFound("rbd: namespace '" + c->where + "' does not exist");
+    rados_ioctx_set_namespace(c->io, c->ns.c_str());
+  }
+  // Any call that needs the OSDs: fails here, clearly, rather than on first use.
+  std::vector<rbd_image_spec_t> specs(1);
+  size_t n = 1;
+  r = rbd_list2(c->io, specs.data(), &n);
+  if (r >= 0) rbd_image_spec_list_cleanup(specs.data(), n);
+  if (r < 0 && r != -ERANGE) return Err(r, "rbd: listing images in " + c->where + " " + conf_desc);
+  return c;
+}
+
+}  // namespace
+
+std::string RbdDiskName(const DiskRef& ref) { return ref.instance + "_" + ref.disk; }
+
+std::string RbdBaseName(const ImageId& id) { return std::string(kBasePrefix) + id.Hex(); }
+
+Result<std::unique_ptr<DiskBackend>> CreateRbdDiskBackend(std::string_view target,
+                                                          ImageSource* images,
+                                                          const CephOptions* ceph) {
+  ASSIGN_OR_RETURN(auto conn, Connect(target, ceph));
+  return std::unique_ptr<DiskBackend>(std::make_unique<RbdDiskBackend>(std::move(conn), images));
+}
+
+}  // namespace imgfs

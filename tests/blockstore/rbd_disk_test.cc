@@ -1,0 +1,630 @@
+// The rbd disk backend against the real test cluster (tools/test.sh starts it
+// and sets IMGFS_CEPH_*). Each test case works in its own RBD namespace.
+#include "blockstore/rbd_disk.h"
+
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "blockstore/chunk_store.h"
+#include "blockstore/image.h"
+#include "blockstore/manifest.h"
+
+using namespace imgfs;
+
+namespace {
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+CephOptions ClusterOptions() {
+  if (Env("IMGFS_CEPH_CONF").empty()) {
+    FAIL(
+        "IMGFS_CEPH_CONF is not set: run the tests with tools/test.sh, which starts the "
+        "test Ceph cluster (tools/ceph-cluster.sh)");
+  }
+  CephOptions o;
+  o.conf_file = Env("IMGFS_CEPH_CONF");
+  o.client_id = Env("IMGFS_CEPH_ID");
+  o.keyring = Env("IMGFS_CEPH_KEYRING");
+  return o;
+}
+
+std::string RandomHex(size_t n) {
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::string s;
+  while (s.size() < n) s += "0123456789abcdef"[rng() % 16];
+  return s;
+}
+
+// A direct librados/librbd client for checks behind the backend's back.
+class Raw {
+ public:
+  explicit Raw(const CephOptions& o, const std::string& ns = "") {
+    std::string id = o.client_id.empty() ? "admin" : o.client_id;
+    REQUIRE(rados_create(&cluster_, id.c_str()) == 0);
+    REQUIRE(rados_conf_read_file(cluster_, o.conf_file.c_str()) == 0);
+    if (!o.keyring.empty()) REQUIRE(rados_conf_set(cluster_, "keyring", o.keyring.c_str()) == 0);
+    REQUIRE(rados_connect(cluster_) == 0);
+    REQUIRE(rados_ioctx_create(cluster_, Env("IMGFS_CEPH_POOL").c_str(), &io_) == 0);
+    if (!ns.empty()) rados_ioctx_set_namespace(io_, ns.c_str());
+  }
+  ~Raw() {
+    rados_ioctx_destroy(io_);
+    rados_shutdown(cluster_);
+  }
+  rados_ioctx_t io() { return io_; }
+
+  std::vector<std::string> Images() {
+    std::vector<rbd_image_spec_t> specs(256);
+    size_t n = specs.size();
+    REQUIRE(rbd_list2(io_, specs.data(), &n) == 0);
+    std::vector<std::string> out;
+    for (size_t i = 0; i < n; i++) out.emplace_back(specs[i].name);
+    rbd_image_spec_list_cleanup(specs.data(), n);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  // Bytes the image stores itself (whole objects, parent excluded).
+  uint64_t Used(const std::string& name, const char* snap = nullptr) {
+    rbd_image_t img;
+    REQUIRE(rbd_open_read_only(io_, name.c_str(), &img, snap) == 0);
+    uint64_t size = 0, used = 0;
+    REQUIRE(rbd_get_size(img, &size) == 0);
+    REQUIRE(rbd_diff_iterate2(
+                img, nullptr, 0, size, 0, 1,
+                [](uint64_t, size_t len, int exists, void* arg) {
+                  if (exists) *static_cast<uint64_t*>(arg) += len;
+                  return 0;
+                },
+                &used) == 0);
+    rbd_close(img);
+    return used;
+  }
+
+ private:
+  rados_t cluster_ = nullptr;
+  rados_ioctx_t io_ = nullptr;
+};
+
+// An RBD namespace made for one test case and emptied and removed after it.
+class Namespace {
+ public:
+  Namespace() : opts_(ClusterOptions()), name_("t" + RandomHex(12)), raw_(opts_) {
+    REQUIRE(rbd_namespace_create(raw_.io(), name_.c_str()) == 0);
+    in_ = std::make_unique<Raw>(opts_, name_);
+  }
+  ~Namespace() {
+    Raw& in = *in_;
+    // Clones first, then the bases they hang from.
+    for (int pass = 0; pass < 2; pass++) {
+      for (const auto& n : in.Images()) {
+        bool base = n.starts_with("imgfs.");
+        if ((pass == 0) == base) continue;
+        rbd_image_t img;
+        if (rbd_open(in.io(), n.c_str(), &img, nullptr) == 0) {
+          int prot = 0;
+          if (rbd_snap_is_protected(img, "base", &prot) == 0 && prot)
+            rbd_snap_unprotect(img, "base");
+          rbd_snap_remove(img, "base");
+          rbd_close(img);
+        }
+        rbd_remove(in.io(), n.c_str());
+      }
+    }
+    std::vector<std::string> objects;
+    rados_list_ctx_t list;
+    if (rados_nobjects_list_open(in.io(), &list) == 0) {
+      const char* oid;
+      while (rados_nobjects_list_next(list, &oid, nullptr, nullptr) == 0) {
+        if (std::string_view(oid).starts_with("imgfs.")) objects.emplace_back(oid);
+      }
+      rados_nobjects_list_close(list);
+    }
+    for (const auto& o : objects) rados_remove(in.io(), o.c_str());
+    in_.reset();
+    rbd_namespace_remove(raw_.io(), name_.c_str());
+  }
+  const CephOptions& opts() const { return opts_; }
+  std::string spec() const { return Env("IMGFS_CEPH_POOL") + "/" + name_; }
+  const std::string& name() const { return name_; }
+  Raw& raw() { return *in_; }  // a client in this namespace
+
+ private:
+  CephOptions opts_;
+  std::string name_;
+  Raw raw_;  // the pool's default namespace
+  std::unique_ptr<Raw> in_;
+};
+
+// Images in a memory chunk store, served to the backend.
+class TestImages : public ImageSource {
+ public:
+  explicit TestImages(uint32_t chunk_size = 64 * 1024)
+      : chunks_(std::make_shared<ChunkStore>(*CreateChunkBackend("mem:"), chunk_size)) {}
+
+  ImageId Add(const Bytes& data) {
+    Manifest m;
+    m.size = data.size();
+    m.chunk_size = chunks_->chunk_size();
+    for (size_t off = 0; off < data.size(); off += m.chunk_size) {
+      size_t n = std::min<size_t>(m.chunk_size, data.size() - off);
+      auto put = chunks_->Put(ByteView(data).subspan(off, n));
+      REQUIRE(put.ok());
+      m.chunks.push_back(put->id);
+    }
+    ImageId id = m.Id();
+    std::lock_guard lock(mu_);
+    manifests_[id] = m;
+    return id;
+  }
+
+  Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override {
+    std::lock_guard lock(mu_);
+    auto it = manifests_.find(id);
+    if (it == manifests_.end()) return Status::NotFound("image " + id.Hex() + " not found");
+    return std::make_shared<ImageReader>(chunks_, id, it->second);
+  }
+
+ private:
+  std::shared_ptr<ChunkStore> chunks_;
+  std::mutex mu_;
+  std::map<ImageId, Manifest> manifests_;
+};
+
+Bytes RandomBytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Bytes b(n);
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&b[i], &v, 8);
+  }
+  return b;
+}
+
+// 12 MiB: 4 MiB of data, a 4 MiB hole (one whole RBD object), 4 MiB of data.
+Bytes ImageWithHole(uint64_t seed) {
+  Bytes b = RandomBytes(12u << 20, seed);
+  std::memset(&b[4u << 20], 0, 4u << 20);
+  return b;
+}
+
+std::unique_ptr<DiskBackend> Backend(const Namespace& ns, ImageSource* images) {
+  auto b = CreateRbdDiskBackend(ns.spec(), images, &ns.opts());
+  INFO(b.status().ToString());
+  REQUIRE(b.ok());
+  return std::move(*b);
+}
+
+const DiskRef kDisk{"inst1", "disk"};
+
+#define REQUIRE_OK(expr)                  \
+  do {                                    \
+    Status s_ = (expr);                   \
+    INFO(#expr << ": " << s_.ToString()); \
+    REQUIRE(s_.ok());                     \
+  } while (0)
+
+}  // namespace
+
+TEST_CASE("rbd: a blank disk reads zeros, keeps writes, grows, discards", "[rbd]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  DiskCreateOptions co;
+  REQUIRE(be->Create(kDisk, co).IsInvalidArgument());  // blank needs a size
+  co.size = 8u << 20;
+  co.attrs = {0600, 107, 108};
+  REQUIRE_OK(be->Create(kDisk, co));
+  REQUIRE(be->Create(kDisk, co).IsAlreadyExists());
+  REQUIRE(ns.raw().Images() == std::vector<std::string>{"inst1_disk"});
+
+  auto d = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(d.ok());
+  Disk& disk = **d;
+  REQUIRE(disk.size() == 8u << 20);
+  Bytes zeros(1 << 20), buf(1 << 20);
+  REQUIRE_OK(disk.Read(0, buf));
+  REQUIRE(buf == zeros);
+
+  Bytes data = RandomBytes(3 << 20, 1);
+  REQUIRE_OK(disk.Write(12345, data));
+  REQUIRE_OK(disk.Flush());
+  Bytes back(data.size());
+  REQUIRE_OK(disk.Read(12345, back));
+  REQUIRE(back == data);
+  REQUIRE(disk.Write((8u << 20) - 10, ByteView(data).first(11)).IsInvalidArgument());
+
+  // Discard, unaligned: the range reads zeros, its neighbours are kept.
+  REQUIRE_OK(disk.Discard(100000, 1000001));
+  REQUIRE_OK(disk.Read(12345, back));
+  for (size_t i = 0; i < back.size(); i++) {
+    uint64_t off = 12345 + i;
+    bool zero = off >= 100000 && off < 1100001;
+    if (back[i] != (zero ? 0 : data[i])) FAIL("byte " << off << " wrong after discard");
+  }
+
+  // Grow: O(1), new space reads zeros; shrink refused unless allowed.
+  REQUIRE_OK(disk.Resize(uint64_t{64} << 30, false));
+  REQUIRE(disk.size() == uint64_t{64} << 30);
+  REQUIRE_OK(disk.Read((uint64_t{64} << 30) - buf.size(), buf));
+  REQUIRE(buf == zeros);
+  REQUIRE(disk.Resize(1u << 20, false).IsPermissionDenied());
+  REQUIRE(disk.size() == uint64_t{64} << 30);
+
+  auto ext = disk.Allocated(0, uint64_t{64} << 30);
+  REQUIRE(ext.ok());
+  REQUIRE(!ext->empty());
+  REQUIRE(ext->front().offset <= 12345);
+  REQUIRE(ext->back().offset + ext->back().length <= 8u << 20);
+
+  auto info = be->Info(kDisk);
+  REQUIRE(info.ok());
+  REQUIRE(info->size == uint64_t{64} << 30);
+  REQUIRE(!info->parent);
+  REQUIRE(info->attrs.mode == 0600);
+  REQUIRE(info->attrs.uid == 107);
+  REQUIRE(info->attrs.gid == 108);
+  REQUIRE(info->location == "rbd:" + ns.spec() + "/inst1_disk");
+  REQUIRE(info->owned_bytes > 0);
+  REQUIRE(info->mtime_ns > 0);
+
+  // chmod while open for writing (libvirt relabels running disks).
+  REQUIRE_OK(be->SetAttrs(kDisk, {0640, 0, 0}));
+  REQUIRE(be->Info(kDisk)->attrs.mode == 0640);
+
+  d->reset();
+  auto ro = be->Open(kDisk, OpenMode::kReadOnly);
+  REQUIRE(ro.ok());
+  REQUIRE(!(*ro)->writable());
+  REQUIRE((*ro)->Write(0, ByteView(data).first(10)).code() == Code::kReadOnly);
+  REQUIRE_OK((*ro)->Read(12345, back));
+  REQUIRE(std::equal(back.begin(), back.begin() + (100000 - 12345), data.begin()));
+}
+
+TEST_CASE("rbd: a second writer, remove and rename of an open disk are refused", "[rbd]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  auto other_host = Backend(ns, nullptr);  // its own cluster connection
+  DiskCreateOptions co;
+  co.size = 4u << 20;
+  REQUIRE_OK(be->Create(kDisk, co));
+  {
+    auto w = be->Open(kDisk, OpenMode::kReadWrite);
+    REQUIRE(w.ok());
+    auto w2 = other_host->Open(kDisk, OpenMode::kReadWrite);
+    REQUIRE(w2.status().IsBusy());
+    REQUIRE(w2.status().message().find("in use") != std::string::npos);
+    REQUIRE(be->Open(kDisk, OpenMode::kReadWrite).status().IsBusy());
+    REQUIRE(other_host->Remove(kDisk).IsBusy());
+    REQUIRE(other_host->Rename(kDisk, {"inst1", "other"}).IsBusy());
+    REQUIRE(other_host->Resize(kDisk, 8u << 20, false).IsBusy());
+    // Readers are fine, and the writer keeps working.
+    REQUIRE(other_host->Open(kDisk, OpenMode::kReadOnly).ok());
+    Bytes b(4096, 7);
+    REQUIRE_OK((*w)->Write(0, b));
+    REQUIRE_OK((*w)->Flush());
+  }
+  // Closed: the other host may write now.
+  auto w2 = other_host->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(w2.ok());
+  Bytes b(4096);
+  REQUIRE_OK((*w2)->Read(0, b));
+  REQUIRE(b == Bytes(4096, 7));
+  w2->reset();
+  REQUIRE_OK(be->Resize(kDisk, 8u << 20, false));
+  REQUIRE(be->Resize(kDisk, 4u << 20, false).IsPermissionDenied());
+  REQUIRE_OK(be->Rename(kDisk, {"inst2", "disk"}));
+  REQUIRE(be->Info(kDisk).status().IsNotFound());
+  REQUIRE(be->Info({"inst2", "disk"})->size == 8u << 20);
+  REQUIRE_OK(be->Remove({"inst2", "disk"}));
+  REQUIRE(be->Remove({"inst2", "disk"}).IsNotFound());
+  REQUIRE(be->Open({"inst2", "disk"}, OpenMode::kReadOnly).status().IsNotFound());
+}
+
+TEST_CASE("rbd: instances are disk prefixes plus markers of empty ones", "[rbd]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  auto other_host = Backend(ns, nullptr);
+  REQUIRE(be->ListInstances()->empty());
+  REQUIRE_OK(be->CreateInstance("empty"));
+  REQUIRE(be->CreateInstance("empty").IsAlreadyExists());
+  REQUIRE(be->CreateInstance("bad_name").IsInvalidArgument());
+  DiskCreateOptions co;
+  co.size = 1u << 20;
+  REQUIRE_OK(be->Create({"i1", "disk"}, co));
+  REQUIRE_OK(be->Create({"i1", "disk.eph0"}, co));
+  REQUIRE_OK(be->Create({"i2", "disk_config"}, co));
+  // Images that are not disks are not listed.
+  Raw in(ns.opts(), ns.name());
+  int order = 0;
+  REQUIRE(rbd_create(in.io(), "nounderscore", 1 << 20, &order) == 0);
+  REQUIRE(other_host->ListInstances().value() == std::vector<std::string>{"empty", "i1", "i2"});
+  auto all = other_host->List("");
+  REQUIRE(all.ok());
+  REQUIRE(all->size() == 3);
+  REQUIRE((*all)[0].ToString() == "i1/disk");
+  REQUIRE((*all)[1].ToString() == "i1/disk.eph0");
+  REQUIRE((*all)[2].ToString() == "i2/disk_config");
+  REQUIRE(other_host->List("i1")->size() == 2);
+  REQUIRE(be->RemoveInstance("i1").code() == Code::kNotEmpty);
+  REQUIRE_OK(be->Remove({"i1", "disk"}));
+  REQUIRE_OK(be->Remove({"i1", "disk.eph0"}));
+  REQUIRE_OK(be->RemoveInstance("i1"));
+  REQUIRE(be->RemoveInstance("i1").IsNotFound());
+  REQUIRE_OK(be->RemoveInstance("empty"));
+  REQUIRE(be->ListInstances().value() == std::vector<std::string>{"i2"});
+}
+
+TEST_CASE("rbd: many asynchronous requests in flight", "[rbd]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  DiskCreateOptions co;
+  co.size = 16u << 20;
+  REQUIRE_OK(be->Create(kDisk, co));
+  auto d = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(d.ok());
+  constexpr size_t kReqs = 256, kBs = 64 * 1024;
+  Bytes data = RandomBytes(kReqs * kBs, 9);
+  std::atomic<size_t> ok{0}, done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  auto cb = [&](Status s) {
+    if (s.ok()) ok++;
+    std::lock_guard l(mu);
+    done++;
+    cv.notify_all();
+  };
+  for (size_t i = 0; i < kReqs; i++) {
+    (*d)->WriteAsync(i * kBs, ByteView(data).subspan(i * kBs, kBs), cb);
+  }
+  {
+    std::unique_lock l(mu);
+    cv.wait(l, [&] { return done == kReqs; });
+  }
+  REQUIRE(ok == kReqs);
+  std::promise<Status> flushed;
+  (*d)->FlushAsync([&](Status s) { flushed.set_value(s); });
+  REQUIRE(flushed.get_future().get().ok());
+  Bytes back(data.size());
+  ok = 0;
+  done = 0;
+  for (size_t i = 0; i < kReqs; i++) {
+    (*d)->ReadAsync(i * kBs, MutableByteView(back).subspan(i * kBs, kBs), cb);
+  }
+  {
+    std::unique_lock l(mu);
+    cv.wait(l, [&] { return done == kReqs; });
+  }
+  REQUIRE(ok == kReqs);
+  REQUIRE(back == data);
+  std::promise<Status> discarded;
+  (*d)->DiscardAsync(0, 1 << 20, [&](Status s) { discarded.set_value(s); });
+  REQUIRE(discarded.get_future().get().ok());
+  std::promise<Status> bad;
+  (*d)->ReadAsync(16u << 20, MutableByteView(back).first(1), [&](Status s) { bad.set_value(s); });
+  REQUIRE(bad.get_future().get().IsInvalidArgument());
+}
+
+TEST_CASE("rbd: a disk from an image is a clone of its one publication", "[rbd]") {
+  Namespace ns;
+  TestImages images;
+  Bytes content = ImageWithHole(3);
+  ImageId id = images.Add(content);
+  auto be = Backend(ns, &images);
+  DiskCreateOptions co;
+  co.image = id;
+  co.size = 1u << 20;
+  REQUIRE(be->Create(kDisk, co).IsInvalidArgument());  // smaller than the image
+  co.size.reset();
+  REQUIRE_OK(be->Create(kDisk, co));
+  co.size = 1u << 30;
+  REQUIRE_OK(be->Create({"inst2", "disk"}, co));
+  DiskCreateOptions missing;
+  missing.image = Hash128(ByteView(content).first(10));
+  REQUIRE(be->Create({"inst3", "disk"}, missing).IsNotFound());
+
+  const std::string base = RbdBaseName(id);
+  REQUIRE(ns.raw().Images() ==
+          std::vector<std::string>{"imgfs.base." + id.Hex(), "inst1_disk", "inst2_disk"});
+  // Thin: the base stores only its data objects; the clones nothing yet.
+  REQUIRE(ns.raw().Used(base, "base") == 8u << 20);
+  REQUIRE(ns.raw().Used("inst1_disk") == 0);
+
+  auto info = be->Info(kDisk);
+  REQUIRE(info.ok());
+  REQUIRE(info->parent == id);
+  REQUIRE(info->size == content.size());
+  REQUIRE(info->owned_bytes == 0);
+  REQUIRE(be->Info({"inst2", "disk"})->size == 1u << 30);
+
+  auto d = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(d.ok());
+  Bytes back(content.size());
+  REQUIRE_OK((*d)->Read(0, back));
+  REQUIRE(back == content);
+  auto ext = (*d)->Allocated(0, content.size());
+  REQUIRE(ext.ok());
+  REQUIRE(ext->size() == 2);  // the hole in the middle is reported as one
+  REQUIRE((*ext)[0] == Extent{0, 4u << 20});
+  REQUIRE((*ext)[1] == Extent{8u << 20, 4u << 20});
+
+  // Copy-on-write: the parent and the other disk keep their bytes.
+  Bytes w = RandomBytes(5000, 4);
+  REQUIRE_OK((*d)->Write(4000, w));
+  REQUIRE_OK((*d)->Discard(9u << 20, 4096));
+  REQUIRE_OK((*d)->Flush());
+  REQUIRE_OK((*d)->Read(0, back));
+  Bytes expect = content;
+  std::memcpy(&expect[4000], w.data(), w.size());
+  std::memset(&expect[9u << 20], 0, 4096);
+  REQUIRE(back == expect);
+  auto d2 = be->Open({"inst2", "disk"}, OpenMode::kReadOnly);
+  REQUIRE(d2.ok());
+  Bytes back2(content.size());
+  REQUIRE_OK((*d2)->Read(0, back2));
+  REQUIRE(back2 == content);
+  Bytes tail(1 << 20);
+  REQUIRE_OK((*d2)->Read((1u << 30) - tail.size(), tail));
+  REQUIRE(tail == Bytes(1 << 20));
+
+  // Shrinking below the image and growing back reads zeros there.
+  REQUIRE_OK((*d)->Resize(2u << 20, true));
+  REQUIRE_OK((*d)->Resize(12u << 20, false));
+  REQUIRE_OK((*d)->Read(0, back));
+  REQUIRE(std::equal(back.begin(), back.begin() + (2u << 20), expect.begin()));
+  REQUIRE(std::all_of(back.begin() + (2u << 20), back.end(), [](uint8_t c) { return c == 0; }));
+
+  // The base is protected: it cannot be removed under its clones.
+  Raw in(ns.opts(), ns.name());
+  rbd_image_t img;
+  REQUIRE(rbd_open(in.io(), base.c_str(), &img, nullptr) == 0);
+  REQUIRE(rbd_snap_unprotect(img, "base") < 0);
+  rbd_close(img);
+}
+
+TEST_CASE("rbd: two hosts publishing the same image at once end with one base", "[rbd]") {
+  Namespace ns;
+  TestImages images;
+  Bytes content = RandomBytes(24u << 20, 5);
+  ImageId id = images.Add(content);
+  constexpr int kHosts = 3;
+  std::vector<std::unique_ptr<DiskBackend>> hosts;
+  for (int i = 0; i < kHosts; i++) hosts.push_back(Backend(ns, &images));
+  std::vector<std::future<Status>> results;
+  for (int i = 0; i < kHosts; i++) {
+    results.push_back(std::async(std::launch::async, [&, i] {
+      DiskCreateOptions co;
+      co.image = id;
+      return hosts[i]->Create({"host" + std::to_string(i), "disk"}, co);
+    }));
+  }
+  for (auto& r : results) {
+    Status s = r.get();
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+  }
+  auto names = ns.raw().Images();
+  REQUIRE(names ==
+          std::vector<std::string>{"host0_disk", "host1_disk", "host2_disk", RbdBaseName(id)});
+  for (int i = 0; i < kHosts; i++) {
+    auto d =
+        hosts[(i + 1) % kHosts]->Open({"host" + std::to_string(i), "disk"}, OpenMode::kReadOnly);
+    REQUIRE(d.ok());
+    Bytes back(content.size());
+    REQUIRE_OK((*d)->Read(0, back));
+    REQUIRE(back == content);
+  }
+}
+
+TEST_CASE("rbd: a publication killed midway is never a parent and is redone", "[rbd]") {
+  Namespace ns;
+  TestImages images;
+  Bytes content = RandomBytes(8u << 20, 6);
+  ImageId id = images.Add(content);
+  // What a publisher killed while writing leaves: a temporary image with part
+  // of the data, nobody watching it, no published mark.
+  const std::string dead = "imgfs.tmp." + id.Hex() + ".deadbeefdeadbeef";
+  Raw in(ns.opts(), ns.name());
+  int order = 0;
+  REQUIRE(rbd_create(in.io(), dead.c_str(), content.size(), &order) == 0);
+  {
+    rbd_image_t img;
+    REQUIRE(rbd_open(in.io(), dead.c_str(), &img, nullptr) == 0);
+    Bytes junk(1 << 20, 0x55);
+    REQUIRE(rbd_write(img, 0, junk.size(), reinterpret_cast<const char*>(junk.data())) ==
+            static_cast<ssize_t>(junk.size()));
+    rbd_close(img);
+  }
+  // ... and its publication lock, which runs out (here after 2 s).
+  const std::string lock_oid = "imgfs.publish." + id.Hex();
+  timeval dur{2, 0};
+  REQUIRE(rados_lock_exclusive(in.io(), lock_oid.c_str(), "publish", "dead-publisher", "", &dur,
+                               0) == 0);
+  auto be = Backend(ns, &images);
+  DiskCreateOptions co;
+  co.image = id;
+  REQUIRE_OK(be->Create(kDisk, co));
+  REQUIRE(be->Info(kDisk)->parent == id);
+  REQUIRE(ns.raw().Images() == std::vector<std::string>{RbdBaseName(id), "inst1_disk"});
+  auto d = be->Open(kDisk, OpenMode::kReadOnly);
+  REQUIRE(d.ok());
+  Bytes back(content.size());
+  REQUIRE_OK((*d)->Read(0, back));
+  REQUIRE(back == content);
+
+  // A base without the completion mark (not made by a finished publisher)
+  // is refused as a parent, clearly.
+  Bytes other = RandomBytes(1u << 20, 7);
+  ImageId id2 = images.Add(other);
+  REQUIRE(rbd_create(in.io(), RbdBaseName(id2).c_str(), other.size(), &order) == 0);
+  {
+    rbd_image_t img;
+    REQUIRE(rbd_open(in.io(), RbdBaseName(id2).c_str(), &img, nullptr) == 0);
+    REQUIRE(rbd_snap_create(img, "base") == 0);
+    rbd_close(img);
+  }
+  co.image = id2;
+  Status s = be->Create({"inst2", "disk"}, co);
+  REQUIRE(s.IsCorruption());
+  REQUIRE(s.message().find("not a complete imgfs publication") != std::string::npos);
+  REQUIRE(be->Info({"inst2", "disk"}).status().IsNotFound());
+}
+
+TEST_CASE("rbd: bad pool, namespace, key and a dead cluster are clear errors", "[rbd]") {
+  CephOptions o = ClusterOptions();
+  auto r = CreateRbdDiskBackend("no-such-pool-" + RandomHex(6), nullptr, &o);
+  REQUIRE(r.status().IsNotFound());
+  REQUIRE(r.status().message().find("does not exist") != std::string::npos);
+  r = CreateRbdDiskBackend(Env("IMGFS_CEPH_POOL") + "/no-such-ns", nullptr, &o);
+  REQUIRE(r.status().IsNotFound());
+  REQUIRE(CreateRbdDiskBackend("", nullptr, &o).status().IsInvalidArgument());
+  REQUIRE(CreateRbdDiskBackend("a/b/c", nullptr, &o).status().IsInvalidArgument());
+
+  // A key the cluster does not know.
+  char tmpl[] = "/tmp/imgfs-rbd-test.XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  std::string dir = tmpl;
+  {
+    std::ofstream k(dir + "/bad.keyring");
+    k << "[client.admin]\n\tkey = AQBJ0kBmAAAAABAAo2M1s0A3D8KZ0ZfXkDGgQA==\n";
+  }
+  CephOptions bad = o;
+  bad.keyring = dir + "/bad.keyring";
+  r = CreateRbdDiskBackend(Env("IMGFS_CEPH_POOL"), nullptr, &bad);
+  REQUIRE(r.status().IsPermissionDenied());
+  REQUIRE(r.status().message().find("bad.keyring") != std::string::npos);
+
+  // A cluster that is down: no monitor answers; the error comes within the
+  // configured client timeout.
+  {
+    std::ifstream in(o.conf_file);
+    std::ofstream out(dir + "/dead.conf");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.starts_with("mon host")) line = "mon host = [v2:127.0.0.1:9]";
+      out << line << "\n";
+    }
+  }
+  CephOptions dead = o;
+  dead.conf_file = dir + "/dead.conf";
+  dead.timeout_seconds = 3;
+  r = CreateRbdDiskBackend(Env("IMGFS_CEPH_POOL"), nullptr, &dead);
+  REQUIRE(!r.ok());
+  REQUIRE(r.status().IsRetryable());
+  REQUIRE(r.status().message().find("connecting to the cluster") != std::string::npos);
+  std::remove((dir + "/bad.keyring").c_str());
+  std::remove((dir + "/dead.conf").c_str());
+  rmdir(dir.c_str());
+}

@@ -62,8 +62,9 @@ enum class OpenMode : uint8_t { kReadOnly, kReadWrite };
 
 // An open disk. Thread safety: Read, Write, Discard, Flush, Resize, Allocated
 // and the async forms may all be called from many threads at once; Resize is
-// serialised against I/O internally. Destroying the handle closes it without
-// flushing (call Flush first to make writes durable).
+// serialised against I/O internally. Destroying a writable handle flushes it
+// (as rbd_close does) and logs an error it cannot return: call Flush first to
+// see errors. Unflushed writes survive a close; only a crash may lose them.
 class Disk {
  public:
   using Callback = std::function<void(Status)>;
@@ -78,7 +79,8 @@ class Disk {
   virtual Status Read(uint64_t offset, MutableByteView buf) = 0;
   // Writes within size() (InvalidArgument beyond it; grow with Resize first).
   virtual Status Write(uint64_t offset, ByteView buf) = 0;
-  // The range reads back as zeros afterwards.
+  // The range reads back as zeros afterwards. The part beyond size() is
+  // ignored.
   virtual Status Discard(uint64_t offset, uint64_t length) = 0;
   // Makes every acknowledged write and the metadata durable. Errors are
   // always returned, never dropped.
@@ -130,7 +132,10 @@ class DiskBackend {
   virtual Status SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) = 0;
 
   // Instances: directories that hold disks. An instance exists while it has
-  // disks or after CreateInstance; RemoveInstance of one with disks is NotEmpty.
+  // disks or after CreateInstance (AlreadyExists if it exists). One made only
+  // by creating a disk in it vanishes with its last disk; one made by
+  // CreateInstance stays until RemoveInstance, which is NotEmpty while it has
+  // disks. List of a missing instance is NotFound.
   virtual Status CreateInstance(const std::string& instance) = 0;
   virtual Status RemoveInstance(const std::string& instance) = 0;
   virtual Result<std::vector<std::string>> ListInstances() = 0;

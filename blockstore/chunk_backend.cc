@@ -87,6 +87,8 @@ Status CheckRemoveCondition(std::string_view key, const std::string* current,
   return Status::OK();
 }
 
+Status ChunkBackend::Sync() { return Status::OK(); }
+
 void ChunkBackend::ReadAsync(ObjectKind kind, std::string_view id, MutableByteView buf,
                              std::function<void(Result<size_t>)> done) {
   done(Read(kind, id, buf));

@@ -54,9 +54,19 @@ class ChunkBackend {
   virtual std::string Describe() const = 0;
 
   // Stores `data` as object (kind, id) if no such object exists. Atomic: a
-  // reader sees the whole object or none of it, also after a crash.
-  // Returns AlreadyExists (writing nothing) when the object exists.
+  // reader sees the whole object or none of it. Returns AlreadyExists
+  // (writing nothing) when the object exists. Durable once Sync() returns
+  // (see Sync); a backend may make it durable sooner.
   virtual Status PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) = 0;
+
+  // Makes durable every object this handle put, or found already present,
+  // before the call: after Sync returns OK they survive a crash. Until then a
+  // crash may lose them or leave them damaged (which reads detect by hash).
+  // Whoever publishes something that refers to objects (a manifest refers to
+  // chunks, a record to a manifest) calls Sync first; PutManifest does. The
+  // default returns OK, for backends whose PutIfAbsent is durable on return.
+  // Records are always durable when PutRecord/RemoveRecord return.
+  virtual Status Sync();
 
   // Reads a whole object into `out` (resized to fit). NotFound if absent.
   virtual Status Get(ObjectKind kind, std::string_view id, Bytes* out) = 0;
@@ -100,9 +110,9 @@ class ChunkBackend {
 // Builds a backend from its string: "dir:PATH", "mem:", "rados:POOL[/NS]".
 // Ceph options for rados come from `ceph` (may be null for other kinds).
 struct CephOptions {
-  std::string conf_file;  // empty: librados defaults and $CEPH_CONF
-  std::string client_id;  // empty: "admin"
-  std::string keyring;    // empty: from the conf
+  std::string conf_file;     // empty: librados defaults and $CEPH_CONF
+  std::string client_id;     // empty: "admin"
+  std::string keyring;       // empty: from the conf
   int timeout_seconds = 20;  // client_mount_timeout / rados_osd_op_timeout
 };
 Result<std::shared_ptr<ChunkBackend>> CreateChunkBackend(std::string_view spec,

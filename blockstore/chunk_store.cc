@@ -28,22 +28,36 @@ Result<ChunkStore::PutResult> ChunkStore::Put(ByteView data) {
   if (IsAllZero(data)) return PutResult{ChunkId::Hole(), false};
   ChunkId id = Hash128(data);
   std::string hex = id.Hex();
-  Status s = backend_->PutIfAbsent(ObjectKind::kChunk, hex, data);
-  if (s.ok()) return PutResult{id, true};
-  if (!s.IsAlreadyExists()) return s.WithContext("store chunk " + hex);
-  Bytes stored;
-  RETURN_IF_ERROR(backend_->Get(ObjectKind::kChunk, hex, &stored).WithContext("read chunk " + hex));
-  if (stored.size() != data.size() || std::memcmp(stored.data(), data.data(), data.size()) != 0) {
-    bool damaged = Hash128(stored) != id;
+  for (int attempt = 0;; ++attempt) {
+    Status s = backend_->PutIfAbsent(ObjectKind::kChunk, hex, data);
+    if (s.ok()) return PutResult{id, true};
+    if (!s.IsAlreadyExists()) return s.WithContext("store chunk " + hex);
+    Bytes stored;
+    s = backend_->Get(ObjectKind::kChunk, hex, &stored);
+    if (s.IsNotFound() && attempt == 0) continue;  // removed meanwhile (gc): put it again
+    RETURN_IF_ERROR(s.WithContext("read chunk " + hex));
+    if (stored.size() == data.size() && std::memcmp(stored.data(), data.data(), data.size()) == 0) {
+      return PutResult{id, false};
+    }
+    bool damaged = stored.size() > chunk_size_ || Hash128(stored) != id;
+    if (damaged && attempt == 0) {
+      spdlog::warn(
+          "chunk {} was damaged (its bytes do not match its id); replacing it with the new, "
+          "verified bytes",
+          hex);
+      DropFromCache(id);
+      s = backend_->Remove(ObjectKind::kChunk, hex);
+      if (!s.ok() && !s.IsNotFound()) return s.WithContext("remove damaged chunk " + hex);
+      continue;
+    }
     spdlog::error(
-        "chunk {}: the stored chunk differs from new data with the same hash ({}); nothing was "
+        "chunk {}: the stored chunk differs from new data with the same id ({}); nothing was "
         "overwritten, the new data was not stored",
         hex, damaged ? "the stored chunk is damaged" : "an XXH3-128 collision");
     return Status::Corruption("chunk " + hex +
                               ": stored bytes differ from new bytes with the same id (" +
                               (damaged ? "stored chunk damaged" : "hash collision") + ")");
   }
-  return PutResult{id, false};
 }
 
 Status ChunkStore::Get(const ChunkId& id, Bytes* out) {

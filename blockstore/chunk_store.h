@@ -2,10 +2,14 @@
 //
 // Put hashes a chunk and stores it once; an all-zero chunk is a hole and is
 // never stored. On a dedup hit the stored bytes are compared with the new ones
-// before they are shared: a mismatch (a hash collision, or a damaged stored
-// chunk) is a Corruption error, logged loudly, and nothing is overwritten.
+// before they are shared: when the stored bytes are a valid chunk with the same
+// id but other content (a hash collision), that is a Corruption error, logged
+// loudly, and nothing is overwritten. When the stored bytes are damaged (they
+// do not hash to their id, e.g. after a crash before Sync), nothing of value
+// is there: the damaged object is replaced by the new, verified bytes, and a
+// warning is logged.
 // Get verifies the hash of what it read and returns Corruption rather than
-// wrong bytes.
+// wrong bytes. Chunks put are durable once Sync() returns (ChunkBackend::Sync).
 //
 // Thread safety: all methods may be called concurrently from any number of
 // threads. The store holds no mutable state of its own except the read cache,
@@ -55,6 +59,11 @@ class ChunkStore {
   // Reads chunk `id` into `buf` (at least chunk_size() bytes), zero-filling
   // past the chunk's stored length; returns that length. Verified, cached.
   Result<size_t> Read(const ChunkId& id, MutableByteView buf);
+
+  // Makes every chunk put (or deduplicated) so far durable; see
+  // ChunkBackend::Sync. Call it before publishing anything that refers to
+  // them (PutManifest does).
+  Status Sync() { return backend_->Sync(); }
 
   Result<bool> Exists(const ChunkId& id);
   Status Remove(const ChunkId& id);

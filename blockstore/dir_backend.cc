@@ -162,8 +162,9 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
   if (format_fd.get() < 0) {
     std::string tmp;
     RETURN_IF_ERROR(backend->WriteTemp(
-        ByteView(reinterpret_cast<const uint8_t*>(kFormatLine), sizeof kFormatLine - 1), &tmp));
-    RETURN_IF_ERROR(backend->Publish(tmp, format_path, /*replace=*/true));
+        ByteView(reinterpret_cast<const uint8_t*>(kFormatLine), sizeof kFormatLine - 1),
+        /*sync=*/true, &tmp));
+    RETURN_IF_ERROR(backend->Publish(tmp, format_path, /*replace=*/true, /*sync=*/true));
   }
   auto cleaned = backend->CleanTemp(kStaleTempAge);
   if (!cleaned.ok()) return cleaned.status();
@@ -186,7 +187,7 @@ std::string DirChunkBackend::ObjectPath(ObjectKind kind, std::string_view id) co
   return path;
 }
 
-Status DirChunkBackend::WriteTemp(ByteView data, std::string* path) {
+Status DirChunkBackend::WriteTemp(ByteView data, bool sync, std::string* path) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   char name[96];
   std::snprintf(name, sizeof name, "/tmp/%d.%llu.%016llx.tmp", static_cast<int>(::getpid()),
@@ -196,13 +197,14 @@ Status DirChunkBackend::WriteTemp(ByteView data, std::string* path) {
   UniqueFd fd(::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Status::FromErrno(errno, "create temp file " + *path);
   Status s = WriteAll(fd.get(), data, *path);
-  if (s.ok() && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + *path);
+  if (s.ok() && sync && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + *path);
   if (s.ok() && ::close(fd.release()) != 0) s = Status::FromErrno(errno, "close " + *path);
   if (!s.ok()) ::unlink(path->c_str());
   return s;
 }
 
-Status DirChunkBackend::Publish(const std::string& tmp, const std::string& dest, bool replace) {
+Status DirChunkBackend::Publish(const std::string& tmp, const std::string& dest, bool replace,
+                                bool sync) {
   std::string parent = ParentOf(dest);
   for (int attempt = 0;; ++attempt) {
     int rc;
@@ -232,23 +234,24 @@ Status DirChunkBackend::Publish(const std::string& tmp, const std::string& dest,
     }
     return Status::FromErrno(err, "publish " + dest);
   }
-  return FsyncDir(parent);
+  return sync ? FsyncDir(parent) : Status::OK();
 }
 
 Status DirChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) {
   RETURN_IF_ERROR(ValidateObjectId(id));
   std::string dest = ObjectPath(kind, id);
-  if (::access(dest.c_str(), F_OK) == 0) {
+  auto exists = [&] {
+    // The caller relies on the existing object from now on: Sync covers it.
+    unsynced_.store(true);
     return Status::AlreadyExists(std::string(ObjectKindName(kind)) + " " + std::string(id) +
                                  " already exists");
-  }
+  };
+  if (::access(dest.c_str(), F_OK) == 0) return exists();
   std::string tmp;
-  RETURN_IF_ERROR(WriteTemp(data, &tmp));
-  Status s = Publish(tmp, dest, /*replace=*/false);
-  if (s.IsAlreadyExists()) {
-    return Status::AlreadyExists(std::string(ObjectKindName(kind)) + " " + std::string(id) +
-                                 " already exists");
-  }
+  RETURN_IF_ERROR(WriteTemp(data, /*sync=*/false, &tmp));
+  Status s = Publish(tmp, dest, /*replace=*/false, /*sync=*/false);
+  if (s.IsAlreadyExists()) return exists();
+  if (s.ok()) unsynced_.store(true);
   return s;
 }
 
@@ -310,7 +313,18 @@ Status DirChunkBackend::Remove(ObjectKind kind, std::string_view id) {
     if (errno == ENOENT) return ObjectMissing(kind, id);
     return Status::FromErrno(errno, "remove " + path);
   }
-  return FsyncDir(ParentOf(path));
+  unsynced_.store(true);
+  return Status::OK();
+}
+
+Status DirChunkBackend::Sync() {
+  if (!unsynced_.exchange(false)) return Status::OK();
+  if (::syncfs(lock_fd_) != 0) {
+    int err = errno;
+    unsynced_.store(true);
+    return Status::FromErrno(err, "syncfs " + root_);
+  }
+  return Status::OK();
 }
 
 Status DirChunkBackend::List(ObjectKind kind,
@@ -374,9 +388,9 @@ Status DirChunkBackend::PutRecord(std::string_view key, std::string_view value,
     RETURN_IF_ERROR(MakeDir(RecordPath(key.substr(0, slash))));
   }
   std::string tmp;
-  RETURN_IF_ERROR(
-      WriteTemp(ByteView(reinterpret_cast<const uint8_t*>(value.data()), value.size()), &tmp));
-  return Publish(tmp, path, /*replace=*/true);
+  RETURN_IF_ERROR(WriteTemp(ByteView(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
+                            /*sync=*/true, &tmp));
+  return Publish(tmp, path, /*replace=*/true, /*sync=*/true);
 }
 
 Status DirChunkBackend::RemoveRecord(std::string_view key, const RecordCondition& cond) {

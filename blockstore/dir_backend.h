@@ -8,11 +8,15 @@
 //   PATH/records.lock                   flock'ed around record updates
 //   PATH/tmp/                           temporary files being written
 //
-// Publishing an object: write tmp/<unique>.tmp, fsync it, renameat2 it into
-// place with RENAME_NOREPLACE (link(2) + unlink where the file system lacks
-// it), fsync the shard directory. A reader therefore sees a whole object or
-// none; after a crash a temp file may remain in tmp/, where nothing looks,
-// and Open removes temp files older than kStaleTempAge.
+// Publishing an object: write tmp/<unique>.tmp, renameat2 it into place with
+// RENAME_NOREPLACE (link(2) + unlink where the file system lacks it). A reader
+// therefore sees a whole object or none. Durability is batched: Sync() is one
+// syncfs(2) of the file system holding PATH (one device flush instead of one
+// fsync per chunk: docs/formats.md has the measurement); a crash before it may
+// leave objects damaged, which reads detect and a later put repairs. Removal
+// is made durable by Sync too. Records are written with fsync of the file and
+// of its directory before PutRecord returns. A crash may leave a temp file in
+// tmp/, where nothing looks; Open removes those older than kStaleTempAge.
 //
 // Thread and process safety: objects need no locks (the name is the content
 // and publication is an atomic no-replace rename, so concurrent puts of one id
@@ -57,6 +61,8 @@ class DirChunkBackend : public ChunkBackend {
   Status RemoveRecord(std::string_view key, const RecordCondition& cond) override;
   Status ListRecords(std::string_view prefix,
                      const std::function<Status(std::string_view key)>& fn) override;
+  // syncfs(2) when anything was put, found or removed since the last Sync.
+  Status Sync() override;
   // capacity/available from statvfs(PATH); used_bytes is left 0 (unknown:
   // computing it would walk every object).
   Result<SpaceInfo> Space() override;
@@ -72,12 +78,13 @@ class DirChunkBackend : public ChunkBackend {
  private:
   DirChunkBackend(std::string root, int lock_fd);
 
-  // Writes `data` to a new temp file and fsyncs it; sets *path.
-  Status WriteTemp(ByteView data, std::string* path);
+  // Writes `data` to a new temp file, fsynced when `sync`; sets *path.
+  Status WriteTemp(ByteView data, bool sync, std::string* path);
   // Moves temp file `tmp` to `dest` (no replace when !replace), creating the
-  // parent directory if missing, and fsyncs the parent. AlreadyExists when
-  // !replace and `dest` exists; the temp file is removed in every case.
-  Status Publish(const std::string& tmp, const std::string& dest, bool replace);
+  // parent directory if missing, and fsyncs the parent when `sync`.
+  // AlreadyExists when !replace and `dest` exists; the temp file is removed
+  // in every case.
+  Status Publish(const std::string& tmp, const std::string& dest, bool replace, bool sync);
   std::string RecordPath(std::string_view key) const {
     return root_ + "/records/" + std::string(key);
   }
@@ -87,6 +94,7 @@ class DirChunkBackend : public ChunkBackend {
   const int lock_fd_;       // records.lock, open for the backend's lifetime
   std::mutex records_mu_;   // serialises record updates within the process
   std::atomic<uint64_t> temp_seq_{0};
+  std::atomic<bool> unsynced_{false};  // objects changed since the last Sync
 };
 
 }  // namespace imgfs

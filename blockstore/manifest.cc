@@ -177,8 +177,12 @@ Result<ImageId> PutManifest(ChunkBackend& backend, const Manifest& m) {
   Bytes encoded = m.Encode();
   ImageId id = Hash128(encoded);
   std::string hex = id.Hex();
+  RETURN_IF_ERROR(backend.Sync().WithContext("sync chunks of image " + hex));
   Status s = backend.PutIfAbsent(ObjectKind::kManifest, hex, encoded);
-  if (s.ok()) return id;
+  if (s.ok()) {
+    RETURN_IF_ERROR(backend.Sync().WithContext("sync manifest " + hex));
+    return id;
+  }
   if (!s.IsAlreadyExists()) return s.WithContext("store manifest " + hex);
   Bytes stored;
   RETURN_IF_ERROR(
@@ -187,6 +191,7 @@ Result<ImageId> PutManifest(ChunkBackend& backend, const Manifest& m) {
     return Status::Corruption("manifest " + hex +
                               ": the stored manifest differs from the new one with the same id");
   }
+  RETURN_IF_ERROR(backend.Sync().WithContext("sync manifest " + hex));
   return id;
 }
 

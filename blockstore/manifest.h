@@ -37,7 +37,9 @@ struct Manifest {
 };
 
 // Stores `m` through the chunk store's backend (as ObjectKind::kManifest under
-// its id). Storing an existing manifest again is OK (idempotent).
+// its id). Storing an existing manifest again is OK (idempotent). Calls
+// backend.Sync() before storing it (so its chunks are durable before anything
+// refers to them) and after (so the manifest is durable when this returns).
 Result<ImageId> PutManifest(ChunkBackend& backend, const Manifest& m);
 // Loads and decodes manifest `id`, verifying that its hash matches `id`.
 Result<Manifest> GetManifest(ChunkBackend& backend, const ImageId& id);

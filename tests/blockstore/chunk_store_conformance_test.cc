@@ -204,6 +204,8 @@ TEST_CASE("chunk store: put, get, read and exists round trip", "[chunk_store]") 
     CHECK(buf2 == buf);
   }
   CHECK(ListAll(store.backend(), ObjectKind::kChunk).size() == 4);
+  CHECK(store.Sync() == Status::OK());
+  CHECK(store.Sync() == Status::OK());  // nothing new: still OK
 }
 
 TEST_CASE("chunk store: an oversized chunk and a small read buffer are refused", "[chunk_store]") {
@@ -263,23 +265,30 @@ TEST_CASE("chunk store: a dedup hit shares the stored chunk", "[chunk_store]") {
   CHECK(ListAll(store.backend(), ObjectKind::kChunk).size() == 1);
 }
 
-TEST_CASE("chunk store: a dedup hit on different stored bytes is Corruption and overwrites nothing",
-          "[chunk_store]") {
+TEST_CASE("chunk store: a put over a damaged stored chunk repairs it", "[chunk_store]") {
   FOR_EACH_BACKEND(h);
   ChunkStore store(h->Open(), kChunk);
   Bytes data = RandomBytes(kChunk, 8);
   auto put = store.Put(data);
   REQUIRE(put.ok());
   std::string hex = put->id.Hex();
-  // Same id, other bytes: what a hash collision or a damaged chunk looks like.
-  Bytes other = RandomBytes(kChunk, 9);
-  h->Damage(ObjectKind::kChunk, hex, other);
-  auto again = store.Put(data);
-  CHECK(again.status().IsCorruption());
-  CHECK_THAT(again.status().message(), Catch::Contains(hex));
-  Bytes raw;
-  REQUIRE(h->Open()->Get(ObjectKind::kChunk, hex, &raw) == Status::OK());
-  CHECK(raw == other);
+  // Same id, bytes that do not hash to it: what a crash before Sync or a bad
+  // disk leaves. (A true collision, valid bytes with the same id, cannot be
+  // made with XXH3-128 in a test; Put refuses it with Corruption.)
+  Bytes bad = data;
+  bad[77] ^= 0x10;
+  for (const Bytes& damage : {bad, Bytes(data.begin(), data.begin() + 100), Bytes{}}) {
+    h->Damage(ObjectKind::kChunk, hex, damage);
+    auto again = store.Put(data);
+    REQUIRE(again.status() == Status::OK());
+    CHECK(again->id == put->id);
+    CHECK(again->stored);
+    Bytes raw;
+    REQUIRE(h->Open()->Get(ObjectKind::kChunk, hex, &raw) == Status::OK());
+    CHECK(raw == data);
+  }
+  CHECK(store.Sync() == Status::OK());
+  CHECK(ListAll(store.backend(), ObjectKind::kChunk).size() == 1);
 }
 
 TEST_CASE("chunk store: a corrupted chunk is detected, never returned", "[chunk_store]") {

@@ -2,6 +2,7 @@
 
 #include "blockstore/local_disk.h"
 #include "blockstore/mem_disk.h"
+#include "blockstore/rbd_disk.h"
 
 namespace imgfs {
 
@@ -26,7 +27,7 @@ Result<std::unique_ptr<DiskBackend>> CreateDiskBackend(std::string_view spec,
   if (spec == "mem:" || spec == "mem") return CreateMemDiskBackend(images);
   if (spec.starts_with("rbd:")) {
     if (spec.size() == 4) return Status::InvalidArgument("disk backend 'rbd:' needs a pool name");
-    return Status::NotSupported("the rbd disk backend is not built yet");
+    return CreateRbdDiskBackend(spec.substr(4), images, ceph);
   }
   return Status::InvalidArgument("unknown disk backend '" + std::string(spec) +
                                  "' (expected local, mem: or rbd:POOL)");

@@ -222,7 +222,7 @@ class RbdDisk : public Disk {
   Status Discard(uint64_t offset, uint64_t length) override {
     std::shared_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckWritable());
-    RETURN_IF_ERROR(CheckRange(offset, length));
+    length = ClipToSize(offset, length);
     if (length == 0) return Status::OK();
     int r = rbd_discard(image_.get(), offset, length);
     if (r < 0) return Err(r, "rbd: discarding in " + Where());
@@ -262,8 +262,16 @@ class RbdDisk : public Disk {
     std::vector<Extent> out;
     if (offset >= size || length == 0) return out;
     length = std::min(length, size - offset);
-    int r = rbd_diff_iterate2(image_.get(), nullptr, offset, length, 1, 1, &CollectExtent, &out);
+    // Whole objects first (fast with the object map), then the exact
+    // extents within each object that exists.
+    std::vector<Extent> objects;
+    int r =
+        rbd_diff_iterate2(image_.get(), nullptr, offset, length, 1, 1, &CollectExtent, &objects);
     if (r < 0) return Err(r, "rbd: mapping " + Where());
+    for (const Extent& o : MergeClip(std::move(objects), offset, length)) {
+      r = rbd_diff_iterate2(image_.get(), nullptr, o.offset, o.length, 1, 0, &CollectExtent, &out);
+      if (r < 0) return Err(r, "rbd: mapping " + Where());
+    }
     return MergeClip(std::move(out), offset, length);
   }
 
@@ -293,7 +301,7 @@ class RbdDisk : public Disk {
   void DiscardAsync(uint64_t offset, uint64_t length, Callback done) override {
     std::shared_lock lock(resize_mu_);
     Status s = CheckWritable();
-    if (s.ok()) s = CheckRange(offset, length);
+    length = ClipToSize(offset, length);
     if (!s.ok() || length == 0) return done(std::move(s));
     rbd_completion_t c;
     AioRequest* req = Start(std::move(done), "rbd: discarding", nullptr, 0, &c);
@@ -315,6 +323,13 @@ class RbdDisk : public Disk {
   Status CheckWritable() const {
     if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
     return Status::OK();
+  }
+
+  // The part of [offset, offset+length) within the disk.
+  uint64_t ClipToSize(uint64_t offset, uint64_t length) const {
+    uint64_t size = size_.load();
+    if (offset >= size) return 0;
+    return std::min(length, size - offset);
   }
 
   Status CheckRange(uint64_t offset, uint64_t length) const {
@@ -426,7 +441,7 @@ class RbdDiskBackend : public DiskBackend {
       size = opts.size.value_or(reader->size());
       if (size < reader->size()) {
         return Status::InvalidArgument("disk size " + std::to_string(size) +
-                                       " is smaller than image " + opts.image->Hex() + " (" +
+                                       " is smaller than the image " + opts.image->Hex() + " (" +
                                        std::to_string(reader->size()) + " bytes)");
       }
       RETURN_IF_ERROR(Publish(*reader));
@@ -437,11 +452,8 @@ class RbdDiskBackend : public DiskBackend {
       if (r < 0) return Err(r, "rbd: cloning " + Where(base) + "@" + kSnap + " to " + name);
     }
     Status s = FinishCreate(ref, name, size, opts.attrs);
-    if (!s.ok()) {
-      (void)rbd_remove(conn_->io, name.c_str());
-      return s;
-    }
-    return AddInstanceMarker(ref.instance);
+    if (!s.ok()) (void)rbd_remove(conn_->io, name.c_str());
+    return s;
   }
 
   Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) override {
@@ -482,7 +494,7 @@ class RbdDiskBackend : public DiskBackend {
     int r = rbd_rename(conn_->io, a.c_str(), b.c_str());
     if (r == -EEXIST) return Status::AlreadyExists("disk " + to.ToString() + " already exists");
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: renaming " + Where(a) + " to " + b), from);
-    return AddInstanceMarker(to.instance);
+    return Status::OK();
   }
 
   Result<DiskInfo> Info(const DiskRef& ref) override {
@@ -555,8 +567,9 @@ class RbdDiskBackend : public DiskBackend {
 
   Status RemoveInstance(const std::string& instance) override {
     RETURN_IF_ERROR(ValidateInstanceName(instance));
-    ASSIGN_OR_RETURN(auto disks, List(instance));
-    if (!disks.empty()) return Status::NotEmpty("instance " + instance + " still has disks");
+    auto disks = List(instance);
+    if (!disks.ok()) return disks.status();
+    if (!disks->empty()) return Status::NotEmpty("instance " + instance + " still has disks");
     ASSIGN_OR_RETURN(auto markers, ReadInstanceMarkers());
     if (!markers.contains(instance)) return Status::NotFound("instance " + instance + " not found");
     rados_write_op_t op = rados_create_write_op();
@@ -576,11 +589,18 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   Result<std::vector<DiskRef>> List(const std::string& instance) override {
+    if (!instance.empty()) RETURN_IF_ERROR(ValidateInstanceName(instance));
     ASSIGN_OR_RETURN(auto names, ListImageNames(*conn_));
     std::vector<DiskRef> out;
     for (const auto& n : names) {
       auto ref = ParseDiskName(n);
       if (ref && (instance.empty() || ref->instance == instance)) out.push_back(std::move(*ref));
+    }
+    if (!instance.empty() && out.empty()) {
+      ASSIGN_OR_RETURN(auto markers, ReadInstanceMarkers());
+      if (!markers.contains(instance)) {
+        return Status::NotFound("instance " + instance + " not found");
+      }
     }
     std::sort(out.begin(), out.end(), [](const DiskRef& a, const DiskRef& b) {
       return std::tie(a.instance, a.disk) < std::tie(b.instance, b.disk);

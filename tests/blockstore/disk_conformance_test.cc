@@ -396,7 +396,9 @@ TEST_CASE("Disk conformance: Allocated covers every non-zero byte", "[disk]") {
   CHECK((*ext)[0] == Extent{3 * MiB + 20, 10});
   ext = d->Allocated(0, MiB);
   REQUIRE(ext.ok());
-  CHECK(ext->empty());
+  // rbd maps whole 4 MiB RADOS objects (rbd_diff_iterate2), which disk.h
+  // allows: Allocated may over-report.
+  if (!kind.starts_with("rbd:")) CHECK(ext->empty());
 }
 
 TEST_CASE("Disk conformance: many threads read and write at once", "[disk]") {
@@ -489,7 +491,7 @@ TEST_CASE("Disk conformance: a clone reads its image and copies up on write", "[
   for (uint64_t off = 0; off < want.size(); ++off) {
     if (want[off] && !covered(off)) FAIL("non-zero byte " << off << " not allocated");
   }
-  CHECK(!covered(13 * kImageChunk));
+  if (!kind.starts_with("rbd:")) CHECK(!covered(13 * kImageChunk));  // rbd: whole objects
 
   REQUIRE(d->Flush().ok());
   d.reset();

@@ -361,8 +361,15 @@ TEST_CASE("rbd: instances are disk prefixes plus markers of empty ones", "[rbd]"
   REQUIRE(be->RemoveInstance("i1").code() == Code::kNotEmpty);
   REQUIRE_OK(be->Remove({"i1", "disk"}));
   REQUIRE_OK(be->Remove({"i1", "disk.eph0"}));
-  REQUIRE_OK(be->RemoveInstance("i1"));
+  // i1 existed through its disks only: it went with the last one.
   REQUIRE(be->RemoveInstance("i1").IsNotFound());
+  REQUIRE(be->List("i1").status().IsNotFound());
+  // "empty" was made with CreateInstance: it stays until removed, also with
+  // disks created and removed in it.
+  REQUIRE_OK(be->Create({"empty", "d"}, co));
+  REQUIRE_OK(be->Remove({"empty", "d"}));
+  REQUIRE(be->ListInstances().value() == std::vector<std::string>{"empty", "i2"});
+  REQUIRE(be->List("empty")->empty());
   REQUIRE_OK(be->RemoveInstance("empty"));
   REQUIRE(be->ListInstances().value() == std::vector<std::string>{"i2"});
 }

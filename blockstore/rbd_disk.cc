@@ -189,7 +189,12 @@ class RbdDisk : public Disk {
     std::unique_lock lock(inflight_mu_);
     inflight_cv_.wait(lock, [&] { return inflight_ == 0; });
     lock.unlock();
-    if (writable_) (void)rbd_lock_release(image_.get());
+    if (writable_) {
+      if (int r = rbd_flush(image_.get()); r < 0) {
+        spdlog::error("{}", Err(r, "rbd: flushing " + Where() + " on close").ToString());
+      }
+      (void)rbd_lock_release(image_.get());
+    }
   }
 
   const DiskRef& ref() const override { return ref_; }

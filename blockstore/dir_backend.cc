@@ -23,9 +23,10 @@ constexpr char kFormatLine[] = "imgfs-dir-backend 1\n";
 
 std::string ParentOf(const std::string& path) { return path.substr(0, path.rfind('/')); }
 
-// mkdir that accepts an existing directory; fsyncs the parent when it created one.
-Status MakeDir(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0755) == 0) return FsyncDir(ParentOf(dir));
+// mkdir that accepts an existing directory; fsyncs the parent when it created
+// one and `sync`.
+Status MakeDir(const std::string& dir, bool sync = true) {
+  if (::mkdir(dir.c_str(), 0755) == 0) return sync ? FsyncDir(ParentOf(dir)) : Status::OK();
   if (errno != EEXIST) return Status::FromErrno(errno, "mkdir " + dir);
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + dir);
@@ -220,7 +221,7 @@ Status DirChunkBackend::Publish(const std::string& tmp, const std::string& dest,
     if (rc == 0) break;
     int err = errno;
     if (err == ENOENT && attempt == 0) {
-      Status s = MakeDir(parent);
+      Status s = MakeDir(parent, sync);
       if (!s.ok()) {
         ::unlink(tmp.c_str());
         return s;

@@ -442,6 +442,35 @@ TEST_CASE("chunk store: removal", "[chunk_store]") {
   CHECK(got == a);
 }
 
+TEST_CASE("chunk store: the read cache holds verified chunks up to its size", "[chunk_store]") {
+  FOR_EACH_BACKEND(h);
+  ChunkStore store(h->Open(), kChunk, 4 * kChunk);  // room for 4 chunks
+  std::vector<Bytes> data;
+  std::vector<ChunkId> ids;
+  for (int i = 0; i < 6; ++i) {
+    data.push_back(RandomBytes(kChunk, 300 + i));
+    ids.push_back(store.Put(data.back())->id);
+  }
+  Bytes buf(kChunk);
+  for (int i = 0; i < 6; ++i) REQUIRE(*store.Read(ids[i], buf) == kChunk);
+  // Damage every stored chunk: cached ones still read right (they were
+  // verified), evicted ones are detected; none reads wrong.
+  for (int i = 0; i < 6; ++i) h->Damage(ObjectKind::kChunk, ids[i].Hex(), RandomBytes(kChunk, 1));
+  int cached = 0;
+  for (int i = 5; i >= 0; --i) {
+    auto r = store.Read(ids[i], buf);
+    if (r.ok()) {
+      ++cached;
+      CHECK(buf == data[i]);
+    } else {
+      CHECK(r.status().IsCorruption());
+    }
+  }
+  CHECK(cached == 4);  // the 4 most recently used
+  store.DropFromCache(ids[5]);
+  CHECK(store.Read(ids[5], buf).status().IsCorruption());
+}
+
 TEST_CASE("chunk store: ListIds visits every chunk and stops on error", "[chunk_store]") {
   FOR_EACH_BACKEND(h);
   ChunkStore store(h->Open(), kChunk);

@@ -4,6 +4,8 @@
 #include "blockstore/dir_backend.h"
 
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <utime.h>
 
 #include <catch2/catch.hpp>
@@ -121,6 +123,102 @@ TEST_CASE("dir backend: a record key that is also a record's folder is refused",
   CHECK((*b)->GetRecord("a/b/c", &v).IsNotFound());
   REQUIRE((*b)->GetRecord("a/b", &v) == Status::OK());
   CHECK(v == "1");
+}
+
+// Runs body(i) in `n` forked processes at once; true when all exit 0.
+bool InProcesses(int n, const std::function<bool(int)>& body) {
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(go[1]);
+      char c;
+      if (::read(go[0], &c, 1) != 0) ::_exit(3);  // wait until the parent closes the pipe
+      ::_exit(body(i) ? 0 : 1);
+    }
+    pids.push_back(pid);
+  }
+  ::close(go[0]);
+  ::close(go[1]);  // start them all at once
+  bool ok = true;
+  for (pid_t pid : pids) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    ok = ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+  return ok;
+}
+
+TEST_CASE("dir backend: compare-and-swap is atomic between processes", "[dir_backend]") {
+  testing::TempDir tmp;
+  std::string root = tmp.path() + "/c";
+  REQUIRE(DirChunkBackend::Open(root).ok());
+  {
+    auto b = DirChunkBackend::Open(root);
+    REQUIRE((*b)->PutRecord("counter", "0", RecordCondition::Absent()) == Status::OK());
+  }
+  constexpr int kProcs = 4, kIncrements = 25;
+  CHECK(InProcesses(kProcs, [&](int) {
+    auto b = DirChunkBackend::Open(root);
+    if (!b.ok()) return false;
+    for (int i = 0; i < kIncrements; ++i) {
+      while (true) {
+        std::string v;
+        if (!(*b)->GetRecord("counter", &v).ok()) return false;
+        Status s = (*b)->PutRecord("counter", std::to_string(std::stoi(v) + 1),
+                                   RecordCondition::Equals(v));
+        if (s.ok()) break;
+        if (!s.IsBusy()) return false;
+      }
+    }
+    return true;
+  }));
+  auto b = DirChunkBackend::Open(root);
+  std::string v;
+  REQUIRE((*b)->GetRecord("counter", &v) == Status::OK());
+  CHECK(v == std::to_string(kProcs * kIncrements));
+}
+
+TEST_CASE("dir backend: processes racing to put one object store it once", "[dir_backend]") {
+  testing::TempDir tmp;
+  std::string root = tmp.path() + "/c";
+  REQUIRE(DirChunkBackend::Open(root).ok());
+  constexpr int kProcs = 6, kObjects = 40;
+  std::string results = tmp.path() + "/results";
+  ::mkdir(results.c_str(), 0755);
+  CHECK(InProcesses(kProcs, [&](int p) {
+    auto b = DirChunkBackend::Open(root);
+    if (!b.ok()) return false;
+    ChunkStore store(*b, 4096);
+    std::string won;
+    for (int i = 0; i < kObjects; ++i) {
+      auto put = store.Put(testing::RandomBytes(4096, 7000 + i));
+      if (!put.ok()) return false;
+      won += put->stored ? '1' : '0';
+    }
+    std::ofstream(results + "/" + std::to_string(p)) << won;
+    return true;
+  }));
+  std::vector<int> winners(kObjects, 0);
+  for (int p = 0; p < kProcs; ++p) {
+    std::ifstream f(results + "/" + std::to_string(p));
+    std::string won;
+    f >> won;
+    REQUIRE(won.size() == kObjects);
+    for (int i = 0; i < kObjects; ++i) winners[i] += won[i] == '1';
+  }
+  for (int i = 0; i < kObjects; ++i) CHECK(winners[i] == 1);
+  auto b = DirChunkBackend::Open(root);
+  int listed = 0;
+  REQUIRE((*b)->List(ObjectKind::kChunk, [&](std::string_view) {
+    ++listed;
+    return Status::OK();
+  }) == Status::OK());
+  CHECK(listed == kObjects);
+  CHECK(fs::is_empty(root + "/tmp"));
 }
 
 TEST_CASE("chunk backend factory", "[chunk_backend]") {

@@ -1,6 +1,7 @@
 #include "blockstore/image.h"
 
 #include <catch2/catch.hpp>
+#include <thread>
 
 #include "blockstore/mem_backend.h"
 #include "tests/blockstore/test_util.h"
@@ -59,6 +60,38 @@ TEST_CASE("image: reads any range, zeros for holes and past the end", "[image]")
   CHECK_FALSE(r.IsHoleAt(kCs));
   CHECK(r.IsHoleAt(3 * kCs + 5));
   CHECK(r.IsHoleAt(f.image.size()));
+}
+
+TEST_CASE("image: many threads read at once", "[image]") {
+  Fixture f;
+  f.Build(64, 1000);
+  f.store = std::make_shared<ChunkStore>(f.backend, kCs, 8 * kCs);  // a small cache: evictions
+  ImageReader r = f.Reader();
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      Bytes buf;
+      for (int i = 0; i < 300; ++i) {
+        uint64_t off = rng() % f.image.size();
+        buf.assign(1 + rng() % (3 * kCs), 0);
+        if (!r.Read(off, buf).ok()) {
+          bad.fetch_add(1);
+          continue;
+        }
+        for (size_t k = 0; k < buf.size(); ++k) {
+          uint8_t want = off + k < f.image.size() ? f.image[off + k] : 0;
+          if (buf[k] != want) {
+            bad.fetch_add(1);
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(bad.load() == 0);
 }
 
 TEST_CASE("image: a damaged chunk fails the read, a missing one is an IOError", "[image]") {

@@ -1003,6 +1003,12 @@ Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephO
   const std::string who = "client." + id;
   if (int r = rados_create(&c->cluster, id.c_str()); r < 0)
     return Err(r, "rados: creating a client");
+  // Errors reach the user as one Status line; Ceph's own log stays off stderr.
+  auto quiet = [&] {
+    (void)rados_conf_set(c->cluster, "log_to_stderr", "false");
+    (void)rados_conf_set(c->cluster, "err_to_stderr", "false");
+  };
+  quiet();
   int r =
       rados_conf_read_file(c->cluster, opts.conf_file.empty() ? nullptr : opts.conf_file.c_str());
   if (r < 0 && !(opts.conf_file.empty() && r == -ENOENT)) {
@@ -1010,6 +1016,7 @@ Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephO
                       (opts.conf_file.empty() ? std::string("(default)") : opts.conf_file));
   }
   if (r = rados_conf_parse_env(c->cluster, nullptr); r < 0) return Err(r, "ceph: CEPH_ARGS");
+  quiet();
   if (!opts.keyring.empty()) {
     if (r = rados_conf_set(c->cluster, "keyring", opts.keyring.c_str()); r < 0) {
       return Err(r, "ceph: setting keyring");

@@ -1,0 +1,161 @@
+# The rbd disk backend through the command line, the rbd tool and qemu-img,
+# against the test cluster (tools/test.sh starts it). Works in its own RBD
+# namespace, removed at the end.
+source "$(dirname "$0")/lib.sh"
+: "${IMGFS_CEPH_CONF:?the test runner (tools/test.sh) provides a Ceph cluster}"
+ceph_args=(--ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING")
+rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
+qemu_rbd() { echo "rbd:$1:conf=$IMGFS_CEPH_CONF:id=$IMGFS_CEPH_ID:keyring=$IMGFS_CEPH_KEYRING"; }
+
+ns="t$RANDOM$RANDOM"
+P="$IMGFS_CEPH_POOL/$ns"
+rbdc namespace create "$P"
+remove_namespace() {
+  local img pass
+  for pass in clones bases; do
+    for img in $(rbdc ls "$P" 2>/dev/null); do
+      local is_base=no
+      [[ "$img" == imgfs.* ]] && is_base=yes
+      [[ "$is_base" == yes && "$pass" == bases || "$is_base" == no && "$pass" == clones ]] || continue
+      rbdc snap unprotect "$P/$img@base" >/dev/null 2>&1 || true
+      rbdc snap purge --no-progress "$P/$img" >/dev/null 2>&1 || true
+      rbdc rm --no-progress "$P/$img" >/dev/null 2>&1 || true
+    done
+  done
+  for o in $(rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null); do
+    [[ "$o" == imgfs.* ]] && rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" rm "$o"
+  done
+  rbdc namespace remove "$P" || true
+}
+on_exit remove_namespace
+
+"$IMGFS" init --disks "rbd:$P" "${ceph_args[@]}" >/dev/null
+make_sample_raw "$T/src.raw" 16
+id="$("$IMGFS" image import "$T/src.raw" --name sample)"
+[[ "$id" =~ ^[0-9a-f]{32}$ ]] || fail "import printed '$id'"
+"$IMGFS" disk create i1/disk --image sample >/dev/null
+"$IMGFS" disk create i1/disk.eph0 --blank --size 1G >/dev/null
+
+# The rbd tool sees a clone of the one publication, and the publication is thin.
+rbdc ls "$P" >"$T/ls"
+[[ "$(cat "$T/ls")" == $'i1_disk\ni1_disk.eph0\nimgfs.base.'"$id" ]] || fail "rbd ls: $(cat "$T/ls")"
+rbdc info "$P/i1_disk" >"$T/info"
+grep -q "parent: $P/imgfs.base.$id@base" "$T/info" || fail "rbd info: $(cat "$T/info")"
+grep -q "exclusive-lock" "$T/info" || fail "no exclusive-lock: $(cat "$T/info")"
+rbdc snap ls "$P/imgfs.base.$id" | grep -q " base " || fail "no snapshot base"
+rbdc info "$P/imgfs.base.$id@base" | grep -q "protected: True" || fail "base not protected"
+used() { rbdc du --format json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["used_size"])'; }
+# The sample has data in MiB 0, 2-3 and 15: RBD objects 0 and 3 (4 MiB each).
+[[ "$(used "$P/imgfs.base.$id@base")" -eq $((8 << 20)) ]] || fail "base uses $(used "$P/imgfs.base.$id@base")"
+[[ "$(used "$P/i1_disk")" -eq 0 ]] || fail "fresh clone uses $(used "$P/i1_disk")"
+[[ "$(used "$P/i1_disk.eph0")" -eq 0 ]] || fail "blank disk uses $(used "$P/i1_disk.eph0")"
+
+# qemu-img reads the disk straight from RBD: identical to the image.
+qemu-img compare -f raw -F raw "$T/src.raw" "$(qemu_rbd "$P/i1_disk")" >/dev/null ||
+  fail "qemu-img compare of rbd:$P/i1_disk and the source differ"
+
+# A second host (another store, same pool) sees the disks and reuses the base.
+S2="$T/store2"
+IMGFS_STORE="$S2" "$IMGFS" init --disks "rbd:$P" "${ceph_args[@]}" >/dev/null
+IMGFS_STORE="$S2" "$IMGFS" disk ls | grep -q "i1/disk" || fail "host 2 does not see i1/disk"
+id2="$(IMGFS_STORE="$S2" "$IMGFS" image import "$T/src.raw")"
+[[ "$id2" == "$id" ]] || fail "same content, different id: $id2"
+IMGFS_STORE="$S2" "$IMGFS" disk create i2/disk --image "$id" >/dev/null
+[[ "$(rbdc ls "$P" | grep -c '^imgfs\.')" -eq 1 ]] || fail "a second base: $(rbdc ls "$P")"
+
+# Through the mount: written bytes reach RBD (qemu-img reads them there), and
+# while the mount has the disk open for writing, host 2 can neither write it
+# (its own mount gets EBUSY) nor remove or resize it.
+M="$T/mnt"
+mount_imgfs "$M"
+m1_pid="$MOUNT_PID"
+head -c 3M /dev/urandom >"$T/patch"
+dd if="$T/patch" of="$M/i1/disk" bs=1M seek=5 conv=notrunc,fsync status=none
+qemu-img compare -f raw -F raw "$M/i1/disk" "$(qemu_rbd "$P/i1_disk")" >/dev/null ||
+  fail "the mount's i1/disk and rbd:$P/i1_disk differ"
+cmp -s -i $((5 << 20)):0 -n $((3 << 20)) "$M/i1/disk" "$T/patch" || fail "patch not read back"
+exec 3<>"$M/i1/disk"
+M2="$T/mnt2"
+IMGFS_STORE="$S2" mount_imgfs "$M2"
+expect_errno "second writer" "Device or resource busy" \
+  dd if="$T/patch" of="$M2/i1/disk" bs=1M count=1 conv=notrunc status=none
+cmp -s -n $((1 << 20)) "$M2/i1/disk" "$M/i1/disk" || fail "host 2 cannot read i1/disk"
+expect_fail "rm of a disk open elsewhere" env IMGFS_STORE="$S2" "$IMGFS" disk rm i1/disk
+expect_err_contains "in use"
+expect_fail "resize of a disk open elsewhere" env IMGFS_STORE="$S2" "$IMGFS" disk resize i1/disk 30G
+expect_err_contains "in use"
+exec 3>&-
+unmount_imgfs "$M2" "$MOUNT_PID"
+unmount_imgfs "$M" "$m1_pid"
+
+# The command line: ls, info, resize, refusals.
+"$IMGFS" disk ls >"$T/dls"
+grep -q "i1/disk" "$T/dls" && grep -q "i1/disk.eph0" "$T/dls" || fail "disk ls: $(cat "$T/dls")"
+"$IMGFS" --json disk info i1/disk >"$T/dinfo"
+grep -q "$id" "$T/dinfo" || fail "disk info lacks the parent: $(cat "$T/dinfo")"
+grep -q "rbd:$P/i1_disk" "$T/dinfo" || fail "disk info lacks the location: $(cat "$T/dinfo")"
+"$IMGFS" disk resize i1/disk 20G >/dev/null
+[[ "$(rbdc info --format json "$P/i1_disk" | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')" \
+  -eq $((20 << 30)) ]] || fail "resize did not reach RBD"
+expect_fail "shrink" "$IMGFS" disk resize i1/disk 1G
+expect_fail "image rm of a used image" "$IMGFS" image rm sample
+expect_err_contains "in use"
+rbdc info "$P/imgfs.base.$id" >/dev/null || fail "the base went away"
+expect_fail "instance with _" "$IMGFS" disk create bad_name/disk --image sample
+expect_fail "disk exists" "$IMGFS" disk create i1/disk --image sample
+
+# Two hosts publishing a new image at the same moment: both succeed, one base.
+head -c 24M /dev/urandom >"$T/two.raw"
+idt="$("$IMGFS" image import "$T/two.raw")"
+[[ "$(IMGFS_STORE="$S2" "$IMGFS" image import "$T/two.raw")" == "$idt" ]] || fail "ids differ"
+"$IMGFS" disk create h1/disk --image "$idt" >"$T/h1.out" 2>&1 &
+p1=$!
+IMGFS_STORE="$S2" "$IMGFS" disk create h2/disk --image "$idt" >"$T/h2.out" 2>&1 &
+p2=$!
+wait "$p1" || fail "publisher 1: $(cat "$T/h1.out")"
+wait "$p2" || fail "publisher 2: $(cat "$T/h2.out")"
+rbdc ls "$P" >"$T/ls"
+[[ "$(grep -c "^imgfs\.base\.$idt$" "$T/ls")" -eq 1 ]] || fail "bases: $(cat "$T/ls")"
+grep -q "^imgfs\.tmp\." "$T/ls" && fail "left-over publication: $(cat "$T/ls")"
+for h in h1 h2; do
+  qemu-img compare -f raw -F raw "$T/two.raw" "$(qemu_rbd "$P/${h}_disk")" >/dev/null ||
+    fail "$h/disk differs from its image"
+done
+
+# Removal: a disk no one uses goes; its instance with it.
+"$IMGFS" disk rm h1/disk
+rbdc info "$P/h1_disk" >/dev/null 2>&1 && fail "h1_disk still in RBD"
+"$IMGFS" disk ls | grep -q "h1/" && fail "h1 still listed"
+
+# Bad input: clear one-line errors, in bounded time for a dead cluster.
+S3="$T/store3"
+IMGFS_STORE="$S3" "$IMGFS" init --disks "rbd:no-such-pool-$ns" "${ceph_args[@]}" >/dev/null 2>&1 || true
+if [[ -f "$S3/imgfs.json" ]]; then
+  expect_fail "missing pool" env IMGFS_STORE="$S3" "$IMGFS" disk info i1/disk
+else
+  expect_fail "missing pool" env IMGFS_STORE="$S3" "$IMGFS" init --disks "rbd:no-such-pool-$ns" "${ceph_args[@]}"
+fi
+expect_err_contains "does not exist"
+
+ceph-authtool --create-keyring "$T/bad.keyring" --gen-key -n "client.$IMGFS_CEPH_ID" >/dev/null
+S4="$T/store4"
+bad_args=(--ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$IMGFS_CEPH_ID" --keyring "$T/bad.keyring")
+IMGFS_STORE="$S4" "$IMGFS" init --disks "rbd:$P" "${bad_args[@]}" >/dev/null 2>&1 || true
+if [[ -f "$S4/imgfs.json" ]]; then
+  expect_fail "wrong key" env IMGFS_STORE="$S4" "$IMGFS" disk info i1/disk
+else
+  expect_fail "wrong key" env IMGFS_STORE="$S4" "$IMGFS" init --disks "rbd:$P" "${bad_args[@]}"
+fi
+expect_err_contains "Permission denied"
+
+sed 's/^mon host = .*/mon host = [v2:127.0.0.1:9]/' "$IMGFS_CEPH_CONF" >"$T/dead.conf"
+S5="$T/store5"
+dead_args=(--ceph-conf "$T/dead.conf" --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING")
+IMGFS_STORE="$S5" "$IMGFS" init --disks "rbd:$P" "${dead_args[@]}" >/dev/null 2>&1 || true
+if [[ -f "$S5/imgfs.json" ]]; then
+  expect_fail "dead cluster" env IMGFS_STORE="$S5" "$IMGFS" disk info i1/disk
+else
+  expect_fail "dead cluster" env IMGFS_STORE="$S5" "$IMGFS" init --disks "rbd:$P" "${dead_args[@]}"
+fi
+expect_err_contains "connecting to the cluster"
+echo "rbd_disks: ok"

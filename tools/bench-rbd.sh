@@ -1,35 +1,128 @@
 #!/usr/bin/env bash
-# Benchmark of the rbd disk backend against the same work done by librbd
-# alone, side by side in one run (ratios; absolute numbers vary by machine):
-#   - publication of an image (chunks streamed with aio writes, holes
-#     skipped) vs the same bytes written with 4 MiB aio writes, 16 in flight;
-#   - the backend's async I/O on a disk cloned from a random-data image vs
-#     `rbd bench --io-threads DEPTH` on a twin clone of the same base, for
-#     the four jobs of DESIGN.md §9 (1M seq read/write, 4k rand read/write).
-# Uses the cluster named by IMGFS_CEPH_* or starts a throwaway one.
+# RBD benchmarks, side by side with librbd alone in the same run (ratios;
+# absolute numbers vary by machine and load):
+#   1. the four fio jobs of DESIGN.md §9 with --ioengine=libaio --iodepth=DEPTH
+#      on an rbd disk through the mount (a clone of a MIB image of random
+#      data, so reads hit the base and writes copy up) against
+#      `rbd bench --io-threads DEPTH` with the same I/O size and pattern on a
+#      twin clone of the same base; target >= 0.8;
+#   2. the backend alone (tests/bench/rbd_disk_bench): publication against the
+#      same bytes written with 4 MiB aio writes, and its async I/O against
+#      rbd bench on a twin clone.
+# Uses the cluster named by IMGFS_CEPH_* or starts a throwaway one. Builds in
+# build-bench/ (IMGFS_BUILD_BENCH=ON, Release), like the other bench scripts.
 #   tools/bench-rbd.sh [MIB] [DEPTH]
+# Environment: IMGFS_BENCH_RUNTIME (seconds per fio job, default 10),
+# IMGFS_BENCH_MOUNT_OPTS (-o options for the mount),
+# IMGFS_BENCH_RBD_SKIP_MOUNT=1 / IMGFS_BENCH_RBD_SKIP_BACKEND=1.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-mib="${1:-256}"
+mib="${1:-512}"
 depth="${2:-16}"
+runtime="${IMGFS_BENCH_RUNTIME:-10}"
 build="${IMGFS_BENCH_BUILD_DIR:-$here/build-bench}"
-cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIMGFS_BUILD_BENCH=ON \
-  -DIMGFS_BUILD_TESTS=ON >/dev/null
-cmake --build "$build" --target rbd_disk_bench -- --quiet
+if [[ ! -f "$build/build.ninja" ]]; then
+  cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DIMGFS_BUILD_BENCH=ON -DIMGFS_BUILD_TESTS=OFF >/dev/null
+fi
+cmake --build "$build" --target rbd_disk_bench imgfs -- --quiet
 bench="$build/tests/bench/rbd_disk_bench"
+imgfs="$build/tools/imgfs"
+
+work="$(mktemp -d /tmp/imgfs-bench-rbd.XXXXXX)"
+cdir="" mnt="$work/mnt" pid="" ns=""
+rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
+cleanup() {
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    tail --pid="$pid" -f /dev/null
+  fi
+  mountpoint -q "$mnt" 2>/dev/null && fusermount3 -u -z "$mnt"
+  if [[ -n "$ns" ]]; then
+    local img
+    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null | grep -v '^imgfs\.'); do
+      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
+    done
+    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null); do
+      rbdc snap unprotect "$IMGFS_CEPH_POOL/$ns/$img@base" >/dev/null 2>&1 || true
+      rbdc snap purge --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
+      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
+    done
+    for o in $(rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null); do
+      rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" rm "$o" || true
+    done
+    rbdc namespace remove "$IMGFS_CEPH_POOL/$ns" || true
+  fi
+  [[ -n "$cdir" ]] && "$here/tools/ceph-cluster.sh" stop "$cdir"
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 if [[ -z "${IMGFS_CEPH_CONF:-}" ]]; then
-  cdir="$(mktemp -d /tmp/imgfs-bench-ceph.XXXXXX)"
-  rmdir "$cdir"
-  trap '"$here/tools/ceph-cluster.sh" stop "$cdir"' EXIT
-  eval "$(IMGFS_CEPH_MEMSTORE_BYTES=$(( (4 * mib + 1024) << 20 )) "$here/tools/ceph-cluster.sh" start "$cdir")"
+  cdir="$work/ceph"
+  eval "$(IMGFS_CEPH_MEMSTORE_BYTES=$(((6 * mib + 1024) << 20)) "$here/tools/ceph-cluster.sh" start "$cdir")"
 fi
 export IMGFS_CEPH_CONF IMGFS_CEPH_ID IMGFS_CEPH_KEYRING IMGFS_CEPH_POOL
+echo "# $(date -u +%FT%TZ) $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg); cluster $IMGFS_CEPH_CONF"
 
-echo "== publication of a $mib MiB image (a quarter holes)"
-"$bench" publish "$mib"
-echo "== async I/O through the backend vs rbd bench, $mib MiB clone, depth $depth"
-"$bench" io "$mib" read 1048576 "$depth" 10
-"$bench" io "$mib" write 1048576 "$depth" 10
-"$bench" io "$mib" randread 4096 "$depth" 10
-"$bench" io "$mib" randwrite 4096 "$depth" 10
+if [[ "${IMGFS_BENCH_RBD_SKIP_MOUNT:-0}" != 1 ]]; then
+  ns="bench$RANDOM$RANDOM"
+  rbdc namespace create "$IMGFS_CEPH_POOL/$ns"
+  export IMGFS_STORE="$work/store"
+  "$imgfs" init --disks "rbd:$IMGFS_CEPH_POOL/$ns" --ceph-conf "$IMGFS_CEPH_CONF" \
+    --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" >/dev/null
+  head -c "${mib}M" /dev/urandom >"$work/random.raw"
+  "$imgfs" -q image import "$work/random.raw" --name bench >/dev/null
+  rm -f "$work/random.raw"
+  mkdir -p "$mnt"
+  # shellcheck disable=SC2086
+  "$imgfs" mount "$mnt" --pid-file "$work/pid" --log-file "$work/mount.log" \
+    ${IMGFS_BENCH_MOUNT_OPTS:+-o $IMGFS_BENCH_MOUNT_OPTS}
+  pid="$(cat "$work/pid")"
+
+  # fio_iops FILE RW BS -> IOPS (terse v3: read iops field 8, write 49).
+  fio_iops() {
+    local out
+    out="$(fio --name=bench --filename="$1" --rw="$2" --bs="$3" --ioengine=libaio \
+      --iodepth="$depth" --direct=1 --size="${mib}M" --time_based --runtime="$runtime" \
+      --numjobs=1 --output-format=terse --terse-version=3 2>/dev/null)"
+    case "$2" in
+      read | randread) awk -F';' '{ print $8 }' <<<"$out" ;;
+      *) awk -F';' '{ print $49 }' <<<"$out" ;;
+    esac
+  }
+  # rbd_bench_iops IMAGE RW BS -> IOPS, the same I/O over the same span.
+  rbd_bench_iops() {
+    local type=read pattern=seq total="${mib}M"
+    case "$2" in write | randwrite) type=write ;; esac
+    case "$2" in rand*) pattern=rand total="$((mib / 4))M" ;; esac
+    rbdc bench --io-type "$type" --io-size "$3" --io-threads "$depth" --io-pattern "$pattern" \
+      --io-total "$total" "$1" 2>&1 | awk '/^elapsed/ { print int($6) }' | tail -1
+  }
+
+  printf '%-46s %14s %14s %7s %8s\n' "benchmark" "rbd bench" "imgfs" "ratio" "target"
+  for j in "read 1M" "write 1M" "randread 4K" "randwrite 4K"; do
+    read -r rw bs <<<"$j"
+    # A fresh clone for each side, so both copy up the same way.
+    "$imgfs" disk create "bench/$rw" --image bench >/dev/null
+    "$imgfs" disk create "bench/${rw}.ref" --image bench >/dev/null
+    base_iops="$(rbd_bench_iops "$IMGFS_CEPH_POOL/$ns/bench_${rw}.ref" "$rw" "$bs")"
+    mnt_iops="$(fio_iops "$mnt/bench/$rw" "$rw" "$bs")"
+    ratio="$(awk -v a="$base_iops" -v b="$mnt_iops" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')"
+    printf '%-46s %14s %14s %7s %8s\n' "fio $rw bs=$bs libaio qd=$depth (rbd disk)" \
+      "$base_iops IOPS" "$mnt_iops IOPS" "$ratio" ">= 0.8"
+  done
+  kill -TERM "$pid"
+  tail --pid="$pid" -f /dev/null
+  pid=""
+fi
+
+if [[ "${IMGFS_BENCH_RBD_SKIP_BACKEND:-0}" != 1 ]]; then
+  echo "# the rbd backend alone: publication of a $((mib / 2)) MiB image (a quarter holes)"
+  "$bench" publish "$((mib / 2))"
+  echo "# the rbd backend alone: async I/O vs rbd bench, $((mib / 2)) MiB clone, depth $depth"
+  "$bench" io "$((mib / 2))" read 1048576 "$depth" "$runtime"
+  "$bench" io "$((mib / 2))" write 1048576 "$depth" "$runtime"
+  "$bench" io "$((mib / 2))" randread 4096 "$depth" "$runtime"
+  "$bench" io "$((mib / 2))" randwrite 4096 "$depth" "$runtime"
+fi

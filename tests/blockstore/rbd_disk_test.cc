@@ -4,6 +4,9 @@
 
 #include <rados/librados.h>
 #include <rbd/librbd.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -634,4 +637,64 @@ TEST_CASE("rbd: bad pool, namespace, key and a dead cluster are clear errors", "
   std::remove((dir + "/bad.keyring").c_str());
   std::remove((dir + "/dead.conf").c_str());
   rmdir(dir.c_str());
+}
+
+// The child of the crash test (run by it through /proc/self/exe): writes and
+// flushes pattern 0x5a over the first 4 MiB, writes 0xa5 after it without a
+// flush, reports on fd IMGFS_RBD_CHILD_FD, and waits to be killed.
+TEST_CASE("rbd crash test child", "[.rbd-crash-child]") {
+  CephOptions o = ClusterOptions();
+  auto be = CreateRbdDiskBackend(Env("IMGFS_RBD_CHILD_SPEC"), nullptr, &o);
+  REQUIRE(be.ok());
+  auto d = (*be)->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(d.ok());
+  REQUIRE_OK((*d)->Write(0, Bytes(4u << 20, 0x5a)));
+  REQUIRE_OK((*d)->Flush());
+  REQUIRE_OK((*d)->Write(4u << 20, Bytes(4u << 20, 0xa5)));
+  int fd = std::atoi(Env("IMGFS_RBD_CHILD_FD").c_str());
+  char c = 1;
+  REQUIRE(::write(fd, &c, 1) == 1);
+  for (;;) ::pause();
+}
+
+TEST_CASE("rbd: flushed writes survive a SIGKILL of the writer, whose lock is broken",
+          "[rbd][crash]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  DiskCreateOptions co;
+  co.size = 16u << 20;
+  REQUIRE_OK(be->Create(kDisk, co));
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(p[0]);
+    ::setenv("IMGFS_RBD_CHILD_SPEC", ns.spec().c_str(), 1);
+    ::setenv("IMGFS_RBD_CHILD_FD", std::to_string(p[1]).c_str(), 1);
+    ::execl("/proc/self/exe", "rbd_crash_child", "rbd crash test child", "-o", "/dev/null",
+            nullptr);
+    ::_exit(127);
+  }
+  ::close(p[1]);
+  char c = 0;
+  ssize_t n = ::read(p[0], &c, 1);
+  ::close(p[0]);
+  if (n != 1) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    FAIL("the child did not get to write");
+  }
+  REQUIRE(be->Open(kDisk, OpenMode::kReadWrite).status().IsBusy());
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  // The dead writer's lock is broken once its watch expires (~30 s).
+  auto d = be->Open(kDisk, OpenMode::kReadWrite);
+  INFO(d.status().ToString());
+  REQUIRE(d.ok());
+  Bytes back(4u << 20);
+  REQUIRE_OK((*d)->Read(0, back));
+  REQUIRE(back == Bytes(4u << 20, 0x5a));
+  REQUIRE_OK((*d)->Write(0, Bytes(4096, 1)));
+  REQUIRE_OK((*d)->Flush());
 }

@@ -531,13 +531,15 @@ class RbdDiskBackend : public DiskBackend {
       return Err(r, "rbd: parent of " + Where(name));
     }
     uint64_t owned = 0;
-    r = rbd_diff_iterate2(
-        img->get(), nullptr, 0, info.size, 0, 1,
-        [](uint64_t, size_t len, int exists, void* arg) {
-          if (exists) *static_cast<uint64_t*>(arg) += len;
-          return 0;
-        },
-        &owned);
+    // (librbd asserts on an empty range.)
+    r = info.size == 0 ? 0
+                       : rbd_diff_iterate2(
+                             img->get(), nullptr, 0, info.size, 0, 1,
+                             [](uint64_t, size_t len, int exists, void* arg) {
+                               if (exists) *static_cast<uint64_t*>(arg) += len;
+                               return 0;
+                             },
+                             &owned);
     if (r < 0) return Err(r, "rbd: usage of " + Where(name));
     info.owned_bytes = owned;
     timespec ts{};

@@ -296,6 +296,26 @@ TEST_CASE("rbd: a blank disk reads zeros, keeps writes, grows, discards", "[rbd]
   REQUIRE(std::equal(back.begin(), back.begin() + (100000 - 12345), data.begin()));
 }
 
+TEST_CASE("rbd: an empty disk (size 0) has info, maps nothing, and grows", "[rbd]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  DiskCreateOptions co;
+  co.size = 0;
+  REQUIRE_OK(be->Create(kDisk, co));
+  auto info = be->Info(kDisk);
+  INFO(info.status().ToString());
+  REQUIRE(info.ok());
+  REQUIRE(info->size == 0);
+  REQUIRE(info->owned_bytes == 0);
+  auto d = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(d.ok());
+  REQUIRE((*d)->Allocated(0, 1 << 20)->empty());
+  REQUIRE_OK((*d)->Discard(0, 4096));
+  REQUIRE_OK((*d)->Resize(10u << 20, false));
+  REQUIRE_OK((*d)->Write(0, Bytes(4096, 3)));
+  REQUIRE_OK((*d)->Flush());
+}
+
 TEST_CASE("rbd: a second writer, remove and rename of an open disk are refused", "[rbd]") {
   Namespace ns;
   auto be = Backend(ns, nullptr);

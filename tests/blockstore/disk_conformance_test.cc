@@ -584,14 +584,14 @@ void RunModel(Fixture& f, const std::string& name, Bytes model, uint64_t chunk, 
       if (rng() % 8 == 0) std::fill(data.begin(), data.end(), 0);
       INFO("write " << off << "+" << len);
       REQUIRE(d->Write(off, ByteView(data)).ok());
-      std::memcpy(model.data() + off, data.data(), len);
+      std::copy(data.begin(), data.end(), model.begin() + static_cast<ptrdiff_t>(off));
     } else if (op < 65) {
       uint64_t off = pick_offset(size);
       uint64_t len = pick_length(size - off);
       Bytes got(len, 0xee);
       INFO("read " << off << "+" << len);
       REQUIRE(d->Read(off, MutableByteView(got)).ok());
-      if (std::memcmp(got.data(), model.data() + off, len) != 0) {
+      if (len && std::memcmp(got.data(), model.data() + off, len) != 0) {
         size_t k = 0;
         while (got[k] == model[off + k]) ++k;
         FAIL("byte " << off + k << " reads " << int(got[k]) << ", want " << int(model[off + k]));

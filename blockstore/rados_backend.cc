@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -79,12 +80,13 @@ class CallbackPool {
 class RadosBackend final : public ChunkBackend {
  public:
   RadosBackend(rados_t cluster, rados_ioctx_t io, std::string pool, std::string ns,
-               std::string client)
+               std::string client, uint64_t max_write_bytes)
       : cluster_(cluster),
         io_(io),
         pool_(std::move(pool)),
         ns_(std::move(ns)),
         client_(std::move(client)),
+        max_write_bytes_(max_write_bytes),
         callbacks_(kCallbackThreads) {}
 
   ~RadosBackend() override {
@@ -102,6 +104,7 @@ class RadosBackend final : public ChunkBackend {
 
   Status PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) override {
     RETURN_IF_ERROR(ValidateObjectId(id));
+    RETURN_IF_ERROR(CheckWriteSize(data.size()));
     std::string oid = ObjectName(kind, id);
     rados_write_op_t op = MakePutOp(data);
     int r = rados_write_op_operate(op, io_, oid.c_str(), nullptr, 0);
@@ -112,6 +115,7 @@ class RadosBackend final : public ChunkBackend {
   void PutIfAbsentAsync(ObjectKind kind, std::string_view id, ByteView data,
                         std::function<void(Status)> done) override {
     if (Status s = ValidateObjectId(id); !s.ok()) return done(std::move(s));
+    if (Status s = CheckWriteSize(data.size()); !s.ok()) return done(std::move(s));
     auto* aio = new AioPut{this, ObjectName(kind, id), MakePutOp(data), nullptr, std::move(done)};
     BeginAio();
     rados_aio_create_completion2(aio, &RadosBackend::OnPutComplete, &aio->comp);
@@ -381,6 +385,13 @@ class RadosBackend final : public ChunkBackend {
     }
     return Status::Busy(Where("record " + std::string(key) + " changed concurrently"));
   }
+  // One object is written by one op, which the OSDs refuse above this size.
+  Status CheckWriteSize(size_t size) const {
+    if (size <= max_write_bytes_) return Status::OK();
+    return Status::NotSupported(Where("an object of " + std::to_string(size) +
+                                      " bytes is larger than the cluster's osd_max_write_size (" +
+                                      std::to_string(max_write_bytes_ >> 20) + " MiB)"));
+  }
   static Status CheckKey(std::string_view key) { return ValidateRecordKey(key); }
 
   static std::string Tagged(const RecordCondition& cond) {
@@ -519,6 +530,7 @@ class RadosBackend final : public ChunkBackend {
   const std::string pool_;
   const std::string ns_;
   const std::string client_;
+  const uint64_t max_write_bytes_;
 
   std::mutex inflight_mu_;
   std::condition_variable inflight_cv_;
@@ -607,8 +619,11 @@ Result<std::shared_ptr<ChunkBackend>> CreateRadosBackend(std::string_view pool_s
     }
     return fail(r, what);
   }
-  return std::shared_ptr<ChunkBackend>(
-      std::make_shared<RadosBackend>(cluster, io, std::move(pool), std::move(ns), client));
+  char max_write_mb[32] = "90";
+  rados_conf_get(cluster, "osd_max_write_size", max_write_mb, sizeof(max_write_mb));
+  uint64_t max_write_bytes = std::strtoull(max_write_mb, nullptr, 10) << 20;
+  return std::shared_ptr<ChunkBackend>(std::make_shared<RadosBackend>(
+      cluster, io, std::move(pool), std::move(ns), client, max_write_bytes));
 }
 
 }  // namespace imgfs

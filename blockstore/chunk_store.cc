@@ -118,6 +118,55 @@ Result<size_t> ChunkStore::Read(const ChunkId& id, MutableByteView buf) {
   return n;
 }
 
+void ChunkStore::ReadAsync(const ChunkId& id, MutableByteView buf,
+                           std::function<void(Result<size_t>)> done) {
+  if (buf.size() < chunk_size_ || id.IsHole()) return done(Read(id, buf));
+  if (auto cached = CacheLookup(id)) {
+    size_t n = cached->size();
+    std::memcpy(buf.data(), cached->data(), n);
+    std::memset(buf.data() + n, 0, buf.size() - n);
+    return done(n);
+  }
+  backend_->ReadAsync(
+      ObjectKind::kChunk, id.Hex(), buf.first(chunk_size_),
+      [this, id, buf, done = std::move(done)](Result<size_t> r) {
+        std::string hex = id.Hex();
+        if (!r.ok()) {
+          if (r.status().IsInvalidArgument()) {
+            spdlog::error("chunk {} is damaged: larger than the chunk size", hex);
+            return done(
+                Status::Corruption("chunk " + hex + " is damaged: larger than the chunk size"));
+          }
+          return done(r.status());
+        }
+        size_t n = *r;
+        if (Hash128(buf.first(n)) != id) {
+          std::memset(buf.data(), 0, buf.size());
+          spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
+          return done(
+              Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id"));
+        }
+        if (cache_capacity_ > 0) {
+          CacheInsert(id, std::make_shared<const Bytes>(buf.begin(), buf.begin() + n));
+        }
+        std::memset(buf.data() + n, 0, buf.size() - n);
+        done(n);
+      });
+}
+
+void ChunkStore::PutAsync(ByteView data, std::function<void(Result<PutResult>)> done) {
+  if (data.size() > chunk_size_ || IsAllZero(data)) return done(Put(data));
+  ChunkId id = Hash128(data);
+  backend_->PutIfAbsentAsync(ObjectKind::kChunk, id.Hex(), data,
+                             [this, id, data, done = std::move(done)](Status s) {
+                               if (s.ok()) return done(PutResult{id, true});
+                               if (!s.IsAlreadyExists()) {
+                                 return done(s.WithContext("store chunk " + id.Hex()));
+                               }
+                               done(Put(data));  // the dedup hit: compare as Put does
+                             });
+}
+
 Result<bool> ChunkStore::Exists(const ChunkId& id) {
   if (id.IsHole()) return true;
   return backend_->Exists(ObjectKind::kChunk, id.Hex());

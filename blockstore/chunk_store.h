@@ -65,6 +65,17 @@ class ChunkStore {
   // them (PutManifest does).
   Status Sync() { return backend_->Sync(); }
 
+  // Asynchronous Read with the same contract: `done` gets the result exactly
+  // once, on some thread (inline for holes, cache hits and backends without
+  // native asynchronous I/O). `buf` must stay valid until then. Many may be in
+  // flight at once: this is how reads spanning several chunks fetch them in
+  // parallel from a remote backend.
+  void ReadAsync(const ChunkId& id, MutableByteView buf, std::function<void(Result<size_t>)> done);
+
+  // Asynchronous Put with the same contract; `data` must stay valid until
+  // `done`. On a dedup hit the comparison runs from the callback.
+  void PutAsync(ByteView data, std::function<void(Result<PutResult>)> done);
+
   Result<bool> Exists(const ChunkId& id);
   Status Remove(const ChunkId& id);
   Status ListIds(const std::function<Status(const ChunkId&)>& fn);

@@ -1,6 +1,9 @@
 #include "blockstore/image.h"
 
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 namespace imgfs {
 
@@ -13,13 +16,49 @@ bool ImageReader::IsHoleAt(uint64_t offset) const {
   return index >= manifest_.chunks.size() || manifest_.chunks[index].IsHole();
 }
 
+namespace {
+
+// Waits until `CountDown` was called `n` times. Notifies under the lock, so
+// the waiter may destroy it as soon as Wait returns.
+class Countdown {
+ public:
+  explicit Countdown(size_t n) : n_(n) {}
+  void CountDown() {
+    std::lock_guard lock(mu_);
+    if (--n_ == 0) cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return n_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t n_;  // GUARDED_BY(mu_)
+};
+
+}  // namespace
+
 Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
   const uint64_t cs = manifest_.chunk_size;
   if (cs != chunks_->chunk_size()) {
     return Status::InvalidArgument("image " + id_.Hex() + " has chunk size " + std::to_string(cs) +
                                    ", the chunk store " + std::to_string(chunks_->chunk_size()));
   }
-  thread_local Bytes scratch;
+  // The chunks the range touches; holes and the tail past the end are zeroed here.
+  struct Piece {
+    uint64_t index;
+    ChunkId id;
+    uint64_t in_chunk;
+    size_t n;
+    uint8_t* out;
+    uint64_t chunk_len;
+    Bytes scratch;  // the whole chunk, when only part of it is wanted
+    Result<size_t> got = size_t{0};
+    bool whole() const { return scratch.empty(); }
+  };
+  std::vector<Piece> pieces;
   size_t done = 0;
   while (done < buf.size()) {
     uint64_t pos = offset + done;
@@ -36,29 +75,41 @@ Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
     const ChunkId& id = index < manifest_.chunks.size() ? manifest_.chunks[index] : ChunkId{};
     if (id.IsHole()) {
       std::memset(out.data(), 0, n);
-      done += n;
-      continue;
-    }
-    Result<size_t> got = size_t{0};
-    if (in_chunk == 0 && n == cs) {
-      got = chunks_->Read(id, out.first(n));
     } else {
-      scratch.resize(cs);
-      got = chunks_->Read(id, MutableByteView(scratch));
-      if (got.ok()) std::memcpy(out.data(), scratch.data() + in_chunk, n);
+      pieces.push_back(Piece{index, id, in_chunk, n, out.data(), chunk_len, {}});
+      if (!(in_chunk == 0 && n == cs)) pieces.back().scratch.resize(cs);
     }
-    if (!got.ok()) {
-      const Status& s = got.status();
-      std::string where = "image " + id_.Hex() + " chunk #" + std::to_string(index);
+    done += n;
+  }
+  auto target = [cs](Piece& p) {
+    return p.whole() ? MutableByteView(p.out, cs) : MutableByteView(p.scratch);
+  };
+  if (pieces.size() == 1) {
+    pieces[0].got = chunks_->Read(pieces[0].id, target(pieces[0]));
+  } else if (pieces.size() > 1) {
+    // All chunks at once: a remote backend fetches them in parallel.
+    Countdown left(pieces.size());
+    for (auto& p : pieces) {
+      chunks_->ReadAsync(p.id, target(p), [&p, &left](Result<size_t> r) {
+        p.got = std::move(r);
+        left.CountDown();
+      });
+    }
+    left.Wait();
+  }
+  for (auto& p : pieces) {
+    if (!p.got.ok()) {
+      const Status& s = p.got.status();
+      std::string where = "image " + id_.Hex() + " chunk #" + std::to_string(p.index);
       if (s.IsNotFound()) return Status::IOError(where + ": " + s.message());
       return s.WithContext(where);
     }
-    if (*got != chunk_len) {
-      return Status::Corruption("image " + id_.Hex() + " chunk #" + std::to_string(index) + " (" +
-                                id.Hex() + ") holds " + std::to_string(*got) + " bytes, expected " +
-                                std::to_string(chunk_len));
+    if (*p.got != p.chunk_len) {
+      return Status::Corruption("image " + id_.Hex() + " chunk #" + std::to_string(p.index) + " (" +
+                                p.id.Hex() + ") holds " + std::to_string(*p.got) +
+                                " bytes, expected " + std::to_string(p.chunk_len));
     }
-    done += n;
+    if (!p.whole()) std::memcpy(p.out, p.scratch.data() + p.in_chunk, p.n);
   }
   return Status::OK();
 }

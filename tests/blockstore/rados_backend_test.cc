@@ -8,6 +8,7 @@
 #include <rados/librados.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <condition_variable>
@@ -20,6 +21,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "blockstore/chunk_store.h"
+#include "blockstore/image.h"
+#include "blockstore/manifest.h"
 
 namespace imgfs {
 namespace {
@@ -275,6 +280,10 @@ TEST_CASE("rados: List names only the objects of the kind asked for", "[rados]")
   REQUIRE(b->Remove(ObjectKind::kChunk, "c1c1").ok());
   CHECK_FALSE(b->Exists(ObjectKind::kChunk, "c1c1").value());
   CHECK(b->Remove(ObjectKind::kChunk, "c1c1").IsNotFound());
+  // Larger than one RADOS write op may be: refused, nothing written.
+  Bytes huge(91u << 20, 1);
+  CHECK(b->PutIfAbsent(ObjectKind::kManifest, "cdcd", huge).code() == Code::kNotSupported);
+  CHECK_FALSE(b->Exists(ObjectKind::kManifest, "cdcd").value());
   auto space = b->Space();
   REQUIRE(space.ok());
   CHECK(space->capacity_bytes > 0);
@@ -336,6 +345,61 @@ TEST_CASE("rados: a key without access to the pool is PermissionDenied, naming c
   CHECK(b.status().IsPermissionDenied());
   CHECK(b.status().message().find("client.imgfs-test-nopool") != std::string::npos);
   CHECK(b.status().message().find(TestPool()) != std::string::npos);
+}
+
+TEST_CASE("rados: chunk store async puts and an image read spanning many chunks", "[rados]") {
+  if (!HaveCluster()) return;
+  constexpr uint32_t kCs = 16 * 1024;
+  auto chunks = std::make_shared<ChunkStore>(Open(), kCs, /*cache_bytes=*/0);
+  // 40 chunks: data, a hole, a repeated chunk (dedup hit in flight), a short tail.
+  Bytes image = Pattern(40 * kCs - 1000, 42);
+  std::fill(image.begin() + 3 * kCs, image.begin() + 4 * kCs, 0);
+  std::copy(image.begin(), image.begin() + kCs, image.begin() + 7 * kCs);
+  Manifest m;
+  m.size = image.size();
+  m.chunk_size = kCs;
+  m.chunks.resize(40);
+  std::atomic<int> stored{0}, errors{0};
+  Countdown puts(40);
+  for (size_t i = 0; i < 40; ++i) {
+    ByteView piece(image.data() + i * kCs, std::min<size_t>(kCs, image.size() - i * kCs));
+    chunks->PutAsync(piece, [&, i](Result<ChunkStore::PutResult> r) {
+      if (!r.ok()) {
+        ++errors;
+      } else {
+        m.chunks[i] = r->id;
+        if (r->stored) ++stored;
+      }
+      puts.Done();
+    });
+  }
+  puts.Wait();
+  REQUIRE(errors == 0);
+  CHECK(stored == 38);  // not the hole, and one of the two equal chunks
+  REQUIRE(PutManifest(chunks->backend(), m).ok());
+
+  ImageReader reader(chunks, m.Id(), m);
+  Bytes all(image.size() + 5000, 0xEE);
+  REQUIRE(reader.Read(0, all).ok());
+  CHECK(std::equal(image.begin(), image.end(), all.begin()));
+  CHECK(std::all_of(all.begin() + image.size(), all.end(), [](uint8_t b) { return b == 0; }));
+  // Ranges starting and ending inside chunks.
+  for (auto [off, len] : {std::pair<size_t, size_t>{100, 3 * kCs},
+                          {kCs - 1, 2},
+                          {5 * kCs + 7, 10 * kCs},
+                          {39 * kCs - 5, 200}}) {
+    Bytes part(len);
+    REQUIRE(reader.Read(off, part).ok());
+    CHECK(std::equal(part.begin(), part.end(), image.begin() + off));
+  }
+  // A chunk object removed under the image: reads of its range are an I/O
+  // error (EIO), other ranges still read.
+  REQUIRE(chunks->backend().Remove(ObjectKind::kChunk, m.chunks[20].Hex()).ok());
+  Bytes range(4 * kCs);
+  Status s = reader.Read(18 * kCs, range);
+  CHECK(s.ToErrno() == EIO);
+  CHECK(s.message().find(m.chunks[20].Hex()) != std::string::npos);
+  CHECK(reader.Read(0, range).ok());
 }
 
 TEST_CASE("rados: an unreachable cluster is an error after the configured timeout", "[rados]") {

@@ -1,1 +1,416 @@
-// Placeholder: not built yet.
+#include "cache/store.h"
+
+#include <dirent.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "blockstore/file_util.h"
+#include "blockstore/names.h"
+
+namespace imgfs {
+namespace {
+
+constexpr const char* kConfigFile = "imgfs.json";
+constexpr const char* kFormatName = "imgfs-store";
+constexpr int kFormatVersion = 1;
+
+nlohmann::json ConfigToJson(const StoreConfig& c) {
+  nlohmann::json j = {{"format", kFormatName},       {"version", kFormatVersion},
+                      {"chunk_size", c.chunk_size},  {"chunks", c.chunks},
+                      {"disks", c.disks}};
+  if (!c.ceph.conf_file.empty() || !c.ceph.client_id.empty() || !c.ceph.keyring.empty()) {
+    j["ceph"] = {{"conf", c.ceph.conf_file},
+                 {"id", c.ceph.client_id},
+                 {"keyring", c.ceph.keyring},
+                 {"timeout", c.ceph.timeout_seconds}};
+  }
+  return j;
+}
+
+Result<StoreConfig> ConfigFromJson(const std::string& path, const std::string& text) {
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument(path + " is not a valid imgfs store configuration: " + why);
+  };
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return bad("not JSON");
+  if (j.value("format", "") != kFormatName) return bad("not an imgfs store");
+  if (!j.contains("version") || !j["version"].is_number_integer()) return bad("no version");
+  if (j["version"].get<int>() != kFormatVersion) {
+    return bad("format version " + std::to_string(j["version"].get<int>()) +
+               " is not supported (this imgfs reads version 1)");
+  }
+  StoreConfig c;
+  try {
+    c.chunk_size = j.at("chunk_size").get<uint32_t>();
+    c.chunks = j.at("chunks").get<std::string>();
+    c.disks = j.at("disks").get<std::string>();
+    if (j.contains("ceph")) {
+      const auto& ceph = j["ceph"];
+      c.ceph.conf_file = ceph.value("conf", "");
+      c.ceph.client_id = ceph.value("id", "");
+      c.ceph.keyring = ceph.value("keyring", "");
+      c.ceph.timeout_seconds = ceph.value("timeout", 20);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return bad(e.what());
+  }
+  RETURN_IF_ERROR(ValidateChunkSize(c.chunk_size).WithContext(path));
+  return c;
+}
+
+bool SameConfig(const StoreConfig& a, const StoreConfig& b) {
+  return a.chunk_size == b.chunk_size && a.chunks == b.chunks && a.disks == b.disks &&
+         a.ceph.conf_file == b.ceph.conf_file && a.ceph.client_id == b.ceph.client_id &&
+         a.ceph.keyring == b.ceph.keyring;
+}
+
+Status ValidateBackendSpecs(const StoreConfig& c) {
+  bool chunks_ok = c.chunks == "dir" || c.chunks == "mem" ||
+                   (c.chunks.rfind("rados:", 0) == 0 && c.chunks.size() > 6);
+  if (!chunks_ok) {
+    return Status::InvalidArgument("invalid chunk backend '" + c.chunks +
+                                   "': use dir or rados:POOL[/NAMESPACE]");
+  }
+  bool disks_ok = c.disks == "local" || c.disks == "mem" ||
+                  (c.disks.rfind("rbd:", 0) == 0 && c.disks.size() > 4);
+  if (!disks_ok) {
+    return Status::InvalidArgument("invalid disk backend '" + c.disks + "': use local or rbd:POOL");
+  }
+  return Status::OK();
+}
+
+std::string ImageKey(const ImageId& id) { return "images/" + id.Hex(); }
+std::string NameKey(std::string_view name) { return "names/" + std::string(name); }
+
+std::string RecordToJson(const ImageRecord& r) {
+  nlohmann::json j = {{"size", r.size},
+                      {"data_bytes", r.data_bytes},
+                      {"created", r.created},
+                      {"last_used", r.last_used}};
+  return j.dump();
+}
+
+Result<ImageRecord> RecordFromJson(const ImageId& id, const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Status::Corruption("image record " + id.Hex() + " is not valid JSON");
+  }
+  ImageRecord r;
+  r.id = id;
+  try {
+    r.size = j.at("size").get<uint64_t>();
+    r.data_bytes = j.value("data_bytes", uint64_t{0});
+    r.created = j.value("created", int64_t{0});
+    r.last_used = j.value("last_used", r.created);
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Corruption("image record " + id.Hex() + ": " + e.what());
+  }
+  return r;
+}
+
+bool DirIsEmpty(const std::string& path) {
+  DIR* d = ::opendir(path.c_str());
+  if (!d) return true;
+  bool empty = true;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n = e->d_name;
+    if (n != "." && n != "..") {
+      empty = false;
+      break;
+    }
+  }
+  ::closedir(d);
+  return empty;
+}
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+}  // namespace
+
+int64_t SystemClockNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Status Store::Init(const std::string& path, const StoreConfig& config) {
+  RETURN_IF_ERROR(ValidateChunkSize(config.chunk_size));
+  RETURN_IF_ERROR(ValidateBackendSpecs(config));
+  std::string conf_path = path + "/" + kConfigFile;
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) {
+      return Status::InvalidArgument("cannot create a store at " + path + ": not a directory");
+    }
+    auto existing = ReadFile(conf_path);
+    if (existing.ok()) {
+      ASSIGN_OR_RETURN(StoreConfig old, ConfigFromJson(conf_path, *existing));
+      if (!SameConfig(old, config)) {
+        return Status::AlreadyExists("a store already exists at " + path + " (chunk size " +
+                                     std::to_string(old.chunk_size) + ", chunks " + old.chunks +
+                                     ", disks " + old.disks + ") with a different configuration");
+      }
+    } else if (!DirIsEmpty(path)) {
+      return Status::InvalidArgument("cannot create a store at " + path +
+                                     ": the directory is not empty and is not an imgfs store");
+    }
+  }
+  RETURN_IF_ERROR(MakeDirs(path + "/tmp"));
+  if (config.chunks == "dir") RETURN_IF_ERROR(MakeDirs(path + "/chunks"));
+  if (config.disks == "local") RETURN_IF_ERROR(MakeDirs(path + "/disks"));
+  if (::access(conf_path.c_str(), F_OK) != 0) {
+    RETURN_IF_ERROR(WriteFileAtomic(conf_path, ConfigToJson(config).dump(2) + "\n"));
+  }
+  // Opening checks that the backends can be reached with this configuration.
+  auto store = Open(path);
+  return store.status();
+}
+
+Store::Store(std::string path, StoreConfig config, Clock clock)
+    : path_(std::move(path)), config_(std::move(config)), clock_(std::move(clock)) {
+  if (!clock_) clock_ = SystemClockNow;
+}
+
+Store::~Store() = default;
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& path, Clock clock) {
+  std::string conf_path = path + "/" + kConfigFile;
+  auto text = ReadFile(conf_path);
+  if (!text.ok()) {
+    if (text.status().IsNotFound()) {
+      return Status::NotFound("no imgfs store at " + path +
+                              ": run 'imgfs init' first (or pass --store / set IMGFS_STORE)");
+    }
+    return text.status();
+  }
+  ASSIGN_OR_RETURN(StoreConfig config, ConfigFromJson(conf_path, *text));
+  std::unique_ptr<Store> store(new Store(path, config, std::move(clock)));
+
+  std::string chunk_spec = config.chunks;
+  if (chunk_spec == "dir") chunk_spec = "dir:" + path + "/chunks";
+  if (chunk_spec == "mem") chunk_spec = "mem:";
+  ASSIGN_OR_RETURN(auto backend, CreateChunkBackend(chunk_spec, &store->config_.ceph));
+  store->chunks_ = std::make_shared<ChunkStore>(std::move(backend), config.chunk_size);
+
+  std::string disk_spec = config.disks == "mem" ? "mem:" : config.disks;
+  ASSIGN_OR_RETURN(store->disks_,
+                   CreateDiskBackend(disk_spec, path, store.get(), &store->config_.ceph));
+  return store;
+}
+
+Result<ImageId> Store::ResolveImage(std::string_view ref) {
+  if (ref.empty()) return Status::InvalidArgument("image name is empty");
+  std::string value;
+  if (ref.size() == 32 && IsHexString(ref)) {
+    ASSIGN_OR_RETURN(ImageId id, Id128::FromHex(Lower(ref)));
+    Status s = backend().GetRecord(ImageKey(id), &value);
+    if (s.ok()) return id;
+    if (!s.IsNotFound()) return s;
+  }
+  if (ValidateImageName(ref).ok()) {
+    Status s = backend().GetRecord(NameKey(ref), &value);
+    if (s.ok()) {
+      auto id = Id128::FromHex(value);
+      if (!id.ok()) return Status::Corruption("name '" + std::string(ref) + "' holds a bad id");
+      return *id;
+    }
+    if (!s.IsNotFound()) return s;
+  }
+  if (ref.size() >= 8 && ref.size() < 32 && IsHexString(ref)) {
+    std::vector<std::string> matches;
+    std::string prefix = "images/" + Lower(ref);
+    RETURN_IF_ERROR(backend().ListRecords(prefix, [&](std::string_view key) {
+      matches.emplace_back(key.substr(7));
+      return Status::OK();
+    }));
+    if (matches.size() == 1) return Id128::FromHex(matches[0]);
+    if (matches.size() > 1) {
+      std::sort(matches.begin(), matches.end());
+      std::string list;
+      for (const auto& m : matches) list += (list.empty() ? "" : ", ") + m;
+      return Status::InvalidArgument("image prefix '" + std::string(ref) +
+                                     "' is ambiguous; it matches " + list);
+    }
+  }
+  return Status::NotFound("no image '" + std::string(ref) +
+                          "' (give a name, an image id, or 8+ hex digits of one)");
+}
+
+Result<ImageRecord> Store::GetImage(const ImageId& id) {
+  std::string value;
+  Status s = backend().GetRecord(ImageKey(id), &value);
+  if (s.IsNotFound()) return Status::NotFound("no image " + id.Hex());
+  RETURN_IF_ERROR(s);
+  ASSIGN_OR_RETURN(ImageRecord r, RecordFromJson(id, value));
+  RETURN_IF_ERROR(backend().ListRecords("names/", [&](std::string_view key) {
+    std::string target;
+    Status gs = backend().GetRecord(key, &target);
+    if (gs.IsNotFound()) return Status::OK();
+    RETURN_IF_ERROR(gs);
+    if (target == r.id.Hex()) r.names.emplace_back(key.substr(6));
+    return Status::OK();
+  }));
+  std::sort(r.names.begin(), r.names.end());
+  return r;
+}
+
+Result<std::vector<ImageRecord>> Store::ListImages() {
+  std::map<std::string, std::vector<std::string>> names;
+  RETURN_IF_ERROR(backend().ListRecords("names/", [&](std::string_view key) {
+    std::string target;
+    Status gs = backend().GetRecord(key, &target);
+    if (gs.IsNotFound()) return Status::OK();
+    RETURN_IF_ERROR(gs);
+    names[target].emplace_back(key.substr(6));
+    return Status::OK();
+  }));
+  std::vector<ImageRecord> out;
+  RETURN_IF_ERROR(backend().ListRecords("images/", [&](std::string_view key) {
+    auto id = Id128::FromHex(key.substr(7));
+    if (!id.ok()) return Status::OK();  // not an image record
+    std::string value;
+    Status gs = backend().GetRecord(key, &value);
+    if (gs.IsNotFound()) return Status::OK();
+    RETURN_IF_ERROR(gs);
+    ASSIGN_OR_RETURN(ImageRecord r, RecordFromJson(*id, value));
+    r.names = names[r.id.Hex()];
+    std::sort(r.names.begin(), r.names.end());
+    out.push_back(std::move(r));
+    return Status::OK();
+  }));
+  std::sort(out.begin(), out.end(),
+            [](const ImageRecord& a, const ImageRecord& b) { return a.created < b.created; });
+  return out;
+}
+
+Status Store::PublishImage(const Manifest& manifest, const ImageId& id,
+                           const std::vector<std::string>& names, bool force_names) {
+  for (const auto& n : names) {
+    RETURN_IF_ERROR(ValidateImageName(n));
+    if (force_names) continue;
+    std::string current;
+    Status s = backend().GetRecord(NameKey(n), &current);
+    if (s.ok() && current != id.Hex()) {
+      return Status::AlreadyExists("name '" + n + "' already points at image " + current +
+                                   " (use --force to move it)");
+    }
+    if (!s.ok() && !s.IsNotFound()) return s;
+  }
+  ImageRecord r;
+  r.id = id;
+  r.size = manifest.size;
+  r.data_bytes = manifest.DataBytes();
+  r.created = Now();
+  r.last_used = r.created;
+  Status s = backend().PutRecord(ImageKey(id), RecordToJson(r), RecordCondition::Absent());
+  if (!s.ok() && !s.IsAlreadyExists()) return s;
+  for (const auto& n : names) RETURN_IF_ERROR(SetName(n, id, force_names));
+  return Status::OK();
+}
+
+Status Store::SetName(const std::string& name, const ImageId& id, bool force) {
+  RETURN_IF_ERROR(ValidateImageName(name));
+  if (name.size() == 32 && IsHexString(name)) {
+    return Status::InvalidArgument("invalid image name '" + name +
+                                   "': 32 hex digits would read as an image id");
+  }
+  std::string value;
+  Status s = backend().GetRecord(ImageKey(id), &value);
+  if (s.IsNotFound()) return Status::NotFound("no image " + id.Hex());
+  RETURN_IF_ERROR(s);
+  if (force) return backend().PutRecord(NameKey(name), id.Hex(), RecordCondition::Any());
+  s = backend().PutRecord(NameKey(name), id.Hex(), RecordCondition::Absent());
+  if (!s.IsAlreadyExists()) return s;
+  std::string current;
+  RETURN_IF_ERROR(backend().GetRecord(NameKey(name), &current));
+  if (current == id.Hex()) return Status::OK();
+  return Status::AlreadyExists("name '" + name + "' already points at image " + current +
+                               " (use --force to move it)");
+}
+
+Status Store::RemoveName(const std::string& name) {
+  RETURN_IF_ERROR(ValidateImageName(name));
+  Status s = backend().RemoveRecord(NameKey(name), RecordCondition::Any());
+  if (s.IsNotFound()) return Status::NotFound("no image name '" + name + "'");
+  return s;
+}
+
+Result<std::vector<DiskRef>> Store::DisksUsing(const ImageId& id) {
+  std::vector<DiskRef> users;
+  ASSIGN_OR_RETURN(auto disks, disks_->List(""));
+  for (const auto& ref : disks) {
+    auto info = disks_->Info(ref);
+    if (!info.ok()) {
+      if (info.status().IsNotFound()) continue;  // removed meanwhile
+      return info.status();
+    }
+    if (info->parent && *info->parent == id) users.push_back(ref);
+  }
+  return users;
+}
+
+Status Store::RemoveImage(const ImageId& id) {
+  ASSIGN_OR_RETURN(ImageRecord r, GetImage(id));
+  ASSIGN_OR_RETURN(auto users, DisksUsing(id));
+  if (!users.empty()) {
+    std::string list;
+    for (size_t i = 0; i < users.size() && i < 10; ++i) {
+      list += (i ? ", " : "") + users[i].ToString();
+    }
+    if (users.size() > 10) list += ", ... (" + std::to_string(users.size()) + " disks)";
+    return Status::Busy("image " + id.Hex() + " is in use by disks: " + list);
+  }
+  for (const auto& n : r.names) {
+    Status s = backend().RemoveRecord(NameKey(n), RecordCondition::Equals(id.Hex()));
+    if (!s.ok() && !s.IsNotFound() && !s.IsBusy()) return s;
+  }
+  Status s = backend().RemoveRecord(ImageKey(id), RecordCondition::Any());
+  if (s.IsNotFound()) return Status::OK();
+  {
+    std::lock_guard lock(readers_mu_);
+    readers_.erase(id);
+  }
+  return s;
+}
+
+Status Store::TouchImage(const ImageId& id) {
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    std::string old;
+    Status s = backend().GetRecord(ImageKey(id), &old);
+    if (s.IsNotFound()) return Status::NotFound("no image " + id.Hex());
+    RETURN_IF_ERROR(s);
+    ASSIGN_OR_RETURN(ImageRecord r, RecordFromJson(id, old));
+    int64_t now = Now();
+    if (r.last_used >= now) return Status::OK();
+    r.last_used = now;
+    s = backend().PutRecord(ImageKey(id), RecordToJson(r), RecordCondition::Equals(old));
+    if (!s.IsBusy()) return s;
+  }
+  return Status::Busy("image record " + id.Hex() + " keeps changing; try again");
+}
+
+Result<std::shared_ptr<ImageReader>> Store::OpenImage(const ImageId& id) {
+  {
+    std::lock_guard lock(readers_mu_);
+    auto it = readers_.find(id);
+    if (it != readers_.end()) return it->second;
+  }
+  ASSIGN_OR_RETURN(Manifest m, GetManifest(backend(), id));
+  auto reader = std::make_shared<ImageReader>(chunks_, id, std::move(m));
+  std::lock_guard lock(readers_mu_);
+  readers_.emplace(id, reader);
+  return reader;
+}
+
+}  // namespace imgfs

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -110,6 +112,11 @@ class Store : public ImageSource {
   Clock clock_;
   std::shared_ptr<ChunkStore> chunks_;
   std::unique_ptr<DiskBackend> disks_;
+
+  std::mutex readers_mu_;
+  // Open images, GUARDED_BY(readers_mu_). Manifests are immutable, so a
+  // reader stays valid for as long as anyone holds it.
+  std::unordered_map<ImageId, std::shared_ptr<ImageReader>> readers_;
 };
 
 }  // namespace imgfs

@@ -1,3 +1,4 @@
 # One line per integration test script in this folder.
 imgfs_shell_test(cli_basics)
 imgfs_shell_test(ceph_cluster)
+imgfs_shell_test(image_import)

@@ -144,6 +144,14 @@ class DiskBackend {
 
   // Space for statfs.
   virtual Result<SpaceInfo> Space() = 0;
+
+  // Checks the backend's own metadata of one disk (fsck); appends one line per
+  // problem found. Non-OK only when the check could not run.
+  virtual Status Check(const DiskRef& ref, std::vector<std::string>* problems) {
+    (void)ref;
+    (void)problems;
+    return Status::OK();
+  }
 };
 
 }  // namespace imgfs

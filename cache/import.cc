@@ -136,6 +136,7 @@ const std::vector<std::string>& SupportedFormats() {
 
 Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t size,
                                  const ImportOptions& options) {
+  ASSIGN_OR_RETURN(auto gc_lock, store.LockShared());
   ChunkStore& chunks = store.chunks();
   const uint64_t cs = chunks.chunk_size();
   Manifest m;
@@ -214,6 +215,9 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
     return Status::InvalidArgument("unknown format '" + options.format +
                                    "': use auto, raw, qcow2, vmdk, vdi or vhdx");
   }
+  // Held until the image is published, so gc never sweeps our chunks.
+  ASSIGN_OR_RETURN(auto gc_lock, store.LockShared());
+
   if (source == "-") {
     if (options.format != "auto" && options.format != "raw") {
       return Status::InvalidArgument("stdin takes a raw stream; convert '" + options.format +

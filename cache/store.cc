@@ -1,6 +1,9 @@
 #include "cache/store.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -398,6 +401,45 @@ Status Store::TouchImage(const ImageId& id) {
     if (!s.IsBusy()) return s;
   }
   return Status::Busy("image record " + id.Hex() + " keeps changing; try again");
+}
+
+Store::GcLock::~GcLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+namespace {
+Result<std::unique_ptr<Store::GcLock>> TakeGcLock(const std::string& store_path, int op) {
+  std::string path = store_path + "/gc.lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  while (::flock(fd, op) != 0) {
+    if (errno == EINTR) continue;
+    Status s = Status::FromErrno(errno, "lock " + path);
+    ::close(fd);
+    return s;
+  }
+  return std::make_unique<Store::GcLock>(fd);
+}
+}  // namespace
+
+Result<std::unique_ptr<Store::GcLock>> Store::LockShared() { return TakeGcLock(path_, LOCK_SH); }
+
+Result<std::unique_ptr<Store::GcLock>> Store::LockExclusive() {
+  return TakeGcLock(path_, LOCK_EX);
+}
+
+Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
+  ASSIGN_OR_RETURN(auto lock, LockShared());
+  if (opts.image) {
+    ASSIGN_OR_RETURN(ImageRecord r, GetImage(*opts.image));
+    (void)r;
+  }
+  RETURN_IF_ERROR(disks_->Create(ref, opts));
+  if (opts.image) {
+    Status s = TouchImage(*opts.image);
+    if (!s.ok()) spdlog::warn("could not record the use of image {}: {}", opts.image->Hex(), s.message());
+  }
+  return Status::OK();
 }
 
 Result<std::shared_ptr<ImageReader>> Store::OpenImage(const ImageId& id) {

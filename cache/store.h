@@ -98,6 +98,27 @@ class Store : public ImageSource {
   // Records a use of an image (disk creation, mounting) for gc's aging.
   Status TouchImage(const ImageId& id);
 
+  // The store-wide GC lock (cache/gc.h): imports and disk creation hold it
+  // shared, gc exclusive. Blocks until granted; released when the returned
+  // handle is destroyed or the process dies.
+  class GcLock {
+   public:
+    explicit GcLock(int fd) : fd_(fd) {}
+    GcLock(const GcLock&) = delete;
+    GcLock& operator=(const GcLock&) = delete;
+    ~GcLock();
+
+   private:
+    int fd_;
+  };
+  Result<std::unique_ptr<GcLock>> LockShared();
+  Result<std::unique_ptr<GcLock>> LockExclusive();
+
+  // Creates a disk under the shared GC lock, so that gc either sees the new
+  // disk using its image or runs before the image is looked up (then this
+  // fails with NotFound). Records a use of the image.
+  Status CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts);
+
   // Disks whose parent is `id`.
   Result<std::vector<DiskRef>> DisksUsing(const ImageId& id);
 

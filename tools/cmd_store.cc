@@ -2,6 +2,8 @@
 #include <iostream>
 
 #include "blockstore/units.h"
+#include "cache/fsck.h"
+#include "cache/gc.h"
 #include "tools/cli.h"
 
 namespace imgfs::cli {
@@ -95,6 +97,86 @@ Outcome RunStats(const GlobalOptions& g) {
   return {};
 }
 
+struct GcArgs {
+  std::string min_age = "24h";
+  bool dry_run = false;
+  bool keep_named = false;
+};
+
+Outcome RunGc(const GlobalOptions& g, const GcArgs& a) {
+  auto age = ParseDuration(a.min_age);
+  if (!age.ok()) return {age.status()};
+  auto store = OpenStore(g);
+  if (!store.ok()) return {store.status()};
+  GcOptions o;
+  o.min_age_seconds = age->count();
+  o.dry_run = a.dry_run;
+  o.keep_named = a.keep_named;
+  Progress bar(ShowProgress(g), "gc", 0);
+  if (ShowProgress(g)) {
+    o.progress = [&bar](const std::string&, uint64_t done, uint64_t) { bar.Update(done); };
+  }
+  auto r = CollectGarbage(**store, o);
+  bar.Finish();
+  if (!r.ok()) return {r.status()};
+  if (g.json) {
+    nlohmann::json imgs = nlohmann::json::array();
+    for (const auto& i : r->images_removed) {
+      imgs.push_back({{"id", i.id.Hex()}, {"size", i.size}, {"names", i.names},
+                      {"last_used", i.last_used}});
+    }
+    PrintJson({{"dry_run", a.dry_run},
+               {"images", imgs},
+               {"manifests", r->manifests_removed},
+               {"chunks", r->chunks_removed},
+               {"temp_files", r->temp_files_removed},
+               {"bytes_freed", r->bytes_freed},
+               {"other", r->other_removed}});
+    return {};
+  }
+  const char* verb = a.dry_run ? "would remove" : "removed";
+  for (const auto& i : r->images_removed) {
+    std::cout << verb << " image " << i.id.Hex();
+    if (!i.names.empty()) {
+      std::cout << " (";
+      for (size_t k = 0; k < i.names.size(); ++k) std::cout << (k ? ", " : "") << i.names[k];
+      std::cout << ")";
+    }
+    std::cout << "\n";
+  }
+  for (const auto& o2 : r->other_removed) std::cout << verb << " " << o2 << "\n";
+  std::cout << verb << " " << r->images_removed.size() << " images, " << r->manifests_removed
+            << " manifests, " << r->chunks_removed << " chunks, " << r->temp_files_removed
+            << " temp files: " << FormatSizeHuman(r->bytes_freed)
+            << (a.dry_run ? " would be freed\n" : " freed\n");
+  return {};
+}
+
+// Exit status: 0 clean, 1 problems found, 3 could not check.
+Outcome RunFsck(const GlobalOptions& g) {
+  auto store = OpenStore(g);
+  if (!store.ok()) return {store.status(), 3};
+  auto r = CheckStore(**store);
+  if (!r.ok()) return {r.status().WithContext("fsck could not check the store"), 3};
+  if (g.json) {
+    PrintJson({{"clean", r->clean()},     {"images", r->images}, {"manifests", r->manifests},
+               {"chunks", r->chunks},     {"disks", r->disks},   {"names", r->names},
+               {"problems", r->problems}, {"orphans", r->orphans}});
+  } else {
+    for (const auto& p : r->problems) std::cout << "problem: " << p << "\n";
+    for (const auto& p : r->orphans) std::cout << "orphan: " << p << " (imgfs gc removes it)\n";
+    std::cout << r->images << " images, " << r->manifests << " manifests, " << r->chunks
+              << " chunks, " << r->names << " names, " << r->disks << " disks: "
+              << (r->clean() ? "clean" : std::to_string(r->problems.size()) + " problems")
+              << "\n";
+  }
+  if (!r->clean()) {
+    return {Status::Corruption("fsck found " + std::to_string(r->problems.size()) +
+                               " problem(s)"), 1};
+  }
+  return {};
+}
+
 }  // namespace
 
 void RegisterStoreCommands(Cli& cli) {
@@ -112,16 +194,17 @@ void RegisterStoreCommands(Cli& cli) {
   auto* stats = cli.app.add_subcommand("stats", "Show what the store holds and saves");
   stats->callback([&cli] { cli.action = [&cli] { return RunStats(cli.global); }; });
 
-  auto* fsck = cli.app.add_subcommand("fsck", "Check the whole store");
+  auto* fsck = cli.app.add_subcommand(
+      "fsck", "Check the whole store (exit 0 clean, 1 problems found, 3 could not check)");
+  fsck->callback([&cli] { cli.action = [&cli] { return RunFsck(cli.global); }; });
+
+  auto ga = std::make_shared<GcArgs>();
   auto* gc = cli.app.add_subcommand("gc", "Remove unused images and unreferenced chunks");
-  gc->allow_extras();
-  for (auto* sub : {fsck, gc}) {
-    sub->callback([&cli, sub] {
-      cli.action = [sub] {
-        return Outcome{Status::NotSupported("'" + sub->get_name() + "' is not built yet")};
-      };
-    });
-  }
+  gc->add_option("--min-age", ga->min_age,
+                 "Remove images unused for at least this long (default 24h; 0 = all unused)");
+  gc->add_flag("--dry-run", ga->dry_run, "List what would go, with the bytes it would free");
+  gc->add_flag("--keep-named", ga->keep_named, "Keep images that have a name");
+  gc->callback([&cli, ga] { cli.action = [&cli, ga] { return RunGc(cli.global, *ga); }; });
 }
 
 }  // namespace imgfs::cli

@@ -1,0 +1,104 @@
+#include "cache/fsck.h"
+
+#include <unordered_set>
+
+namespace imgfs {
+
+Result<FsckReport> CheckStore(Store& store) {
+  FsckReport r;
+  ChunkBackend& backend = store.backend();
+
+  std::unordered_set<std::string> image_hex;
+  RETURN_IF_ERROR(backend.ListRecords("images/", [&](std::string_view key) {
+    image_hex.emplace(key.substr(7));
+    return Status::OK();
+  }));
+
+  std::unordered_set<ChunkId> referenced;
+  std::unordered_set<ImageId> images;
+  for (const auto& hex : image_hex) {
+    ++r.images;
+    auto id = Id128::FromHex(hex);
+    if (!id.ok()) {
+      r.problems.push_back("image record '" + hex + "' is not named by an image id");
+      continue;
+    }
+    images.insert(*id);
+    auto rec = store.GetImage(*id);
+    if (!rec.ok()) {
+      if (rec.status().IsRetryable()) return rec.status();
+      r.problems.push_back("image " + hex + ": record unreadable: " + rec.status().message());
+    }
+    auto m = GetManifest(backend, *id);
+    if (!m.ok()) {
+      if (m.status().IsRetryable()) return m.status();
+      r.problems.push_back("image " + hex + ": manifest: " + m.status().message());
+      continue;
+    }
+    if (rec.ok() && rec->size != m->size) {
+      r.problems.push_back("image " + hex + ": record says " + std::to_string(rec->size) +
+                           " bytes, manifest " + std::to_string(m->size));
+    }
+    std::unordered_set<ChunkId> missing_here;
+    for (const auto& c : m->chunks) {
+      if (c.IsHole() || !referenced.insert(c).second) continue;
+      auto exists = store.chunks().Exists(c);
+      if (!exists.ok()) return exists.status();
+      if (!*exists && missing_here.insert(c).second) {
+        r.problems.push_back("image " + hex + ": chunk " + c.Hex() + " is missing");
+      }
+    }
+  }
+
+  RETURN_IF_ERROR(backend.ListRecords("names/", [&](std::string_view key) {
+    ++r.names;
+    std::string target;
+    Status s = backend.GetRecord(key, &target);
+    if (s.IsNotFound()) return Status::OK();
+    RETURN_IF_ERROR(s);
+    if (!image_hex.count(target)) {
+      r.problems.push_back("name '" + std::string(key.substr(6)) + "' points at missing image " +
+                           target);
+    }
+    return Status::OK();
+  }));
+
+  RETURN_IF_ERROR(backend.List(ObjectKind::kManifest, [&](std::string_view id) {
+    ++r.manifests;
+    auto parsed = Id128::FromHex(id);
+    if (!parsed.ok() || !images.count(*parsed)) {
+      r.orphans.push_back("manifest " + std::string(id) + " belongs to no image");
+    }
+    return Status::OK();
+  }));
+  uint64_t orphan_chunks = 0;
+  RETURN_IF_ERROR(backend.List(ObjectKind::kChunk, [&](std::string_view id) {
+    ++r.chunks;
+    auto parsed = Id128::FromHex(id);
+    if (!parsed.ok() || !referenced.count(*parsed)) ++orphan_chunks;
+    return Status::OK();
+  }));
+  if (orphan_chunks) {
+    r.orphans.push_back(std::to_string(orphan_chunks) + " chunks are referenced by no image");
+  }
+
+  ASSIGN_OR_RETURN(auto disks, store.disks().List(""));
+  for (const auto& d : disks) {
+    ++r.disks;
+    auto info = store.disks().Info(d);
+    if (!info.ok()) {
+      if (info.status().IsRetryable()) return info.status();
+      r.problems.push_back("disk " + d.ToString() + ": " + info.status().message());
+      continue;
+    }
+    if (info->parent && !images.count(*info->parent)) {
+      r.problems.push_back("disk " + d.ToString() + ": parent image " + info->parent->Hex() +
+                           " is missing");
+    }
+    Status s = store.disks().Check(d, &r.problems);
+    if (!s.ok()) return s;
+  }
+  return r;
+}
+
+}  // namespace imgfs

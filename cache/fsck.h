@@ -1,0 +1,24 @@
+// Checking a whole store: `imgfs fsck`.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "blockstore/status.h"
+#include "cache/store.h"
+
+namespace imgfs {
+
+struct FsckReport {
+  uint64_t images = 0, manifests = 0, chunks = 0, disks = 0, names = 0;
+  std::vector<std::string> problems;  // damage: fsck fails
+  std::vector<std::string> orphans;   // unreferenced objects: reported, gc removes them
+  bool clean() const { return problems.empty(); }
+};
+
+// Checks that image records and manifests decode, every referenced chunk
+// exists, names point at images, disks' metadata is consistent and their
+// parents exist; lists orphans. Non-OK only when the check could not run.
+Result<FsckReport> CheckStore(Store& store);
+
+}  // namespace imgfs

@@ -1,0 +1,249 @@
+#include "cache/gc.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "cache/fsck.h"
+#include "cache/import.h"
+#include "cache/verify.h"
+
+using namespace imgfs;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Fixture {
+  fs::path dir;
+  int64_t now = 1'000'000;
+  std::unique_ptr<Store> store;
+
+  explicit Fixture(const std::string& chunks = "dir", const std::string& disks = "local") {
+    char tmpl[] = "/tmp/imgfs-gc-test.XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    StoreConfig c;
+    c.chunks = chunks;
+    c.disks = disks;
+    c.chunk_size = 4096;
+    REQUIRE(Store::Init((dir / "s").string(), c).ok());
+    auto s = Store::Open((dir / "s").string(), [this] { return now; });
+    REQUIRE(s.ok());
+    store = std::move(*s);
+  }
+  ~Fixture() {
+    store.reset();
+    fs::remove_all(dir);
+  }
+
+  ImageId Import(uint32_t seed, size_t size = 64 * 1024, std::vector<std::string> names = {}) {
+    std::mt19937 rng(seed);
+    Bytes data(size);
+    for (auto& b : data) b = static_cast<uint8_t>(rng());
+    int fd = ::memfd_create("img", MFD_CLOEXEC);
+    REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(size));
+    ImportOptions o;
+    o.names = std::move(names);
+    auto r = ImportRawFd(*store, fd, true, size, o);
+    ::close(fd);
+    REQUIRE(r.ok());
+    return r->id;
+  }
+
+  uint64_t CountChunks() {
+    uint64_t n = 0;
+    REQUIRE(store->chunks().ListIds([&](const ChunkId&) {
+      ++n;
+      return Status::OK();
+    }).ok());
+    return n;
+  }
+};
+
+GcOptions MinAge(int64_t seconds) {
+  GcOptions o;
+  o.min_age_seconds = seconds;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("gc removes images older than the minimum age and keeps younger ones", "[gc]") {
+  Fixture f;
+  ImageId old_img = f.Import(1);
+  f.now += 7200;
+  ImageId young = f.Import(2);
+  f.now += 1800;  // old: 2.5 h unused, young: 0.5 h
+  auto r = CollectGarbage(*f.store, MinAge(3600));
+  REQUIRE(r.ok());
+  REQUIRE(r->images_removed.size() == 1);
+  CHECK(r->images_removed[0].id == old_img);
+  CHECK(r->chunks_removed == 16);
+  CHECK(r->bytes_freed >= 16 * 4096);
+  CHECK(f.store->GetImage(old_img).status().IsNotFound());
+  CHECK(f.store->GetImage(young).ok());
+  CHECK(f.CountChunks() == 16);
+  auto v = VerifyImage(*f.store, young);
+  REQUIRE(v.ok());
+  CHECK(v->ok());
+}
+
+TEST_CASE("gc --dry-run reports and changes nothing", "[gc]") {
+  Fixture f;
+  ImageId a = f.Import(3);
+  GcOptions o = MinAge(0);
+  o.dry_run = true;
+  auto r = CollectGarbage(*f.store, o);
+  REQUIRE(r.ok());
+  CHECK(r->images_removed.size() == 1);
+  CHECK(r->chunks_removed == 16);
+  CHECK(r->bytes_freed >= 16 * 4096);
+  CHECK(f.store->GetImage(a).ok());
+  CHECK(f.CountChunks() == 16);
+}
+
+TEST_CASE("gc keeps images in use and, with keep_named, named images", "[gc]") {
+  Fixture f;
+  ImageId used = f.Import(4);
+  ImageId named = f.Import(5, 64 * 1024, {"ubuntu"});
+  ImageId unused = f.Import(6);
+  DiskCreateOptions opts;
+  opts.image = used;
+  REQUIRE(f.store->CreateDisk({"vm1", "disk"}, opts).ok());
+  f.now += 10 * 86400;
+  GcOptions o = MinAge(3600);
+  o.keep_named = true;
+  auto r = CollectGarbage(*f.store, o);
+  REQUIRE(r.ok());
+  REQUIRE(r->images_removed.size() == 1);
+  CHECK(r->images_removed[0].id == unused);
+  CHECK(f.store->GetImage(used).ok());
+  CHECK(f.store->GetImage(named).ok());
+  // Without keep_named the named image goes; the used one stays.
+  r = CollectGarbage(*f.store, MinAge(3600));
+  REQUIRE(r.ok());
+  CHECK(f.store->GetImage(named).status().IsNotFound());
+  CHECK(f.store->GetImage(used).ok());
+  auto disk = f.store->disks().Open({"vm1", "disk"}, OpenMode::kReadOnly);
+  REQUIRE(disk.ok());
+  Bytes buf(64 * 1024);
+  CHECK((*disk)->Read(0, buf).ok());
+}
+
+TEST_CASE("gc sweeps leftovers of interrupted imports", "[gc]") {
+  Fixture f;
+  ImageId keep = f.Import(7);
+  // An import that died after storing chunks and a manifest, before its record.
+  Bytes junk(4096, 0x5a);
+  REQUIRE(f.store->chunks().Put(junk).ok());
+  Manifest m;
+  m.size = 4096;
+  m.chunk_size = 4096;
+  m.chunks = {ChunkIdOf(junk)};
+  REQUIRE(PutManifest(f.store->backend(), m).ok());
+  { std::ofstream((f.dir / "s/tmp/convert.999999.1.raw").string()) << "partial"; }
+  auto fsck = CheckStore(*f.store);
+  REQUIRE(fsck.ok());
+  CHECK(fsck->clean());
+  CHECK(fsck->orphans.size() == 2);
+  auto r = CollectGarbage(*f.store, MinAge(86400));
+  REQUIRE(r.ok());
+  CHECK(r->images_removed.empty());
+  CHECK(r->manifests_removed == 1);
+  CHECK(r->chunks_removed == 1);
+  CHECK(r->temp_files_removed == 1);
+  CHECK(f.store->GetImage(keep).ok());
+  fsck = CheckStore(*f.store);
+  REQUIRE(fsck.ok());
+  CHECK(fsck->orphans.empty());
+}
+
+TEST_CASE("gc running during imports never sweeps an import's chunks", "[gc][concurrency]") {
+  Fixture f;
+  for (uint32_t round = 0; round < 20; ++round) {
+    ImageId id;
+    std::thread importer([&] { id = f.Import(100 + round, 512 * 1024); });
+    std::thread collector([&] {
+      for (int i = 0; i < 3; ++i) REQUIRE(CollectGarbage(*f.store, MinAge(86400)).ok());
+    });
+    importer.join();
+    collector.join();
+    auto v = VerifyImage(*f.store, id);
+    REQUIRE(v.ok());
+    INFO("round " << round);
+    REQUIRE(v->ok());
+  }
+}
+
+TEST_CASE("gc running during disk creation never leaves a disk without its image",
+          "[gc][concurrency]") {
+  Fixture f;
+  for (uint32_t round = 0; round < 20; ++round) {
+    ImageId id = f.Import(200 + round);
+    DiskRef ref{"vm" + std::to_string(round), "disk"};
+    Status created;
+    std::thread creator([&] {
+      DiskCreateOptions o;
+      o.image = id;
+      created = f.store->CreateDisk(ref, o);
+    });
+    std::thread collector([&] { REQUIRE(CollectGarbage(*f.store, MinAge(0)).ok()); });
+    creator.join();
+    collector.join();
+    if (created.ok()) {
+      INFO("round " << round);
+      CHECK(f.store->GetImage(id).ok());
+      auto v = VerifyImage(*f.store, id);
+      REQUIRE(v.ok());
+      CHECK(v->ok());
+    } else {
+      CHECK(created.IsNotFound());
+    }
+  }
+}
+
+TEST_CASE("verify and fsck name a corrupted and a missing chunk", "[gc][verify]") {
+  Fixture f;
+  ImageId id = f.Import(9, 8 * 4096);
+  auto m = GetManifest(f.store->backend(), id);
+  REQUIRE(m.ok());
+  ChunkId gone = m->chunks[2];
+  ChunkId bad = m->chunks[5];
+  REQUIRE(f.store->backend().Remove(ObjectKind::kChunk, gone.Hex()).ok());
+  // Corrupt one by replacing its object with other bytes of the same size.
+  REQUIRE(f.store->backend().Remove(ObjectKind::kChunk, bad.Hex()).ok());
+  Bytes other(4096, 0x11);
+  REQUIRE(f.store->backend().PutIfAbsent(ObjectKind::kChunk, bad.Hex(), other).ok());
+  f.store->chunks().DropFromCache(bad);
+
+  auto v = VerifyImage(*f.store, id);
+  REQUIRE(v.ok());
+  REQUIRE(v->problems.size() == 2);
+  std::string all = v->problems[0].chunk.Hex() + v->problems[0].problem +
+                    v->problems[1].chunk.Hex() + v->problems[1].problem;
+  CHECK(all.find(gone.Hex()) != std::string::npos);
+  CHECK(all.find(bad.Hex()) != std::string::npos);
+  CHECK(all.find("missing") != std::string::npos);
+  CHECK(all.find("corrupt") != std::string::npos);
+
+  auto fsck = CheckStore(*f.store);
+  REQUIRE(fsck.ok());
+  CHECK_FALSE(fsck->clean());
+  bool names_missing = false;
+  for (const auto& p : fsck->problems) names_missing |= p.find(gone.Hex()) != std::string::npos;
+  CHECK(names_missing);
+
+  // Reads of the damaged ranges fail; other ranges still read.
+  auto reader = f.store->OpenImage(id);
+  REQUIRE(reader.ok());
+  Bytes buf(4096);
+  CHECK_FALSE((*reader)->Read(2 * 4096, buf).ok());
+  CHECK_FALSE((*reader)->Read(5 * 4096, buf).ok());
+  CHECK((*reader)->Read(0, buf).ok());
+  CHECK((*reader)->Read(7 * 4096, buf).ok());
+}

@@ -250,6 +250,19 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
     return r;
   }
 
+  // A truncated or damaged container can convert "successfully" with zeros
+  // in place of the missing data; qemu-img check catches that. Exit 3 means
+  // leaked clusters only (harmless), 63 that the format has no checker.
+  ASSIGN_OR_RETURN(ProcessResult check,
+                   RunProcess({"qemu-img", "check", "-U", "-f", info.format, "--", source},
+                              options.cancel));
+  if (check.exit_code == 1 || check.exit_code == 2) {
+    std::string why = FirstLine(check.err);
+    if (why.empty()) why = FirstLine(check.out);
+    return Status::InvalidArgument("'" + source + "' is a damaged or truncated " + info.format +
+                                   " image: " + why);
+  }
+
   TempFile tmp(store.tmp_dir());
   spdlog::info("converting {} ({}) to raw in {}", source, info.format, tmp.path());
   ASSIGN_OR_RETURN(ProcessResult conv,

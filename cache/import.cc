@@ -7,7 +7,10 @@
 
 #include <cerrno>
 #include <nlohmann/json.hpp>
+#include <algorithm>
+#include <mutex>
 #include <random>
+#include <thread>
 
 #include "blockstore/file_util.h"
 #include "blockstore/names.h"
@@ -153,32 +156,62 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
 
   if (seekable) {
     m.size = size;
-    uint64_t nchunks = (size + cs - 1) / cs;
-    m.chunks.reserve(nchunks);
-    uint64_t pos = 0;  // first byte not yet covered by m.chunks
+    m.chunks.assign((size + cs - 1) / cs, ChunkId::Hole());
+    // The chunks that hold data; chunks wholly inside holes stay holes.
+    std::vector<uint64_t> todo;
+    uint64_t pos = 0;
     while (pos < size) {
-      if (Cancelled(options)) return Status::IOError("import interrupted");
       off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
-      if (data < 0 && errno != ENXIO) return Status::FromErrno(errno, "seek in source");
-      uint64_t data_start = data < 0 ? size : static_cast<uint64_t>(data);
-      // Chunks wholly inside the hole before data_start are holes.
-      while (pos + cs <= data_start && pos < size) {
-        m.chunks.push_back(ChunkId::Hole());
-        pos += cs;
+      if (data < 0) {
+        if (errno == ENXIO) break;
+        return Status::FromErrno(errno, "seek in source");
       }
-      if (pos >= size) break;
-      off_t hole = ::lseek(fd, static_cast<off_t>(data_start), SEEK_HOLE);
-      uint64_t data_end = hole < 0 ? size : std::min<uint64_t>(size, hole);
-      while (pos < data_end) {
-        if (Cancelled(options)) return Status::IOError("import interrupted");
-        size_t len = static_cast<size_t>(std::min<uint64_t>(cs, size - pos));
-        ASSIGN_OR_RETURN(size_t n, PreadFull(fd, pos, MutableByteView(buf.data(), len)));
-        if (n < len) std::fill(buf.begin() + n, buf.begin() + len, 0);
-        RETURN_IF_ERROR(put(len));
-        pos += len;
-        if (options.progress) options.progress(pos, size);
-      }
+      off_t hole = ::lseek(fd, data, SEEK_HOLE);
+      uint64_t end = hole < 0 ? size : std::min<uint64_t>(size, static_cast<uint64_t>(hole));
+      if (static_cast<uint64_t>(data) >= size) break;
+      uint64_t first = std::max<uint64_t>(static_cast<uint64_t>(data) / cs, pos / cs);
+      uint64_t last = (end - 1) / cs;
+      for (uint64_t i = first; i <= last; ++i) todo.push_back(i);
+      pos = (last + 1) * cs;
     }
+    // Reading, hashing and storing run on a few threads; each chunk's id goes
+    // to its own slot of the manifest.
+    const unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+    std::atomic<size_t> next{0};
+    std::atomic<uint64_t> new_bytes{0}, done_bytes{0};
+    std::atomic<bool> failed{false};
+    std::mutex err_mu;
+    Status first_error;
+    auto fail = [&](Status st) {
+      std::lock_guard lock(err_mu);
+      if (first_error.ok()) first_error = std::move(st);
+      failed.store(true);
+    };
+    auto work = [&](bool report) {
+      Bytes chunk(cs);
+      while (!failed.load()) {
+        size_t k = next.fetch_add(1);
+        if (k >= todo.size()) break;
+        if (Cancelled(options)) return fail(Status::IOError("import interrupted"));
+        uint64_t off = todo[k] * cs;
+        size_t len = static_cast<size_t>(std::min<uint64_t>(cs, size - off));
+        auto n = PreadFull(fd, off, MutableByteView(chunk.data(), len));
+        if (!n.ok()) return fail(n.status().WithContext("read source"));
+        if (*n < len) std::fill(chunk.begin() + *n, chunk.begin() + len, 0);
+        auto pr = chunks.Put(ByteView(chunk.data(), len));
+        if (!pr.ok()) return fail(pr.status());
+        m.chunks[todo[k]] = pr->id;
+        if (pr->stored) new_bytes += len;
+        uint64_t done = done_bytes += len;
+        if (report && options.progress) options.progress(done, size);
+      }
+    };
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < threads && t < todo.size(); ++t) pool.emplace_back(work, false);
+    work(true);
+    for (auto& t : pool) t.join();
+    if (failed.load()) return first_error;
+    result.new_bytes = new_bytes.load();
   } else {
     for (;;) {
       if (Cancelled(options)) return Status::IOError("import interrupted");
@@ -192,6 +225,7 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
     if (m.size == 0) return Status::InvalidArgument("the input stream is empty");
   }
   if (options.progress) options.progress(m.size, m.size);
+  // PutManifest syncs the chunks before the manifest that references them.
   ASSIGN_OR_RETURN(ImageId id, PutManifest(store.backend(), m));
   RETURN_IF_ERROR(store.PublishImage(m, id, options.names, options.force_names));
   result.id = id;

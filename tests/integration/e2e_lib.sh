@@ -1,0 +1,155 @@
+# Helpers for the end-to-end tests (e2e_*.sh). Source it after lib.sh.
+#
+# The store's disk backend comes from IMGFS_E2E_DISKS: "local" (default) or
+# "rbd" (the test cluster of tools/test.sh, in an RBD namespace of its own that
+# is removed at the end). Loop devices and filesystem mounts made through
+# e2e_loop / e2e_fs_mount are undone at exit, before the imgfs mount goes away,
+# also when a step fails.
+
+# e2e_need CMD...: every command must exist; a missing one is a failure.
+e2e_need() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 ||
+      fail "'$c' is not installed (tools/setup.sh installs the test packages)"
+  done
+}
+
+_e2e_loops=()   # loop devices attached by this test, still attached
+_e2e_mounts=()  # filesystem mount points mounted by this test, still mounted
+_e2e_detach_all() {
+  local i
+  for ((i = ${#_e2e_mounts[@]} - 1; i >= 0; i--)); do
+    [[ -n "${_e2e_mounts[i]}" ]] || continue
+    umount "${_e2e_mounts[i]}" 2>/dev/null || umount -l "${_e2e_mounts[i]}" || true
+    _e2e_mounts[i]=""
+  done
+  for ((i = ${#_e2e_loops[@]} - 1; i >= 0; i--)); do
+    [[ -n "${_e2e_loops[i]}" ]] || continue
+    losetup -d "${_e2e_loops[i]}" || true
+    _e2e_loops[i]=""
+  done
+}
+on_exit _e2e_detach_all
+
+# e2e_loop FILE [OFFSET LEN]: attaches a loop device over FILE (or over LEN
+# bytes from OFFSET) and sets LOOP to it.
+e2e_loop() {
+  local f="$1" args=()
+  (($# == 3)) && args=(-o "$2" --sizelimit "$3")
+  LOOP="$(losetup -f --show "${args[@]}" "$f")" || fail "losetup on $f failed"
+  _e2e_loops+=("$LOOP")
+}
+# e2e_unloop DEV: detaches a loop device made by e2e_loop.
+e2e_unloop() {
+  local i
+  losetup -d "$1" || fail "losetup -d $1 failed"
+  for i in "${!_e2e_loops[@]}"; do [[ "${_e2e_loops[i]}" == "$1" ]] && _e2e_loops[i]=""; done
+  return 0
+}
+# e2e_fs_mount DEV DIR [mount options...]
+e2e_fs_mount() {
+  local dev="$1" dir="$2"
+  shift 2
+  mkdir -p "$dir"
+  mount "$@" "$dev" "$dir" || fail "mount $dev on $dir failed"
+  _e2e_mounts+=("$dir")
+}
+e2e_fs_umount() {
+  local i
+  umount "$1" || fail "umount $1 failed"
+  for i in "${!_e2e_mounts[@]}"; do [[ "${_e2e_mounts[i]}" == "$1" ]] && _e2e_mounts[i]=""; done
+  return 0
+}
+
+# e2e_mount MNT: mounts the store (lib.sh's mount_imgfs) and makes sure loop
+# devices and filesystems over its files are gone before it is unmounted.
+e2e_mount() {
+  mount_imgfs "$1"
+  on_exit _e2e_detach_all
+}
+
+# e2e_init_store: creates the store for IMGFS_E2E_DISKS.
+e2e_init_store() {
+  case "${IMGFS_E2E_DISKS:-local}" in
+    local) "$IMGFS" init >/dev/null ;;
+    rbd)
+      [[ -n "${IMGFS_CEPH_CONF:-}" ]] ||
+        fail "IMGFS_E2E_DISKS=rbd needs the test cluster: run through tools/test.sh (IMGFS_CEPH_CONF is unset)"
+      e2e_need rbd rados
+      E2E_NS="e2e$RANDOM$RANDOM"
+      E2E_POOL="$IMGFS_CEPH_POOL/$E2E_NS"
+      _e2e_rbd namespace create "$E2E_POOL" || fail "rbd namespace create $E2E_POOL failed"
+      on_exit _e2e_remove_namespace
+      "$IMGFS" init --disks "rbd:$E2E_POOL" --ceph-conf "$IMGFS_CEPH_CONF" \
+        --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" >/dev/null
+      ;;
+    *) fail "IMGFS_E2E_DISKS must be local or rbd, not '$IMGFS_E2E_DISKS'" ;;
+  esac
+}
+_e2e_rbd() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
+# Clones first, then the published bases (unprotect, purge, remove), then
+# imgfs's own objects, then the namespace.
+_e2e_remove_namespace() {
+  local pass img o
+  for pass in clones bases; do
+    for img in $(_e2e_rbd ls "$E2E_POOL" 2>/dev/null); do
+      if [[ "$img" == imgfs.* ]]; then [[ "$pass" == bases ]] || continue; else [[ "$pass" == clones ]] || continue; fi
+      _e2e_rbd snap unprotect "$E2E_POOL/$img@base" >/dev/null 2>&1 || true
+      _e2e_rbd snap purge --no-progress "$E2E_POOL/$img" >/dev/null 2>&1 || true
+      _e2e_rbd rm --no-progress "$E2E_POOL/$img" >/dev/null 2>&1 || true
+    done
+  done
+  for o in $(rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
+    -p "$IMGFS_CEPH_POOL" -N "$E2E_NS" ls 2>/dev/null); do
+    rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
+      -p "$IMGFS_CEPH_POOL" -N "$E2E_NS" rm "$o" || true
+  done
+  _e2e_rbd namespace remove "$E2E_POOL" || true
+}
+
+# e2e_make_gpt_disk OUT SIZE_MIB FSTYPE SRCDIR: a raw GPT disk of SIZE_MIB with
+# one partition (1 MiB to the end) holding an FSTYPE (ext4|xfs) filesystem
+# with the files of SRCDIR. Built in files: the filesystem is made in a
+# partition-sized file and copied in at the partition's offset.
+e2e_make_gpt_disk() {
+  local out="$1" mib="$2" fs="$3" src="$4"
+  local part="$out.part" first last len
+  truncate -s "${mib}M" "$out"
+  sgdisk --clear -n 1:2048:0 -t 1:8300 -c "1:e2e-$fs" "$out" >/dev/null
+  first="$(sgdisk -i 1 "$out" | awk '/^First sector/ { print $3 }')"
+  last="$(sgdisk -i 1 "$out" | awk '/^Last sector/ { print $3 }')"
+  len=$(((last - first + 1) * 512))
+  truncate -s "$len" "$part"
+  case "$fs" in
+    ext4) mkfs.ext4 -q -F -b 4096 -L e2e-ext4 -d "$src" "$part" >/dev/null ;;
+    xfs)
+      mkfs.xfs -q -f -L e2e-xfs "$part" >/dev/null
+      e2e_loop "$part"
+      local dev="$LOOP"
+      e2e_fs_mount "$dev" "$part.mnt"
+      cp -a "$src/." "$part.mnt/"
+      e2e_fs_umount "$part.mnt"
+      e2e_unloop "$dev"
+      ;;
+    *) fail "e2e_make_gpt_disk: unknown filesystem $fs" ;;
+  esac
+  dd if="$part" of="$out" bs=1M seek=$((first * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
+  rm -f "$part"
+}
+
+# e2e_part FILE: sets PART_START and PART_LEN (bytes) of partition 1 and
+# LAST_USABLE (the GPT's last usable sector).
+e2e_part() {
+  local info
+  info="$(sgdisk -i 1 "$1")" || fail "sgdisk -i 1 $1 failed"
+  local first last
+  first="$(awk '/^First sector/ { print $3 }' <<<"$info")"
+  last="$(awk '/^Last sector/ { print $3 }' <<<"$info")"
+  [[ "$first" =~ ^[0-9]+$ && "$last" =~ ^[0-9]+$ ]] || fail "no partition 1 in $1: $info"
+  PART_START=$((first * 512))
+  PART_LEN=$(((last - first + 1) * 512))
+  PART_LAST=$last
+  LAST_USABLE="$(sgdisk -p "$1" | sed -n 's/.*last usable sector is \([0-9]*\).*/\1/p')"
+  [[ "$LAST_USABLE" =~ ^[0-9]+$ ]] || fail "sgdisk -p $1 shows no last usable sector"
+}

@@ -10,7 +10,8 @@ build_pkgs=(cmake ninja-build g++ pkg-config
   libfuse3-dev fuse3 librbd-dev librados-dev libxxhash-dev libspdlog-dev
   catch2 libcli11-dev nlohmann-json3-dev qemu-utils)
 test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
-  e2fsprogs xfsprogs util-linux qemu-block-extra jq)
+  e2fsprogs xfsprogs util-linux qemu-block-extra jq
+  qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 
 missing=()
 for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do

@@ -62,10 +62,11 @@ e2e_fs_umount() {
   return 0
 }
 
-# e2e_mount MNT: mounts the store (lib.sh's mount_imgfs) and makes sure loop
-# devices and filesystems over its files are gone before it is unmounted.
+# e2e_mount MNT [imgfs mount options...]: mounts the store (lib.sh's
+# mount_imgfs) and makes sure loop devices and filesystems over its files are
+# gone before it is unmounted.
 e2e_mount() {
-  mount_imgfs "$1"
+  mount_imgfs "$@"
   on_exit _e2e_detach_all
 }
 
@@ -152,4 +153,39 @@ e2e_part() {
   PART_LAST=$last
   LAST_USABLE="$(sgdisk -p "$1" | sed -n 's/.*last usable sector is \([0-9]*\).*/\1/p')"
   [[ "$LAST_USABLE" =~ ^[0-9]+$ ]] || fail "sgdisk -p $1 shows no last usable sector"
+}
+
+# e2e_qmp SOCK COMMAND [ARGUMENTS_JSON]: runs one QMP command on the monitor
+# socket SOCK and prints its "return" as JSON; an "error" reply is a failure.
+e2e_qmp() {
+  python3 - "$@" <<'PY' || fail "QMP $2 failed"
+import json, socket, sys
+sock, cmd = sys.argv[1], sys.argv[2]
+args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+s = socket.socket(socket.AF_UNIX)
+s.connect(sock)
+f = s.makefile("rw")
+def reply():
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+json.loads(f.readline())  # greeting
+f.write(json.dumps({"execute": "qmp_capabilities"}) + "\n"); f.flush()
+reply()
+f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n"); f.flush()
+m = reply()
+if "error" in m:
+    print(json.dumps(m["error"]), file=sys.stderr)
+    sys.exit(1)
+print(json.dumps(m["return"]))
+PY
+}
+
+# e2e_stop_pid PID: SIGTERM, then waits for the process to be gone.
+e2e_stop_pid() {
+  [[ -n "${1:-}" ]] || return 0
+  kill -0 "$1" 2>/dev/null || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  tail --pid="$1" -f /dev/null
 }

@@ -1,1 +1,1030 @@
-// Placeholder: not built yet.
+#include "fusefs/fs.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+
+#include "blockstore/names.h"
+
+namespace imgfs::fusefs {
+
+namespace {
+
+constexpr uint32_t kBlockSize = 4096;
+constexpr uint64_t kSeekWindow = 1ull << 30;
+
+std::string InstanceKey(std::string_view instance) { return "i/" + std::string(instance); }
+std::string DiskKey(std::string_view instance, std::string_view disk) {
+  return "d/" + std::string(instance) + "/" + std::string(disk);
+}
+std::string ImageKey(const ImageId& id) { return "b/" + id.Hex(); }
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void SetTime(struct stat* st, int64_t ns) {
+  struct timespec ts {};
+  ts.tv_sec = ns / 1'000'000'000;
+  ts.tv_nsec = ns % 1'000'000'000;
+  st->st_atim = ts;
+  st->st_mtim = ts;
+  st->st_ctim = ts;
+}
+
+bool WantsWrite(int flags) { return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC); }
+
+Status NotDir(std::string_view what) {
+  return Status::NotFound(std::string(what) + " is not a directory");
+}
+
+}  // namespace
+
+struct FileSystem::OpenFile {
+  std::mutex mu;
+  std::shared_ptr<Disk> disk;          // GUARDED_BY(mu); null for images and after close
+  std::shared_ptr<ImageReader> image;  // constant after construction
+  bool writable = false;               // GUARDED_BY(mu)
+  uint32_t handles = 0;                // GUARDED_BY(FileSystem::mu_)
+  std::mutex grow_mu;                  // serialises growth of the disk
+  std::atomic<bool> dirty{false};      // written since the last successful flush
+
+  Result<std::shared_ptr<Disk>> CurrentDisk() {
+    std::lock_guard lock(mu);
+    if (!disk) return Status::IOError("the disk is closed (unmounting)");
+    return disk;
+  }
+};
+
+struct FileSystem::Node {
+  uint64_t ino = 0;
+  NodeKind kind = NodeKind::kRoot;
+  std::string key;                          // GUARDED_BY(mu_); changes on rename
+  std::string instance;                     // GUARDED_BY(mu_)
+  std::string disk;                         // GUARDED_BY(mu_)
+  ImageId image;                            // constant
+  uint64_t nlookup = 0;                     // GUARDED_BY(mu_)
+  bool removed = false;                     // GUARDED_BY(mu_)
+  std::shared_ptr<OpenFile> open;           // GUARDED_BY(mu_); set while open files use it
+  std::optional<ImageRecord> image_record;  // GUARDED_BY(mu_); cached, images are immutable
+};
+
+struct FileSystem::Handle {
+  std::shared_ptr<Node> node;
+  std::shared_ptr<OpenFile> of;
+  bool write = false;
+};
+
+struct FileSystem::DirHandle {
+  std::vector<DirEntry> entries;
+};
+
+FileSystem::FileSystem(Store& store, FsOptions options)
+    : store_(store), disks_(store.disks()), opts_(options), mount_time_ns_(NowNs()) {
+  auto root = std::make_shared<Node>();
+  root->ino = kRootIno;
+  root->kind = NodeKind::kRoot;
+  root->key = "/";
+  auto base = std::make_shared<Node>();
+  base->ino = kBaseDirIno;
+  base->kind = NodeKind::kBaseDir;
+  base->key = kBaseDirName;
+  nodes_[kRootIno] = root;
+  nodes_[kBaseDirIno] = base;
+  ino_of_["/"] = kRootIno;
+  ino_of_[kBaseDirName] = kBaseDirIno;
+}
+
+FileSystem::~FileSystem() {
+  Status st = Shutdown();
+  if (!st.ok()) spdlog::error("closing the mount's disks: {}", st.ToString());
+}
+
+uint64_t FileSystem::InoFor(const std::string& key) {
+  auto it = ino_of_.find(key);
+  if (it != ino_of_.end()) return it->second;
+  uint64_t ino = next_ino_++;
+  ino_of_[key] = ino;
+  return ino;
+}
+
+std::shared_ptr<FileSystem::Node> FileSystem::NodeFor(const std::string& key, NodeKind kind,
+                                                      const std::string& instance,
+                                                      const std::string& disk, const ImageId& image,
+                                                      bool take_ref) {
+  std::lock_guard lock(mu_);
+  uint64_t ino = InoFor(key);
+  auto& slot = nodes_[ino];
+  if (!slot) {
+    slot = std::make_shared<Node>();
+    slot->ino = ino;
+    slot->kind = kind;
+    slot->key = key;
+    slot->instance = instance;
+    slot->disk = disk;
+    slot->image = image;
+  }
+  if (take_ref) ++slot->nlookup;
+  return slot;
+}
+
+void FileSystem::ForgetNameLocked(const std::string& key) {
+  auto it = ino_of_.find(key);
+  if (it == ino_of_.end()) return;
+  if (auto n = nodes_.find(it->second); n != nodes_.end()) n->second->removed = true;
+  ino_of_.erase(it);
+}
+
+Result<std::shared_ptr<FileSystem::Node>> FileSystem::GetNode(uint64_t ino) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end()) return Status::NotFound("no inode " + std::to_string(ino));
+  return it->second;
+}
+
+Result<std::shared_ptr<FileSystem::Handle>> FileSystem::GetHandle(uint64_t fh) {
+  std::lock_guard lock(mu_);
+  auto it = handles_.find(fh);
+  if (it == handles_.end()) return Status::InvalidArgument("no open file " + std::to_string(fh));
+  return it->second;
+}
+
+void FileSystem::Forget(uint64_t ino, uint64_t nlookup) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end() || ino == kRootIno || ino == kBaseDirIno) return;
+  Node& n = *it->second;
+  n.nlookup = nlookup >= n.nlookup ? 0 : n.nlookup - nlookup;
+  if (n.nlookup == 0 && !n.open) nodes_.erase(it);
+}
+
+// ---- lookup and attributes ----
+
+Result<Entry> FileSystem::LookupDisk(const std::string& instance, std::string_view name) {
+  if (!ValidateDiskName(name).ok()) return Status::NotFound("no disk " + std::string(name));
+  DiskRef ref{instance, std::string(name)};
+  ASSIGN_OR_RETURN(DiskInfo info, disks_.Info(ref));
+  (void)info;
+  auto node = NodeFor(DiskKey(instance, name), NodeKind::kDisk, instance, ref.disk, {}, true);
+  auto st = StatOf(*node);
+  if (!st.ok()) {
+    Forget(node->ino, 1);
+    return st.status();
+  }
+  return Entry{node->ino, *st};
+}
+
+Result<Entry> FileSystem::Lookup(uint64_t parent, std::string_view name) {
+  ASSIGN_OR_RETURN(auto p, GetNode(parent));
+  std::shared_ptr<Node> node;
+  switch (p->kind) {
+    case NodeKind::kRoot: {
+      if (name == kBaseDirName) {
+        node = NodeFor(kBaseDirName, NodeKind::kBaseDir, "", "", {}, true);
+        break;
+      }
+      if (!ValidateInstanceName(name).ok()) return Status::NotFound("no " + std::string(name));
+      ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
+      if (std::find(instances.begin(), instances.end(), name) == instances.end()) {
+        return Status::NotFound("no instance " + std::string(name));
+      }
+      node = NodeFor(InstanceKey(name), NodeKind::kInstance, std::string(name), "", {}, true);
+      break;
+    }
+    case NodeKind::kBaseDir: {
+      auto id = Id128::FromHex(name);
+      if (!id.ok() || name.size() != 32) return Status::NotFound("no image " + std::string(name));
+      ASSIGN_OR_RETURN(ImageRecord rec, store_.GetImage(*id));
+      node = NodeFor(ImageKey(*id), NodeKind::kImage, "", "", *id, true);
+      std::lock_guard lock(mu_);
+      if (!node->image_record) node->image_record = rec;
+      break;
+    }
+    case NodeKind::kInstance: {
+      std::string instance;
+      {
+        std::lock_guard lock(mu_);
+        instance = p->instance;
+      }
+      return LookupDisk(instance, name);
+    }
+    default:
+      return NotDir("a disk or image");
+  }
+  auto st = StatOf(*node);
+  if (!st.ok()) {
+    Forget(node->ino, 1);
+    return st.status();
+  }
+  return Entry{node->ino, *st};
+}
+
+Result<uint64_t> FileSystem::ParentDataBytes(const ImageId& image) {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = parent_data_bytes_.find(image); it != parent_data_bytes_.end()) {
+      return it->second;
+    }
+  }
+  ASSIGN_OR_RETURN(ImageRecord rec, store_.GetImage(image));
+  std::lock_guard lock(mu_);
+  parent_data_bytes_[image] = rec.data_bytes;
+  return rec.data_bytes;
+}
+
+Result<struct stat> FileSystem::StatDisk(const Node& node) {
+  DiskRef ref;
+  std::shared_ptr<OpenFile> of;
+  {
+    std::lock_guard lock(mu_);
+    if (node.removed) return Status::NotFound("the disk was removed");
+    ref = DiskRef{node.instance, node.disk};
+    of = node.open;
+  }
+  ASSIGN_OR_RETURN(DiskInfo info, disks_.Info(ref));
+  uint64_t size = info.size;
+  if (of) {
+    std::lock_guard lock(of->mu);
+    if (of->disk) size = of->disk->size();
+  }
+  uint64_t used = info.owned_bytes;
+  if (info.parent) {
+    auto parent_bytes = ParentDataBytes(*info.parent);
+    used += parent_bytes.ok() ? *parent_bytes : size;
+  }
+  uint64_t rounded = (size + 511) / 512 * 512;
+  used = std::min(used, rounded);
+  struct stat st {};
+  st.st_ino = node.ino;
+  st.st_mode = S_IFREG | (info.attrs.mode & 07777);
+  st.st_nlink = 1;
+  st.st_uid = info.attrs.uid;
+  st.st_gid = info.attrs.gid;
+  st.st_size = static_cast<off_t>(size);
+  st.st_blocks = static_cast<blkcnt_t>(used / 512);
+  st.st_blksize = kBlockSize;
+  SetTime(&st, info.mtime_ns);
+  return st;
+}
+
+Result<struct stat> FileSystem::StatImage(const Node& node) {
+  std::optional<ImageRecord> rec;
+  {
+    std::lock_guard lock(mu_);
+    rec = node.image_record;
+  }
+  if (!rec) {
+    ASSIGN_OR_RETURN(ImageRecord r, store_.GetImage(node.image));
+    std::lock_guard lock(mu_);
+    const_cast<Node&>(node).image_record = r;
+    rec = r;
+  }
+  struct stat st {};
+  st.st_ino = node.ino;
+  st.st_mode = S_IFREG | 0444;
+  st.st_nlink = 1;
+  st.st_uid = opts_.uid;
+  st.st_gid = opts_.gid;
+  st.st_size = static_cast<off_t>(rec->size);
+  st.st_blocks = static_cast<blkcnt_t>((rec->data_bytes + 511) / 512);
+  st.st_blksize = kBlockSize;
+  SetTime(&st, rec->created * 1'000'000'000);
+  return st;
+}
+
+Result<struct stat> FileSystem::StatOf(const Node& node) {
+  struct stat st {};
+  st.st_ino = node.ino;
+  st.st_nlink = 2;
+  st.st_uid = opts_.uid;
+  st.st_gid = opts_.gid;
+  st.st_blksize = kBlockSize;
+  SetTime(&st, mount_time_ns_);
+  switch (node.kind) {
+    case NodeKind::kRoot:
+      st.st_mode = S_IFDIR | 0755;
+      return st;
+    case NodeKind::kBaseDir:
+      st.st_mode = S_IFDIR | 0555;
+      return st;
+    case NodeKind::kInstance: {
+      std::string instance;
+      {
+        std::lock_guard lock(mu_);
+        if (node.removed) return Status::NotFound("the instance was removed");
+        instance = node.instance;
+      }
+      ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
+      if (std::find(instances.begin(), instances.end(), instance) == instances.end()) {
+        return Status::NotFound("no instance " + instance);
+      }
+      st.st_mode = S_IFDIR | 0755;
+      return st;
+    }
+    case NodeKind::kImage:
+      return StatImage(node);
+    case NodeKind::kDisk:
+      return StatDisk(node);
+  }
+  return Status::IOError("unknown inode kind");
+}
+
+Result<struct stat> FileSystem::GetAttr(uint64_t ino) {
+  ASSIGN_OR_RETURN(auto node, GetNode(ino));
+  return StatOf(*node);
+}
+
+Result<struct stat> FileSystem::SetAttr(uint64_t ino, const AttrChange& change,
+                                        std::optional<uint64_t> fh) {
+  (void)fh;
+  ASSIGN_OR_RETURN(auto node, GetNode(ino));
+  bool attrs = change.mode || change.uid || change.gid;
+  switch (node->kind) {
+    case NodeKind::kImage:
+      return Status::ReadOnly("images under _base are read-only");
+    case NodeKind::kDisk:
+      break;
+    default:
+      if (change.size) return Status::InvalidArgument("a directory has no size");
+      if (attrs) return Status::PermissionDenied("directories of the mount have fixed attributes");
+      return StatOf(*node);
+  }
+  if (change.size) {
+    std::unique_lock ns(ns_mu_);
+    std::shared_ptr<OpenFile> of;
+    DiskRef ref;
+    {
+      std::lock_guard lock(mu_);
+      if (node->removed) return Status::NotFound("the disk was removed");
+      of = node->open;
+      ref = DiskRef{node->instance, node->disk};
+    }
+    if (of) {
+      bool writable;
+      {
+        std::lock_guard lock(of->mu);
+        writable = of->writable;
+      }
+      if (!writable) {
+        ASSIGN_OR_RETURN(auto disk, disks_.Open(ref, OpenMode::kReadWrite));
+        std::lock_guard lock(of->mu);
+        of->disk = std::move(disk);
+        of->writable = true;
+      }
+      std::lock_guard grow(of->grow_mu);
+      ASSIGN_OR_RETURN(auto disk, of->CurrentDisk());
+      RETURN_IF_ERROR(disk->Resize(*change.size, opts_.allow_shrink));
+      of->dirty = true;
+    } else {
+      RETURN_IF_ERROR(disks_.Resize(ref, *change.size, opts_.allow_shrink));
+    }
+  }
+  if (attrs) {
+    DiskRef ref;
+    {
+      std::lock_guard lock(mu_);
+      ref = DiskRef{node->instance, node->disk};
+    }
+    ASSIGN_OR_RETURN(DiskInfo info, disks_.Info(ref));
+    DiskAttrs a = info.attrs;
+    if (change.mode) a.mode = *change.mode & 07777;
+    if (change.uid) a.uid = *change.uid;
+    if (change.gid) a.gid = *change.gid;
+    RETURN_IF_ERROR(disks_.SetAttrs(ref, a));
+  }
+  return StatOf(*node);
+}
+
+// ---- directories ----
+
+Result<uint64_t> FileSystem::OpenDir(uint64_t ino) {
+  ASSIGN_OR_RETURN(auto node, GetNode(ino));
+  auto dh = std::make_shared<DirHandle>();
+  dh->entries.push_back({".", ino, S_IFDIR});
+  dh->entries.push_back({"..", node->kind == NodeKind::kRoot ? kRootIno : kRootIno, S_IFDIR});
+  std::vector<std::pair<std::string, std::pair<std::string, mode_t>>> names;  // name, key, type
+  switch (node->kind) {
+    case NodeKind::kRoot: {
+      names.push_back({kBaseDirName, {kBaseDirName, S_IFDIR}});
+      ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
+      std::sort(instances.begin(), instances.end());
+      for (auto& i : instances) names.push_back({i, {InstanceKey(i), S_IFDIR}});
+      break;
+    }
+    case NodeKind::kBaseDir: {
+      ASSIGN_OR_RETURN(auto images, store_.ListImages());
+      std::vector<std::string> ids;
+      for (auto& r : images) ids.push_back(r.id.Hex());
+      std::sort(ids.begin(), ids.end());
+      for (auto& id : ids) names.push_back({id, {"b/" + id, S_IFREG}});
+      break;
+    }
+    case NodeKind::kInstance: {
+      std::string instance;
+      {
+        std::lock_guard lock(mu_);
+        instance = node->instance;
+      }
+      ASSIGN_OR_RETURN(auto refs, disks_.List(instance));
+      std::vector<std::string> disks;
+      for (auto& r : refs) disks.push_back(r.disk);
+      std::sort(disks.begin(), disks.end());
+      for (auto& d : disks) names.push_back({d, {DiskKey(instance, d), S_IFREG}});
+      break;
+    }
+    default:
+      return NotDir("a disk or image");
+  }
+  std::lock_guard lock(mu_);
+  for (auto& [name, kt] : names) dh->entries.push_back({name, InoFor(kt.first), kt.second});
+  uint64_t id = next_fh_++;
+  dirs_[id] = std::move(dh);
+  return id;
+}
+
+Result<std::vector<DirEntry>> FileSystem::ReadDir(uint64_t dh, uint64_t offset) {
+  std::lock_guard lock(mu_);
+  auto it = dirs_.find(dh);
+  if (it == dirs_.end()) return Status::InvalidArgument("no open directory");
+  const auto& all = it->second->entries;
+  if (offset >= all.size()) return std::vector<DirEntry>{};
+  return std::vector<DirEntry>(all.begin() + static_cast<ptrdiff_t>(offset), all.end());
+}
+
+void FileSystem::ReleaseDir(uint64_t dh) {
+  std::lock_guard lock(mu_);
+  dirs_.erase(dh);
+}
+
+// ---- namespace changes ----
+
+Result<Entry> FileSystem::MkDir(uint64_t parent, std::string_view name, mode_t mode,
+                                const Caller& who) {
+  (void)mode;
+  (void)who;
+  ASSIGN_OR_RETURN(auto p, GetNode(parent));
+  if (p->kind == NodeKind::kBaseDir) return Status::ReadOnly("_base is read-only");
+  if (p->kind != NodeKind::kRoot) {
+    return Status::PermissionDenied("directories exist only at the top level (instances)");
+  }
+  if (name == kBaseDirName) return Status::AlreadyExists("_base exists");
+  RETURN_IF_ERROR(ValidateInstanceName(name));
+  std::string instance(name);
+  {
+    std::unique_lock ns(ns_mu_);
+    ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
+    if (std::find(instances.begin(), instances.end(), instance) != instances.end()) {
+      return Status::AlreadyExists("instance " + instance + " exists");
+    }
+    RETURN_IF_ERROR(disks_.CreateInstance(instance));
+  }
+  auto node = NodeFor(InstanceKey(instance), NodeKind::kInstance, instance, "", {}, true);
+  struct stat st {};
+  st.st_ino = node->ino;
+  st.st_mode = S_IFDIR | 0755;
+  st.st_nlink = 2;
+  st.st_uid = opts_.uid;
+  st.st_gid = opts_.gid;
+  st.st_blksize = kBlockSize;
+  SetTime(&st, mount_time_ns_);
+  return Entry{node->ino, st};
+}
+
+Status FileSystem::WaitUntilClosed(const std::shared_ptr<Node>& node,
+                                   std::unique_lock<std::mutex>& ns_lock) {
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.release_grace_ms);
+  {
+    std::unique_lock lock(mu_);
+    if (!node->open) return Status::OK();
+    ns_lock.unlock();
+    closed_cv_.wait_until(lock, deadline, [&] { return !node->open; });
+  }
+  ns_lock.lock();
+  std::lock_guard lock(mu_);
+  if (node->open) return Status::Busy("it is open");
+  return Status::OK();
+}
+
+Status FileSystem::RmDir(uint64_t parent, std::string_view name) {
+  ASSIGN_OR_RETURN(auto p, GetNode(parent));
+  if (p->kind == NodeKind::kBaseDir) return Status::ReadOnly("_base is read-only");
+  if (p->kind != NodeKind::kRoot) return NotDir(name);
+  if (name == kBaseDirName) return Status::PermissionDenied("_base cannot be removed");
+  if (!ValidateInstanceName(name).ok()) return Status::NotFound("no instance " + std::string(name));
+  std::string instance(name);
+  std::unique_lock ns(ns_mu_);
+  RETURN_IF_ERROR(disks_.RemoveInstance(instance));
+  std::lock_guard lock(mu_);
+  ForgetNameLocked(InstanceKey(instance));
+  return Status::OK();
+}
+
+Result<Entry> FileSystem::MkNod(uint64_t parent, std::string_view name, mode_t mode,
+                                const Caller& who) {
+  if (!S_ISREG(mode)) return Status::PermissionDenied("only regular files (disks) can be made");
+  ASSIGN_OR_RETURN(auto p, GetNode(parent));
+  if (p->kind == NodeKind::kBaseDir) return Status::ReadOnly("_base is read-only");
+  if (p->kind == NodeKind::kRoot) {
+    return Status::PermissionDenied("disks live in instance directories, not at the top level");
+  }
+  if (p->kind != NodeKind::kInstance) return NotDir("a disk or image");
+  RETURN_IF_ERROR(ValidateDiskName(name));
+  std::string instance;
+  {
+    std::lock_guard lock(mu_);
+    instance = p->instance;
+  }
+  DiskRef ref{instance, std::string(name)};
+  DiskCreateOptions opts;
+  opts.size = 0;
+  opts.attrs.mode = mode & 07777;
+  opts.attrs.uid = who.uid;
+  opts.attrs.gid = who.gid;
+  {
+    std::unique_lock ns(ns_mu_);
+    RETURN_IF_ERROR(disks_.Create(ref, opts));
+  }
+  return LookupDisk(instance, name);
+}
+
+Result<std::pair<Entry, OpenReply>> FileSystem::Create(uint64_t parent, std::string_view name,
+                                                       mode_t mode, int flags, const Caller& who) {
+  ASSIGN_OR_RETURN(Entry e, MkNod(parent, name, S_IFREG | (mode & 07777), who));
+  ASSIGN_OR_RETURN(auto node, GetNode(e.ino));
+  std::unique_lock ns(ns_mu_);
+  auto r = OpenNodeLocked(node, flags & ~O_TRUNC);
+  if (!r.ok()) {
+    ns.unlock();
+    Forget(e.ino, 1);
+    return r.status();
+  }
+  return std::make_pair(e, *r);
+}
+
+Status FileSystem::Unlink(uint64_t parent, std::string_view name) {
+  ASSIGN_OR_RETURN(auto p, GetNode(parent));
+  if (p->kind == NodeKind::kBaseDir) return Status::ReadOnly("_base is read-only");
+  if (p->kind == NodeKind::kRoot) {
+    return Status::PermissionDenied("use rmdir for instance directories");
+  }
+  if (p->kind != NodeKind::kInstance) return NotDir("a disk or image");
+  std::string instance;
+  {
+    std::lock_guard lock(mu_);
+    instance = p->instance;
+  }
+  if (!ValidateDiskName(name).ok()) return Status::NotFound("no disk " + std::string(name));
+  std::string key = DiskKey(instance, name);
+  std::unique_lock ns(ns_mu_);
+  std::shared_ptr<Node> node;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = ino_of_.find(key); it != ino_of_.end()) {
+      if (auto n = nodes_.find(it->second); n != nodes_.end()) node = n->second;
+    }
+  }
+  if (node) {
+    Status st = WaitUntilClosed(node, ns);
+    if (!st.ok()) return Status::Busy(instance + "/" + std::string(name) + " is open");
+  }
+  RETURN_IF_ERROR(disks_.Remove(DiskRef{instance, std::string(name)}));
+  std::lock_guard lock(mu_);
+  ForgetNameLocked(key);
+  return Status::OK();
+}
+
+Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_parent,
+                          std::string_view new_name, unsigned int flags) {
+  constexpr unsigned kNoReplace = 1;  // RENAME_NOREPLACE
+  if (flags & ~kNoReplace) return Status::NotSupported("only RENAME_NOREPLACE is supported");
+  ASSIGN_OR_RETURN(auto p, GetNode(parent));
+  ASSIGN_OR_RETURN(auto np, GetNode(new_parent));
+  if (p->kind == NodeKind::kBaseDir || np->kind == NodeKind::kBaseDir) {
+    return Status::ReadOnly("_base is read-only");
+  }
+  if (p->kind != np->kind || (p->kind != NodeKind::kRoot && p->kind != NodeKind::kInstance)) {
+    return Status::PermissionDenied(
+        "disks move between instance directories, instances stay at the top level");
+  }
+  std::unique_lock ns(ns_mu_);
+  auto find_node = [&](const std::string& key) -> std::shared_ptr<Node> {
+    std::lock_guard lock(mu_);
+    if (auto it = ino_of_.find(key); it != ino_of_.end()) {
+      if (auto n = nodes_.find(it->second); n != nodes_.end()) return n->second;
+    }
+    return nullptr;
+  };
+
+  if (p->kind == NodeKind::kInstance) {
+    std::string from_inst, to_inst;
+    {
+      std::lock_guard lock(mu_);
+      from_inst = p->instance;
+      to_inst = np->instance;
+    }
+    if (!ValidateDiskName(name).ok()) return Status::NotFound("no disk " + std::string(name));
+    RETURN_IF_ERROR(ValidateDiskName(new_name));
+    DiskRef from{from_inst, std::string(name)};
+    DiskRef to{to_inst, std::string(new_name)};
+    if (from.ToString() == to.ToString()) return Status::OK();
+    ASSIGN_OR_RETURN(DiskInfo src, disks_.Info(from));
+    (void)src;
+    std::string from_key = DiskKey(from_inst, name), to_key = DiskKey(to_inst, new_name);
+    if (auto n = find_node(from_key)) {
+      if (!WaitUntilClosed(n, ns).ok()) return Status::Busy(from.ToString() + " is open");
+    }
+    auto existing = disks_.Info(to);
+    if (existing.ok()) {
+      if (flags & kNoReplace) return Status::AlreadyExists(to.ToString() + " exists");
+      if (auto n = find_node(to_key)) {
+        if (!WaitUntilClosed(n, ns).ok()) return Status::Busy(to.ToString() + " is open");
+      }
+      RETURN_IF_ERROR(disks_.Remove(to));
+      std::lock_guard lock(mu_);
+      ForgetNameLocked(to_key);
+    } else if (!existing.status().IsNotFound()) {
+      return existing.status();
+    }
+    RETURN_IF_ERROR(disks_.Rename(from, to));
+    std::lock_guard lock(mu_);
+    auto it = ino_of_.find(from_key);
+    if (it != ino_of_.end()) {
+      uint64_t ino = it->second;
+      ino_of_.erase(it);
+      ino_of_[to_key] = ino;
+      if (auto n = nodes_.find(ino); n != nodes_.end()) {
+        n->second->key = to_key;
+        n->second->instance = to_inst;
+        n->second->disk = to.disk;
+      }
+    }
+    return Status::OK();
+  }
+
+  // Instances: move every disk to the new instance, then drop the old one.
+  if (name == kBaseDirName || new_name == kBaseDirName) {
+    return Status::PermissionDenied("_base cannot be renamed or replaced");
+  }
+  if (!ValidateInstanceName(name).ok()) return Status::NotFound("no instance " + std::string(name));
+  RETURN_IF_ERROR(ValidateInstanceName(new_name));
+  std::string from(name), to(new_name);
+  if (from == to) return Status::OK();
+  ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
+  if (std::find(instances.begin(), instances.end(), from) == instances.end()) {
+    return Status::NotFound("no instance " + from);
+  }
+  if (std::find(instances.begin(), instances.end(), to) != instances.end()) {
+    if (flags & kNoReplace) return Status::AlreadyExists("instance " + to + " exists");
+    ASSIGN_OR_RETURN(auto target_disks, disks_.List(to));
+    if (!target_disks.empty()) return Status::NotEmpty("instance " + to + " is not empty");
+    RETURN_IF_ERROR(disks_.RemoveInstance(to));
+  }
+  ASSIGN_OR_RETURN(auto refs, disks_.List(from));
+  for (auto& r : refs) {
+    if (auto n = find_node(DiskKey(from, r.disk))) {
+      if (!WaitUntilClosed(n, ns).ok()) return Status::Busy(r.ToString() + " is open");
+    }
+  }
+  RETURN_IF_ERROR(disks_.CreateInstance(to));
+  for (auto& r : refs) {
+    RETURN_IF_ERROR(disks_.Rename(r, DiskRef{to, r.disk}));
+    std::lock_guard lock(mu_);
+    std::string fk = DiskKey(from, r.disk), tk = DiskKey(to, r.disk);
+    if (auto it = ino_of_.find(fk); it != ino_of_.end()) {
+      uint64_t ino = it->second;
+      ino_of_.erase(it);
+      ino_of_[tk] = ino;
+      if (auto n = nodes_.find(ino); n != nodes_.end()) {
+        n->second->key = tk;
+        n->second->instance = to;
+      }
+    }
+  }
+  RETURN_IF_ERROR(disks_.RemoveInstance(from));
+  std::lock_guard lock(mu_);
+  ForgetNameLocked(InstanceKey(to));
+  if (auto it = ino_of_.find(InstanceKey(from)); it != ino_of_.end()) {
+    uint64_t ino = it->second;
+    ino_of_.erase(it);
+    ino_of_[InstanceKey(to)] = ino;
+    if (auto n = nodes_.find(ino); n != nodes_.end()) {
+      n->second->key = InstanceKey(to);
+      n->second->instance = to;
+      n->second->removed = false;
+    }
+  }
+  return Status::OK();
+}
+
+// ---- files ----
+
+Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, int flags) {
+  bool write = WantsWrite(flags);
+  std::shared_ptr<OpenFile> of;
+  DiskRef ref;
+  NodeKind kind = node->kind;
+  {
+    std::lock_guard lock(mu_);
+    if (node->removed) return Status::NotFound("it was removed");
+    of = node->open;
+    ref = DiskRef{node->instance, node->disk};
+  }
+  if (kind == NodeKind::kImage) {
+    if (write) return Status::ReadOnly("images under _base are read-only");
+    if (!of) {
+      ASSIGN_OR_RETURN(auto reader, store_.OpenImage(node->image));
+      of = std::make_shared<OpenFile>();
+      of->image = std::move(reader);
+    }
+  } else if (kind == NodeKind::kDisk) {
+    if (!of) {
+      ASSIGN_OR_RETURN(auto disk,
+                       disks_.Open(ref, write ? OpenMode::kReadWrite : OpenMode::kReadOnly));
+      of = std::make_shared<OpenFile>();
+      of->disk = std::move(disk);
+      of->writable = write;
+      auto info = disks_.Info(ref);
+      if (info.ok() && info->parent) {
+        Status st = store_.TouchImage(*info->parent);
+        if (!st.ok())
+          spdlog::warn("recording use of image {}: {}", info->parent->Hex(), st.ToString());
+      }
+    } else if (write) {
+      bool writable;
+      {
+        std::lock_guard lock(of->mu);
+        writable = of->writable;
+      }
+      if (!writable) {
+        ASSIGN_OR_RETURN(auto disk, disks_.Open(ref, OpenMode::kReadWrite));
+        std::lock_guard lock(of->mu);
+        of->disk = std::move(disk);
+        of->writable = true;
+      }
+    }
+    if (flags & O_TRUNC) {
+      std::lock_guard grow(of->grow_mu);
+      ASSIGN_OR_RETURN(auto disk, of->CurrentDisk());
+      if (disk->size() != 0) {
+        // On failure a newly opened disk is dropped here, releasing its lock.
+        RETURN_IF_ERROR(disk->Resize(0, opts_.allow_shrink));
+        of->dirty = true;
+      }
+    }
+  } else {
+    return Status::InvalidArgument("directories are opened with opendir");
+  }
+  auto h = std::make_shared<Handle>();
+  h->node = node;
+  h->of = of;
+  h->write = write;
+  std::lock_guard lock(mu_);
+  node->open = of;
+  ++of->handles;
+  uint64_t fh = next_fh_++;
+  handles_[fh] = std::move(h);
+  OpenReply reply;
+  reply.fh = fh;
+  reply.direct_io = (flags & O_DIRECT) || opts_.direct_io_always;
+  return reply;
+}
+
+Result<OpenReply> FileSystem::Open(uint64_t ino, int flags) {
+  ASSIGN_OR_RETURN(auto node, GetNode(ino));
+  std::unique_lock ns(ns_mu_);
+  return OpenNodeLocked(node, flags);
+}
+
+Result<size_t> FileSystem::Read(uint64_t fh, uint64_t offset, MutableByteView buf) {
+  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  if (h->of->image) {
+    ImageReader& img = *h->of->image;
+    if (offset >= img.size()) return size_t{0};
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), img.size() - offset));
+    RETURN_IF_ERROR(img.Read(offset, buf.first(n)));
+    return n;
+  }
+  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
+  uint64_t size = disk->size();
+  if (offset >= size) return size_t{0};
+  size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - offset));
+  RETURN_IF_ERROR(disk->Read(offset, buf.first(n)));
+  return n;
+}
+
+Status FileSystem::GrowTo(OpenFile& of, uint64_t end) {
+  std::lock_guard grow(of.grow_mu);
+  ASSIGN_OR_RETURN(auto disk, of.CurrentDisk());
+  if (disk->size() >= end) return Status::OK();
+  return disk->Resize(end, false);
+}
+
+Result<size_t> FileSystem::Write(uint64_t fh, uint64_t offset, ByteView data) {
+  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  if (h->of->image) return Status::ReadOnly("images under _base are read-only");
+  if (!h->write) return Status::PermissionDenied("the file is not open for writing");
+  if (offset + data.size() < offset) return Status::InvalidArgument("write past 2^64");
+  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
+  if (offset + data.size() > disk->size()) {
+    RETURN_IF_ERROR(GrowTo(*h->of, offset + data.size()));
+  }
+  RETURN_IF_ERROR(disk->Write(offset, data));
+  h->of->dirty = true;
+  return data.size();
+}
+
+Status FileSystem::Fallocate(uint64_t fh, int mode, uint64_t offset, uint64_t length) {
+  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  if (h->of->image) return Status::ReadOnly("images under _base are read-only");
+  if (!h->write) return Status::PermissionDenied("the file is not open for writing");
+  constexpr int kKnown = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+  if (mode & ~kKnown) return Status::NotSupported("fallocate mode not supported");
+  if ((mode & FALLOC_FL_PUNCH_HOLE) && !(mode & FALLOC_FL_KEEP_SIZE)) {
+    return Status::NotSupported("PUNCH_HOLE needs KEEP_SIZE");
+  }
+  if ((mode & FALLOC_FL_PUNCH_HOLE) && (mode & FALLOC_FL_ZERO_RANGE)) {
+    return Status::InvalidArgument("PUNCH_HOLE and ZERO_RANGE together");
+  }
+  uint64_t end = offset + length;
+  if (end < offset) return Status::InvalidArgument("range past 2^64");
+  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
+  if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+    uint64_t stop = std::min(end, disk->size());
+    if (offset < stop) {
+      RETURN_IF_ERROR(disk->Discard(offset, stop - offset));
+      h->of->dirty = true;
+    }
+  }
+  if (!(mode & FALLOC_FL_KEEP_SIZE) && end > disk->size()) {
+    RETURN_IF_ERROR(GrowTo(*h->of, end));
+    h->of->dirty = true;
+  }
+  return Status::OK();
+}
+
+Result<std::optional<uint64_t>> FileSystem::Lseek(uint64_t fh, uint64_t offset, int whence) {
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    return Status::InvalidArgument("only SEEK_DATA and SEEK_HOLE are handled here");
+  }
+  bool want_data = whence == SEEK_DATA;
+  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  if (h->of->image) {
+    ImageReader& img = *h->of->image;
+    uint64_t size = img.size();
+    if (offset >= size) return std::optional<uint64_t>();
+    uint64_t cs = img.manifest().chunk_size;
+    for (uint64_t pos = offset; pos < size; pos = (pos / cs + 1) * cs) {
+      if (img.IsHoleAt(pos) != want_data) return std::optional<uint64_t>(pos);
+    }
+    return want_data ? std::optional<uint64_t>() : std::optional<uint64_t>(size);
+  }
+  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
+  uint64_t size = disk->size();
+  if (offset >= size) return std::optional<uint64_t>();
+  for (uint64_t pos = offset; pos < size;) {
+    uint64_t len = std::min(kSeekWindow, size - pos);
+    ASSIGN_OR_RETURN(auto extents, disk->Allocated(pos, len));
+    std::sort(extents.begin(), extents.end(),
+              [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
+    uint64_t cursor = pos;
+    for (const Extent& e : extents) {
+      uint64_t s = std::max(e.offset, pos);
+      uint64_t t = std::min(e.offset + e.length, pos + len);
+      if (t <= s || t <= cursor) continue;
+      if (want_data) return std::optional<uint64_t>(std::max(s, cursor));
+      if (s > cursor) return std::optional<uint64_t>(cursor);
+      cursor = t;
+    }
+    if (!want_data && cursor < pos + len) return std::optional<uint64_t>(cursor);
+    pos += len;
+  }
+  return want_data ? std::optional<uint64_t>() : std::optional<uint64_t>(size);
+}
+
+Status FileSystem::Flush(uint64_t fh) {
+  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  if (h->of->image || !h->of->dirty.exchange(false)) return Status::OK();
+  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
+  Status st = disk->Flush();
+  if (!st.ok()) h->of->dirty = true;
+  return st;
+}
+
+Status FileSystem::Fsync(uint64_t fh) {
+  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  if (h->of->image) return Status::OK();
+  std::shared_ptr<Disk> disk;
+  {
+    std::lock_guard lock(h->of->mu);
+    if (!h->of->writable) return Status::OK();
+    disk = h->of->disk;
+  }
+  if (!disk) return Status::IOError("the disk is closed (unmounting)");
+  h->of->dirty = false;
+  Status st = disk->Flush();
+  if (!st.ok()) h->of->dirty = true;
+  return st;
+}
+
+void FileSystem::Release(uint64_t fh) {
+  std::unique_lock ns(ns_mu_);
+  std::shared_ptr<Handle> h;
+  bool last = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = handles_.find(fh);
+    if (it == handles_.end()) return;
+    h = std::move(it->second);
+    handles_.erase(it);
+    if (--h->of->handles == 0) {
+      last = true;
+      if (h->node->open == h->of) h->node->open.reset();
+    }
+  }
+  if (last) {
+    std::shared_ptr<Disk> disk;
+    {
+      std::lock_guard lock(h->of->mu);
+      disk = std::move(h->of->disk);
+    }
+    if (disk && h->of->dirty.exchange(false)) {
+      Status st = disk->Flush();
+      if (!st.ok()) {
+        spdlog::error("flushing {} on its last close: {}", disk->ref().ToString(), st.ToString());
+      }
+    }
+    disk.reset();
+    std::lock_guard lock(mu_);
+    auto it = nodes_.find(h->node->ino);
+    if (it != nodes_.end() && it->second == h->node && h->node->nlookup == 0 && !h->node->open &&
+        h->node->ino != kRootIno && h->node->ino != kBaseDirIno) {
+      nodes_.erase(it);
+    }
+  }
+  ns.unlock();
+  closed_cv_.notify_all();
+}
+
+Result<struct statvfs> FileSystem::StatFs() {
+  ASSIGN_OR_RETURN(SpaceInfo space, disks_.Space());
+  struct statvfs st {};
+  st.f_bsize = kBlockSize;
+  st.f_frsize = kBlockSize;
+  st.f_blocks = space.capacity_bytes / kBlockSize;
+  st.f_bfree = space.available_bytes / kBlockSize;
+  st.f_bavail = space.available_bytes / kBlockSize;
+  st.f_files = 1u << 20;
+  st.f_ffree = 1u << 20;
+  st.f_favail = 1u << 20;
+  st.f_namemax = kMaxNameLength;
+  return st;
+}
+
+Status FileSystem::Shutdown() {
+  std::unique_lock ns(ns_mu_);
+  std::vector<std::shared_ptr<OpenFile>> open;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [ino, node] : nodes_) {
+      if (node->open) open.push_back(node->open);
+    }
+  }
+  Status first;
+  for (auto& of : open) {
+    std::shared_ptr<Disk> disk;
+    bool writable;
+    {
+      std::lock_guard lock(of->mu);
+      disk = std::move(of->disk);
+      writable = of->writable;
+    }
+    if (!disk || !writable) continue;
+    Status st = disk->Flush();
+    if (!st.ok()) {
+      spdlog::error("flushing {} at unmount: {}", disk->ref().ToString(), st.ToString());
+      if (first.ok()) first = st;
+    }
+  }
+  return first;
+}
+
+size_t FileSystem::InodeCountForTest() {
+  std::lock_guard lock(mu_);
+  return nodes_.size();
+}
+
+size_t FileSystem::OpenFileCountForTest() {
+  std::lock_guard lock(mu_);
+  return handles_.size();
+}
+
+}  // namespace imgfs::fusefs

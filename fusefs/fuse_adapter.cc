@@ -1,1 +1,503 @@
-// Placeholder: not built yet.
+#define FUSE_USE_VERSION 314
+#include "fusefs/fuse_adapter.h"
+
+#include <fuse_lowlevel.h>
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <new>
+
+namespace imgfs::fusefs {
+
+namespace {
+
+struct Ctx {
+  FileSystem* fs;
+  FuseConfig cfg;
+};
+
+Ctx& CtxOf(fuse_req_t req) { return *static_cast<Ctx*>(fuse_req_userdata(req)); }
+FileSystem& Fs(fuse_req_t req) { return *CtxOf(req).fs; }
+
+// Replies to one request, at most once; Handle() replies EIO if the body did not.
+class Reply {
+ public:
+  Reply(fuse_req_t req, const char* op) : req_(req), op_(op) {}
+  bool done() const { return done_; }
+  fuse_req_t req() const { return req_; }
+
+  void Err(int err) {
+    done_ = true;
+    fuse_reply_err(req_, err);
+  }
+  void Fail(const Status& st) {
+    int err = st.ToErrno();
+    if (err == EIO || err == ENOMEM || err == ENOSPC) {
+      spdlog::error("{}: {}", op_, st.ToString());
+    } else {
+      spdlog::debug("{}: {}", op_, st.ToString());
+    }
+    Err(err ? err : EIO);
+  }
+  void None() {
+    done_ = true;
+    fuse_reply_none(req_);
+  }
+  void Entry(const fusefs::Entry& e) {
+    const FsOptions& o = Fs(req_).options();
+    fuse_entry_param p{};
+    p.ino = e.ino;
+    p.generation = 1;
+    p.attr = e.attr;
+    p.attr_timeout = o.attr_timeout;
+    p.entry_timeout = o.entry_timeout;
+    done_ = true;
+    if (fuse_reply_entry(req_, &p) != 0) Fs(req_).Forget(e.ino, 1);
+  }
+  void Attr(const struct stat& st) {
+    done_ = true;
+    fuse_reply_attr(req_, &st, Fs(req_).options().attr_timeout);
+  }
+  void Open(const OpenReply& o) {
+    fuse_file_info fi{};
+    fi.fh = o.fh;
+    fi.direct_io = o.direct_io;
+    fi.keep_cache = o.keep_cache;
+    done_ = true;
+    if (fuse_reply_open(req_, &fi) != 0) Fs(req_).Release(o.fh);
+  }
+  void Create(const fusefs::Entry& e, const OpenReply& o) {
+    const FsOptions& opts = Fs(req_).options();
+    fuse_entry_param p{};
+    p.ino = e.ino;
+    p.generation = 1;
+    p.attr = e.attr;
+    p.attr_timeout = opts.attr_timeout;
+    p.entry_timeout = opts.entry_timeout;
+    fuse_file_info fi{};
+    fi.fh = o.fh;
+    fi.direct_io = o.direct_io;
+    fi.keep_cache = o.keep_cache;
+    done_ = true;
+    if (fuse_reply_create(req_, &p, &fi) != 0) {
+      Fs(req_).Release(o.fh);
+      Fs(req_).Forget(e.ino, 1);
+    }
+  }
+  void OpenDir(fuse_file_info* fi) {
+    done_ = true;
+    if (fuse_reply_open(req_, fi) != 0) Fs(req_).ReleaseDir(fi->fh);
+  }
+  void Buf(const void* data, size_t n) {
+    done_ = true;
+    fuse_reply_buf(req_, static_cast<const char*>(data), n);
+  }
+  void Write(size_t n) {
+    done_ = true;
+    fuse_reply_write(req_, n);
+  }
+  void Lseek(off_t off) {
+    done_ = true;
+    fuse_reply_lseek(req_, off);
+  }
+  void Statfs(const struct statvfs& st) {
+    done_ = true;
+    fuse_reply_statfs(req_, &st);
+  }
+
+ private:
+  fuse_req_t req_;
+  const char* op_;
+  bool done_ = false;
+};
+
+template <typename F>
+void Handle(fuse_req_t req, const char* op, F&& body) {
+  Reply r(req, op);
+  try {
+    body(r);
+  } catch (const std::bad_alloc&) {
+    spdlog::error("{}: out of memory", op);
+    if (!r.done()) r.Err(ENOMEM);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: unexpected exception: {}", op, e.what());
+    if (!r.done()) r.Err(EIO);
+  } catch (...) {
+    spdlog::error("{}: unexpected exception", op);
+    if (!r.done()) r.Err(EIO);
+  }
+  if (!r.done()) {
+    spdlog::error("{}: handler did not reply", op);
+    r.Err(EIO);
+  }
+}
+
+// For forget-style requests, which get no reply but fuse_reply_none.
+template <typename F>
+void HandleNoReply(fuse_req_t req, const char* op, F&& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    spdlog::error("{}: unexpected exception: {}", op, e.what());
+  } catch (...) {
+    spdlog::error("{}: unexpected exception", op);
+  }
+  fuse_reply_none(req);
+}
+
+Caller CallerOf(fuse_req_t req) {
+  const fuse_ctx* c = fuse_req_ctx(req);
+  return Caller{c->uid, c->gid};
+}
+
+// ---- handlers ----
+
+void OnInit(void* userdata, fuse_conn_info* conn) {
+  auto& ctx = *static_cast<Ctx*>(userdata);
+  const FuseConfig& cfg = ctx.cfg;
+  conn->max_write = cfg.max_write;
+  conn->max_readahead = std::min<unsigned>(conn->max_readahead, cfg.max_write);
+  conn->max_background = cfg.max_background;
+  conn->congestion_threshold = cfg.max_background * 3 / 4;
+  auto want = [&](unsigned cap, bool on) {
+    if (on && (conn->capable & cap)) {
+      conn->want |= cap;
+    } else {
+      conn->want &= ~cap;
+    }
+  };
+  want(FUSE_CAP_ASYNC_DIO, true);
+  want(FUSE_CAP_ASYNC_READ, true);
+  want(FUSE_CAP_PARALLEL_DIROPS, true);
+  want(FUSE_CAP_SPLICE_READ, cfg.splice_read);
+  want(FUSE_CAP_SPLICE_WRITE, cfg.splice_write);
+  want(FUSE_CAP_SPLICE_MOVE, cfg.splice_move);
+  want(FUSE_CAP_WRITEBACK_CACHE, cfg.writeback_cache);
+  spdlog::info("fuse: protocol {}.{}, max_write {}, max_background {}, want {:#x}",
+               conn->proto_major, conn->proto_minor, conn->max_write, conn->max_background,
+               conn->want);
+}
+
+void OnLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Handle(req, "lookup", [&](Reply& r) {
+    auto e = Fs(req).Lookup(parent, name);
+    if (!e.ok()) return r.Fail(e.status());
+    r.Entry(*e);
+  });
+}
+
+void OnForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  HandleNoReply(req, "forget", [&] { Fs(req).Forget(ino, nlookup); });
+}
+
+void OnForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  HandleNoReply(req, "forget_multi", [&] {
+    for (size_t i = 0; i < count; ++i) Fs(req).Forget(forgets[i].ino, forgets[i].nlookup);
+  });
+}
+
+void OnGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  Handle(req, "getattr", [&](Reply& r) {
+    auto st = Fs(req).GetAttr(ino);
+    if (!st.ok()) return r.Fail(st.status());
+    r.Attr(*st);
+  });
+}
+
+void OnSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  Handle(req, "setattr", [&](Reply& r) {
+    AttrChange c;
+    if (to_set & FUSE_SET_ATTR_SIZE) c.size = static_cast<uint64_t>(attr->st_size);
+    if (to_set & FUSE_SET_ATTR_MODE) c.mode = attr->st_mode;
+    if (to_set & FUSE_SET_ATTR_UID) c.uid = attr->st_uid;
+    if (to_set & FUSE_SET_ATTR_GID) c.gid = attr->st_gid;
+    c.times = to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
+                        FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME);
+    std::optional<uint64_t> fh;
+    if (fi) fh = fi->fh;
+    auto st = Fs(req).SetAttr(ino, c, fh);
+    if (!st.ok()) return r.Fail(st.status());
+    r.Attr(*st);
+  });
+}
+
+void OnMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
+  Handle(req, "mknod", [&](Reply& r) {
+    auto e = Fs(req).MkNod(parent, name, mode, CallerOf(req));
+    if (!e.ok()) return r.Fail(e.status());
+    r.Entry(*e);
+  });
+}
+
+void OnMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  Handle(req, "mkdir", [&](Reply& r) {
+    auto e = Fs(req).MkDir(parent, name, mode, CallerOf(req));
+    if (!e.ok()) return r.Fail(e.status());
+    r.Entry(*e);
+  });
+}
+
+void OnUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Handle(req, "unlink", [&](Reply& r) {
+    Status st = Fs(req).Unlink(parent, name);
+    if (!st.ok()) return r.Fail(st);
+    r.Err(0);
+  });
+}
+
+void OnRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Handle(req, "rmdir", [&](Reply& r) {
+    Status st = Fs(req).RmDir(parent, name);
+    if (!st.ok()) return r.Fail(st);
+    r.Err(0);
+  });
+}
+
+void OnRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned int flags) {
+  Handle(req, "rename", [&](Reply& r) {
+    Status st = Fs(req).Rename(parent, name, newparent, newname, flags);
+    if (!st.ok()) return r.Fail(st);
+    r.Err(0);
+  });
+}
+
+void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Handle(req, "open", [&](Reply& r) {
+    auto o = Fs(req).Open(ino, fi->flags);
+    if (!o.ok()) return r.Fail(o.status());
+    r.Open(*o);
+  });
+}
+
+void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi) {
+  Handle(req, "create", [&](Reply& r) {
+    auto c = Fs(req).Create(parent, name, mode, fi->flags, CallerOf(req));
+    if (!c.ok()) return r.Fail(c.status());
+    r.Create(c->first, c->second);
+  });
+}
+
+// One read buffer per worker thread, as large as the largest request seen.
+uint8_t* ReadBuffer(size_t size) {
+  thread_local std::unique_ptr<uint8_t[]> buf;
+  thread_local size_t cap = 0;
+  if (size > cap) {
+    buf.reset(new uint8_t[size]);
+    cap = size;
+  }
+  return buf.get();
+}
+
+void OnRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  Handle(req, "read", [&](Reply& r) {
+    uint8_t* buf = ReadBuffer(size);
+    auto n = Fs(req).Read(fi->fh, static_cast<uint64_t>(off), MutableByteView(buf, size));
+    if (!n.ok()) return r.Fail(n.status());
+    r.Buf(buf, *n);
+  });
+}
+
+void OnWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off,
+             fuse_file_info* fi) {
+  Handle(req, "write", [&](Reply& r) {
+    auto n = Fs(req).Write(fi->fh, static_cast<uint64_t>(off),
+                           ByteView(reinterpret_cast<const uint8_t*>(data), size));
+    if (!n.ok()) return r.Fail(n.status());
+    r.Write(*n);
+  });
+}
+
+void OnFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Handle(req, "flush", [&](Reply& r) {
+    Status st = Fs(req).Flush(fi->fh);
+    if (!st.ok()) return r.Fail(st);
+    r.Err(0);
+  });
+}
+
+void OnRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Handle(req, "release", [&](Reply& r) {
+    Fs(req).Release(fi->fh);
+    r.Err(0);
+  });
+}
+
+void OnFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
+  Handle(req, "fsync", [&](Reply& r) {
+    Status st = Fs(req).Fsync(fi->fh);
+    if (!st.ok()) return r.Fail(st);
+    r.Err(0);
+  });
+}
+
+void OnOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Handle(req, "opendir", [&](Reply& r) {
+    auto dh = Fs(req).OpenDir(ino);
+    if (!dh.ok()) return r.Fail(dh.status());
+    fi->fh = *dh;
+    r.OpenDir(fi);
+  });
+}
+
+void OnReaddir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  Handle(req, "readdir", [&](Reply& r) {
+    auto entries = Fs(req).ReadDir(fi->fh, static_cast<uint64_t>(off));
+    if (!entries.ok()) return r.Fail(entries.status());
+    std::vector<char> buf(size);
+    size_t used = 0;
+    off_t next = off;
+    for (const DirEntry& e : *entries) {
+      struct stat st {};
+      st.st_ino = e.ino;
+      st.st_mode = e.type;
+      ++next;
+      size_t need =
+          fuse_add_direntry(req, buf.data() + used, size - used, e.name.c_str(), &st, next);
+      if (need > size - used) break;
+      used += need;
+    }
+    r.Buf(buf.data(), used);
+  });
+}
+
+void OnReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Handle(req, "releasedir", [&](Reply& r) {
+    Fs(req).ReleaseDir(fi->fh);
+    r.Err(0);
+  });
+}
+
+void OnStatfs(fuse_req_t req, fuse_ino_t) {
+  Handle(req, "statfs", [&](Reply& r) {
+    auto st = Fs(req).StatFs();
+    if (!st.ok()) return r.Fail(st.status());
+    r.Statfs(*st);
+  });
+}
+
+void OnFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
+                 fuse_file_info* fi) {
+  Handle(req, "fallocate", [&](Reply& r) {
+    if (offset < 0 || length <= 0) return r.Err(EINVAL);
+    Status st = Fs(req).Fallocate(fi->fh, mode, static_cast<uint64_t>(offset),
+                                  static_cast<uint64_t>(length));
+    if (!st.ok()) return r.Fail(st);
+    r.Err(0);
+  });
+}
+
+void OnLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+  Handle(req, "lseek", [&](Reply& r) {
+    if (off < 0) return r.Err(ENXIO);
+    auto pos = Fs(req).Lseek(fi->fh, static_cast<uint64_t>(off), whence);
+    if (!pos.ok()) return r.Fail(pos.status());
+    if (!*pos) return r.Err(ENXIO);
+    r.Lseek(static_cast<off_t>(**pos));
+  });
+}
+
+// Operations left out (links, xattrs, locks, ioctl) get libfuse's ENOSYS.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+const fuse_lowlevel_ops kOps = {
+    .init = OnInit,
+    .lookup = OnLookup,
+    .forget = OnForget,
+    .getattr = OnGetattr,
+    .setattr = OnSetattr,
+    .mknod = OnMknod,
+    .mkdir = OnMkdir,
+    .unlink = OnUnlink,
+    .rmdir = OnRmdir,
+    .rename = OnRename,
+    .open = OnOpen,
+    .read = OnRead,
+    .write = OnWrite,
+    .flush = OnFlush,
+    .release = OnRelease,
+    .fsync = OnFsync,
+    .opendir = OnOpendir,
+    .readdir = OnReaddir,
+    .releasedir = OnReleasedir,
+    .statfs = OnStatfs,
+    .create = OnCreate,
+    .forget_multi = OnForgetMulti,
+    .fallocate = OnFallocate,
+    .lseek = OnLseek,
+};
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+struct FuseSession::Impl {
+  Ctx ctx;
+  fuse_session* se = nullptr;
+  bool mounted = false;
+  bool signals = false;
+
+  ~Impl() {
+    if (signals) fuse_remove_signal_handlers(se);
+    if (mounted) fuse_session_unmount(se);
+    if (se) fuse_session_destroy(se);
+  }
+};
+
+FuseSession::FuseSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+FuseSession::~FuseSession() = default;
+
+Result<std::unique_ptr<FuseSession>> FuseSession::Mount(FileSystem& fs, const FuseConfig& cfg) {
+  auto impl = std::make_unique<Impl>();
+  impl->ctx.fs = &fs;
+  impl->ctx.cfg = cfg;
+  std::string opts = "default_permissions,fsname=" + cfg.fsname + ",subtype=imgfs";
+  if (cfg.allow_other) opts += ",allow_other";
+  for (const auto& o : cfg.extra_options) opts += "," + o;
+  std::vector<std::string> argv_s = {"imgfs", "-o", opts};
+  if (cfg.debug) argv_s.push_back("-d");
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  impl->se = fuse_session_new(&args, &kOps, sizeof(kOps), &impl->ctx);
+  if (!impl->se) {
+    return Status::InvalidArgument("libfuse refused the mount options '" + opts +
+                                   "' (see the message above)");
+  }
+  if (fuse_set_signal_handlers(impl->se) != 0) {
+    return Status::IOError("cannot install signal handlers");
+  }
+  impl->signals = true;
+  if (fuse_session_mount(impl->se, cfg.mountpoint.c_str()) != 0) {
+    return Status::IOError("cannot mount at " + cfg.mountpoint + " (see the message above)");
+  }
+  impl->mounted = true;
+  return std::unique_ptr<FuseSession>(new FuseSession(std::move(impl)));
+}
+
+Status FuseSession::Run() {
+  Impl& s = *impl_;
+  fuse_loop_config* lc = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_clone_fd(lc, s.ctx.cfg.clone_fd ? 1 : 0);
+  fuse_loop_cfg_set_max_threads(lc, s.ctx.cfg.max_threads);
+  fuse_loop_cfg_set_idle_threads(lc, s.ctx.cfg.max_idle_threads);
+  int rc = fuse_session_loop_mt(s.se, lc);
+  fuse_loop_cfg_destroy(lc);
+  Status st = s.ctx.fs->Shutdown();
+  if (s.signals) {
+    fuse_remove_signal_handlers(s.se);
+    s.signals = false;
+  }
+  if (s.mounted) {
+    fuse_session_unmount(s.se);
+    s.mounted = false;
+  }
+  if (!st.ok()) return st;
+  if (rc < 0) return Status::FromErrno(-rc, "fuse session loop");
+  return Status::OK();
+}
+
+}  // namespace imgfs::fusefs

@@ -1,0 +1,228 @@
+// The mount's file system, as a plain class: the namespace, the inode table
+// and open files, over a Store. The libfuse adapter (fuse_adapter.h) turns
+// each FUSE request into one call here; unit tests call it directly.
+//
+// Namespace (DESIGN.md §6):
+//   /                       root (inode 1)
+//   /_base/                 read-only directory of images
+//   /_base/<image id>       read-only file: the raw bytes of an image
+//   /<instance>/            one directory per instance of the disk backend
+//   /<instance>/<disk>      read-write file: one disk
+// Nothing is cached about the namespace beyond the inodes the kernel holds:
+// every lookup and directory listing asks the store, so disks created or
+// removed with the command line appear and vanish without a remount.
+//
+// Errors: every method returns a Status (or Result) whose ToErrno() is what
+// the kernel sees. Names that break the rules of blockstore/names.h are
+// InvalidArgument (EINVAL); files or directories at the wrong level are
+// PermissionDenied (EPERM); anything written under _base is ReadOnly (EROFS);
+// removing or renaming an open disk is Busy (EBUSY).
+//
+// Thread safety: every method may be called from many threads at once.
+// Lock order (acquire in this order, never the reverse):
+//   1. ns_mu_  serialises namespace changes (create, mkdir, unlink, rmdir,
+//              rename) and the opening and closing of disks; it may be held
+//              across store calls.
+//   2. mu_     guards the inode table and the handle table; held only for
+//              short sections, never across store calls or I/O.
+//   3. OpenFile::mu  guards one open file's Disk pointer; short sections only.
+// Disk I/O (read, write, discard, flush) runs with no lock of this class held.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "blockstore/disk.h"
+#include "blockstore/image.h"
+#include "blockstore/status.h"
+#include "cache/store.h"
+
+namespace imgfs::fusefs {
+
+inline constexpr uint64_t kRootIno = 1;
+inline constexpr uint64_t kBaseDirIno = 2;
+inline constexpr const char* kBaseDirName = "_base";
+
+struct FsOptions {
+  bool allow_shrink = false;  // -o allow_shrink: a smaller size shrinks instead of EPERM
+  // How long the kernel may cache names and attributes (seconds).
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+  // Page-cache policy for opens without O_DIRECT: true bypasses the page
+  // cache (FOPEN_DIRECT_IO) for every open. O_DIRECT opens always bypass it.
+  bool direct_io_always = false;
+  // How long unlink/rmdir/rename wait for releases of just-closed files that
+  // the kernel has sent but this class has not yet seen (close() returns
+  // before FUSE's RELEASE arrives) before answering EBUSY.
+  int release_grace_ms = 1000;
+  uid_t uid = 0;  // owner of the directories (the mounting user)
+  gid_t gid = 0;
+};
+
+enum class NodeKind : uint8_t { kRoot, kBaseDir, kImage, kInstance, kDisk };
+
+// The result of a lookup or create: an inode the kernel now holds one more
+// lookup reference to, and its attributes.
+struct Entry {
+  uint64_t ino = 0;
+  struct stat attr {};
+};
+
+struct DirEntry {
+  std::string name;
+  uint64_t ino = 0;
+  mode_t type = 0;  // S_IFDIR or S_IFREG
+};
+
+// What open and create hand back to the kernel.
+struct OpenReply {
+  uint64_t fh = 0;
+  bool direct_io = false;  // bypass the page cache for this open
+  bool keep_cache = false;
+};
+
+// Who is asking (FUSE's request context); used for the owner of new disks.
+// The kernel has already applied the caller's umask to modes it passes.
+struct Caller {
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// Which attributes SetAttr changes (a subset of the FUSE_SET_ATTR_* bits).
+struct AttrChange {
+  std::optional<uint64_t> size;
+  std::optional<mode_t> mode;
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
+  bool times = false;  // atime/mtime: accepted, not stored (mtime is the backend's)
+};
+
+class FileSystem {
+ public:
+  // `store` must outlive the FileSystem.
+  FileSystem(Store& store, FsOptions options);
+  ~FileSystem();
+  FileSystem(const FileSystem&) = delete;
+  FileSystem& operator=(const FileSystem&) = delete;
+
+  const FsOptions& options() const { return opts_; }
+
+  // Resolves `name` in directory `parent` and takes one lookup reference on
+  // the inode (released with Forget). NotFound (ENOENT) when absent.
+  Result<Entry> Lookup(uint64_t parent, std::string_view name);
+  // Drops `nlookup` lookup references; the inode is forgotten at zero.
+  void Forget(uint64_t ino, uint64_t nlookup);
+
+  // Attributes of an inode. NotFound when it has vanished (e.g. `imgfs disk
+  // rm` from the command line).
+  Result<struct stat> GetAttr(uint64_t ino);
+  // Changes attributes. A size change grows the disk in O(1); a smaller size
+  // is PermissionDenied unless allow_shrink. Mode and owner persist through
+  // DiskBackend::SetAttrs. `fh` is the open file when the kernel names one.
+  Result<struct stat> SetAttr(uint64_t ino, const AttrChange& change, std::optional<uint64_t> fh);
+
+  // Directories. OpenDir snapshots the listing; ReadDir pages through it
+  // from entry index `offset` (entries "." and ".." included).
+  Result<uint64_t> OpenDir(uint64_t ino);
+  Result<std::vector<DirEntry>> ReadDir(uint64_t dh, uint64_t offset);
+  void ReleaseDir(uint64_t dh);
+
+  // Namespace changes.
+  Result<Entry> MkDir(uint64_t parent, std::string_view name, mode_t mode, const Caller& who);
+  Status RmDir(uint64_t parent, std::string_view name);
+  // Creates a blank thin disk of size 0 (grown by truncate or by writing) and
+  // opens it. `flags` are open(2)'s.
+  Result<std::pair<Entry, OpenReply>> Create(uint64_t parent, std::string_view name, mode_t mode,
+                                             int flags, const Caller& who);
+  // Creates a blank disk without opening it (mknod of a regular file).
+  Result<Entry> MkNod(uint64_t parent, std::string_view name, mode_t mode, const Caller& who);
+  Status Unlink(uint64_t parent, std::string_view name);
+  // RENAME_NOREPLACE is honoured; RENAME_EXCHANGE is NotSupported. Without
+  // NOREPLACE an existing target disk that nobody has open is replaced.
+  Status Rename(uint64_t parent, std::string_view name, uint64_t new_parent,
+                std::string_view new_name, unsigned int flags);
+
+  // Files. Opening a disk for writing takes the backend's lock (Busy when
+  // another process writes it) and records a use of its parent image. Opening
+  // anything under _base for writing is ReadOnly (EROFS).
+  Result<OpenReply> Open(uint64_t ino, int flags);
+  // Reads up to buf.size() bytes at `offset`; short at the end of the file.
+  Result<size_t> Read(uint64_t fh, uint64_t offset, MutableByteView buf);
+  // Writes all of `data`; a write past the end grows the disk first.
+  Result<size_t> Write(uint64_t fh, uint64_t offset, ByteView data);
+  // fallocate(2): PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE discard; mode 0 grows
+  // the file when the range passes its end and is otherwise a no-op.
+  Status Fallocate(uint64_t fh, int mode, uint64_t offset, uint64_t length);
+  // lseek(2) for SEEK_DATA and SEEK_HOLE: the next offset at or after
+  // `offset` that holds data (or is a hole; the end of the file counts as a
+  // hole). nullopt when there is none: the kernel's ENXIO.
+  Result<std::optional<uint64_t>> Lseek(uint64_t fh, uint64_t offset, int whence);
+  // close(2) of one descriptor: makes what this open file wrote durable and
+  // returns the error if that fails.
+  Status Flush(uint64_t fh);
+  // fsync/fdatasync: Disk::Flush; its error is returned.
+  Status Fsync(uint64_t fh);
+  // The last close of an open file. Flushes if anything is unflushed (an
+  // error is logged: release cannot report it) and closes the disk when no
+  // other open file uses it.
+  void Release(uint64_t fh);
+
+  // statfs: the disk backend's real capacity and free space.
+  Result<struct statvfs> StatFs();
+
+  // Flushes every open disk and closes them (unmount). Returns the first error.
+  Status Shutdown();
+
+  // For tests: how many inodes the kernel holds and how many files are open.
+  size_t InodeCountForTest();
+  size_t OpenFileCountForTest();
+
+ private:
+  struct OpenFile;
+  struct Node;
+  struct Handle;
+  struct DirHandle;
+
+  Result<std::shared_ptr<Node>> GetNode(uint64_t ino);
+  Result<std::shared_ptr<Handle>> GetHandle(uint64_t fh);
+  // Finds or makes the inode for `key`, optionally taking a lookup reference.
+  std::shared_ptr<Node> NodeFor(const std::string& key, NodeKind kind, const std::string& instance,
+                                const std::string& disk, const ImageId& image, bool take_ref);
+  uint64_t InoFor(const std::string& key);
+  Result<struct stat> StatOf(const Node& node);
+  Result<struct stat> StatDisk(const Node& node);
+  Result<struct stat> StatImage(const Node& node);
+  Result<Entry> LookupDisk(const std::string& instance, std::string_view name);
+  Status WaitUntilClosed(const std::shared_ptr<Node>& node, std::unique_lock<std::mutex>& ns_lock);
+  Status GrowTo(OpenFile& of, uint64_t end);
+  Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags);
+  void ForgetNameLocked(const std::string& key);
+  Result<uint64_t> ParentDataBytes(const ImageId& image);
+
+  Store& store_;
+  DiskBackend& disks_;
+  const FsOptions opts_;
+  const int64_t mount_time_ns_;
+
+  std::mutex ns_mu_;
+  std::mutex mu_;                                     // after ns_mu_
+  std::condition_variable closed_cv_;                 // with mu_: an open file was released
+  uint64_t next_ino_ = 3;                             // GUARDED_BY(mu_)
+  uint64_t next_fh_ = 1;                              // GUARDED_BY(mu_)
+  std::unordered_map<std::string, uint64_t> ino_of_;  // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;      // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_;  // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;  // GUARDED_BY(mu_)
+  std::unordered_map<ImageId, uint64_t> parent_data_bytes_;        // GUARDED_BY(mu_)
+};
+
+}  // namespace imgfs::fusefs

@@ -27,3 +27,52 @@ expect_fail() {
   LAST_ERR="$err"
 }
 expect_err_contains() { [[ "$LAST_ERR" == *"$1"* ]] || fail "error '$LAST_ERR' lacks '$1'"; }
+
+# ---- mounts (tests/integration/mount_*.sh) ----
+# init_store: creates the test store; its options come from IMGFS_TEST_INIT_ARGS
+# so a second ctest entry can run the same test over another backend.
+init_store() {
+  # shellcheck disable=SC2086
+  "$IMGFS" init ${IMGFS_TEST_INIT_ARGS:-} >/dev/null
+}
+# mount_imgfs MNT [imgfs mount options...]: mounts the store at MNT in the
+# background (returns once it serves) and sets MOUNT_PID. The test's exit
+# stops the daemon by pid and clears the mount, also on failure.
+mount_imgfs() {
+  local mnt="$1"; shift
+  mkdir -p "$mnt"
+  local pidf="$T/mount.$RANDOM.pid"
+  if ! "$IMGFS" mount "$mnt" --pid-file "$pidf" --log-file "$T/mount.log" "$@"; then
+    cat "$T/mount.log" >&2 2>/dev/null || true
+    fail "imgfs mount $mnt failed"
+  fi
+  MOUNT_PID="$(cat "$pidf")"
+  on_exit "unmount_imgfs '$mnt' '$MOUNT_PID'"
+}
+# unmount_imgfs MNT PID: SIGTERM (the daemon flushes every open disk and
+# unmounts), then waits for it to exit; a hung mount is cleared lazily.
+unmount_imgfs() {
+  local mnt="$1" pid="$2"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" || true
+    tail --pid="$pid" -f /dev/null
+  fi
+  if mountpoint -q "$mnt"; then fusermount3 -u -z "$mnt" || true; fi
+}
+# expect_errno "what" "strerror text" CMD...: CMD must fail and say that text.
+expect_errno() {
+  local what="$1" want="$2"; shift 2
+  local out rc=0
+  out="$("$@" 2>&1)" || rc=$?
+  ((rc != 0)) || fail "$what: expected failure ($want), got success"
+  [[ "$out" == *"$want"* ]] || fail "$what: expected '$want', got: $out"
+}
+# make_sample_raw FILE SIZE_MIB: a raw file with random data in some places and
+# holes (zeros) elsewhere: data in MiB 0, 2-3 and the last MiB.
+make_sample_raw() {
+  local f="$1" mib="$2"
+  truncate -s "${mib}M" "$f"
+  head -c 1M /dev/urandom | dd of="$f" bs=1M seek=0 conv=notrunc status=none
+  head -c 2M /dev/urandom | dd of="$f" bs=1M seek=2 conv=notrunc status=none
+  head -c 1M /dev/urandom | dd of="$f" bs=1M seek=$((mib - 1)) conv=notrunc status=none
+}

@@ -2,3 +2,5 @@
 imgfs_shell_test(cli_basics)
 imgfs_shell_test(ceph_cluster)
 imgfs_shell_test(image_import)
+# The mount (tests/integration/mount_*.sh); store options from IMGFS_TEST_INIT_ARGS.
+imgfs_shell_test(mount_daemon)

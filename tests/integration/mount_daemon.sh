@@ -1,0 +1,43 @@
+# Running the mount: background by default (returns once ready), -f in the
+# foreground, SIGTERM/SIGINT flush and unmount, statfs, clear startup errors.
+source "$(dirname "$0")/lib.sh"
+
+M="$T/mnt"
+mkdir -p "$M"
+expect_fail "mount without a store" "$IMGFS" mount "$M"
+expect_err_contains "imgfs init"
+init_store
+expect_fail "mount on a missing directory" "$IMGFS" mount "$T/nope"
+expect_fail "mount with an unknown option" "$IMGFS" mount "$M" -o no_such_option
+mountpoint -q "$M" && fail "a failed mount left a mount behind"
+
+# Background: returns once mounted; SIGTERM flushes and unmounts.
+mount_imgfs "$M"
+mountpoint -q "$M" || fail "not mounted after imgfs mount returned"
+df -B1 "$M" | tail -1 | awk '{ exit !($2 > 0) }' || fail "statfs reports no capacity: $(df -B1 "$M")"
+mkdir "$M/vm1"
+head -c 1M /dev/urandom >"$T/data"
+cp "$T/data" "$M/vm1/disk"
+exec 3<>"$M/vm1/disk"  # still open when the daemon is told to stop
+printf 'tail' >&3
+kill -TERM "$MOUNT_PID"
+tail --pid="$MOUNT_PID" -f /dev/null
+exec 3>&-
+mountpoint -q "$M" && fail "still mounted after SIGTERM"
+grep -qi "error" "$T/mount.log" && fail "errors in the log: $(cat "$T/mount.log")"
+
+# Foreground with -f, stopped by SIGINT.
+"$IMGFS" mount -f "$M" 2>"$T/fg.log" &
+fg=$!
+on_exit "kill $fg 2>/dev/null; fusermount3 -u -z '$M' 2>/dev/null"
+until mountpoint -q "$M"; do
+  kill -0 "$fg" 2>/dev/null || fail "foreground mount exited: $(cat "$T/fg.log")"
+  sleep 0.1
+done
+cmp -i 4:4 -n $((1048576 - 4)) "$T/data" "$M/vm1/disk" || fail "data lost across the restart"
+[[ "$(dd if="$M/vm1/disk" bs=1 count=4 status=none)" == tail ]] \
+  || fail "a write to a file open at SIGTERM was lost"
+kill -INT "$fg"
+wait "$fg" || fail "foreground mount exited non-zero: $(cat "$T/fg.log")"
+mountpoint -q "$M" && fail "still mounted after SIGINT"
+echo "mount_daemon: ok"

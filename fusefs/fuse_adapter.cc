@@ -5,8 +5,11 @@
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <new>
 
 namespace imgfs::fusefs {
@@ -16,6 +19,53 @@ namespace {
 struct Ctx {
   FileSystem* fs;
   FuseConfig cfg;
+};
+
+// libfuse's own messages: collected while mounting (to put into the error a
+// failed mount returns, as one line), logged through spdlog otherwise.
+std::mutex g_log_mu;
+std::string* g_log_capture = nullptr;  // GUARDED_BY(g_log_mu)
+
+void LogFromLibfuse(enum fuse_log_level level, const char* fmt, va_list ap) {
+  char buf[1024];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  std::string msg(buf);
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  {
+    std::lock_guard lock(g_log_mu);
+    if (g_log_capture) {
+      if (!g_log_capture->empty()) *g_log_capture += "; ";
+      *g_log_capture += msg;
+      return;
+    }
+  }
+  if (level <= FUSE_LOG_ERR) {
+    spdlog::error("libfuse: {}", msg);
+  } else if (level <= FUSE_LOG_NOTICE) {
+    spdlog::info("libfuse: {}", msg);
+  } else {
+    spdlog::debug("libfuse: {}", msg);
+  }
+}
+
+// Collects libfuse's messages for the lifetime of the object.
+class LogCapture {
+ public:
+  LogCapture() {
+    std::lock_guard lock(g_log_mu);
+    g_log_capture = &text_;
+  }
+  ~LogCapture() {
+    std::lock_guard lock(g_log_mu);
+    g_log_capture = nullptr;
+  }
+  std::string Text() {
+    std::lock_guard lock(g_log_mu);
+    return text_.empty() ? std::string() : ": " + text_;
+  }
+
+ private:
+  std::string text_;
 };
 
 Ctx& CtxOf(fuse_req_t req) { return *static_cast<Ctx*>(fuse_req_userdata(req)); }
@@ -462,17 +512,20 @@ Result<std::unique_ptr<FuseSession>> FuseSession::Mount(FileSystem& fs, const Fu
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  fuse_set_log_func(LogFromLibfuse);
+  LogCapture capture;
   impl->se = fuse_session_new(&args, &kOps, sizeof(kOps), &impl->ctx);
+  fuse_opt_free_args(&args);
   if (!impl->se) {
-    return Status::InvalidArgument("libfuse refused the mount options '" + opts +
-                                   "' (see the message above)");
+    return Status::InvalidArgument("libfuse refused the mount options '" + opts + "'" +
+                                   capture.Text());
   }
   if (fuse_set_signal_handlers(impl->se) != 0) {
     return Status::IOError("cannot install signal handlers");
   }
   impl->signals = true;
   if (fuse_session_mount(impl->se, cfg.mountpoint.c_str()) != 0) {
-    return Status::IOError("cannot mount at " + cfg.mountpoint + " (see the message above)");
+    return Status::IOError("cannot mount at " + cfg.mountpoint + capture.Text());
   }
   impl->mounted = true;
   return std::unique_ptr<FuseSession>(new FuseSession(std::move(impl)));

@@ -143,6 +143,21 @@ void FileSystem::ForgetNameLocked(const std::string& key) {
   ino_of_.erase(it);
 }
 
+// Keeps an instance directory after its last disk left through the mount
+// (unlink, rename): directories vanish only with rmdir. The backend drops an
+// instance that only existed because of its disks.
+void FileSystem::KeepInstance(const std::string& instance) {
+  auto instances = disks_.ListInstances();
+  if (!instances.ok() ||
+      std::find(instances->begin(), instances->end(), instance) != instances->end()) {
+    return;
+  }
+  Status st = disks_.CreateInstance(instance);
+  if (!st.ok() && !st.IsAlreadyExists()) {
+    spdlog::warn("keeping instance directory {}: {}", instance, st.ToString());
+  }
+}
+
 Result<std::shared_ptr<FileSystem::Node>> FileSystem::GetNode(uint64_t ino) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
@@ -597,6 +612,7 @@ Status FileSystem::Unlink(uint64_t parent, std::string_view name) {
     if (!st.ok()) return Status::Busy(instance + "/" + std::string(name) + " is open");
   }
   RETURN_IF_ERROR(disks_.Remove(DiskRef{instance, std::string(name)}));
+  KeepInstance(instance);
   std::lock_guard lock(mu_);
   ForgetNameLocked(key);
   return Status::OK();
@@ -655,6 +671,7 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
       return existing.status();
     }
     RETURN_IF_ERROR(disks_.Rename(from, to));
+    if (from_inst != to_inst) KeepInstance(from_inst);
     std::lock_guard lock(mu_);
     auto it = ino_of_.find(from_key);
     if (it != ino_of_.end()) {

@@ -206,6 +206,7 @@ class FileSystem {
   Status GrowTo(OpenFile& of, uint64_t end);
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags);
   void ForgetNameLocked(const std::string& key);
+  void KeepInstance(const std::string& instance);
   Result<uint64_t> ParentDataBytes(const ImageId& image);
 
   Store& store_;

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -520,6 +521,11 @@ Result<std::unique_ptr<FuseSession>> FuseSession::Mount(FileSystem& fs, const Fu
     return Status::InvalidArgument("libfuse refused the mount options '" + opts + "'" +
                                    capture.Text());
   }
+  // SIGINT and SIGTERM always stop the mount, also when inherited as ignored
+  // (a non-interactive shell ignores SIGINT for commands it starts with &);
+  // an ignored SIGHUP (nohup) stays ignored. libfuse only replaces defaults.
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
   if (fuse_set_signal_handlers(impl->se) != 0) {
     return Status::IOError("cannot install signal handlers");
   }

@@ -209,7 +209,9 @@ TEST_CASE("disks made or removed with the command line appear and vanish at once
   CHECK(List(fs, vm2) == std::vector<std::string>{".", "..", "disk"});
   REQUIRE(f.store->disks().Remove(DiskRef{"vm2", "disk"}).ok());
   CHECK(Errno(fs.GetAttr(disk).status()) == ENOENT);
-  CHECK(List(fs, vm2) == std::vector<std::string>{".", ".."});
+  // The instance only existed because of its disk: it is gone too.
+  CHECK(Errno(fs.GetAttr(vm2).status()) == ENOENT);
+  CHECK(List(fs, kRootIno) == std::vector<std::string>{".", "..", "_base"});
 }
 
 TEST_CASE("truncate grows; a shrink is EPERM unless allow_shrink", "[fusefs]") {
@@ -345,6 +347,8 @@ TEST_CASE("unlink of an open disk is EBUSY; of a closed one removes it", "[fusef
   CHECK(Errno(fs.Lookup(vm1, "disk").status()) == ENOENT);
   CHECK(Errno(fs.GetAttr(disk).status()) == ENOENT);
   CHECK(Errno(fs.Unlink(vm1, "disk")) == ENOENT);
+  // The directory stays until rmdir, as directories do.
+  CHECK(List(fs, vm1) == std::vector<std::string>{".", ".."});
   CHECK(fs.RmDir(kRootIno, "vm1").ok());
   CHECK(Errno(fs.Lookup(kRootIno, "vm1").status()) == ENOENT);
 }

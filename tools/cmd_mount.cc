@@ -113,7 +113,11 @@ Status Serve(const GlobalOptions& g, const MountArgs& a, const std::string& stor
   fso.gid = getgid();
   fusefs::FuseConfig fc;
   fc.mountpoint = mountpoint;
-  fc.fsname = "imgfs:" + store_path;
+  fc.fsname = "imgfs:";
+  for (char c : store_path) {
+    if (c == ',' || c == '\\') fc.fsname += '\\';
+    fc.fsname += c;
+  }
   fc.debug = a.debug;
   RETURN_IF_ERROR(ParseOptions(a.options, &fso, &fc));
   fusefs::FileSystem fs(*store, fso);

@@ -32,7 +32,7 @@ if ! "$imgfs" image info demo-sample >/dev/null 2>&1; then
   echo "Hello from an imgfs disk." >"$work/root/hello.txt"
   echo "imgfs-demo" >"$work/root/etc/hostname"
   mkfs.ext4 -q -F -L demo-root -d "$work/root" "$work/part.ext4" \
-    "$(((last - first + 1) / 2))k"
+    "$(((last - first + 1) / 2))k" >/dev/null
   dd if="$work/part.ext4" of="$img" bs=512 seek="$first" conv=notrunc,sparse status=none
   "$imgfs" image import "$img" --name demo-sample >/dev/null
   rm -rf "$work"

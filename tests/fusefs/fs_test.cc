@@ -7,10 +7,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "blockstore/manifest.h"
 
@@ -482,4 +484,51 @@ TEST_CASE("shutdown flushes open disks and later I/O fails cleanly", "[fusefs]")
   Bytes b(10);
   CHECK(Errno(fs.Read(o->fh, 0, b).status()) == EIO);
   fs.Release(o->fh);
+}
+
+TEST_CASE("concurrent opens, I/O, listings and releases keep every write", "[fusefs]") {
+  Fixture f;
+  f.CreateDisk("vm1", "disk");
+  FileSystem fs(*f.store, Opts());
+  uint64_t vm1 = LookupIno(fs, kRootIno, "vm1");
+  uint64_t disk = LookupIno(fs, vm1, "disk");
+  constexpr int kThreads = 4, kRounds = 50;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        auto o = fs.Open(disk, (i % 3 == 0) ? O_RDONLY : O_RDWR);
+        if (!o.ok()) {
+          ++failures;
+          continue;
+        }
+        Bytes data(4096, static_cast<uint8_t>(t * kRounds + i));
+        uint64_t off = static_cast<uint64_t>(t) * 4096;
+        if (i % 3 != 0 && !fs.Write(o->fh, off, data).ok()) ++failures;
+        Bytes back(4096);
+        if (!fs.Read(o->fh, off, back).ok()) ++failures;
+        if (i % 3 != 0 && back != data) ++failures;
+        if (!fs.GetAttr(disk).ok()) ++failures;
+        List(fs, vm1);
+        if (i % 7 == 0 && !fs.Fsync(o->fh).ok()) ++failures;
+        if (!fs.Flush(o->fh).ok()) ++failures;
+        fs.Release(o->fh);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(failures == 0);
+  CHECK(fs.OpenFileCountForTest() == 0);
+  auto o = fs.Open(disk, O_RDONLY);
+  REQUIRE(o.ok());
+  for (int t = 0; t < kThreads; ++t) {
+    Bytes back(4096);
+    REQUIRE(fs.Read(o->fh, static_cast<uint64_t>(t) * 4096, back).ok());
+    // The last write of thread t was round kRounds-1 (or -2 when that one read only).
+    int last = (kRounds - 1) % 3 != 0 ? kRounds - 1 : kRounds - 2;
+    CHECK(back == Bytes(4096, static_cast<uint8_t>(t * kRounds + last)));
+  }
+  fs.Release(o->fh);
+  CHECK(fs.Unlink(vm1, "disk").ok());
 }

@@ -157,14 +157,24 @@ void ChunkStore::ReadAsync(const ChunkId& id, MutableByteView buf,
 void ChunkStore::PutAsync(ByteView data, std::function<void(Result<PutResult>)> done) {
   if (data.size() > chunk_size_ || IsAllZero(data)) return done(Put(data));
   ChunkId id = Hash128(data);
-  backend_->PutIfAbsentAsync(ObjectKind::kChunk, id.Hex(), data,
-                             [this, id, data, done = std::move(done)](Status s) {
-                               if (s.ok()) return done(PutResult{id, true});
-                               if (!s.IsAlreadyExists()) {
-                                 return done(s.WithContext("store chunk " + id.Hex()));
-                               }
-                               done(Put(data));  // the dedup hit: compare as Put does
-                             });
+  backend_->PutIfAbsentAsync(
+      ObjectKind::kChunk, id.Hex(), data, [this, id, data, done = std::move(done)](Status s) {
+        if (s.ok()) return done(PutResult{id, true});
+        if (!s.IsAlreadyExists()) {
+          return done(s.WithContext("store chunk " + id.Hex()));
+        }
+        // A dedup hit: compare what is stored, without
+        // blocking; anything unusual goes through Put.
+        auto stored = std::make_shared<Bytes>(chunk_size_);
+        backend_->ReadAsync(ObjectKind::kChunk, id.Hex(), *stored,
+                            [this, id, data, stored, done](Result<size_t> r) {
+                              if (r.ok() && *r == data.size() &&
+                                  std::memcmp(stored->data(), data.data(), *r) == 0) {
+                                return done(PutResult{id, false});
+                              }
+                              done(Put(data));
+                            });
+      });
 }
 
 Result<bool> ChunkStore::Exists(const ChunkId& id) {

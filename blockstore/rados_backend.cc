@@ -23,6 +23,10 @@ constexpr char kValueTag = 'v';
 constexpr size_t kFirstGetBytes = 128 * 1024;
 constexpr uint64_t kListRecordsBatch = 1000;
 constexpr int kCallbackThreads = 4;
+// A full pool makes writes fail with ENOSPC (NoSpace) at once instead of
+// blocking until the timeout; removals go through even then, so gc can free space.
+constexpr int kWriteFlags = LIBRADOS_OPERATION_FULL_TRY;
+constexpr int kRemoveFlags = LIBRADOS_OPERATION_FULL_FORCE;
 
 std::string_view KindPrefix(ObjectKind kind) {
   return kind == ObjectKind::kChunk ? "chunk." : "manifest.";
@@ -107,7 +111,7 @@ class RadosBackend final : public ChunkBackend {
     RETURN_IF_ERROR(CheckWriteSize(data.size()));
     std::string oid = ObjectName(kind, id);
     rados_write_op_t op = MakePutOp(data);
-    int r = rados_write_op_operate(op, io_, oid.c_str(), nullptr, 0);
+    int r = rados_write_op_operate(op, io_, oid.c_str(), nullptr, kWriteFlags);
     rados_release_write_op(op);
     return PutStatus(r, oid);
   }
@@ -119,7 +123,8 @@ class RadosBackend final : public ChunkBackend {
     auto* aio = new AioPut{this, ObjectName(kind, id), MakePutOp(data), nullptr, std::move(done)};
     BeginAio();
     rados_aio_create_completion2(aio, &RadosBackend::OnPutComplete, &aio->comp);
-    int r = rados_aio_write_op_operate(aio->op, io_, aio->comp, aio->oid.c_str(), nullptr, 0);
+    int r =
+        rados_aio_write_op_operate(aio->op, io_, aio->comp, aio->oid.c_str(), nullptr, kWriteFlags);
     if (r < 0) FinishPut(aio, r);
   }
 
@@ -186,7 +191,10 @@ class RadosBackend final : public ChunkBackend {
   Status Remove(ObjectKind kind, std::string_view id) override {
     RETURN_IF_ERROR(ValidateObjectId(id));
     std::string oid = ObjectName(kind, id);
-    int r = rados_remove(io_, oid.c_str());
+    rados_write_op_t op = rados_create_write_op();
+    rados_write_op_remove(op);
+    int r = rados_write_op_operate(op, io_, oid.c_str(), nullptr, kRemoveFlags);
+    rados_release_write_op(op);
     if (r < 0) return Error(r, "remove " + oid);
     return Status::OK();
   }
@@ -286,7 +294,7 @@ class RadosBackend final : public ChunkBackend {
       size_t key_lens[] = {key.size()};
       rados_write_op_omap_rm_keys2(op, keys, key_lens, 1);
     };
-    int r = OperateOnRecords(build, /*create_if_missing=*/false);
+    int r = OperateOnRecords(build, /*create_if_missing=*/false, kRemoveFlags);
     if (r == -ENOENT || (r == -ECANCELED && cond.mode == RecordCondition::kAny)) {
       return RecordNotFound(key);
     }
@@ -409,16 +417,16 @@ class RadosBackend final : public ChunkBackend {
   // Runs the write op `build` makes on the records object. omap_cmp needs the
   // object to exist: when it does not (a fresh pool), creates it and retries.
   template <typename Build>
-  int OperateOnRecords(const Build& build, bool create_if_missing) {
+  int OperateOnRecords(const Build& build, bool create_if_missing, int flags = kWriteFlags) {
     for (int attempt = 0;; ++attempt) {
       rados_write_op_t op = rados_create_write_op();
       build(op);
-      int r = rados_write_op_operate(op, io_, kRecordsObject, nullptr, 0);
+      int r = rados_write_op_operate(op, io_, kRecordsObject, nullptr, flags);
       rados_release_write_op(op);
       if (r != -ENOENT || !create_if_missing || attempt > 0) return r;
       rados_write_op_t create = rados_create_write_op();
       rados_write_op_create(create, LIBRADOS_CREATE_IDEMPOTENT, nullptr);
-      r = rados_write_op_operate(create, io_, kRecordsObject, nullptr, 0);
+      r = rados_write_op_operate(create, io_, kRecordsObject, nullptr, kWriteFlags);
       rados_release_write_op(create);
       if (r < 0) return r;
     }

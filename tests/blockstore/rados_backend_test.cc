@@ -194,10 +194,12 @@ TEST_CASE("rados: compare-and-swap updates of a record lose nothing under conten
         Status s = b->GetRecord("counters/c", &cur);
         if (s.IsNotFound()) {
           s = b->PutRecord("counters/c", "1", RecordCondition::Absent());
-          if (s.ok())
+          if (s.ok()) {
             ++i;
-          else if (!s.IsAlreadyExists())
+          } else if (!s.IsAlreadyExists()) {
             ++errors;
+            return;
+          }
           continue;
         }
         if (!s.ok()) {
@@ -206,10 +208,12 @@ TEST_CASE("rados: compare-and-swap updates of a record lose nothing under conten
         }
         s = b->PutRecord("counters/c", std::to_string(std::stoi(cur) + 1),
                          RecordCondition::Equals(cur));
-        if (s.ok())
+        if (s.ok()) {
           ++i;
-        else if (!s.IsBusy())
+        } else if (!s.IsBusy()) {
           ++errors;
+          return;
+        }
       }
     });
   }

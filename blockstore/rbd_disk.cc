@@ -720,9 +720,9 @@ class RbdDiskBackend : public DiskBackend {
       rados_read_op_omap_get_keys2(op, after.c_str(), 1000, &it, &more, &prval);
       int r = rados_read_op_operate(op, conn_->io, kInstancesObject, 0);
       rados_release_read_op(op);
-      if (r == -ENOENT) return out;
       if (r < 0 || prval < 0) {
         if (it) rados_omap_get_end(it);
+        if (r == -ENOENT) return out;
         return Err(r < 0 ? r : prval, "rados: listing instances in " + conn_->where);
       }
       char* key = nullptr;

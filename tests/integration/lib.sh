@@ -31,9 +31,50 @@ expect_err_contains() { [[ "$LAST_ERR" == *"$1"* ]] || fail "error '$LAST_ERR' l
 # ---- mounts (tests/integration/mount_*.sh) ----
 # init_store: creates the test store; its options come from IMGFS_TEST_INIT_ARGS
 # so a second ctest entry can run the same test over another backend.
+# With IMGFS_TEST_DISKS=rbd (the "@rbd" ctest entries) the disks go to a fresh
+# RBD namespace of the test cluster, removed at exit.
 init_store() {
+  if [[ "${IMGFS_TEST_DISKS:-}" == rbd ]]; then
+    make_rbd_namespace
+    # shellcheck disable=SC2086
+    "$IMGFS" init --disks "rbd:$RBD_NS" "${CEPH_ARGS_IMGFS[@]}" ${IMGFS_TEST_INIT_ARGS:-} >/dev/null
+    return
+  fi
   # shellcheck disable=SC2086
   "$IMGFS" init ${IMGFS_TEST_INIT_ARGS:-} >/dev/null
+}
+
+# ---- the test Ceph cluster (tools/test.sh starts it) ----
+# rbdc ARGS...: the rbd tool on the test cluster.
+rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
+# make_rbd_namespace: creates a fresh RBD namespace, sets RBD_NS (POOL/NS) and
+# CEPH_ARGS_IMGFS (imgfs init's Ceph options); everything in it is removed at
+# exit.
+make_rbd_namespace() {
+  : "${IMGFS_CEPH_CONF:?the test runner (tools/test.sh) provides a Ceph cluster}"
+  RBD_NS="$IMGFS_CEPH_POOL/t$RANDOM$RANDOM"
+  CEPH_ARGS_IMGFS=(--ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$IMGFS_CEPH_ID"
+    --keyring "$IMGFS_CEPH_KEYRING")
+  rbdc namespace create "$RBD_NS"
+  on_exit "remove_rbd_namespace '$RBD_NS'"
+}
+# remove_rbd_namespace POOL/NS: clones, then published bases, then objects.
+remove_rbd_namespace() {
+  local spec="$1" img o
+  local rados_args=(-c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING"
+    -p "${spec%%/*}" -N "${spec#*/}")
+  for img in $(rbdc ls "$spec" 2>/dev/null | grep -v '^imgfs\.'); do
+    rbdc rm --no-progress "$spec/$img" >/dev/null 2>&1 || true
+  done
+  for img in $(rbdc ls "$spec" 2>/dev/null); do
+    rbdc snap unprotect "$spec/$img@base" >/dev/null 2>&1 || true
+    rbdc snap purge --no-progress "$spec/$img" >/dev/null 2>&1 || true
+    rbdc rm --no-progress "$spec/$img" >/dev/null 2>&1 || true
+  done
+  for o in $(rados "${rados_args[@]}" ls 2>/dev/null); do
+    rados "${rados_args[@]}" rm "$o" >/dev/null 2>&1 || true
+  done
+  rbdc namespace remove "$spec" >/dev/null 2>&1 || true
 }
 # mount_imgfs MNT [imgfs mount options...]: mounts the store at MNT in the
 # background (returns once it serves) and sets MOUNT_PID. The test's exit

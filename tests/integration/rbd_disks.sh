@@ -3,31 +3,11 @@
 # namespace, removed at the end.
 source "$(dirname "$0")/lib.sh"
 : "${IMGFS_CEPH_CONF:?the test runner (tools/test.sh) provides a Ceph cluster}"
-ceph_args=(--ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING")
-rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
 qemu_rbd() { echo "rbd:$1:conf=$IMGFS_CEPH_CONF:id=$IMGFS_CEPH_ID:keyring=$IMGFS_CEPH_KEYRING"; }
-
-ns="t$RANDOM$RANDOM"
-P="$IMGFS_CEPH_POOL/$ns"
-rbdc namespace create "$P"
-remove_namespace() {
-  local img pass
-  for pass in clones bases; do
-    for img in $(rbdc ls "$P" 2>/dev/null); do
-      local is_base=no
-      [[ "$img" == imgfs.* ]] && is_base=yes
-      [[ "$is_base" == yes && "$pass" == bases || "$is_base" == no && "$pass" == clones ]] || continue
-      rbdc snap unprotect "$P/$img@base" >/dev/null 2>&1 || true
-      rbdc snap purge --no-progress "$P/$img" >/dev/null 2>&1 || true
-      rbdc rm --no-progress "$P/$img" >/dev/null 2>&1 || true
-    done
-  done
-  for o in $(rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null); do
-    [[ "$o" == imgfs.* ]] && rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" rm "$o"
-  done
-  rbdc namespace remove "$P" || true
-}
-on_exit remove_namespace
+make_rbd_namespace
+P="$RBD_NS"
+ns="${P#*/}"
+ceph_args=("${CEPH_ARGS_IMGFS[@]}")
 
 "$IMGFS" init --disks "rbd:$P" "${ceph_args[@]}" >/dev/null
 make_sample_raw "$T/src.raw" 16

@@ -4,4 +4,5 @@ imgfs_shell_test(ceph_cluster)
 imgfs_shell_test(image_import)
 # The mount (tests/integration/mount_*.sh); store options from IMGFS_TEST_INIT_ARGS.
 imgfs_shell_test(mount_daemon)
+imgfs_shell_test_rbd(mount_daemon)
 imgfs_shell_test(gc_damage)

@@ -50,6 +50,21 @@ inline Bytes RandomBytes(std::mt19937_64& rng, size_t n) {
   return out;
 }
 
+// "" when `got` equals `want`, else where they first differ (Catch would
+// print whole megabyte buffers).
+inline std::string Diff(const Bytes& got, const Bytes& want) {
+  if (got.size() != want.size()) {
+    return "size " + std::to_string(got.size()) + ", want " + std::to_string(want.size());
+  }
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i]) {
+      return "byte " + std::to_string(i) + " is " + std::to_string(got[i]) + ", want " +
+             std::to_string(want[i]);
+    }
+  }
+  return "";
+}
+
 // The seed of a randomised test: $IMGFS_TEST_SEED when set (to replay a
 // failure), else a fresh one. The test prints it.
 inline uint64_t TestSeed() {

@@ -732,6 +732,7 @@ class LocalBackend final : public DiskBackend {
   Result<std::vector<std::string>> ListInstances() override;
   Result<std::vector<DiskRef>> List(const std::string& instance) override;
   Result<SpaceInfo> Space() override;
+  Status Check(const DiskRef& ref, std::vector<std::string>* problems) override;
 
  private:
   std::string InstanceDir(const std::string& instance) const { return root_ + "/" + instance; }
@@ -1093,6 +1094,50 @@ Result<SpaceInfo> LocalBackend::Space() {
     }
   }
   return info;
+}
+
+Status LocalBackend::Check(const DiskRef& ref, std::vector<std::string>* problems) {
+  RETURN_IF_ERROR(ValidateRef(ref));
+  std::string dir = DiskDir(ref);
+  auto problem = [&](const std::string& what) {
+    problems->push_back("disk " + ref.ToString() + ": " + what);
+  };
+  auto meta = ReadMeta(dir);
+  if (!meta.ok()) {
+    if (meta.status().IsNotFound()) return Status::OK();  // removed meanwhile
+    problem(meta.status().message());
+    return Status::OK();
+  }
+  for (const char* f : {kDataFile, kLockFile}) {
+    struct stat st;
+    if (::stat((dir + "/" + f).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      problem(std::string("its ") + f + " file is missing");
+    }
+  }
+  std::string path = dir + "/" + kBitmapFile;
+  auto fd = OpenFile(path, O_RDONLY);
+  if (!fd.ok()) {
+    problem("allocation map: " + fd.status().message());
+    return Status::OK();
+  }
+  std::array<uint8_t, kBitmapHeaderBytes> header{};
+  Status s = PreadFull(fd->get(), MutableByteView(header), 0, path);
+  if (!s.ok()) {
+    problem("allocation map: " + s.message());
+    return Status::OK();
+  }
+  uint32_t version = 0, chunk = 0;
+  std::memcpy(&version, header.data() + 8, 4);
+  std::memcpy(&chunk, header.data() + 12, 4);
+  if (std::memcmp(header.data(), kBitmapMagic, 8) != 0) {
+    problem("allocation map " + path + ": bad magic");
+  } else if (version != kFormatVersion) {
+    problem("allocation map " + path + ": unknown version " + std::to_string(version));
+  } else if (chunk != meta->chunk_size) {
+    problem("allocation map " + path + ": chunk size " + std::to_string(chunk) +
+            " does not match the metadata's " + std::to_string(meta->chunk_size));
+  }
+  return Status::OK();
 }
 
 }  // namespace

@@ -1,20 +1,228 @@
 // imgfs disk create | ls | info | resize | rm
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+
+#include "blockstore/names.h"
+#include "blockstore/units.h"
 #include "tools/cli.h"
 
 namespace imgfs::cli {
+namespace {
+
+std::string FormatTimeNs(int64_t ns) {
+  if (ns == 0) return "-";
+  std::time_t t = static_cast<std::time_t>(ns / 1'000'000'000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+nlohmann::json InfoJson(const DiskInfo& i) {
+  return {{"disk", i.ref.ToString()},
+          {"instance", i.ref.instance},
+          {"name", i.ref.disk},
+          {"size", i.size},
+          {"owned_bytes", i.owned_bytes},
+          {"parent", i.parent ? nlohmann::json(i.parent->Hex()) : nlohmann::json(nullptr)},
+          {"mode", i.attrs.mode},
+          {"uid", i.attrs.uid},
+          {"gid", i.attrs.gid},
+          {"mtime_ns", i.mtime_ns},
+          {"location", i.location}};
+}
+
+Result<uint64_t> ParseSizeArg(const std::string& text) {
+  auto size = ParseSize(text);
+  if (!size.ok()) return size.status();
+  return *size;
+}
+
+struct CreateArgs {
+  std::string disk;
+  std::string image;
+  bool blank = false;
+  std::string size;
+};
+
+Outcome RunCreate(const GlobalOptions& g, const CreateArgs& a) {
+  auto ref = ParseDiskRef(a.disk);
+  if (!ref.ok()) return {ref.status()};
+  if (a.blank == !a.image.empty()) {
+    return {Status::InvalidArgument("give either --image IMAGE or --blank"), 2};
+  }
+  DiskCreateOptions opts;
+  if (!a.size.empty()) {
+    auto size = ParseSizeArg(a.size);
+    if (!size.ok()) return {size.status()};
+    opts.size = *size;
+  } else if (a.blank) {
+    return {Status::InvalidArgument("a blank disk needs --size SIZE")};
+  }
+  auto store = OpenStore(g);
+  if (!store.ok()) return {store.status()};
+  if (!a.blank) {
+    auto id = (*store)->ResolveImage(a.image);
+    if (!id.ok()) return {id.status()};
+    auto rec = (*store)->GetImage(*id);
+    if (!rec.ok()) return {rec.status()};
+    if (opts.size && *opts.size < rec->size) {
+      return {Status::InvalidArgument(
+          "size " + FormatSizeHuman(*opts.size) + " (" + std::to_string(*opts.size) +
+          " bytes) is smaller than image " + id->Hex() + " (" + FormatSizeHuman(rec->size) + ", " +
+          std::to_string(rec->size) + " bytes)")};
+    }
+    opts.image = *id;
+  }
+  Status s = (*store)->CreateDisk(*ref, opts);
+  if (!s.ok()) return {s};
+  if (g.json) {
+    auto info = (*store)->disks().Info(*ref);
+    if (!info.ok()) return {info.status()};
+    PrintJson(InfoJson(*info));
+  }
+  return {};
+}
+
+Outcome RunLs(const GlobalOptions& g, const std::string& instance) {
+  if (!instance.empty()) {
+    Status s = ValidateInstanceName(instance);
+    if (!s.ok()) return {s};
+  }
+  auto store = OpenStore(g);
+  if (!store.ok()) return {store.status()};
+  auto disks = (*store)->disks().List(instance);
+  if (!disks.ok()) return {disks.status()};
+  std::vector<DiskInfo> infos;
+  for (const auto& ref : *disks) {
+    auto info = (*store)->disks().Info(ref);
+    if (info.status().IsNotFound()) continue;  // removed meanwhile
+    if (!info.ok()) return {info.status()};
+    infos.push_back(std::move(info).value());
+  }
+  if (g.json) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& i : infos) arr.push_back(InfoJson(i));
+    PrintJson(arr);
+    return {};
+  }
+  std::printf("%-40s  %10s  %10s  %s\n", "DISK", "SIZE", "OWNED", "PARENT");
+  for (const auto& i : infos) {
+    std::printf("%-40s  %10s  %10s  %s\n", i.ref.ToString().c_str(),
+                FormatSizeHuman(i.size).c_str(), FormatSizeHuman(i.owned_bytes).c_str(),
+                i.parent ? i.parent->Hex().c_str() : "-");
+  }
+  return {};
+}
+
+Outcome RunInfo(const GlobalOptions& g, const std::string& disk) {
+  auto ref = ParseDiskRef(disk);
+  if (!ref.ok()) return {ref.status()};
+  auto store = OpenStore(g);
+  if (!store.ok()) return {store.status()};
+  auto info = (*store)->disks().Info(*ref);
+  if (!info.ok()) return {info.status()};
+  std::vector<std::string> names;
+  if (info->parent) {
+    auto rec = (*store)->GetImage(*info->parent);
+    if (rec.ok()) names = rec->names;
+  }
+  if (g.json) {
+    nlohmann::json j = InfoJson(*info);
+    j["parent_names"] = names;
+    PrintJson(j);
+    return {};
+  }
+  std::string parent = info->parent ? info->parent->Hex() : "- (blank)";
+  if (!names.empty()) {
+    parent += " (";
+    for (size_t k = 0; k < names.size(); ++k) parent += (k ? ", " : "") + names[k];
+    parent += ")";
+  }
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", info->attrs.mode);
+  std::cout << "disk:       " << info->ref.ToString() << "\n"
+            << "size:       " << FormatSizeHuman(info->size) << " (" << info->size << " bytes)\n"
+            << "owned:      " << FormatSizeHuman(info->owned_bytes) << "\n"
+            << "parent:     " << parent << "\n"
+            << "mode:       " << mode << "  uid " << info->attrs.uid << "  gid " << info->attrs.gid
+            << "\n"
+            << "modified:   " << FormatTimeNs(info->mtime_ns) << "\n"
+            << "location:   " << info->location << "\n";
+  return {};
+}
+
+Outcome RunResize(const GlobalOptions& g, const std::string& disk, const std::string& size_text) {
+  auto ref = ParseDiskRef(disk);
+  if (!ref.ok()) return {ref.status()};
+  auto size = ParseSizeArg(size_text);
+  if (!size.ok()) return {size.status()};
+  auto store = OpenStore(g);
+  if (!store.ok()) return {store.status()};
+  Status s = (*store)->disks().Resize(*ref, *size, /*allow_shrink=*/false);
+  if (!s.ok()) return {s};
+  if (g.json) {
+    auto info = (*store)->disks().Info(*ref);
+    if (!info.ok()) return {info.status()};
+    PrintJson(InfoJson(*info));
+  }
+  return {};
+}
+
+Outcome RunRm(const GlobalOptions& g, const std::string& disk) {
+  auto ref = ParseDiskRef(disk);
+  if (!ref.ok()) return {ref.status()};
+  auto store = OpenStore(g);
+  if (!store.ok()) return {store.status()};
+  Status s = (*store)->disks().Remove(*ref);
+  if (!s.ok()) return {s};
+  if (g.json) PrintJson({{"removed", ref->ToString()}});
+  return {};
+}
+
+}  // namespace
 
 void RegisterDiskCommands(Cli& cli) {
   auto* disk = cli.app.add_subcommand("disk", "Instance disks: thin copy-on-write clones");
   disk->require_subcommand(1);
-  for (const char* name : {"create", "ls", "info", "resize", "rm"}) {
-    auto* sub = disk->add_subcommand(name, std::string("disk ") + name);
-    sub->allow_extras();
-    sub->callback([&cli, sub] {
-      cli.action = [sub] {
-        return Outcome{Status::NotSupported("'disk " + sub->get_name() + "' is not built yet")};
-      };
-    });
-  }
+
+  auto ca = std::make_shared<CreateArgs>();
+  auto* create = disk->add_subcommand("create", "Create a disk from an image, or a blank one");
+  create->add_option("INSTANCE/DISK", ca->disk, "The disk, e.g. 6f1c0a2e/disk")->required();
+  create->add_option("--image", ca->image, "Image id, unique id prefix (8+ hex digits) or name");
+  create->add_flag("--blank", ca->blank, "A blank disk (needs --size)");
+  create->add_option("--size", ca->size,
+                     "Size (K, M, G, T suffixes); default: the image's size; not smaller");
+  create->callback([&cli, ca] { cli.action = [&cli, ca] { return RunCreate(cli.global, *ca); }; });
+
+  auto inst = std::make_shared<std::string>();
+  auto* ls = disk->add_subcommand("ls", "List disks (of one instance, or all)");
+  ls->add_option("INSTANCE", *inst, "Only this instance's disks");
+  ls->callback([&cli, inst] { cli.action = [&cli, inst] { return RunLs(cli.global, *inst); }; });
+
+  auto iref = std::make_shared<std::string>();
+  auto* info = disk->add_subcommand("info", "Show a disk: size, owned bytes, parent image");
+  info->add_option("INSTANCE/DISK", *iref, "The disk")->required();
+  info->callback(
+      [&cli, iref] { cli.action = [&cli, iref] { return RunInfo(cli.global, *iref); }; });
+
+  struct ResizeArgs {
+    std::string disk, size;
+  };
+  auto ra = std::make_shared<ResizeArgs>();
+  auto* resize = disk->add_subcommand("resize", "Grow a disk (shrinking is refused)");
+  resize->add_option("INSTANCE/DISK", ra->disk, "The disk")->required();
+  resize->add_option("SIZE", ra->size, "The new size (K, M, G, T suffixes)")->required();
+  resize->callback([&cli, ra] {
+    cli.action = [&cli, ra] { return RunResize(cli.global, ra->disk, ra->size); };
+  });
+
+  auto rref = std::make_shared<std::string>();
+  auto* rm = disk->add_subcommand("rm", "Remove a disk that no one has open for writing");
+  rm->add_option("INSTANCE/DISK", *rref, "The disk")->required();
+  rm->callback([&cli, rref] { cli.action = [&cli, rref] { return RunRm(cli.global, *rref); }; });
 }
 
 }  // namespace imgfs::cli

@@ -150,8 +150,18 @@ TEST_CASE("Local disk: damaged or unknown metadata is refused", "[disk][local]")
   CHECK(l.backend->Info(Ref("b")).status().IsCorruption());
 
   REQUIRE(l.backend->Create(Ref("c"), Blank(MiB)).ok());
+  REQUIRE(l.backend->Create(Ref("ok"), Blank(MiB)).ok());
   REQUIRE(WriteFileAtomic(l.DiskDir(Ref("c")) + "/bitmap", std::string(4096, 'x')).ok());
   CHECK(l.backend->Open(Ref("c"), OpenMode::kReadWrite).status().IsCorruption());
+
+  // fsck's check names each damaged disk, and only those.
+  std::vector<std::string> problems;
+  for (const char* name : {"a", "b", "c", "ok"})
+    REQUIRE(l.backend->Check(Ref(name), &problems).ok());
+  REQUIRE(problems.size() == 3);
+  CHECK(problems[0].find("vm1/a") != std::string::npos);
+  CHECK(problems[1].find("vm1/b") != std::string::npos);
+  CHECK(problems[2].find("vm1/c: allocation map") != std::string::npos);
 }
 
 TEST_CASE("Local disk: another process's writer locks the disk", "[disk][local]") {

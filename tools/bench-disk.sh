@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Benchmark of local disks, side by side in one run (ratios; absolute numbers
+# vary by machine):
+#   - `imgfs disk create` + `imgfs disk resize` (grow) from a 1 GiB image and
+#     from a 64 GiB sparse image, rounds interleaved: the target ratio is ~1.0
+#     (both are O(1), DESIGN.md §9);
+#   - 4 KiB random reads and writes through the library (tests/bench/
+#     disk_bench.cc) against the same operations on a plain file.
+#   tools/bench-disk.sh [ROUNDS] [IMAGE_MIB] [OPS]
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+rounds="${1:-20}"
+mib="${2:-256}"
+ops="${3:-40000}"
+build="${IMGFS_BENCH_BUILD_DIR:-$here/build-bench}"
+cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIMGFS_BUILD_BENCH=ON \
+  >/dev/null
+cmake --build "$build" --target imgfs disk_bench -- --quiet
+imgfs="$build/tools/imgfs"
+
+T="$(mktemp -d "${TMPDIR:-/var/tmp}/imgfs-bench-disk.XXXXXX")"
+trap 'rm -rf "$T"' EXIT
+export IMGFS_STORE="$T/store"
+"$imgfs" -q init
+
+echo "== images: 1 GiB of random data, 64 GiB sparse (4 MiB of data in it)"
+head -c $((1 << 30)) /dev/urandom >"$T/small.raw"
+"$imgfs" -q image import "$T/small.raw" --name small >/dev/null
+rm -f "$T/small.raw"
+truncate -s 64G "$T/big.raw"
+for off in 0 17 33 63; do
+  head -c $((1 << 20)) /dev/urandom | dd of="$T/big.raw" bs=1M seek=$((off * 1024)) conv=notrunc status=none
+done
+"$imgfs" -q image import "$T/big.raw" --name big >/dev/null
+rm -f "$T/big.raw"
+
+now() { date +%s%N; }
+small_ns=0
+big_ns=0
+for ((i = 0; i < rounds; i++)); do
+  for image in small big; do
+    t0=$(now)
+    "$imgfs" -q disk create "r$i/$image" --image "$image"
+    "$imgfs" -q disk resize "r$i/$image" 100G
+    t1=$(now)
+    if [[ $image == small ]]; then small_ns=$((small_ns + t1 - t0)); else big_ns=$((big_ns + t1 - t0)); fi
+  done
+done
+awk -v s="$small_ns" -v b="$big_ns" -v n="$rounds" 'BEGIN {
+  printf "disk create + grow to 100G, %d rounds: 1 GiB image %.1f ms, 64 GiB image %.1f ms, ratio %.2f (target ~1.0)\n",
+    n, s / n / 1e6, b / n / 1e6, b / s }'
+
+echo "== 4 KiB random I/O: library (local disk cloned from a $mib MiB image) vs plain file"
+mkdir -p "$T/lib"
+"$build/tests/bench/disk_bench" "$T/lib" "$mib" "$ops"

@@ -41,7 +41,7 @@ expect_errno "shrink to 0" "Operation not permitted" truncate -s 0 "$M/vm1/disk"
 [[ "$(stat -c %s "$M/vm1/disk")" -eq $((20 << 30)) ]] || fail "refused shrink changed the size"
 cmp -n "$size" "$T/want" "$M/vm1/disk" || fail "grow changed the data"
 cmp -i "$size:0" -n 1048576 "$M/vm1/disk" /dev/zero || fail "the grown area does not read zeros"
-[[ "$("$IMGFS" disk info vm1/disk --json)" == *"$((20 << 30))"* ]] \
+[[ "$("$IMGFS" --json disk info vm1/disk)" == *"$((20 << 30))"* ]] \
   || fail "disk info does not show the grown size"
 
 # With -o allow_shrink a shrink works.

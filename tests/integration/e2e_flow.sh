@@ -1,5 +1,5 @@
 # The whole flow of DESIGN.md §1 with real tools, on the disk backend that
-# IMGFS_E2E_DISKS names (local or rbd): a GPT disk with an ext4 partition and
+# IMGFS_TEST_DISKS names (local or rbd): a GPT disk with an ext4 partition and
 # one with an xfs partition, as qcow2 images; import; disk create; mount;
 # truncate +1 GiB (nova's resize); growpart on the disk file (the GPT backup
 # header moves to the new end); a loop device over the partition; resize2fs /
@@ -11,7 +11,7 @@ source "$(dirname "$0")/e2e_lib.sh"
 e2e_need qemu-img sgdisk growpart mkfs.ext4 resize2fs e2fsck dumpe2fs mkfs.xfs xfs_growfs \
   xfs_repair xfs_info losetup sha256sum fusermount3
 
-e2e_init_store
+init_store
 GiB=$((1 << 30))
 
 # Known files: random data of a few sizes, a sparse one, nested directories.
@@ -122,4 +122,4 @@ for fs in ext4 xfs; do
     fail "$fs: the name e2e-$fs no longer points at ${id[$fs]}"
   cmp "$T/$fs.raw" "$M/_base/${id[$fs]}" || fail "$fs: _base/${id[$fs]} differs from the original image"
 done
-echo "e2e_flow (${IMGFS_E2E_DISKS:-local}): ok"
+echo "e2e_flow (${IMGFS_TEST_DISKS:-local}): ok"

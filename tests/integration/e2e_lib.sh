@@ -1,8 +1,8 @@
 # Helpers for the end-to-end tests (e2e_*.sh). Source it after lib.sh.
 #
-# The store's disk backend comes from IMGFS_E2E_DISKS: "local" (default) or
-# "rbd" (the test cluster of tools/test.sh, in an RBD namespace of its own that
-# is removed at the end). Loop devices and filesystem mounts made through
+# The store comes from lib.sh's init_store: local disks, or with
+# IMGFS_TEST_DISKS=rbd (the "@rbd" ctest entries) rbd disks in a fresh RBD
+# namespace of the test cluster. Loop devices and filesystem mounts made through
 # e2e_loop / e2e_fs_mount are undone at exit, before the imgfs mount goes away,
 # also when a step fails.
 
@@ -68,45 +68,6 @@ e2e_fs_umount() {
 e2e_mount() {
   mount_imgfs "$@"
   on_exit _e2e_detach_all
-}
-
-# e2e_init_store: creates the store for IMGFS_E2E_DISKS.
-e2e_init_store() {
-  case "${IMGFS_E2E_DISKS:-local}" in
-    local) "$IMGFS" init >/dev/null ;;
-    rbd)
-      [[ -n "${IMGFS_CEPH_CONF:-}" ]] ||
-        fail "IMGFS_E2E_DISKS=rbd needs the test cluster: run through tools/test.sh (IMGFS_CEPH_CONF is unset)"
-      e2e_need rbd rados
-      E2E_NS="e2e$RANDOM$RANDOM"
-      E2E_POOL="$IMGFS_CEPH_POOL/$E2E_NS"
-      _e2e_rbd namespace create "$E2E_POOL" || fail "rbd namespace create $E2E_POOL failed"
-      on_exit _e2e_remove_namespace
-      "$IMGFS" init --disks "rbd:$E2E_POOL" --ceph-conf "$IMGFS_CEPH_CONF" \
-        --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" >/dev/null
-      ;;
-    *) fail "IMGFS_E2E_DISKS must be local or rbd, not '$IMGFS_E2E_DISKS'" ;;
-  esac
-}
-_e2e_rbd() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
-# Clones first, then the published bases (unprotect, purge, remove), then
-# imgfs's own objects, then the namespace.
-_e2e_remove_namespace() {
-  local pass img o
-  for pass in clones bases; do
-    for img in $(_e2e_rbd ls "$E2E_POOL" 2>/dev/null); do
-      if [[ "$img" == imgfs.* ]]; then [[ "$pass" == bases ]] || continue; else [[ "$pass" == clones ]] || continue; fi
-      _e2e_rbd snap unprotect "$E2E_POOL/$img@base" >/dev/null 2>&1 || true
-      _e2e_rbd snap purge --no-progress "$E2E_POOL/$img" >/dev/null 2>&1 || true
-      _e2e_rbd rm --no-progress "$E2E_POOL/$img" >/dev/null 2>&1 || true
-    done
-  done
-  for o in $(rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
-    -p "$IMGFS_CEPH_POOL" -N "$E2E_NS" ls 2>/dev/null); do
-    rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
-      -p "$IMGFS_CEPH_POOL" -N "$E2E_NS" rm "$o" || true
-  done
-  _e2e_rbd namespace remove "$E2E_POOL" || true
 }
 
 # e2e_make_gpt_disk OUT SIZE_MIB FSTYPE SRCDIR: a raw GPT disk of SIZE_MIB with

@@ -4,7 +4,7 @@
 # undefine. virtlogd and libvirtd are started here by hand (there is no
 # systemd) and stopped by pid at the end. They use the system-wide
 # /run/libvirt, so ctest runs the variants of this test one at a time.
-# Disk backend from IMGFS_E2E_DISKS (local or rbd).
+# Disk backend from IMGFS_TEST_DISKS (local or rbd).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/e2e_lib.sh"
 e2e_need qemu-system-x86_64 libvirtd virtlogd virsh jq fusermount3
@@ -32,7 +32,7 @@ vsh() { virsh -q -c qemu:///system "$@"; }
 # virsh waits for libvirtd to load its drivers.
 vsh version >/dev/null || fail "libvirtd does not answer on qemu:///system"
 
-e2e_init_store
+init_store
 make_sample_raw "$T/src.raw" 64
 "$IMGFS" image import "$T/src.raw" --name e2e-libvirt >/dev/null
 inst="lv$RANDOM"
@@ -80,4 +80,4 @@ vsh destroy "$dom" >/dev/null || fail "virsh destroy failed"
 vsh undefine "$dom" >/dev/null || fail "virsh undefine failed"
 vsh list --all --name | grep -qx "$dom" && fail "the domain is still defined"
 cmp -n $((64 << 20)) "$T/src.raw" "$D" || fail "the disk's first 64 MiB changed"
-echo "e2e_libvirt (${IMGFS_E2E_DISKS:-local}): ok"
+echo "e2e_libvirt (${IMGFS_TEST_DISKS:-local}): ok"

@@ -2,12 +2,12 @@
 # with cache=none,aio=native: QMP query-block shows it, block_resize grows it
 # (the mount shows the new size), and a second qemu that opens the same disk
 # for writing is refused by qemu's image locking (OFD locks on the file).
-# Disk backend from IMGFS_E2E_DISKS (local or rbd).
+# Disk backend from IMGFS_TEST_DISKS (local or rbd).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/e2e_lib.sh"
 e2e_need qemu-system-x86_64 qemu-img python3 jq fusermount3
 
-e2e_init_store
+init_store
 make_sample_raw "$T/src.raw" 64
 id="$("$IMGFS" image import "$T/src.raw" --name e2e-qemu)"
 "$IMGFS" disk create vm1/disk --image e2e-qemu >/dev/null
@@ -67,4 +67,4 @@ tail --pid="$QEMU_PID" -f /dev/null
 cmp -n $((64 << 20)) "$T/src.raw" "$D" || fail "the disk's first 64 MiB changed"
 cmp -s -n $(((3 << 30) - (64 << 20))) -i $((64 << 20)):0 "$D" /dev/zero || fail "the grown part is not zeros"
 "$IMGFS" image verify "$id" >/dev/null || fail "image verify $id failed"
-echo "e2e_qemu (${IMGFS_E2E_DISKS:-local}): ok"
+echo "e2e_qemu (${IMGFS_TEST_DISKS:-local}): ok"

@@ -721,7 +721,9 @@ class LocalBackend final : public DiskBackend {
 
   std::string Describe() const override { return "local"; }
   Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override;
-  Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) override;
+  Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) override {
+    return OpenDisk(ref, mode, /*with_parent=*/true);
+  }
   Status Remove(const DiskRef& ref) override;
   Status Rename(const DiskRef& from, const DiskRef& to) override;
   Result<DiskInfo> Info(const DiskRef& ref) override;
@@ -742,6 +744,9 @@ class LocalBackend final : public DiskBackend {
   std::string MarkerPath(const std::string& instance) const {
     return root_ + "/.instances/" + instance;
   }
+  // Without its parent, a disk handle serves only Resize and Flush (the
+  // command line's resize must not load the image's manifest).
+  Result<std::unique_ptr<Disk>> OpenDisk(const DiskRef& ref, OpenMode mode, bool with_parent);
   std::string UniqueName(const char* prefix);
   // Removes the instance directory if it has no disks and was not made by
   // CreateInstance.
@@ -873,7 +878,8 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
   return s;
 }
 
-Result<std::unique_ptr<Disk>> LocalBackend::Open(const DiskRef& ref, OpenMode mode) {
+Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMode mode,
+                                                     bool with_parent) {
   RETURN_IF_ERROR(ValidateRef(ref));
   std::string dir = DiskDir(ref);
   bool rw = mode == OpenMode::kReadWrite;
@@ -891,7 +897,7 @@ Result<std::unique_ptr<Disk>> LocalBackend::Open(const DiskRef& ref, OpenMode mo
   ASSIGN_OR_RETURN(UniqueFd data, OpenFile(dir + "/" + kDataFile, flags));
   ASSIGN_OR_RETURN(UniqueFd bitmap, OpenFile(dir + "/" + kBitmapFile, flags));
   std::shared_ptr<ImageReader> parent;
-  if (meta->parent && meta->parent_overlap > 0) {
+  if (with_parent && meta->parent && meta->parent_overlap > 0) {
     if (!images_)
       return Status::NotFound("disk " + ref.ToString() + ": no image source for its parent");
     auto r = images_->OpenImage(*meta->parent);
@@ -985,7 +991,7 @@ Result<DiskInfo> LocalBackend::Info(const DiskRef& ref) {
 }
 
 Status LocalBackend::Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) {
-  ASSIGN_OR_RETURN(auto disk, Open(ref, OpenMode::kReadWrite));
+  ASSIGN_OR_RETURN(auto disk, OpenDisk(ref, OpenMode::kReadWrite, /*with_parent=*/false));
   RETURN_IF_ERROR(disk->Resize(new_size, allow_shrink));
   return disk->Flush();
 }

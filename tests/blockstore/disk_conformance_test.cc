@@ -526,6 +526,8 @@ TEST_CASE("Disk conformance: clone sizes", "[disk]") {
   CHECK(f.backend->Info(f.Ref("small")).status().IsNotFound());
   o.size = 10 * MiB;
   REQUIRE(f.backend->Create(f.Ref("big"), o).ok());
+  REQUIRE(f.backend->Resize(f.Ref("big"), 10 * MiB - 1, true).ok());
+  REQUIRE(f.backend->Resize(f.Ref("big"), 10 * MiB, false).ok());
   auto d = f.OpenRW("big");
   CHECK(d->size() == 10 * MiB);
   CHECK(Diff(ReadAll(*d, 0, image.size()), image) == "");

@@ -256,47 +256,58 @@ Status DirChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteVi
   return s;
 }
 
-Status DirChunkBackend::Get(ObjectKind kind, std::string_view id, Bytes* out) {
-  RETURN_IF_ERROR(ValidateObjectId(id));
-  std::string path = ObjectPath(kind, id);
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
+namespace {
+
+// Opens object file `path` and returns its size; NotFound for a missing object.
+Status OpenObject(const std::string& path, ObjectKind kind, std::string_view id, UniqueFd* fd,
+                  size_t* size) {
+  *fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd->get() < 0) {
     if (errno == ENOENT) return ObjectMissing(kind, id);
     return Status::FromErrno(errno, "open " + path);
   }
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
-  out->resize(static_cast<size_t>(st.st_size));
-  ASSIGN_OR_RETURN(size_t n, ReadAll(fd.get(), MutableByteView(*out), path));
-  if (n != out->size()) {
+  if (::fstat(fd->get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  *size = static_cast<size_t>(st.st_size);
+  return Status::OK();
+}
+
+// Reads exactly buf.size() bytes of an object opened with OpenObject.
+Status ReadObject(int fd, const std::string& path, ObjectKind kind, std::string_view id,
+                  MutableByteView buf) {
+  ASSIGN_OR_RETURN(size_t n, ReadAll(fd, buf, path));
+  if (n != buf.size()) {
     return Status::Corruption(std::string(ObjectKindName(kind)) + " " + std::string(id) +
                               " changed size while being read");
   }
   return Status::OK();
 }
 
+}  // namespace
+
+Status DirChunkBackend::Get(ObjectKind kind, std::string_view id, Bytes* out) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  std::string path = ObjectPath(kind, id);
+  UniqueFd fd;
+  size_t size = 0;
+  RETURN_IF_ERROR(OpenObject(path, kind, id, &fd, &size));
+  out->resize(size);
+  return ReadObject(fd.get(), path, kind, id, MutableByteView(*out));
+}
+
 Result<size_t> DirChunkBackend::Read(ObjectKind kind, std::string_view id, MutableByteView buf) {
   RETURN_IF_ERROR(ValidateObjectId(id));
   std::string path = ObjectPath(kind, id);
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    if (errno == ENOENT) return ObjectMissing(kind, id);
-    return Status::FromErrno(errno, "open " + path);
-  }
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
-  size_t size = static_cast<size_t>(st.st_size);
+  UniqueFd fd;
+  size_t size = 0;
+  RETURN_IF_ERROR(OpenObject(path, kind, id, &fd, &size));
   if (size > buf.size()) {
     return Status::InvalidArgument(std::string(ObjectKindName(kind)) + " " + std::string(id) +
                                    " is " + std::to_string(size) +
                                    " bytes, more than the buffer's " + std::to_string(buf.size()));
   }
-  ASSIGN_OR_RETURN(size_t n, ReadAll(fd.get(), buf.first(size), path));
-  if (n != size) {
-    return Status::Corruption(std::string(ObjectKindName(kind)) + " " + std::string(id) +
-                              " changed size while being read");
-  }
-  return n;
+  RETURN_IF_ERROR(ReadObject(fd.get(), path, kind, id, buf.first(size)));
+  return size;
 }
 
 Result<bool> DirChunkBackend::Exists(ObjectKind kind, std::string_view id) {

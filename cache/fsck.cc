@@ -24,7 +24,7 @@ Result<FsckReport> CheckStore(Store& store) {
       continue;
     }
     images.insert(*id);
-    auto rec = store.GetImage(*id);
+    auto rec = store.ReadImageRecord(*id);
     if (!rec.ok()) {
       if (rec.status().IsRetryable()) return rec.status();
       r.problems.push_back("image " + hex + ": record unreadable: " + rec.status().message());

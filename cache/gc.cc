@@ -29,7 +29,8 @@ Status SweepTemp(Store& store, bool dry_run, GcReport* report) {
   ::closedir(d);
   for (const auto& v : victims) {
     struct stat st;
-    if (::stat(v.c_str(), &st) == 0) report->bytes_freed += static_cast<uint64_t>(st.st_blocks) * 512;
+    if (::stat(v.c_str(), &st) == 0)
+      report->bytes_freed += static_cast<uint64_t>(st.st_blocks) * 512;
     if (!dry_run && ::unlink(v.c_str()) != 0 && errno != ENOENT) {
       return Status::FromErrno(errno, "remove " + v);
     }
@@ -47,12 +48,23 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   const int64_t now = store.Now();
 
   // 1. Images: unused for at least min_age, and not used by any disk.
+  // Parents of every disk, read once; no disk can be created while we hold
+  // the lock exclusively.
+  std::unordered_set<ImageId> in_use;
+  ASSIGN_OR_RETURN(auto disks, store.disks().List(""));
+  for (const auto& ref : disks) {
+    auto info = store.disks().Info(ref);
+    if (!info.ok()) {
+      if (info.status().IsNotFound()) continue;
+      return info.status();
+    }
+    if (info->parent) in_use.insert(*info->parent);
+  }
   ASSIGN_OR_RETURN(auto images, store.ListImages());
   std::vector<ImageId> live_images;
   for (const auto& r : images) {
-    ASSIGN_OR_RETURN(auto users, store.DisksUsing(r.id));
     bool old_enough = now - r.last_used >= o.min_age_seconds;
-    bool keep = !users.empty() || !old_enough || (o.keep_named && !r.names.empty());
+    bool keep = in_use.count(r.id) || !old_enough || (o.keep_named && !r.names.empty());
     if (keep) {
       live_images.push_back(r.id);
       continue;
@@ -69,8 +81,10 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   for (const auto& id : live_images) {
     auto m = GetManifest(backend, id);
     if (!m.ok()) {
-      return m.status().WithContext("gc stopped before sweeping: cannot read the manifest of "
-                                    "live image " + id.Hex());
+      return m.status().WithContext(
+          "gc stopped before sweeping: cannot read the manifest of "
+          "live image " +
+          id.Hex());
     }
     for (const auto& c : m->chunks) {
       if (!c.IsHole()) live_chunks.insert(c);

@@ -2,10 +2,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -24,8 +24,10 @@ constexpr const char* kFormatName = "imgfs-store";
 constexpr int kFormatVersion = 1;
 
 nlohmann::json ConfigToJson(const StoreConfig& c) {
-  nlohmann::json j = {{"format", kFormatName},       {"version", kFormatVersion},
-                      {"chunk_size", c.chunk_size},  {"chunks", c.chunks},
+  nlohmann::json j = {{"format", kFormatName},
+                      {"version", kFormatVersion},
+                      {"chunk_size", c.chunk_size},
+                      {"chunks", c.chunks},
                       {"disks", c.disks}};
   if (!c.ceph.conf_file.empty() || !c.ceph.client_id.empty() || !c.ceph.keyring.empty()) {
     j["ceph"] = {{"conf", c.ceph.conf_file},
@@ -250,34 +252,37 @@ Result<ImageId> Store::ResolveImage(std::string_view ref) {
                           "' (give a name, an image id, or 8+ hex digits of one)");
 }
 
-Result<ImageRecord> Store::GetImage(const ImageId& id) {
+Result<ImageRecord> Store::ReadImageRecord(const ImageId& id) {
   std::string value;
   Status s = backend().GetRecord(ImageKey(id), &value);
   if (s.IsNotFound()) return Status::NotFound("no image " + id.Hex());
   RETURN_IF_ERROR(s);
-  ASSIGN_OR_RETURN(ImageRecord r, RecordFromJson(id, value));
-  RETURN_IF_ERROR(backend().ListRecords("names/", [&](std::string_view key) {
-    std::string target;
-    Status gs = backend().GetRecord(key, &target);
-    if (gs.IsNotFound()) return Status::OK();
-    RETURN_IF_ERROR(gs);
-    if (target == r.id.Hex()) r.names.emplace_back(key.substr(6));
-    return Status::OK();
-  }));
-  std::sort(r.names.begin(), r.names.end());
-  return r;
+  return RecordFromJson(id, value);
 }
 
-Result<std::vector<ImageRecord>> Store::ListImages() {
+Result<std::map<std::string, std::vector<std::string>>> Store::NamesByImage() {
   std::map<std::string, std::vector<std::string>> names;
   RETURN_IF_ERROR(backend().ListRecords("names/", [&](std::string_view key) {
     std::string target;
     Status gs = backend().GetRecord(key, &target);
-    if (gs.IsNotFound()) return Status::OK();
+    if (gs.IsNotFound()) return Status::OK();  // removed meanwhile
     RETURN_IF_ERROR(gs);
     names[target].emplace_back(key.substr(6));
     return Status::OK();
   }));
+  for (auto& [id, list] : names) std::sort(list.begin(), list.end());
+  return names;
+}
+
+Result<ImageRecord> Store::GetImage(const ImageId& id) {
+  ASSIGN_OR_RETURN(ImageRecord r, ReadImageRecord(id));
+  ASSIGN_OR_RETURN(auto names, NamesByImage());
+  r.names = std::move(names[r.id.Hex()]);
+  return r;
+}
+
+Result<std::vector<ImageRecord>> Store::ListImages() {
+  ASSIGN_OR_RETURN(auto names, NamesByImage());
   std::vector<ImageRecord> out;
   RETURN_IF_ERROR(backend().ListRecords("images/", [&](std::string_view key) {
     auto id = Id128::FromHex(key.substr(7));
@@ -288,7 +293,6 @@ Result<std::vector<ImageRecord>> Store::ListImages() {
     RETURN_IF_ERROR(gs);
     ASSIGN_OR_RETURN(ImageRecord r, RecordFromJson(*id, value));
     r.names = names[r.id.Hex()];
-    std::sort(r.names.begin(), r.names.end());
     out.push_back(std::move(r));
     return Status::OK();
   }));
@@ -424,9 +428,7 @@ Result<std::unique_ptr<Store::GcLock>> TakeGcLock(const std::string& store_path,
 
 Result<std::unique_ptr<Store::GcLock>> Store::LockShared() { return TakeGcLock(path_, LOCK_SH); }
 
-Result<std::unique_ptr<Store::GcLock>> Store::LockExclusive() {
-  return TakeGcLock(path_, LOCK_EX);
-}
+Result<std::unique_ptr<Store::GcLock>> Store::LockExclusive() { return TakeGcLock(path_, LOCK_EX); }
 
 Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
   ASSIGN_OR_RETURN(auto lock, LockShared());
@@ -437,7 +439,8 @@ Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
   RETURN_IF_ERROR(disks_->Create(ref, opts));
   if (opts.image) {
     Status s = TouchImage(*opts.image);
-    if (!s.ok()) spdlog::warn("could not record the use of image {}: {}", opts.image->Hex(), s.message());
+    if (!s.ok())
+      spdlog::warn("could not record the use of image {}: {}", opts.image->Hex(), s.message());
   }
   return Status::OK();
 }

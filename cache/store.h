@@ -21,11 +21,12 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <unordered_map>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "blockstore/chunk_backend.h"
@@ -47,9 +48,9 @@ struct StoreConfig {
 struct ImageRecord {
   ImageId id;
   uint64_t size = 0;
-  uint64_t data_bytes = 0;  // bytes of non-hole chunks
-  int64_t created = 0;      // unix seconds
-  int64_t last_used = 0;    // unix seconds; disk creation and mounting count as use
+  uint64_t data_bytes = 0;         // bytes of non-hole chunks
+  int64_t created = 0;             // unix seconds
+  int64_t last_used = 0;           // unix seconds; disk creation and mounting count as use
   std::vector<std::string> names;  // filled by ListImages/GetImage
 };
 
@@ -82,7 +83,9 @@ class Store : public ImageSource {
   // IMAGE is a full id, a unique id prefix of 8+ hex digits, or a name. An
   // ambiguous prefix is InvalidArgument listing the candidates.
   Result<ImageId> ResolveImage(std::string_view ref);
-  Result<ImageRecord> GetImage(const ImageId& id);
+  Result<ImageRecord> GetImage(const ImageId& id);  // with its names
+  // The image record alone (no names), e.g. for checks over many images.
+  Result<ImageRecord> ReadImageRecord(const ImageId& id);
   Result<std::vector<ImageRecord>> ListImages();
 
   // Publishes an image whose chunks and manifest are already stored: writes
@@ -127,6 +130,8 @@ class Store : public ImageSource {
 
  private:
   Store(std::string path, StoreConfig config, Clock clock);
+  // Image id (hex) -> its names, sorted; one scan of the names records.
+  Result<std::map<std::string, std::vector<std::string>>> NamesByImage();
 
   std::string path_;
   StoreConfig config_;

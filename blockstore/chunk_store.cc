@@ -1,10 +1,22 @@
 #include "blockstore/chunk_store.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace imgfs {
+
+size_t DefaultChunkCacheBytes() {
+  constexpr size_t kMin = size_t{64} << 20;
+  constexpr size_t kMax = size_t{1} << 30;
+  long pages = ::sysconf(_SC_PHYS_PAGES);
+  long page_size = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return kMin;
+  size_t ram = static_cast<size_t>(pages) * static_cast<size_t>(page_size);
+  return std::clamp(ram / 32, kMin, kMax);
+}
 
 Status ValidateChunkSize(uint64_t chunk_size) {
   if (chunk_size < kMinChunkSize || chunk_size > kMaxChunkSize ||
@@ -81,6 +93,21 @@ Status ChunkStore::Get(const ChunkId& id, Bytes* out) {
   return Status::OK();
 }
 
+Status ChunkStore::Verify(const ChunkId& id, const Result<size_t>& read, ByteView data) {
+  if (!read.ok()) {
+    if (!read.status().IsInvalidArgument()) return read.status();
+    std::string hex = id.Hex();
+    spdlog::error("chunk {} is damaged: larger than the chunk size", hex);
+    return Status::Corruption("chunk " + hex + " is damaged: larger than the chunk size");
+  }
+  if (Hash128(data.first(*read)) != id) {
+    std::string hex = id.Hex();
+    spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
+    return Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id");
+  }
+  return Status::OK();
+}
+
 Result<size_t> ChunkStore::Read(const ChunkId& id, MutableByteView buf) {
   if (buf.size() < chunk_size_) {
     return Status::InvalidArgument("read buffer of " + std::to_string(buf.size()) +
@@ -95,21 +122,12 @@ Result<size_t> ChunkStore::Read(const ChunkId& id, MutableByteView buf) {
     n = cached->size();
     std::memcpy(buf.data(), cached->data(), n);
   } else {
-    std::string hex = id.Hex();
-    auto r = backend_->Read(ObjectKind::kChunk, hex, buf.first(chunk_size_));
-    if (!r.ok()) {
-      if (r.status().IsInvalidArgument()) {
-        spdlog::error("chunk {} is damaged: larger than the chunk size", hex);
-        return Status::Corruption("chunk " + hex + " is damaged: larger than the chunk size");
-      }
-      return r.status();
+    auto r = backend_->Read(ObjectKind::kChunk, id.Hex(), buf.first(chunk_size_));
+    if (Status s = Verify(id, r, buf); !s.ok()) {
+      std::memset(buf.data(), 0, buf.size());
+      return s;
     }
     n = *r;
-    if (Hash128(buf.first(n)) != id) {
-      std::memset(buf.data(), 0, buf.size());
-      spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
-      return Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id");
-    }
     if (cache_capacity_ > 0) {
       CacheInsert(id, std::make_shared<const Bytes>(buf.begin(), buf.begin() + n));
     }
@@ -127,30 +145,54 @@ void ChunkStore::ReadAsync(const ChunkId& id, MutableByteView buf,
     std::memset(buf.data() + n, 0, buf.size() - n);
     return done(n);
   }
+  backend_->ReadAsync(ObjectKind::kChunk, id.Hex(), buf.first(chunk_size_),
+                      [this, id, buf, done = std::move(done)](Result<size_t> r) {
+                        if (Status s = Verify(id, r, buf); !s.ok()) {
+                          std::memset(buf.data(), 0, buf.size());
+                          return done(s);
+                        }
+                        size_t n = *r;
+                        if (cache_capacity_ > 0) {
+                          CacheInsert(id,
+                                      std::make_shared<const Bytes>(buf.begin(), buf.begin() + n));
+                        }
+                        std::memset(buf.data() + n, 0, buf.size() - n);
+                        done(n);
+                      });
+}
+
+namespace {
+const SharedChunk& EmptyChunk() {
+  static const SharedChunk kEmpty = std::make_shared<const Bytes>();
+  return kEmpty;
+}
+}  // namespace
+
+Result<SharedChunk> ChunkStore::ReadShared(const ChunkId& id) {
+  if (id.IsHole()) return EmptyChunk();
+  if (auto cached = CacheLookup(id)) return cached;
+  auto data = std::make_shared<Bytes>(chunk_size_);
+  auto r = backend_->Read(ObjectKind::kChunk, id.Hex(), MutableByteView(*data));
+  RETURN_IF_ERROR(Verify(id, r, *data));
+  data->resize(*r);
+  SharedChunk chunk = std::move(data);
+  if (cache_capacity_ > 0) CacheInsert(id, chunk);
+  return chunk;
+}
+
+void ChunkStore::ReadSharedAsync(const ChunkId& id, std::function<void(Result<SharedChunk>)> done) {
+  if (id.IsHole()) return done(EmptyChunk());
+  if (auto cached = CacheLookup(id)) return done(std::move(cached));
+  auto data = std::make_shared<Bytes>(chunk_size_);
+  MutableByteView buf(*data);
   backend_->ReadAsync(
-      ObjectKind::kChunk, id.Hex(), buf.first(chunk_size_),
-      [this, id, buf, done = std::move(done)](Result<size_t> r) {
-        std::string hex = id.Hex();
-        if (!r.ok()) {
-          if (r.status().IsInvalidArgument()) {
-            spdlog::error("chunk {} is damaged: larger than the chunk size", hex);
-            return done(
-                Status::Corruption("chunk " + hex + " is damaged: larger than the chunk size"));
-          }
-          return done(r.status());
-        }
-        size_t n = *r;
-        if (Hash128(buf.first(n)) != id) {
-          std::memset(buf.data(), 0, buf.size());
-          spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
-          return done(
-              Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id"));
-        }
-        if (cache_capacity_ > 0) {
-          CacheInsert(id, std::make_shared<const Bytes>(buf.begin(), buf.begin() + n));
-        }
-        std::memset(buf.data() + n, 0, buf.size() - n);
-        done(n);
+      ObjectKind::kChunk, id.Hex(), buf,
+      [this, id, data = std::move(data), done = std::move(done)](Result<size_t> r) mutable {
+        if (Status s = Verify(id, r, *data); !s.ok()) return done(s);
+        data->resize(*r);
+        SharedChunk chunk = std::move(data);
+        if (cache_capacity_ > 0) CacheInsert(id, chunk);
+        done(std::move(chunk));
       });
 }
 

@@ -11,6 +11,10 @@
 // Get verifies the hash of what it read and returns Corruption rather than
 // wrong bytes. Chunks put are durable once Sync() returns (ChunkBackend::Sync).
 //
+// Reads keep verified chunks in an LRU cache (cache_bytes of chunk data), so
+// a chunk read again is served from memory without reading or hashing it
+// again; Remove and a damaged chunk's replacement drop it from the cache.
+//
 // Thread safety: all methods may be called concurrently from any number of
 // threads. The store holds no mutable state of its own except the read cache,
 // which has its own mutex; atomicity of publication is the backend's.
@@ -35,13 +39,24 @@ inline constexpr uint32_t kDefaultChunkSize = 64 * 1024;  // see docs/formats.md
 // OK for a power of two in [4 KiB, 4 MiB]; else InvalidArgument.
 Status ValidateChunkSize(uint64_t chunk_size);
 
+// The default size of the cache of verified chunks: 1/32 of the machine's
+// RAM, at least 64 MiB and at most 1 GiB (docs/performance.md, "The chunk
+// cache"). A hypervisor host's RAM belongs to its guests, hence the cap.
+size_t DefaultChunkCacheBytes();
+
+// A verified chunk's bytes, shared with the cache (its stored length; empty
+// for a hole). Immutable.
+using SharedChunk = std::shared_ptr<const Bytes>;
+
 class ChunkStore {
  public:
-  // cache_bytes: size of the cache of verified chunks used by Read.
+  // cache_bytes: size of the cache of verified chunks used by the reads
+  // (0 disables it).
   ChunkStore(std::shared_ptr<ChunkBackend> backend, uint32_t chunk_size,
-             size_t cache_bytes = 64u << 20);
+             size_t cache_bytes = DefaultChunkCacheBytes());
 
   uint32_t chunk_size() const { return chunk_size_; }
+  size_t cache_bytes() const { return cache_capacity_; }
   ChunkBackend& backend() { return *backend_; }
   const std::shared_ptr<ChunkBackend>& shared_backend() const { return backend_; }
 
@@ -59,6 +74,13 @@ class ChunkStore {
   // Reads chunk `id` into `buf` (at least chunk_size() bytes), zero-filling
   // past the chunk's stored length; returns that length. Verified, cached.
   Result<size_t> Read(const ChunkId& id, MutableByteView buf);
+
+  // The verified bytes of chunk `id`, shared with the cache rather than
+  // copied: for reading part of a chunk. Same errors as Read; the hole id
+  // yields an empty chunk.
+  Result<SharedChunk> ReadShared(const ChunkId& id);
+  // Asynchronous ReadShared, with ReadAsync's contract.
+  void ReadSharedAsync(const ChunkId& id, std::function<void(Result<SharedChunk>)> done);
 
   // Makes every chunk put (or deduplicated) so far durable; see
   // ChunkBackend::Sync. Call it before publishing anything that refers to
@@ -86,12 +108,14 @@ class ChunkStore {
 
   // LRU cache of verified chunks, GUARDED_BY(cache_mu_).
   std::mutex cache_mu_;
-  size_t cache_capacity_;
+  const size_t cache_capacity_;
   size_t cache_used_ = 0;
   std::list<std::pair<ChunkId, std::shared_ptr<const Bytes>>> lru_;
   std::unordered_map<ChunkId, decltype(lru_)::iterator> cache_index_;
   std::shared_ptr<const Bytes> CacheLookup(const ChunkId& id);
   void CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> data);
+  // Checks `data` (as read from the backend) against `id`; Corruption if not.
+  Status Verify(const ChunkId& id, const Result<size_t>& read, ByteView data);
 
  public:
   void DropFromCache(const ChunkId& id);

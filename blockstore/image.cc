@@ -10,6 +10,11 @@ namespace imgfs {
 ImageReader::ImageReader(std::shared_ptr<ChunkStore> chunks, ImageId id, Manifest manifest)
     : chunks_(std::move(chunks)), id_(id), manifest_(std::move(manifest)) {}
 
+Result<ImageGeometry> ImageSource::GetGeometry(const ImageId& id) {
+  ASSIGN_OR_RETURN(auto reader, OpenImage(id));
+  return ImageGeometry{reader->size(), reader->manifest().chunk_size};
+}
+
 bool ImageReader::IsHoleAt(uint64_t offset) const {
   if (offset >= manifest_.size || manifest_.chunk_size == 0) return true;
   uint64_t index = offset / manifest_.chunk_size;
@@ -46,7 +51,9 @@ Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
     return Status::InvalidArgument("image " + id_.Hex() + " has chunk size " + std::to_string(cs) +
                                    ", the chunk store " + std::to_string(chunks_->chunk_size()));
   }
-  // The chunks the range touches; holes and the tail past the end are zeroed here.
+  // The chunks the range touches; holes and the tail past the end are zeroed
+  // here. A whole chunk is read straight into `buf`; of a partial one, only
+  // the wanted bytes are copied out of the (cached, shared) verified chunk.
   struct Piece {
     uint64_t index;
     ChunkId id;
@@ -54,9 +61,9 @@ Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
     size_t n;
     uint8_t* out;
     uint64_t chunk_len;
-    Bytes scratch;  // the whole chunk, when only part of it is wanted
+    bool whole;
+    SharedChunk shared;  // the partial chunk's bytes, once read
     Result<size_t> got = size_t{0};
-    bool whole() const { return scratch.empty(); }
   };
   std::vector<Piece> pieces;
   size_t done = 0;
@@ -76,24 +83,41 @@ Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
     if (id.IsHole()) {
       std::memset(out.data(), 0, n);
     } else {
-      pieces.push_back(Piece{index, id, in_chunk, n, out.data(), chunk_len, {}});
-      if (!(in_chunk == 0 && n == cs)) pieces.back().scratch.resize(cs);
+      bool whole = in_chunk == 0 && n == cs;
+      pieces.push_back(Piece{index, id, in_chunk, n, out.data(), chunk_len, whole, nullptr});
     }
     done += n;
   }
-  auto target = [cs](Piece& p) {
-    return p.whole() ? MutableByteView(p.out, cs) : MutableByteView(p.scratch);
+  auto settle = [](Piece& p, Result<SharedChunk> r) {
+    if (!r.ok()) {
+      p.got = r.status();
+      return;
+    }
+    p.got = (*r)->size();
+    p.shared = std::move(r).value();
   };
   if (pieces.size() == 1) {
-    pieces[0].got = chunks_->Read(pieces[0].id, target(pieces[0]));
+    Piece& p = pieces[0];
+    if (p.whole) {
+      p.got = chunks_->Read(p.id, MutableByteView(p.out, cs));
+    } else {
+      settle(p, chunks_->ReadShared(p.id));
+    }
   } else if (pieces.size() > 1) {
     // All chunks at once: a remote backend fetches them in parallel.
     Countdown left(pieces.size());
     for (auto& p : pieces) {
-      chunks_->ReadAsync(p.id, target(p), [&p, &left](Result<size_t> r) {
-        p.got = std::move(r);
-        left.CountDown();
-      });
+      if (p.whole) {
+        chunks_->ReadAsync(p.id, MutableByteView(p.out, cs), [&p, &left](Result<size_t> r) {
+          p.got = std::move(r);
+          left.CountDown();
+        });
+      } else {
+        chunks_->ReadSharedAsync(p.id, [&p, &left, &settle](Result<SharedChunk> r) {
+          settle(p, std::move(r));
+          left.CountDown();
+        });
+      }
     }
     left.Wait();
   }
@@ -109,7 +133,13 @@ Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
                                 p.id.Hex() + ") holds " + std::to_string(*p.got) +
                                 " bytes, expected " + std::to_string(p.chunk_len));
     }
-    if (!p.whole()) std::memcpy(p.out, p.scratch.data() + p.in_chunk, p.n);
+    if (!p.whole) {
+      // Bytes of the chunk past its stored length (a short last chunk) read as zeros.
+      size_t have =
+          p.in_chunk < p.shared->size() ? std::min<size_t>(p.n, p.shared->size() - p.in_chunk) : 0;
+      if (have > 0) std::memcpy(p.out, p.shared->data() + p.in_chunk, have);
+      std::memset(p.out + have, 0, p.n - have);
+    }
   }
   return Status::OK();
 }

@@ -38,12 +38,22 @@ class ImageReader {
   Manifest manifest_;
 };
 
+struct ImageGeometry {
+  uint64_t size = 0;
+  uint32_t chunk_size = 0;
+};
+
 // Where disk backends get parent images from. Implemented by the cache layer.
+// Thread safety: both methods may be called from many threads at once.
 class ImageSource {
  public:
   virtual ~ImageSource() = default;
-  // Opens image `id`. NotFound if no such image exists.
+  // Opens image `id` (loads its manifest). NotFound if no such image exists.
   virtual Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) = 0;
+  // The size and chunk size of image `id`, without loading its manifest where
+  // the source can: creating a disk must be O(1) in the image's size.
+  // NotFound if no such image exists. The default opens the image.
+  virtual Result<ImageGeometry> GetGeometry(const ImageId& id);
 };
 
 }  // namespace imgfs

@@ -826,9 +826,8 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
   m.created_ns = NowNs();
   if (opts.image) {
     if (!images_) return Status::NotFound("image " + opts.image->Hex() + " not found (no images)");
-    auto reader = images_->OpenImage(*opts.image);
-    if (!reader.ok()) return reader.status();
-    uint64_t image_size = (*reader)->size();
+    ASSIGN_OR_RETURN(ImageGeometry geometry, images_->GetGeometry(*opts.image));
+    uint64_t image_size = geometry.size;
     m.size = opts.size.value_or(image_size);
     if (m.size < image_size) {
       return Status::InvalidArgument("size " + std::to_string(m.size) +
@@ -837,7 +836,7 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
     }
     m.parent = *opts.image;
     m.parent_overlap = image_size;
-    uint32_t chunk = (*reader)->manifest().chunk_size;
+    uint32_t chunk = geometry.chunk_size;
     m.chunk_size = ValidateChunkSize(chunk).ok() ? chunk : kBlankDiskChunkSize;
   } else {
     if (!opts.size) return Status::InvalidArgument("a blank disk needs a size");

@@ -189,7 +189,8 @@ Store::Store(std::string path, StoreConfig config, Clock clock)
 
 Store::~Store() = default;
 
-Result<std::unique_ptr<Store>> Store::Open(const std::string& path, Clock clock) {
+Result<std::unique_ptr<Store>> Store::Open(const std::string& path, Clock clock,
+                                           const StoreOptions& options) {
   std::string conf_path = path + "/" + kConfigFile;
   auto text = ReadFile(conf_path);
   if (!text.ok()) {
@@ -206,7 +207,9 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, Clock clock)
   if (chunk_spec == "dir") chunk_spec = "dir:" + path + "/chunks";
   if (chunk_spec == "mem") chunk_spec = "mem:";
   ASSIGN_OR_RETURN(auto backend, CreateChunkBackend(chunk_spec, &store->config_.ceph));
-  store->chunks_ = std::make_shared<ChunkStore>(std::move(backend), config.chunk_size);
+  store->chunks_ =
+      std::make_shared<ChunkStore>(std::move(backend), config.chunk_size,
+                                   options.chunk_cache_bytes.value_or(DefaultChunkCacheBytes()));
 
   std::string disk_spec = config.disks == "mem" ? "mem:" : config.disks;
   ASSIGN_OR_RETURN(store->disks_,
@@ -432,10 +435,7 @@ Result<std::unique_ptr<Store::GcLock>> Store::LockExclusive() { return TakeGcLoc
 
 Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
   ASSIGN_OR_RETURN(auto lock, LockShared());
-  if (opts.image) {
-    ASSIGN_OR_RETURN(ImageRecord r, GetImage(*opts.image));
-    (void)r;
-  }
+  if (opts.image) RETURN_IF_ERROR(ReadImageRecord(*opts.image).status());
   RETURN_IF_ERROR(disks_->Create(ref, opts));
   if (opts.image) {
     Status s = TouchImage(*opts.image);
@@ -443,6 +443,11 @@ Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
       spdlog::warn("could not record the use of image {}: {}", opts.image->Hex(), s.message());
   }
   return Status::OK();
+}
+
+Result<ImageGeometry> Store::GetGeometry(const ImageId& id) {
+  ASSIGN_OR_RETURN(ImageRecord r, ReadImageRecord(id));
+  return ImageGeometry{r.size, config_.chunk_size};
 }
 
 Result<std::shared_ptr<ImageReader>> Store::OpenImage(const ImageId& id) {

@@ -54,6 +54,13 @@ struct ImageRecord {
   std::vector<std::string> names;  // filled by ListImages/GetImage
 };
 
+// How this process uses a store (not stored in it).
+struct StoreOptions {
+  // Bytes of verified chunks kept in memory (ChunkStore); nullopt: the
+  // default, DefaultChunkCacheBytes(). 0 disables the cache.
+  std::optional<size_t> chunk_cache_bytes;
+};
+
 // The store's notion of "now"; tests inject a frozen clock.
 using Clock = std::function<int64_t()>;  // unix seconds
 int64_t SystemClockNow();
@@ -67,7 +74,9 @@ class Store : public ImageSource {
 
   // Opens an existing store; NotFound with "run 'imgfs init'" when missing,
   // InvalidArgument when `path` holds something that is not a store.
-  static Result<std::unique_ptr<Store>> Open(const std::string& path, Clock clock = {});
+  // `options` are this process's tuning (StoreOptions), not the store's.
+  static Result<std::unique_ptr<Store>> Open(const std::string& path, Clock clock = {},
+                                             const StoreOptions& options = {});
 
   ~Store() override;
 
@@ -125,8 +134,11 @@ class Store : public ImageSource {
   // Disks whose parent is `id`.
   Result<std::vector<DiskRef>> DisksUsing(const ImageId& id);
 
-  // ImageSource.
+  // ImageSource. OpenImage loads the manifest once and keeps the reader;
+  // GetGeometry answers from the image record (O(1)): every image of a store
+  // has the store's chunk size (an ImageReader refuses any other).
   Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override;
+  Result<ImageGeometry> GetGeometry(const ImageId& id) override;
 
  private:
   Store(std::string path, StoreConfig config, Clock clock);

@@ -66,7 +66,7 @@ Outcome RunCreate(const GlobalOptions& g, const CreateArgs& a) {
   if (!a.blank) {
     auto id = (*store)->ResolveImage(a.image);
     if (!id.ok()) return {id.status()};
-    auto rec = (*store)->GetImage(*id);
+    auto rec = (*store)->ReadImageRecord(*id);  // the size, without loading the manifest
     if (!rec.ok()) return {rec.status()};
     if (opts.size && *opts.size < rec->size) {
       return {Status::InvalidArgument(

@@ -49,7 +49,7 @@ Result<uint32_t> ParseU32(const std::string& key, const std::string& value) {
 
 // Splits -o lists into imgfs's own options and those passed to libfuse.
 Status ParseOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs,
-                    fusefs::FuseConfig* fuse) {
+                    fusefs::FuseConfig* fuse, StoreOptions* store) {
   for (const auto& list : lists) {
     std::stringstream ss(list);
     std::string opt;
@@ -60,7 +60,14 @@ Status ParseOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs
         key = opt.substr(0, eq);
         value = opt.substr(eq + 1);
       }
-      if (key == "allow_shrink") {
+      if (key == "cache_size") {
+        auto n = ParseSize(value);
+        if (value.empty() || !n.ok() || *n > SIZE_MAX) {
+          return Status::InvalidArgument("bad value for -o cache_size: '" + value +
+                                         "' (a size such as 512M or 2G; 0 disables the cache)");
+        }
+        store->chunk_cache_bytes = static_cast<size_t>(*n);
+      } else if (key == "allow_shrink") {
         fs->allow_shrink = true;
       } else if (key == "direct_io") {
         fs->direct_io_always = true;
@@ -103,11 +110,8 @@ Status ParseOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs
 
 // Opens the store, mounts, calls `ready` once the mount serves requests, and
 // serves until unmounted or signalled.
-Status Serve(const GlobalOptions& g, const MountArgs& a, const std::string& store_path,
-             const std::string& mountpoint, const std::function<void()>& ready) {
-  GlobalOptions go = g;
-  go.store = store_path;
-  ASSIGN_OR_RETURN(auto store, OpenStore(go));
+Status Serve(const MountArgs& a, const std::string& store_path, const std::string& mountpoint,
+             const std::function<void()>& ready) {
   fusefs::FsOptions fso;
   fso.uid = getuid();
   fso.gid = getgid();
@@ -119,7 +123,10 @@ Status Serve(const GlobalOptions& g, const MountArgs& a, const std::string& stor
     fc.fsname += c;
   }
   fc.debug = a.debug;
-  RETURN_IF_ERROR(ParseOptions(a.options, &fso, &fc));
+  StoreOptions so;
+  RETURN_IF_ERROR(ParseOptions(a.options, &fso, &fc, &so));
+  ASSIGN_OR_RETURN(auto store, Store::Open(store_path, {}, so));
+  spdlog::info("chunk cache: {}", FormatSizeHuman(store->chunks().cache_bytes()));
   fusefs::FileSystem fs(*store, fso);
   ASSIGN_OR_RETURN(auto session, fusefs::FuseSession::Mount(fs, fc));
   if (!a.pid_file.empty()) {
@@ -170,7 +177,7 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
   }
 
   if (args.foreground) {
-    return Outcome{Serve(g, args, *store_path, *mountpoint, [] {})};
+    return Outcome{Serve(args, *store_path, *mountpoint, [] {})};
   }
 
   int pipefd[2];
@@ -203,7 +210,7 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
     close(report);
     report = -1;
   };
-  Status s = Serve(g, args, *store_path, *mountpoint, ready);
+  Status s = Serve(args, *store_path, *mountpoint, ready);
   if (report >= 0) {
     std::string msg = "error:" + s.message();
     ssize_t w = write(report, msg.data(), msg.size());
@@ -226,7 +233,8 @@ void RegisterMountCommand(Cli& cli) {
                   "Stay in the foreground (default: return once mounted, serve in the background)");
   mount
       ->add_option("-o", args->options,
-                   "Mount options, comma-separated: allow_shrink, allow_other, direct_io, "
+                   "Mount options, comma-separated: cache_size=SIZE (verified chunks kept in "
+                   "memory; default 1/32 of RAM, 64M..1G), allow_shrink, allow_other, direct_io, "
                    "clone_fd, max_threads=N, max_write=N, max_background=N, splice_read, "
                    "splice_write, splice_move, writeback_cache, entry_timeout=S, "
                    "attr_timeout=S, and libfuse's (e.g. max_read=N)")

@@ -198,6 +198,14 @@ TEST_CASE("chunk store: put, get, read and exists round trip", "[chunk_store]") 
     CHECK(*n == size);
     CHECK(std::equal(data.begin(), data.end(), buf.begin()));
     CHECK(std::all_of(buf.begin() + size, buf.end(), [](uint8_t b) { return b == 0; }));
+
+    auto shared = store.ReadShared(put->id);
+    REQUIRE(shared.status() == Status::OK());
+    CHECK(**shared == data);
+    Result<SharedChunk> async = Status::IOError("not called");
+    store.ReadSharedAsync(put->id, [&](Result<SharedChunk> r) { async = std::move(r); });
+    REQUIRE(async.status() == Status::OK());
+    CHECK(**async == data);
     // Cached read gives the same.
     Bytes buf2(kChunk, 0x55);
     REQUIRE(*store.Read(put->id, buf2) == size);
@@ -315,12 +323,20 @@ TEST_CASE("chunk store: a corrupted chunk is detected, never returned", "[chunk_
     Status s = store.Get(id, &got);
     Bytes buf(kChunk, 0x77);
     auto r = store.Read(id, buf);
+    auto shared = store.ReadShared(id);
     if (intact) {
       CHECK(s == Status::OK());
       CHECK(got == data);
       CHECK(r.ok());
+      REQUIRE(shared.ok());
+      CHECK(**shared == data);
       continue;
     }
+    CHECK(shared.status().IsCorruption());
+    CHECK(shared.status().ToErrno() == EIO);
+    Result<SharedChunk> async = Status::OK();
+    store.ReadSharedAsync(id, [&](Result<SharedChunk> a) { async = std::move(a); });
+    CHECK(async.status().IsCorruption());
     CHECK(s.IsCorruption());
     CHECK_THAT(s.message(), Catch::Contains(hex));
     CHECK(got.empty());
@@ -467,8 +483,37 @@ TEST_CASE("chunk store: the read cache holds verified chunks up to its size", "[
     }
   }
   CHECK(cached == 4);  // the 4 most recently used
+  // ReadShared serves the same cache, without copying.
+  for (int i = 2; i < 6; ++i) {
+    auto shared = store.ReadShared(ids[i]);
+    REQUIRE(shared.ok());
+    CHECK(**shared == data[i]);
+  }
   store.DropFromCache(ids[5]);
   CHECK(store.Read(ids[5], buf).status().IsCorruption());
+  CHECK(store.ReadShared(ids[5]).status().IsCorruption());
+}
+
+TEST_CASE("chunk store: a disabled cache re-reads and re-verifies every time", "[chunk_store]") {
+  FOR_EACH_BACKEND(h);
+  ChunkStore store(h->Open(), kChunk, 0);
+  CHECK(store.cache_bytes() == 0);
+  Bytes data = RandomBytes(kChunk, 400);
+  ChunkId id = store.Put(data)->id;
+  auto first = store.ReadShared(id);
+  REQUIRE(first.ok());
+  CHECK(**first == data);
+  h->Damage(ObjectKind::kChunk, id.Hex(), RandomBytes(kChunk, 401));
+  CHECK(store.ReadShared(id).status().IsCorruption());
+  CHECK(**first == data);  // what was handed out stays intact
+}
+
+TEST_CASE("chunk store: the default cache size is a bounded share of RAM", "[chunk_store]") {
+  size_t bytes = DefaultChunkCacheBytes();
+  CHECK(bytes >= size_t{64} << 20);
+  CHECK(bytes <= size_t{1} << 30);
+  ChunkStore store(std::make_shared<MemChunkBackend>(), kChunk);
+  CHECK(store.cache_bytes() == bytes);
 }
 
 TEST_CASE("chunk store: ListIds visits every chunk and stops on error", "[chunk_store]") {

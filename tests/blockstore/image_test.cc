@@ -110,10 +110,44 @@ TEST_CASE("image: a damaged chunk fails the read, a missing one is an IOError", 
   REQUIRE(r.Read(2 * kCs, ok) == Status::OK());
   CHECK(std::equal(ok.begin(), ok.end(), f.image.begin() + 2 * kCs));
 
+  // Parts of the damaged chunk, alone or across its neighbours, fail too.
+  for (auto [off, len] : {std::pair<uint64_t, size_t>{kCs + 10, 100},
+                          {kCs - 50, 100},
+                          {2 * kCs - 1, 2},
+                          {kCs / 2, 2 * kCs}}) {
+    INFO("offset " << off << " length " << len);
+    Bytes part(len, 0xEE);
+    CHECK(r.Read(off, part).IsCorruption());
+  }
+
   REQUIRE(f.backend->Remove(ObjectKind::kChunk, victim.Hex()) == Status::OK());
   s = r.Read(kCs, ok);
   CHECK(s.IsIOError());
   CHECK_THAT(s.message(), Catch::Contains(victim.Hex()));
+}
+
+TEST_CASE("image: partial reads of cached chunks copy only the range asked for", "[image]") {
+  Fixture f;
+  f.Build(4, 100);
+  ImageReader r = f.Reader();
+  Bytes all(f.image.size());
+  REQUIRE(r.Read(0, all) == Status::OK());  // every chunk now cached
+  // Damage the stored chunks: the cached, verified copies serve the reads.
+  for (const auto& id : f.manifest.chunks) {
+    if (!id.IsHole()) f.backend->OverwriteForTest(ObjectKind::kChunk, id.Hex(), Bytes(kCs, 1));
+  }
+  for (auto [off, len] : {std::pair<uint64_t, size_t>{kCs + 1, 4000},
+                          {4 * kCs + 90, 20},
+                          {2 * kCs - 8, 16},
+                          {4 * kCs + 50, 100}}) {
+    INFO("offset " << off << " length " << len);
+    Bytes buf(len, 0xEE);
+    REQUIRE(r.Read(off, buf) == Status::OK());
+    for (size_t i = 0; i < len; ++i) {
+      uint8_t want = off + i < f.image.size() ? f.image[off + i] : 0;
+      REQUIRE(buf[i] == want);
+    }
+  }
 }
 
 TEST_CASE("image: a chunk of the wrong length is Corruption", "[image]") {

@@ -132,6 +132,32 @@ TEST_CASE("Store: import publishes an image that reads back byte for byte", "[st
   CHECK(rec->size == data.size());
 }
 
+TEST_CASE("Store: an image's geometry comes from its record; the cache size is an option",
+          "[store]") {
+  TempDir t;
+  REQUIRE(Store::Init(t / "s", MemConfig()).ok());
+  StoreOptions o;
+  o.chunk_cache_bytes = 12345678;
+  auto store = Store::Open(t / "s", {}, o);
+  REQUIRE(store.ok());
+  CHECK((*store)->chunks().cache_bytes() == 12345678);
+  Bytes data = RandomBytes(5 * 4096 + 7, 2);
+  auto r = ImportBytes(**store, data);
+  REQUIRE(r.ok());
+  auto g = (*store)->GetGeometry(r->id);
+  REQUIRE(g.ok());
+  CHECK(g->size == data.size());
+  CHECK(g->chunk_size == 4096);
+  auto reader = (*store)->OpenImage(r->id);
+  REQUIRE(reader.ok());
+  CHECK((*reader)->manifest().chunk_size == g->chunk_size);
+  CHECK((*store)->GetGeometry(Hash128(data)).status().IsNotFound());
+
+  auto dflt = Store::Open(t / "s");
+  REQUIRE(dflt.ok());
+  CHECK((*dflt)->chunks().cache_bytes() == DefaultChunkCacheBytes());
+}
+
 TEST_CASE("Store: images resolve by id, name and unique prefix", "[store]") {
   TempDir t;
   REQUIRE(Store::Init(t / "s", MemConfig()).ok());
@@ -149,8 +175,10 @@ TEST_CASE("Store: images resolve by id, name and unique prefix", "[store]") {
   // Two image records sharing an 8-digit prefix make that prefix ambiguous.
   std::string twin = hex.substr(0, 8) + std::string(24, 'f');
   if (twin == hex) twin[31] = 'e';
-  REQUIRE((*store)->backend().PutRecord("images/" + twin, R"({"size":1})",
-                                        RecordCondition::Absent()).ok());
+  REQUIRE((*store)
+              ->backend()
+              .PutRecord("images/" + twin, R"({"size":1})", RecordCondition::Absent())
+              .ok());
   auto amb = (*store)->ResolveImage(hex.substr(0, 8));
   REQUIRE_FALSE(amb.ok());
   CHECK(amb.status().IsInvalidArgument());

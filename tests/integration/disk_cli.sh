@@ -60,6 +60,13 @@ for bad in "vm_3/disk" "vm3" "vm3/" "/disk" "vm3/a/b" "../disk" ".vm/disk" \
   expect_fail "bad name '$bad'" "$IMGFS" disk create "$bad" --blank --size 1G
   [[ "$LAST_ERR" == *invalid* || "$LAST_ERR" == *empty* ]] || fail "unclear error: $LAST_ERR"
 done
+for bad in "vm_1/disk" "vm1" "vm1/../disk" "vm1/a/b"; do
+  for cmd in "info $bad" "resize $bad 30G" "rm $bad"; do
+    # shellcheck disable=SC2086
+    expect_fail "disk $cmd" "$IMGFS" disk $cmd
+    [[ "$LAST_ERR" == *invalid* ]] || fail "unclear error for disk $cmd: $LAST_ERR"
+  done
+done
 expect_fail "bad instance for ls" "$IMGFS" disk ls "a_b"
 expect_err_contains "invalid instance name"
 expect_fail "ls of a missing instance" "$IMGFS" disk ls vm9

@@ -9,6 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <future>
+#include <utility>
 
 #include "blockstore/names.h"
 
@@ -81,6 +83,14 @@ struct FileSystem::Handle {
   std::shared_ptr<Node> node;
   std::shared_ptr<OpenFile> of;
   bool write = false;
+  // A FLUSH (close(2) of a descriptor) came and no request used the handle
+  // since: its RELEASE is on its way, unless a dup'd descriptor or a mapping
+  // still holds the file.
+  std::atomic<bool> closing{false};
+
+  void Used() {
+    if (closing.load(std::memory_order_relaxed)) closing.store(false, std::memory_order_relaxed);
+  }
 };
 
 struct FileSystem::DirHandle {
@@ -359,7 +369,9 @@ Result<struct stat> FileSystem::GetAttr(uint64_t ino) {
 
 Result<struct stat> FileSystem::SetAttr(uint64_t ino, const AttrChange& change,
                                         std::optional<uint64_t> fh) {
-  (void)fh;
+  if (fh) {
+    if (auto h = GetHandle(*fh); h.ok()) (*h)->Used();
+  }
   ASSIGN_OR_RETURN(auto node, GetNode(ino));
   bool attrs = change.mode || change.uid || change.gid;
   switch (node->kind) {
@@ -390,9 +402,7 @@ Result<struct stat> FileSystem::SetAttr(uint64_t ino, const AttrChange& change,
       }
       if (!writable) {
         ASSIGN_OR_RETURN(auto disk, disks_.Open(ref, OpenMode::kReadWrite));
-        std::lock_guard lock(of->mu);
-        of->disk = std::move(disk);
-        of->writable = true;
+        ReplaceDisk(*of, std::move(disk));
       }
       std::lock_guard grow(of->grow_mu);
       ASSIGN_OR_RETURN(auto disk, of->CurrentDisk());
@@ -520,6 +530,9 @@ Status FileSystem::WaitUntilClosed(const std::shared_ptr<Node>& node,
   {
     std::unique_lock lock(mu_);
     if (!node->open) return Status::OK();
+    for (const auto& [fh, h] : handles_) {
+      if (h->node == node && !h->closing) return Status::Busy("it is open");
+    }
     ns_lock.unlock();
     closed_cv_.wait_until(lock, deadline, [&] { return !node->open; });
   }
@@ -783,9 +796,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
       }
       if (!writable) {
         ASSIGN_OR_RETURN(auto disk, disks_.Open(ref, OpenMode::kReadWrite));
-        std::lock_guard lock(of->mu);
-        of->disk = std::move(disk);
-        of->writable = true;
+        ReplaceDisk(*of, std::move(disk));
       }
     }
     if (flags & O_TRUNC) {
@@ -821,21 +832,89 @@ Result<OpenReply> FileSystem::Open(uint64_t ino, int flags) {
   return OpenNodeLocked(node, flags);
 }
 
+namespace {
+
+// Runs an asynchronous call and waits for its one callback.
+template <typename T, typename Start>
+T Wait(Start&& start) {
+  std::promise<T> p;
+  auto f = p.get_future();
+  start([&p](T v) { p.set_value(std::move(v)); });
+  return f.get();
+}
+
+}  // namespace
+
 Result<size_t> FileSystem::Read(uint64_t fh, uint64_t offset, MutableByteView buf) {
-  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
-  if (h->of->image) {
-    ImageReader& img = *h->of->image;
-    if (offset >= img.size()) return size_t{0};
-    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), img.size() - offset));
-    RETURN_IF_ERROR(img.Read(offset, buf.first(n)));
-    return n;
+  return Wait<Result<size_t>>([&](SizeCallback cb) { ReadAsync(fh, offset, buf, std::move(cb)); });
+}
+
+Result<size_t> FileSystem::Write(uint64_t fh, uint64_t offset, ByteView data) {
+  return Wait<Result<size_t>>(
+      [&](SizeCallback cb) { WriteAsync(fh, offset, data, std::move(cb)); });
+}
+
+Status FileSystem::Fallocate(uint64_t fh, int mode, uint64_t offset, uint64_t length) {
+  return Wait<Status>(
+      [&](StatusCallback cb) { FallocateAsync(fh, mode, offset, length, std::move(cb)); });
+}
+
+Status FileSystem::Flush(uint64_t fh) {
+  return Wait<Status>([&](StatusCallback cb) { FlushAsync(fh, std::move(cb)); });
+}
+
+Status FileSystem::Fsync(uint64_t fh) {
+  return Wait<Status>([&](StatusCallback cb) { FsyncAsync(fh, std::move(cb)); });
+}
+
+void FileSystem::DropDisk(std::shared_ptr<Disk> disk) {
+  disk.reset();
+  { std::lock_guard lock(retire_mu_); }
+  retire_cv_.notify_all();
+}
+
+void FileSystem::WaitIdle(const std::shared_ptr<Disk>& disk) {
+  if (!disk) return;
+  std::unique_lock lock(retire_mu_);
+  // Synchronous users (lseek, setattr) drop their copies without a signal:
+  // look again now and then.
+  while (disk.use_count() > 1) retire_cv_.wait_for(lock, std::chrono::milliseconds(10));
+}
+
+void FileSystem::ReplaceDisk(OpenFile& of, std::shared_ptr<Disk> disk) {
+  std::shared_ptr<Disk> old;
+  {
+    std::lock_guard lock(of.mu);
+    old = std::exchange(of.disk, std::move(disk));
+    of.writable = true;
   }
-  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
-  uint64_t size = disk->size();
-  if (offset >= size) return size_t{0};
+  WaitIdle(old);
+}
+
+void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, MutableByteView buf, SizeCallback done) {
+  auto h = GetHandle(fh);
+  if (!h.ok()) return done(h.status());
+  (*h)->Used();
+  if ((*h)->of->image) {
+    ImageReader& img = *(*h)->of->image;
+    if (offset >= img.size()) return done(size_t{0});
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), img.size() - offset));
+    Status st = img.Read(offset, buf.first(n));
+    if (!st.ok()) return done(st);
+    return done(n);
+  }
+  auto disk = (*h)->of->CurrentDisk();
+  if (!disk.ok()) return done(disk.status());
+  uint64_t size = (*disk)->size();
+  if (offset >= size) return done(size_t{0});
   size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - offset));
-  RETURN_IF_ERROR(disk->Read(offset, buf.first(n)));
-  return n;
+  Disk* d = disk->get();
+  d->ReadAsync(offset, buf.first(n),
+               [this, disk = std::move(*disk), n, done = std::move(done)](Status st) mutable {
+                 DropDisk(std::move(disk));
+                 if (!st.ok()) return done(st);
+                 done(n);
+               });
 }
 
 Status FileSystem::GrowTo(OpenFile& of, uint64_t end) {
@@ -845,47 +924,72 @@ Status FileSystem::GrowTo(OpenFile& of, uint64_t end) {
   return disk->Resize(end, false);
 }
 
-Result<size_t> FileSystem::Write(uint64_t fh, uint64_t offset, ByteView data) {
-  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
-  if (h->of->image) return Status::ReadOnly("images under _base are read-only");
-  if (!h->write) return Status::PermissionDenied("the file is not open for writing");
-  if (offset + data.size() < offset) return Status::InvalidArgument("write past 2^64");
-  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
-  if (offset + data.size() > disk->size()) {
-    RETURN_IF_ERROR(GrowTo(*h->of, offset + data.size()));
+void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done) {
+  auto h = GetHandle(fh);
+  if (!h.ok()) return done(h.status());
+  (*h)->Used();
+  std::shared_ptr<OpenFile> of = (*h)->of;
+  if (of->image) return done(Status::ReadOnly("images under _base are read-only"));
+  if (!(*h)->write) return done(Status::PermissionDenied("the file is not open for writing"));
+  if (offset + data.size() < offset) return done(Status::InvalidArgument("write past 2^64"));
+  auto disk = of->CurrentDisk();
+  if (!disk.ok()) return done(disk.status());
+  if (offset + data.size() > (*disk)->size()) {
+    Status st = GrowTo(*of, offset + data.size());
+    if (!st.ok()) return done(st);
   }
-  RETURN_IF_ERROR(disk->Write(offset, data));
-  h->of->dirty = true;
-  return data.size();
+  Disk* d = disk->get();
+  size_t n = data.size();
+  d->WriteAsync(offset, data,
+                [this, disk = std::move(*disk), of = std::move(of), n,
+                 done = std::move(done)](Status st) mutable {
+                  DropDisk(std::move(disk));
+                  if (!st.ok()) return done(st);
+                  of->dirty = true;
+                  done(n);
+                });
 }
 
-Status FileSystem::Fallocate(uint64_t fh, int mode, uint64_t offset, uint64_t length) {
-  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
-  if (h->of->image) return Status::ReadOnly("images under _base are read-only");
-  if (!h->write) return Status::PermissionDenied("the file is not open for writing");
+void FileSystem::FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t length,
+                                StatusCallback done) {
+  auto h = GetHandle(fh);
+  if (!h.ok()) return done(h.status());
+  (*h)->Used();
+  std::shared_ptr<OpenFile> of = (*h)->of;
+  if (of->image) return done(Status::ReadOnly("images under _base are read-only"));
+  if (!(*h)->write) return done(Status::PermissionDenied("the file is not open for writing"));
   constexpr int kKnown = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
-  if (mode & ~kKnown) return Status::NotSupported("fallocate mode not supported");
+  if (mode & ~kKnown) return done(Status::NotSupported("fallocate mode not supported"));
   if ((mode & FALLOC_FL_PUNCH_HOLE) && !(mode & FALLOC_FL_KEEP_SIZE)) {
-    return Status::NotSupported("PUNCH_HOLE needs KEEP_SIZE");
+    return done(Status::NotSupported("PUNCH_HOLE needs KEEP_SIZE"));
   }
   if ((mode & FALLOC_FL_PUNCH_HOLE) && (mode & FALLOC_FL_ZERO_RANGE)) {
-    return Status::InvalidArgument("PUNCH_HOLE and ZERO_RANGE together");
+    return done(Status::InvalidArgument("PUNCH_HOLE and ZERO_RANGE together"));
   }
   uint64_t end = offset + length;
-  if (end < offset) return Status::InvalidArgument("range past 2^64");
-  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
-  if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
-    uint64_t stop = std::min(end, disk->size());
-    if (offset < stop) {
-      RETURN_IF_ERROR(disk->Discard(offset, stop - offset));
-      h->of->dirty = true;
-    }
+  if (end < offset) return done(Status::InvalidArgument("range past 2^64"));
+  auto disk = of->CurrentDisk();
+  if (!disk.ok()) return done(disk.status());
+  // Growth first: the grown part reads as zeros already, so only the part
+  // within the old size needs the discard.
+  uint64_t old_size = (*disk)->size();
+  if (!(mode & FALLOC_FL_KEEP_SIZE) && end > old_size) {
+    Status st = GrowTo(*of, end);
+    if (!st.ok()) return done(st);
+    of->dirty = true;
   }
-  if (!(mode & FALLOC_FL_KEEP_SIZE) && end > disk->size()) {
-    RETURN_IF_ERROR(GrowTo(*h->of, end));
-    h->of->dirty = true;
+  uint64_t stop = std::min(end, old_size);
+  if (!(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) || offset >= stop) {
+    return done(Status::OK());
   }
-  return Status::OK();
+  Disk* d = disk->get();
+  d->DiscardAsync(offset, stop - offset,
+                  [this, disk = std::move(*disk), of = std::move(of),
+                   done = std::move(done)](Status st) mutable {
+                    DropDisk(std::move(disk));
+                    if (st.ok()) of->dirty = true;
+                    done(st);
+                  });
 }
 
 Result<std::optional<uint64_t>> FileSystem::Lseek(uint64_t fh, uint64_t offset, int whence) {
@@ -894,6 +998,7 @@ Result<std::optional<uint64_t>> FileSystem::Lseek(uint64_t fh, uint64_t offset, 
   }
   bool want_data = whence == SEEK_DATA;
   ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  h->Used();
   if (h->of->image) {
     ImageReader& img = *h->of->image;
     uint64_t size = img.size();
@@ -927,29 +1032,44 @@ Result<std::optional<uint64_t>> FileSystem::Lseek(uint64_t fh, uint64_t offset, 
   return want_data ? std::optional<uint64_t>() : std::optional<uint64_t>(size);
 }
 
-Status FileSystem::Flush(uint64_t fh) {
-  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
-  if (h->of->image || !h->of->dirty.exchange(false)) return Status::OK();
-  ASSIGN_OR_RETURN(auto disk, h->of->CurrentDisk());
-  Status st = disk->Flush();
-  if (!st.ok()) h->of->dirty = true;
-  return st;
+void FileSystem::FlushAsync(uint64_t fh, StatusCallback done) {
+  auto h = GetHandle(fh);
+  if (!h.ok()) return done(h.status());
+  (*h)->closing = true;
+  std::shared_ptr<OpenFile> of = (*h)->of;
+  if (of->image || !of->dirty.exchange(false)) return done(Status::OK());
+  auto disk = of->CurrentDisk();
+  if (!disk.ok()) return done(disk.status());
+  Disk* d = disk->get();
+  d->FlushAsync([this, disk = std::move(*disk), of = std::move(of),
+                 done = std::move(done)](Status st) mutable {
+    DropDisk(std::move(disk));
+    if (!st.ok()) of->dirty = true;
+    done(st);
+  });
 }
 
-Status FileSystem::Fsync(uint64_t fh) {
-  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
-  if (h->of->image) return Status::OK();
+void FileSystem::FsyncAsync(uint64_t fh, StatusCallback done) {
+  auto h = GetHandle(fh);
+  if (!h.ok()) return done(h.status());
+  (*h)->Used();
+  std::shared_ptr<OpenFile> of = (*h)->of;
+  if (of->image) return done(Status::OK());
   std::shared_ptr<Disk> disk;
   {
-    std::lock_guard lock(h->of->mu);
-    if (!h->of->writable) return Status::OK();
-    disk = h->of->disk;
+    std::lock_guard lock(of->mu);
+    if (!of->writable) return done(Status::OK());
+    disk = of->disk;
   }
-  if (!disk) return Status::IOError("the disk is closed (unmounting)");
-  h->of->dirty = false;
-  Status st = disk->Flush();
-  if (!st.ok()) h->of->dirty = true;
-  return st;
+  if (!disk) return done(Status::IOError("the disk is closed (unmounting)"));
+  of->dirty = false;
+  Disk* d = disk.get();
+  d->FlushAsync([this, disk = std::move(disk), of = std::move(of),
+                 done = std::move(done)](Status st) mutable {
+    DropDisk(std::move(disk));
+    if (!st.ok()) of->dirty = true;
+    done(st);
+  });
 }
 
 void FileSystem::Release(uint64_t fh) {
@@ -973,6 +1093,7 @@ void FileSystem::Release(uint64_t fh) {
       std::lock_guard lock(h->of->mu);
       disk = std::move(h->of->disk);
     }
+    WaitIdle(disk);
     if (disk && h->of->dirty.exchange(false)) {
       Status st = disk->Flush();
       if (!st.ok()) {
@@ -1024,11 +1145,14 @@ Status FileSystem::Shutdown() {
       disk = std::move(of->disk);
       writable = of->writable;
     }
-    if (!disk || !writable) continue;
-    Status st = disk->Flush();
-    if (!st.ok()) {
-      spdlog::error("flushing {} at unmount: {}", disk->ref().ToString(), st.ToString());
-      if (first.ok()) first = st;
+    if (!disk) continue;
+    WaitIdle(disk);
+    if (writable) {
+      Status st = disk->Flush();
+      if (!st.ok()) {
+        spdlog::error("flushing {} at unmount: {}", disk->ref().ToString(), st.ToString());
+        if (first.ok()) first = st;
+      }
     }
   }
   return first;

@@ -27,6 +27,7 @@
 //              short sections, never across store calls or I/O.
 //   3. OpenFile::mu  guards one open file's Disk pointer; short sections only.
 // Disk I/O (read, write, discard, flush) runs with no lock of this class held.
+// retire_mu_ is a leaf: nothing else is acquired while it is held.
 #pragma once
 
 #include <sys/stat.h>
@@ -34,6 +35,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -60,9 +62,11 @@ struct FsOptions {
   // Page-cache policy for opens without O_DIRECT: true bypasses the page
   // cache (FOPEN_DIRECT_IO) for every open. O_DIRECT opens always bypass it.
   bool direct_io_always = false;
-  // How long unlink/rmdir/rename wait for releases of just-closed files that
-  // the kernel has sent but this class has not yet seen (close() returns
-  // before FUSE's RELEASE arrives) before answering EBUSY.
+  // unlink and rename of an open disk: a disk with a handle still in use
+  // is EBUSY at once. One whose every handle got its FLUSH (close(2)) with
+  // no request since is waiting for its RELEASE, which the kernel sends just
+  // after close() returns: they wait for it, at most this long (a dup'd
+  // descriptor or a mapping can keep a closed file open), then EBUSY.
   int release_grace_ms = 1000;
   uid_t uid = 0;  // owner of the directories (the mounting user)
   gid_t gid = 0;
@@ -162,6 +166,22 @@ class FileSystem {
   // fallocate(2): PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE discard; mode 0 grows
   // the file when the range passes its end and is otherwise a no-op.
   Status Fallocate(uint64_t fh, int mode, uint64_t offset, uint64_t length);
+
+  // Asynchronous forms of Read, Write, Fallocate, Flush and Fsync (the
+  // synchronous ones wait for these). The checks, and any growth of the disk,
+  // run before the call returns; the disk I/O itself is the disk's async form
+  // (Disk::ReadAsync...), so a remote disk keeps many requests in flight
+  // without a thread each. `done` is called exactly once, possibly before the
+  // call returns, possibly on the disk backend's completion thread: it must
+  // not block and must not call back into this class. `buf` and `data` must
+  // stay valid until `done` runs. Errors are as for the synchronous forms.
+  using SizeCallback = std::function<void(Result<size_t>)>;
+  using StatusCallback = std::function<void(Status)>;
+  void ReadAsync(uint64_t fh, uint64_t offset, MutableByteView buf, SizeCallback done);
+  void WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done);
+  void FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t length, StatusCallback done);
+  void FlushAsync(uint64_t fh, StatusCallback done);
+  void FsyncAsync(uint64_t fh, StatusCallback done);
   // lseek(2) for SEEK_DATA and SEEK_HOLE: the next offset at or after
   // `offset` that holds data (or is a hole; the end of the file counts as a
   // hole). nullopt when there is none: the kernel's ENXIO.
@@ -204,6 +224,13 @@ class FileSystem {
   Result<Entry> LookupDisk(const std::string& instance, std::string_view name);
   Status WaitUntilClosed(const std::shared_ptr<Node>& node, std::unique_lock<std::mutex>& ns_lock);
   Status GrowTo(OpenFile& of, uint64_t end);
+  // A disk taken out of an open file (close, upgrade to writable, unmount) is
+  // flushed and destroyed only once no asynchronous request holds it any
+  // more (WaitIdle), on the thread that took it out: never on a backend's
+  // completion thread, where the callbacks let go of it (DropDisk).
+  void WaitIdle(const std::shared_ptr<Disk>& disk);
+  void DropDisk(std::shared_ptr<Disk> disk);
+  void ReplaceDisk(OpenFile& of, std::shared_ptr<Disk> disk);
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags);
   void ForgetNameLocked(const std::string& key);
   void KeepInstance(const std::string& instance);
@@ -224,6 +251,8 @@ class FileSystem {
   std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_;  // GUARDED_BY(mu_)
   std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;  // GUARDED_BY(mu_)
   std::unordered_map<ImageId, uint64_t> parent_data_bytes_;        // GUARDED_BY(mu_)
+  std::mutex retire_mu_;  // leaf lock: with retire_cv_, an async request let go of its disk
+  std::condition_variable retire_cv_;
 };
 
 }  // namespace imgfs::fusefs

@@ -4,6 +4,7 @@
 #include <fuse_lowlevel.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdarg>
@@ -144,10 +145,6 @@ class Reply {
   void Buf(const void* data, size_t n) {
     done_ = true;
     fuse_reply_buf(req_, static_cast<const char*>(data), n);
-  }
-  void Write(size_t n) {
-    done_ = true;
-    fuse_reply_write(req_, n);
   }
   void Lseek(off_t off) {
     done_ = true;
@@ -332,42 +329,112 @@ void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   });
 }
 
-// One read buffer per worker thread, as large as the largest request seen.
-uint8_t* ReadBuffer(size_t size) {
-  thread_local std::unique_ptr<uint8_t[]> buf;
-  thread_local size_t cap = 0;
-  if (size > cap) {
-    buf.reset(new uint8_t[size]);
-    cap = size;
+// One request answered from an asynchronous completion: whoever replies
+// first (the completion, or the handler when it fails before handing the
+// request off) replies; every later attempt is ignored. Owns the request's
+// data buffer until the last of them lets go.
+class AsyncReply {
+ public:
+  AsyncReply(fuse_req_t req, const char* op) : req_(req), op_(op) {}
+
+  uint8_t* Buffer(size_t n) {
+    buf_.reset(new uint8_t[n]);
+    return buf_.get();
   }
-  return buf.get();
+  const uint8_t* data() const { return buf_.get(); }
+
+  void Err(int err) {
+    if (!replied_.exchange(true)) fuse_reply_err(req_, err);
+  }
+  void Fail(const Status& st) {
+    int err = st.ToErrno();
+    if (err == EIO || err == ENOMEM || err == ENOSPC) {
+      spdlog::error("{}: {}", op_, st.ToString());
+    } else {
+      spdlog::debug("{}: {}", op_, st.ToString());
+    }
+    Err(err ? err : EIO);
+  }
+  void Done(const Status& st) {
+    if (!st.ok()) return Fail(st);
+    Err(0);
+  }
+  void Buf(size_t n) {
+    if (!replied_.exchange(true)) fuse_reply_buf(req_, reinterpret_cast<char*>(buf_.get()), n);
+  }
+  void Write(size_t n) {
+    if (!replied_.exchange(true)) fuse_reply_write(req_, n);
+  }
+  const char* op() const { return op_; }
+
+ private:
+  fuse_req_t req_;
+  const char* op_;
+  std::atomic<bool> replied_{false};
+  std::unique_ptr<uint8_t[]> buf_;
+};
+
+// Starts an asynchronous FileSystem call; an exception before the request
+// is handed off replies ENOMEM or EIO (the completion then finds it answered).
+template <typename F>
+void HandleAsync(const std::shared_ptr<AsyncReply>& r, F&& start) {
+  try {
+    start();
+  } catch (const std::bad_alloc&) {
+    spdlog::error("{}: out of memory", r->op());
+    r->Err(ENOMEM);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: unexpected exception: {}", r->op(), e.what());
+    r->Err(EIO);
+  } catch (...) {
+    spdlog::error("{}: unexpected exception", r->op());
+    r->Err(EIO);
+  }
+}
+
+std::shared_ptr<AsyncReply> NewAsyncReply(fuse_req_t req, const char* op) {
+  try {
+    return std::make_shared<AsyncReply>(req, op);
+  } catch (...) {
+    fuse_reply_err(req, ENOMEM);
+    return nullptr;
+  }
 }
 
 void OnRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-  Handle(req, "read", [&](Reply& r) {
-    uint8_t* buf = ReadBuffer(size);
-    auto n = Fs(req).Read(fi->fh, static_cast<uint64_t>(off), MutableByteView(buf, size));
-    if (!n.ok()) return r.Fail(n.status());
-    r.Buf(buf, *n);
+  auto r = NewAsyncReply(req, "read");
+  if (!r) return;
+  HandleAsync(r, [&] {
+    uint8_t* buf = r->Buffer(size);
+    Fs(req).ReadAsync(fi->fh, static_cast<uint64_t>(off), MutableByteView(buf, size),
+                      [r](Result<size_t> n) {
+                        if (!n.ok()) return r->Fail(n.status());
+                        r->Buf(*n);
+                      });
   });
 }
 
 void OnWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off,
              fuse_file_info* fi) {
-  Handle(req, "write", [&](Reply& r) {
-    auto n = Fs(req).Write(fi->fh, static_cast<uint64_t>(off),
-                           ByteView(reinterpret_cast<const uint8_t*>(data), size));
-    if (!n.ok()) return r.Fail(n.status());
-    r.Write(*n);
+  auto r = NewAsyncReply(req, "write");
+  if (!r) return;
+  HandleAsync(r, [&] {
+    // The request's buffer belongs to the worker thread: copy what may
+    // outlive this handler.
+    uint8_t* buf = r->Buffer(size);
+    std::memcpy(buf, data, size);
+    Fs(req).WriteAsync(fi->fh, static_cast<uint64_t>(off), ByteView(buf, size),
+                       [r](Result<size_t> n) {
+                         if (!n.ok()) return r->Fail(n.status());
+                         r->Write(*n);
+                       });
   });
 }
 
 void OnFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  Handle(req, "flush", [&](Reply& r) {
-    Status st = Fs(req).Flush(fi->fh);
-    if (!st.ok()) return r.Fail(st);
-    r.Err(0);
-  });
+  auto r = NewAsyncReply(req, "flush");
+  if (!r) return;
+  HandleAsync(r, [&] { Fs(req).FlushAsync(fi->fh, [r](Status st) { r->Done(st); }); });
 }
 
 void OnRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
@@ -378,11 +445,9 @@ void OnRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void OnFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
-  Handle(req, "fsync", [&](Reply& r) {
-    Status st = Fs(req).Fsync(fi->fh);
-    if (!st.ok()) return r.Fail(st);
-    r.Err(0);
-  });
+  auto r = NewAsyncReply(req, "fsync");
+  if (!r) return;
+  HandleAsync(r, [&] { Fs(req).FsyncAsync(fi->fh, [r](Status st) { r->Done(st); }); });
 }
 
 void OnOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -432,12 +497,12 @@ void OnStatfs(fuse_req_t req, fuse_ino_t) {
 
 void OnFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
-  Handle(req, "fallocate", [&](Reply& r) {
-    if (offset < 0 || length <= 0) return r.Err(EINVAL);
-    Status st = Fs(req).Fallocate(fi->fh, mode, static_cast<uint64_t>(offset),
-                                  static_cast<uint64_t>(length));
-    if (!st.ok()) return r.Fail(st);
-    r.Err(0);
+  auto r = NewAsyncReply(req, "fallocate");
+  if (!r) return;
+  if (offset < 0 || length <= 0) return r->Err(EINVAL);
+  HandleAsync(r, [&] {
+    Fs(req).FallocateAsync(fi->fh, mode, static_cast<uint64_t>(offset),
+                           static_cast<uint64_t>(length), [r](Status st) { r->Done(st); });
   });
 }
 

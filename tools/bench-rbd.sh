@@ -25,7 +25,9 @@ if [[ ! -f "$build/build.ninja" ]]; then
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DIMGFS_BUILD_BENCH=ON -DIMGFS_BUILD_TESTS=OFF >/dev/null
 fi
-cmake --build "$build" --target rbd_disk_bench imgfs -- --quiet
+targets=(imgfs)
+[[ "${IMGFS_BENCH_RBD_SKIP_BACKEND:-0}" == 1 ]] || targets+=(rbd_disk_bench)
+cmake --build "$build" --target "${targets[@]}" -- --quiet
 bench="$build/tests/bench/rbd_disk_bench"
 imgfs="$build/tools/imgfs"
 

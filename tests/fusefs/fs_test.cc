@@ -355,6 +355,35 @@ TEST_CASE("unlink of an open disk is EBUSY; of a closed one removes it", "[fusef
   CHECK(Errno(fs.Lookup(kRootIno, "vm1").status()) == ENOENT);
 }
 
+TEST_CASE("unlink answers an open disk EBUSY at once and waits only for a RELEASE on its way",
+          "[fusefs]") {
+  Fixture f;
+  f.CreateDisk("vm1", "disk");
+  FsOptions opts = Opts();
+  // Long enough that waiting it out would show: neither case below may.
+  opts.release_grace_ms = 600'000;
+  FileSystem fs(*f.store, opts);
+  uint64_t vm1 = LookupIno(fs, kRootIno, "vm1");
+  uint64_t disk = LookupIno(fs, vm1, "disk");
+  auto o = fs.Open(disk, O_RDWR);
+  REQUIRE(o.ok());
+  REQUIRE(fs.Write(o->fh, 0, Bytes(4096, 1)).ok());
+  CHECK(Errno(fs.Unlink(vm1, "disk")) == EBUSY);
+  CHECK(Errno(fs.Rename(vm1, "disk", vm1, "disk2", 0)) == EBUSY);
+  // close(2): FLUSH now, RELEASE a moment later, from another thread.
+  REQUIRE(fs.Flush(o->fh).ok());
+  // I/O after the FLUSH (a dup'd descriptor): still open.
+  REQUIRE(fs.Write(o->fh, 0, Bytes(4096, 2)).ok());
+  CHECK(Errno(fs.Unlink(vm1, "disk")) == EBUSY);
+  REQUIRE(fs.Flush(o->fh).ok());
+  Status unlinked;
+  std::thread t([&] { unlinked = fs.Unlink(vm1, "disk"); });
+  fs.Release(o->fh);
+  t.join();
+  CHECK(unlinked.ok());
+  CHECK(Errno(fs.Lookup(vm1, "disk").status()) == ENOENT);
+}
+
 TEST_CASE("a read-only open upgrades to the write lock when a writer opens", "[fusefs]") {
   Fixture f;
   f.CreateDisk("vm1", "disk");

@@ -3,6 +3,7 @@
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -1063,6 +1064,36 @@ Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephO
 std::string RbdDiskName(const DiskRef& ref) { return ref.instance + "_" + ref.disk; }
 
 std::string RbdBaseName(const ImageId& id) { return std::string(kBasePrefix) + id.Hex(); }
+
+Status CheckRbdTarget(std::string_view target, const CephOptions* ceph) {
+  ASSIGN_OR_RETURN(auto c, Connect(target, ceph));
+  std::string apps(256, '\0');
+  size_t len = apps.size();
+  int r = rados_application_list(c->io, apps.data(), &len);
+  if (r == -ERANGE) {
+    apps.assign(len, '\0');
+    r = rados_application_list(c->io, apps.data(), &len);
+  }
+  if (r < 0) return Err(r, "ceph: reading the applications of pool " + c->pool);
+  bool rbd = false;
+  for (size_t at = 0; at < len && apps[at];) {
+    std::string name(apps.c_str() + at);
+    rbd = rbd || name == "rbd";
+    at += name.size() + 1;
+  }
+  if (!rbd) {
+    return Status::InvalidArgument("ceph: pool '" + c->pool +
+                                   "' is not an RBD pool (run 'rbd pool init " + c->pool + "')");
+  }
+  // The key may allow reading only: find out now, not on the first disk.
+  const std::string probe = "imgfs.init-probe." + std::to_string(getpid());
+  r = rados_write_full(c->io, probe.c_str(), "imgfs", 5);
+  if (r < 0) return Err(r, "ceph: writing to " + c->where);
+  if (r = rados_remove(c->io, probe.c_str()); r < 0) {
+    return Err(r, "ceph: removing the probe object " + probe + " in " + c->where);
+  }
+  return Status::OK();
+}
 
 Result<std::unique_ptr<DiskBackend>> CreateRbdDiskBackend(std::string_view target,
                                                           ImageSource* images,

@@ -39,6 +39,14 @@ Result<std::unique_ptr<DiskBackend>> CreateRbdDiskBackend(std::string_view targe
                                                           ImageSource* images,
                                                           const CephOptions* ceph);
 
+// Checks, before a store is configured with it (imgfs init), that `target`
+// can hold disks: the cluster answers within the client timeouts, the key is
+// accepted, the pool (and namespace) exist, the pool is enabled for the rbd
+// application, and this client may write to it. Leaves nothing behind.
+// OK, or the first failure as one line (Unavailable/TimedOut, PermissionDenied,
+// NotFound, InvalidArgument).
+Status CheckRbdTarget(std::string_view target, const CephOptions* ceph);
+
 // The RBD image name a disk lives in: "<instance>_<disk>".
 std::string RbdDiskName(const DiskRef& ref);
 // The RBD image an image is published as: "imgfs.base.<id>".

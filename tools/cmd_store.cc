@@ -1,6 +1,7 @@
 // imgfs init | stats | fsck | gc
 #include <iostream>
 
+#include "blockstore/rbd_disk.h"
 #include "blockstore/units.h"
 #include "cache/fsck.h"
 #include "cache/gc.h"
@@ -19,6 +20,7 @@ struct InitArgs {
   std::string chunks = "dir";
   std::string disks = "local";
   std::string ceph_conf, ceph_id, keyring;
+  int ceph_timeout = 20;
 };
 
 Outcome RunInit(const GlobalOptions& g, const InitArgs& a) {
@@ -35,7 +37,17 @@ Outcome RunInit(const GlobalOptions& g, const InitArgs& a) {
   c.ceph.conf_file = a.ceph_conf;
   c.ceph.client_id = a.ceph_id;
   c.ceph.keyring = a.keyring;
+  if (a.ceph_timeout <= 0) {
+    return {Status::InvalidArgument("--ceph-timeout must be a positive number of seconds")};
+  }
+  c.ceph.timeout_seconds = a.ceph_timeout;
   std::string path = StorePath(g);
+  if (c.disks.starts_with("rbd:")) {
+    // Nothing is created unless the cluster, the key and the pool work.
+    if (Status st = CheckRbdTarget(std::string_view(c.disks).substr(4), &c.ceph); !st.ok()) {
+      return {st.WithContext("disks " + c.disks)};
+    }
+  }
   Status s = Store::Init(path, c);
   if (!s.ok()) return {s};
   if (g.json) {
@@ -189,6 +201,8 @@ void RegisterStoreCommands(Cli& cli) {
   init->add_option("--ceph-conf", args->ceph_conf, "Ceph configuration file (default: $CEPH_CONF)");
   init->add_option("--ceph-id", args->ceph_id, "Ceph client name without 'client.' (default: admin)");
   init->add_option("--keyring", args->keyring, "Ceph keyring file");
+  init->add_option("--ceph-timeout", args->ceph_timeout,
+                   "Seconds before a Ceph cluster that does not answer is an error (default: 20)");
   init->callback([&cli, args] { cli.action = [&cli, args] { return RunInit(cli.global, *args); }; });
 
   auto* stats = cli.app.add_subcommand("stats", "Show what the store holds and saves");

@@ -107,35 +107,38 @@ done
 rbdc info "$P/h1_disk" >/dev/null 2>&1 && fail "h1_disk still in RBD"
 "$IMGFS" disk ls | grep -q "h1/" && fail "h1 still listed"
 
-# Bad input: clear one-line errors, in bounded time for a dead cluster.
-S3="$T/store3"
-IMGFS_STORE="$S3" "$IMGFS" init --disks "rbd:no-such-pool-$ns" "${ceph_args[@]}" >/dev/null 2>&1 || true
-if [[ -f "$S3/imgfs.json" ]]; then
-  expect_fail "missing pool" env IMGFS_STORE="$S3" "$IMGFS" disk info i1/disk
-else
-  expect_fail "missing pool" env IMGFS_STORE="$S3" "$IMGFS" init --disks "rbd:no-such-pool-$ns" "${ceph_args[@]}"
-fi
-expect_err_contains "does not exist"
+# Bad input: init checks the cluster, the key and the pool at once, with a
+# clear one-line error, and creates nothing; a dead cluster fails after the
+# client timeout (--ceph-timeout), never hangs.
+init_refused() {  # WHAT EXPECTED-TEXT INIT-ARGS...
+  local what="$1" text="$2" store="$T/refused"
+  shift 2
+  expect_fail "$what" env IMGFS_STORE="$store" "$IMGFS" init "$@"
+  expect_err_contains "$text"
+  [[ ! -e "$store" ]] || fail "$what: init left $store behind"
+}
+init_refused "missing pool" "pool 'no-such-pool-$ns' does not exist" \
+  --disks "rbd:no-such-pool-$ns" "${ceph_args[@]}"
+init_refused "missing namespace" "does not exist" \
+  --disks "rbd:${P%%/*}/no-such-ns-$ns" "${ceph_args[@]}"
+init_refused "a pool that is not for RBD" "is not an RBD pool" \
+  --disks "rbd:$IMGFS_CEPH_CHUNK_POOL" "${ceph_args[@]}"
 
 ceph-authtool --create-keyring "$T/bad.keyring" --gen-key -n "client.$IMGFS_CEPH_ID" >/dev/null
-S4="$T/store4"
-bad_args=(--ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$IMGFS_CEPH_ID" --keyring "$T/bad.keyring")
-IMGFS_STORE="$S4" "$IMGFS" init --disks "rbd:$P" "${bad_args[@]}" >/dev/null 2>&1 || true
-if [[ -f "$S4/imgfs.json" ]]; then
-  expect_fail "wrong key" env IMGFS_STORE="$S4" "$IMGFS" disk info i1/disk
-else
-  expect_fail "wrong key" env IMGFS_STORE="$S4" "$IMGFS" init --disks "rbd:$P" "${bad_args[@]}"
-fi
-expect_err_contains "Permission denied"
+init_refused "wrong key" "Permission denied" --disks "rbd:$P" \
+  --ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$IMGFS_CEPH_ID" --keyring "$T/bad.keyring"
+
+# A key that may only read the pool.
+ro="imgfs-ro-$ns"
+ceph -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
+  auth get-or-create "client.$ro" mon 'profile rbd' osd "profile rbd-read-only pool=${P%%/*}" >"$T/ro.keyring"
+on_exit "ceph -c '$IMGFS_CEPH_CONF' --id '$IMGFS_CEPH_ID' --keyring '$IMGFS_CEPH_KEYRING' auth del 'client.$ro' >/dev/null 2>&1"
+init_refused "read-only key" "writing to $P" --disks "rbd:$P" \
+  --ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$ro" --keyring "$T/ro.keyring"
 
 sed 's/^mon host = .*/mon host = [v2:127.0.0.1:9]/' "$IMGFS_CEPH_CONF" >"$T/dead.conf"
-S5="$T/store5"
-dead_args=(--ceph-conf "$T/dead.conf" --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING")
-IMGFS_STORE="$S5" "$IMGFS" init --disks "rbd:$P" "${dead_args[@]}" >/dev/null 2>&1 || true
-if [[ -f "$S5/imgfs.json" ]]; then
-  expect_fail "dead cluster" env IMGFS_STORE="$S5" "$IMGFS" disk info i1/disk
-else
-  expect_fail "dead cluster" env IMGFS_STORE="$S5" "$IMGFS" init --disks "rbd:$P" "${dead_args[@]}"
-fi
-expect_err_contains "connecting to the cluster"
+init_refused "dead cluster" "connecting to the cluster" --disks "rbd:$P" --ceph-timeout 3 \
+  --ceph-conf "$T/dead.conf" --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING"
+expect_fail "bad timeout" env IMGFS_STORE="$T/refused" "$IMGFS" init --disks "rbd:$P" \
+  --ceph-timeout 0 "${ceph_args[@]}"
 echo "rbd_disks: ok"

@@ -100,6 +100,11 @@ Status ParseOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs
         (key == "entry_timeout" ? fs->entry_timeout : fs->attr_timeout) = v;
       } else if (key == "default_permissions" || key == "rw") {
         // Always on / the default.
+      } else if (key == "defaults" || key == "auto" || key == "noauto" || key == "nofail" ||
+                 key == "_netdev" || key == "user" || key == "users" || key == "nouser" ||
+                 key == "comment" || key.starts_with("x-") || key == "pid_file" ||
+                 key == "log_file") {
+        // For mount(8) and systemd (/etc/fstab); pid_file and log_file: RunMount.
       } else {
         fuse->extra_options.push_back(opt);  // libfuse refuses what it does not know
       }
@@ -167,6 +172,15 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
     return Outcome{Status::NotFound("no store at " + StorePath(g) + ": run 'imgfs init'")};
   }
   MountArgs args = a;
+  // From /etc/fstab, where only -o reaches the command.
+  for (const auto& list : args.options) {
+    std::stringstream ss(list);
+    std::string opt;
+    while (std::getline(ss, opt, ',')) {
+      if (opt.starts_with("pid_file=")) args.pid_file = opt.substr(9);
+      if (opt.starts_with("log_file=")) args.log_file = opt.substr(9);
+    }
+  }
   if (!args.pid_file.empty() && args.pid_file[0] != '/') {
     char cwd[PATH_MAX];
     if (getcwd(cwd, sizeof cwd)) args.pid_file = std::string(cwd) + "/" + args.pid_file;
@@ -237,7 +251,9 @@ void RegisterMountCommand(Cli& cli) {
                    "memory; default 1/32 of RAM, 64M..1G), allow_shrink, allow_other, direct_io, "
                    "clone_fd, max_threads=N, max_write=N, max_background=N, splice_read, "
                    "splice_write, splice_move, writeback_cache, entry_timeout=S, "
-                   "attr_timeout=S, and libfuse's (e.g. max_read=N)")
+                   "attr_timeout=S, pid_file=PATH, log_file=PATH, and libfuse's (e.g. "
+                   "max_read=N); fstab's defaults, auto, noauto, nofail, _netdev, x-* are "
+                   "ignored")
       ->allow_extra_args(false);
   mount->add_option("--pid-file", args->pid_file, "Write the serving process's pid here");
   mount->add_option("--log-file", args->log_file,

@@ -1,10 +1,13 @@
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "blockstore/log.h"
 #include "blockstore/units.h"
@@ -23,6 +26,18 @@ void PrintJson(const nlohmann::json& j) { std::cout << j.dump() << std::endl; }
 bool ShowProgress(const GlobalOptions& g) { return !g.quiet && isatty(STDERR_FILENO); }
 
 namespace {
+bool IsSubcommand(const CLI::App& app, const std::string& name) {
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    if (sub->check_name(name)) return true;
+  }
+  return false;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -82,8 +97,23 @@ int main(int argc, char** argv) {
   RegisterDiskCommands(cli);
   RegisterMountCommand(cli);
 
+  // mount(8) with an /etc/fstab line "STORE MOUNTPOINT fuse.imgfs OPTIONS"
+  // runs mount.fuse3, which runs "imgfs STORE MOUNTPOINT -o OPTIONS": that is
+  // "imgfs --store STORE mount MOUNTPOINT -o OPTIONS".
+  std::vector<std::string> args(argv, argv + argc);
+  if (args.size() >= 3 && args[1][0] != '-' && args[2][0] != '-' &&
+      !IsSubcommand(cli.app, args[1]) && IsDirectory(args[1])) {
+    args = [&] {
+      std::vector<std::string> a = {args[0], "--store", args[1], "mount", args[2]};
+      a.insert(a.end(), args.begin() + 3, args.end());
+      return a;
+    }();
+  }
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
+
   try {
-    cli.app.parse(argc, argv);
+    cli.app.parse(static_cast<int>(cargs.size()), cargs.data());
   } catch (const CLI::CallForHelp& e) {
     return cli.app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -118,7 +119,8 @@ class FlockGuard {
 
 }  // namespace
 
-Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string& root_in) {
+Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string& root_in,
+                                                               PublishMode mode) {
   std::string root = root_in;
   while (root.size() > 1 && root.back() == '/') root.pop_back();
   if (root.empty()) return Status::InvalidArgument("dir chunk backend: empty path");
@@ -167,6 +169,9 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
         /*sync=*/true, &tmp));
     RETURN_IF_ERROR(backend->Publish(tmp, format_path, /*replace=*/true, /*sync=*/true));
   }
+  const char* forced = std::getenv("IMGFS_DIR_PUBLISH");
+  if (forced != nullptr && std::string_view(forced) == "rename") mode = PublishMode::kRename;
+  backend->tmpfile_ = mode == PublishMode::kAuto && backend->ProbeTmpfile();
   auto cleaned = backend->CleanTemp(kStaleTempAge);
   if (!cleaned.ok()) return cleaned.status();
   return backend;
@@ -238,6 +243,56 @@ Status DirChunkBackend::Publish(const std::string& tmp, const std::string& dest,
   return sync ? FsyncDir(parent) : Status::OK();
 }
 
+namespace {
+
+// "/proc/self/fd/N": the name linkat(2) follows to give an O_TMPFILE file a name.
+struct ProcFdPath {
+  explicit ProcFdPath(int fd) { std::snprintf(buf, sizeof buf, "/proc/self/fd/%d", fd); }
+  char buf[32];
+};
+
+}  // namespace
+
+bool DirChunkBackend::ProbeTmpfile() {
+  std::string dir = TempDir();
+  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644));
+  if (!fd.valid()) return false;
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char name[96];
+  std::snprintf(name, sizeof name, "/%d.probe.%016llx.tmp", static_cast<int>(::getpid()),
+                static_cast<unsigned long long>(rng()));
+  std::string path = dir + name;
+  if (::linkat(AT_FDCWD, ProcFdPath(fd.get()).buf, AT_FDCWD, path.c_str(), AT_SYMLINK_FOLLOW) !=
+      0) {
+    return false;
+  }
+  ::unlink(path.c_str());
+  return true;
+}
+
+Status DirChunkBackend::PublishLinked(const std::string& dest, ByteView data) {
+  std::string parent = ParentOf(dest);
+  UniqueFd fd;
+  for (int attempt = 0;; ++attempt) {
+    fd = UniqueFd(::open(parent.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644));
+    if (fd.valid()) break;
+    if (errno == ENOENT && attempt == 0) {
+      RETURN_IF_ERROR(MakeDir(parent, /*sync=*/false));
+      continue;
+    }
+    return Status::FromErrno(errno, "create temp file in " + parent);
+  }
+  RETURN_IF_ERROR(WriteAll(fd.get(), data, dest));
+  if (::linkat(AT_FDCWD, ProcFdPath(fd.get()).buf, AT_FDCWD, dest.c_str(), AT_SYMLINK_FOLLOW) !=
+      0) {
+    int err = errno;
+    if (err == EEXIST) return Status::AlreadyExists(dest + " already exists");
+    return Status::FromErrno(err, "publish " + dest);
+  }
+  if (::close(fd.release()) != 0) return Status::FromErrno(errno, "close " + dest);
+  return Status::OK();
+}
+
 Status DirChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) {
   RETURN_IF_ERROR(ValidateObjectId(id));
   std::string dest = ObjectPath(kind, id);
@@ -248,6 +303,12 @@ Status DirChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteVi
                                  " already exists");
   };
   if (::access(dest.c_str(), F_OK) == 0) return exists();
+  if (tmpfile_) {
+    Status s = PublishLinked(dest, data);
+    if (s.IsAlreadyExists()) return exists();
+    if (s.ok()) unsynced_.store(true);
+    return s;
+  }
   std::string tmp;
   RETURN_IF_ERROR(WriteTemp(data, /*sync=*/false, &tmp));
   Status s = Publish(tmp, dest, /*replace=*/false, /*sync=*/false);

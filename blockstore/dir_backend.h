@@ -8,9 +8,17 @@
 //   PATH/records.lock                   flock'ed around record updates
 //   PATH/tmp/                           temporary files being written
 //
-// Publishing an object: write tmp/<unique>.tmp, renameat2 it into place with
-// RENAME_NOREPLACE (link(2) + unlink where the file system lacks it). A reader
-// therefore sees a whole object or none. Durability is batched: Sync() is one
+// Publishing an object: where the file system supports O_TMPFILE, an unnamed
+// file is opened in the object's own shard directory, written, and given its
+// name with linkat(2) ("/proc/self/fd/N", AT_SYMLINK_FOLLOW), which never
+// replaces an existing name (EEXIST: already stored). No name in tmp/ is
+// shared by all writers and nothing is renamed across directories, and a
+// writer killed before linkat leaves nothing behind (docs/performance.md has
+// the measurement). Elsewhere (O_TMPFILE or /proc missing, found by a probe
+// in Open): write tmp/<unique>.tmp and renameat2 it into place with
+// RENAME_NOREPLACE (link(2) + unlink where the file system lacks it).
+// Records always use the temp + rename path. A reader therefore sees a whole
+// object or none. Durability is batched: Sync() is one
 // syncfs(2) of the file system holding PATH (one device flush instead of one
 // fsync per chunk: docs/formats.md has the measurement); a crash before it may
 // leave objects damaged, which reads detect and a later put repairs. Removal
@@ -39,11 +47,17 @@ class DirChunkBackend : public ChunkBackend {
  public:
   static constexpr std::chrono::seconds kStaleTempAge{3600};
 
+  // How objects are published (see above). kAuto uses O_TMPFILE + linkat when
+  // a probe in Open shows it works, else kRename; the environment variable
+  // IMGFS_DIR_PUBLISH=rename forces kRename (for measurements).
+  enum class PublishMode { kAuto, kRename };
+
   // Opens the backend at `root`, creating the directory (not its parents) and
   // the layout when missing or empty. InvalidArgument if `root` is a non-empty
   // directory that is not a dir backend, or has another format version.
   // Removes stale temp files.
-  static Result<std::shared_ptr<DirChunkBackend>> Open(const std::string& root);
+  static Result<std::shared_ptr<DirChunkBackend>> Open(const std::string& root,
+                                                       PublishMode mode = PublishMode::kAuto);
   ~DirChunkBackend() override;
   DirChunkBackend(const DirChunkBackend&) = delete;
   DirChunkBackend& operator=(const DirChunkBackend&) = delete;
@@ -71,6 +85,8 @@ class DirChunkBackend : public ChunkBackend {
   // Where object (kind, id) lives; the id must be valid. For tests and fsck.
   std::string ObjectPath(ObjectKind kind, std::string_view id) const;
   std::string TempDir() const { return root_ + "/tmp"; }
+  // True when objects are published with O_TMPFILE + linkat.
+  bool uses_tmpfile() const { return tmpfile_; }
   // Removes files in tmp/ last modified more than `min_age` ago; returns how
   // many it removed.
   Result<int> CleanTemp(std::chrono::seconds min_age);
@@ -85,6 +101,11 @@ class DirChunkBackend : public ChunkBackend {
   // AlreadyExists when !replace and `dest` exists; the temp file is removed
   // in every case.
   Status Publish(const std::string& tmp, const std::string& dest, bool replace, bool sync);
+  // Writes `data` to an O_TMPFILE file in dest's directory (created if
+  // missing) and links it at `dest`; AlreadyExists when `dest` exists.
+  Status PublishLinked(const std::string& dest, ByteView data);
+  // Whether O_TMPFILE + linkat through /proc works in tmp/.
+  bool ProbeTmpfile();
   std::string RecordPath(std::string_view key) const {
     return root_ + "/records/" + std::string(key);
   }
@@ -95,6 +116,7 @@ class DirChunkBackend : public ChunkBackend {
   std::mutex records_mu_;   // serialises record updates within the process
   std::atomic<uint64_t> temp_seq_{0};
   std::atomic<bool> unsynced_{false};  // objects changed since the last Sync
+  bool tmpfile_ = false;               // set in Open, constant afterwards
 };
 
 }  // namespace imgfs

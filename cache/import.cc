@@ -5,10 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <nlohmann/json.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
@@ -25,6 +27,15 @@ bool VmdkCreateTypeAllowed(const std::string& t) {
   return t == "monolithicSparse" || t == "streamOptimized";
 }
 
+// Threads that read, hash and store chunks: one per CPU, 1 to 4, or
+// IMGFS_IMPORT_THREADS (1 to 64) to measure other counts.
+unsigned ImportThreads() {
+  if (const char* v = std::getenv("IMGFS_IMPORT_THREADS"); v != nullptr && *v != '\0') {
+    return static_cast<unsigned>(std::clamp(std::atoi(v), 1, 64));
+  }
+  return std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+}
+
 bool Cancelled(const ImportOptions& o) { return o.cancel && o.cancel->load(); }
 
 // Reads exactly buf.size() bytes at `offset` unless EOF comes first; returns
@@ -32,8 +43,8 @@ bool Cancelled(const ImportOptions& o) { return o.cancel && o.cancel->load(); }
 Result<size_t> PreadFull(int fd, uint64_t offset, MutableByteView buf) {
   size_t done = 0;
   while (done < buf.size()) {
-    ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done,
-                        static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno(errno, "read");
@@ -88,10 +99,10 @@ Result<SourceInfo> Inspect(const std::string& path, const std::string& requested
   argv.push_back(path);
   ASSIGN_OR_RETURN(ProcessResult r, RunProcess(argv, cancel));
   if (r.exit_code != 0) {
-    return Status::InvalidArgument("'" + path + "' is not a readable " +
-                                   (requested == "auto" ? std::string("disk image")
-                                                        : requested + " image") +
-                                   ": " + FirstLine(r.err));
+    return Status::InvalidArgument(
+        "'" + path + "' is not a readable " +
+        (requested == "auto" ? std::string("disk image") : requested + " image") + ": " +
+        FirstLine(r.err));
   }
   nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("format")) {
@@ -137,6 +148,114 @@ const std::vector<std::string>& SupportedFormats() {
   return kFormats;
 }
 
+namespace {
+
+// Keeps up to `window` chunk puts in flight through ChunkStore::PutAsync, each
+// with a buffer of its own (so memory is bounded by window * chunk size).
+// Over a backend with native asynchronous puts (rados) the puts overlap the
+// backend's latency; over one without (dir) PutAsync completes inline and
+// this is a plain loop per thread. Every put's error is kept (the first one
+// is returned by Finish); ids go to the manifest slot given with each put.
+// Thread-safe.
+class PutWindow {
+ public:
+  PutWindow(ChunkStore& store, size_t window, Manifest* m)
+      : store_(store), manifest_(m), buffers_(window) {
+    for (auto& b : buffers_) {
+      b.resize(store.chunk_size());
+      free_.push_back(&b);
+    }
+  }
+
+  // A free buffer, waiting for one; nullptr once a put has failed.
+  Bytes* Acquire() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !free_.empty() || !error_.ok(); });
+    if (!error_.ok()) return nullptr;
+    Bytes* b = free_.back();
+    free_.pop_back();
+    return b;
+  }
+
+  // Puts (*buf)[0, len) and stores its id in chunk slot `slot`; the buffer
+  // comes back to the pool when the put completes. When `grow`, the slot is
+  // appended to the manifest first (streams, whose size is unknown).
+  void Put(Bytes* buf, size_t len, size_t slot, bool grow = false) {
+    {
+      std::lock_guard lock(mu_);
+      if (grow) manifest_->chunks.resize(slot + 1, ChunkId::Hole());
+      ++in_flight_;
+    }
+    store_.PutAsync(ByteView(buf->data(), len),
+                    [this, buf, len, slot](Result<ChunkStore::PutResult> r) {
+                      std::lock_guard lock(mu_);
+                      if (r.ok()) {
+                        manifest_->chunks[slot] = r->id;
+                        if (r->stored) new_bytes_ += len;
+                        done_bytes_ += len;
+                      } else if (error_.ok()) {
+                        error_ = r.status();
+                      }
+                      free_.push_back(buf);
+                      --in_flight_;
+                      cv_.notify_all();
+                    });
+  }
+
+  // Returns a buffer not handed to Put.
+  void Release(Bytes* buf) {
+    std::lock_guard lock(mu_);
+    free_.push_back(buf);
+    cv_.notify_all();
+  }
+
+  void Fail(Status s) {
+    std::lock_guard lock(mu_);
+    if (error_.ok()) error_ = std::move(s);
+    cv_.notify_all();
+  }
+
+  bool failed() {
+    std::lock_guard lock(mu_);
+    return !error_.ok();
+  }
+
+  uint64_t done_bytes() {
+    std::lock_guard lock(mu_);
+    return done_bytes_;
+  }
+
+  // Waits for every put started; the first error, if any.
+  Status Finish(uint64_t* new_bytes) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_ == 0; });
+    *new_bytes = new_bytes_;
+    return error_;
+  }
+
+ private:
+  ChunkStore& store_;
+  Manifest* manifest_;
+  std::vector<Bytes> buffers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Bytes*> free_;  // GUARDED_BY(mu_), as everything below
+  size_t in_flight_ = 0;
+  uint64_t new_bytes_ = 0, done_bytes_ = 0;
+  Status error_;
+};
+
+// Puts in flight at once: 32 chunks, at most 64 MiB of buffers, at least one
+// per thread; IMGFS_IMPORT_WINDOW (1 to 256) to measure others.
+size_t PutWindowSize(uint64_t chunk_size, unsigned threads) {
+  if (const char* v = std::getenv("IMGFS_IMPORT_WINDOW"); v != nullptr && *v != '\0') {
+    return std::max<size_t>(threads, static_cast<size_t>(std::clamp(std::atoi(v), 1, 256)));
+  }
+  return std::max<size_t>(threads, std::clamp<uint64_t>((64u << 20) / chunk_size, 1, 32));
+}
+
+}  // namespace
+
 Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t size,
                                  const ImportOptions& options) {
   ASSIGN_OR_RETURN(auto gc_lock, store.LockShared());
@@ -145,14 +264,8 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
   Manifest m;
   m.chunk_size = static_cast<uint32_t>(cs);
   ImportResult result;
-  Bytes buf(cs);
-
-  auto put = [&](size_t len) -> Status {
-    ASSIGN_OR_RETURN(ChunkStore::PutResult pr, chunks.Put(ByteView(buf.data(), len)));
-    if (pr.stored) result.new_bytes += len;
-    m.chunks.push_back(pr.id);
-    return Status::OK();
-  };
+  const unsigned threads = seekable ? ImportThreads() : 1;
+  PutWindow window(chunks, PutWindowSize(cs, threads), &m);
 
   if (seekable) {
     m.size = size;
@@ -174,56 +287,65 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
       for (uint64_t i = first; i <= last; ++i) todo.push_back(i);
       pos = (last + 1) * cs;
     }
-    // Reading, hashing and storing run on a few threads; each chunk's id goes
-    // to its own slot of the manifest.
-    const unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+    uint64_t todo_bytes = 0;
+    for (uint64_t i : todo) todo_bytes += std::min<uint64_t>(cs, size - i * cs);
+    // Reading and hashing run on a few threads (PutAsync hashes on the
+    // calling thread); each chunk's id goes to its own slot of the manifest.
     std::atomic<size_t> next{0};
-    std::atomic<uint64_t> new_bytes{0}, done_bytes{0};
-    std::atomic<bool> failed{false};
-    std::mutex err_mu;
-    Status first_error;
-    auto fail = [&](Status st) {
-      std::lock_guard lock(err_mu);
-      if (first_error.ok()) first_error = std::move(st);
-      failed.store(true);
-    };
     auto work = [&](bool report) {
-      Bytes chunk(cs);
-      while (!failed.load()) {
+      while (Bytes* buf = window.Acquire()) {
         size_t k = next.fetch_add(1);
-        if (k >= todo.size()) break;
-        if (Cancelled(options)) return fail(Status::IOError("import interrupted"));
+        if (k >= todo.size()) {
+          window.Release(buf);
+          break;
+        }
+        if (Cancelled(options)) {
+          window.Release(buf);
+          return window.Fail(Status::IOError("import interrupted"));
+        }
         uint64_t off = todo[k] * cs;
         size_t len = static_cast<size_t>(std::min<uint64_t>(cs, size - off));
-        auto n = PreadFull(fd, off, MutableByteView(chunk.data(), len));
-        if (!n.ok()) return fail(n.status().WithContext("read source"));
-        if (*n < len) std::fill(chunk.begin() + *n, chunk.begin() + len, 0);
-        auto pr = chunks.Put(ByteView(chunk.data(), len));
-        if (!pr.ok()) return fail(pr.status());
-        m.chunks[todo[k]] = pr->id;
-        if (pr->stored) new_bytes += len;
-        uint64_t done = done_bytes += len;
-        if (report && options.progress) options.progress(done, size);
+        auto n = PreadFull(fd, off, MutableByteView(buf->data(), len));
+        if (!n.ok()) {
+          window.Release(buf);
+          return window.Fail(n.status().WithContext("read source"));
+        }
+        if (*n < len) std::fill(buf->begin() + *n, buf->begin() + len, 0);
+        window.Put(buf, len, todo[k]);
+        if (report && options.progress) options.progress(window.done_bytes(), todo_bytes);
       }
     };
     std::vector<std::thread> pool;
     for (unsigned t = 1; t < threads && t < todo.size(); ++t) pool.emplace_back(work, false);
     work(true);
     for (auto& t : pool) t.join();
-    if (failed.load()) return first_error;
-    result.new_bytes = new_bytes.load();
   } else {
-    for (;;) {
-      if (Cancelled(options)) return Status::IOError("import interrupted");
-      ASSIGN_OR_RETURN(size_t n, ReadFull(fd, MutableByteView(buf.data(), cs)));
-      if (n == 0) break;
-      RETURN_IF_ERROR(put(n));
-      m.size += n;
+    size_t slot = 0;
+    while (Bytes* buf = window.Acquire()) {
+      if (Cancelled(options)) {
+        window.Release(buf);
+        window.Fail(Status::IOError("import interrupted"));
+        break;
+      }
+      auto n = ReadFull(fd, MutableByteView(buf->data(), cs));
+      if (!n.ok()) {
+        window.Release(buf);
+        window.Fail(n.status().WithContext("read source"));
+        break;
+      }
+      if (*n == 0) {
+        window.Release(buf);
+        break;
+      }
+      m.size += *n;
+      window.Put(buf, *n, slot++, /*grow=*/true);
       if (options.progress) options.progress(m.size, 0);
-      if (n < cs) break;
+      if (*n < cs) break;
     }
-    if (m.size == 0) return Status::InvalidArgument("the input stream is empty");
   }
+  // Every put has completed (or failed) before anything refers to the chunks.
+  RETURN_IF_ERROR(window.Finish(&result.new_bytes));
+  if (!seekable && m.size == 0) return Status::InvalidArgument("the input stream is empty");
   if (options.progress) options.progress(m.size, m.size);
   // PutManifest syncs the chunks before the manifest that references them.
   ASSIGN_OR_RETURN(ImageId id, PutManifest(store.backend(), m));
@@ -287,9 +409,9 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
   // A truncated or damaged container can convert "successfully" with zeros
   // in place of the missing data; qemu-img check catches that. Exit 3 means
   // leaked clusters only (harmless), 63 that the format has no checker.
-  ASSIGN_OR_RETURN(ProcessResult check,
-                   RunProcess({"qemu-img", "check", "-U", "-f", info.format, "--", source},
-                              options.cancel));
+  ASSIGN_OR_RETURN(
+      ProcessResult check,
+      RunProcess({"qemu-img", "check", "-U", "-f", info.format, "--", source}, options.cancel));
   if (check.exit_code == 1 || check.exit_code == 2) {
     std::string why = FirstLine(check.err);
     if (why.empty()) why = FirstLine(check.out);
@@ -300,16 +422,15 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
   TempFile tmp(store.tmp_dir());
   spdlog::info("converting {} ({}) to raw in {}", source, info.format, tmp.path());
   ASSIGN_OR_RETURN(ProcessResult conv,
-                   RunProcess({"qemu-img", "convert", "-U", "-f", info.format, "-O", "raw",
-                               "-S", "4k", "--", source, tmp.path()},
+                   RunProcess({"qemu-img", "convert", "-U", "-f", info.format, "-O", "raw", "-S",
+                               "4k", "--", source, tmp.path()},
                               options.cancel));
   if (conv.exit_code != 0) {
     std::string why = FirstLine(conv.err);
     if (why.find("No space left") != std::string::npos) {
       return Status::NoSpace("converting '" + source + "' failed: " + why);
     }
-    return Status::InvalidArgument("cannot convert '" + source + "' (" + info.format +
-                                   "): " + why);
+    return Status::InvalidArgument("cannot convert '" + source + "' (" + info.format + "): " + why);
   }
   UniqueFd fd(::open(tmp.path().c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return Status::FromErrno(errno, "open " + tmp.path());

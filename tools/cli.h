@@ -60,6 +60,8 @@ class Progress {
   Progress(bool enabled, std::string label, uint64_t total);
   ~Progress();
   void Update(uint64_t done);
+  // Sets the total (0: unknown, then no bar and no time left are shown).
+  void SetTotal(uint64_t total) { total_ = total; }
   void Finish();
 
  private:

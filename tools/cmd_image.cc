@@ -68,7 +68,7 @@ Outcome RunImport(const GlobalOptions& g, const ImportArgs& a) {
   Progress bar(ShowProgress(g), "import", 0);
   if (ShowProgress(g)) {
     o.progress = [&bar](uint64_t done, uint64_t total) {
-      (void)total;
+      bar.SetTotal(total);
       bar.Update(done);
     };
   }

@@ -53,12 +53,20 @@ Progress::~Progress() { Finish(); }
 void Progress::Update(uint64_t done) {
   if (!enabled_ || finished_) return;
   int64_t now = NowNs();
-  if (now - last_draw_ns_ < 100'000'000 && done < total_) return;
+  bool last = total_ > 0 && done >= total_;
+  if (now - last_draw_ns_ < 100'000'000 && !last) return;
   last_draw_ns_ = now;
   double secs = static_cast<double>(now - start_ns_) / 1e9;
   double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+  std::string rate_s = FormatSizeHuman(static_cast<uint64_t>(rate)) + "/s";
+  if (total_ == 0) {  // a stream: no bar, no time left
+    std::fprintf(stderr, "\r%s %s  %s   ", label_.c_str(), FormatSizeHuman(done).c_str(),
+                 rate_s.c_str());
+    std::fflush(stderr);
+    return;
+  }
   int width = 30;
-  int filled = total_ ? static_cast<int>(width * std::min<double>(1.0, double(done) / total_)) : 0;
+  int filled = static_cast<int>(width * std::min<double>(1.0, double(done) / total_));
   std::string bar(filled, '#');
   bar.resize(width, '.');
   std::string eta = "--";
@@ -66,9 +74,9 @@ void Progress::Update(uint64_t done) {
     int64_t left = static_cast<int64_t>(static_cast<double>(total_ - done) / rate);
     eta = std::to_string(left / 60) + "m" + std::to_string(left % 60) + "s";
   }
-  std::fprintf(stderr, "\r%s [%s] %s / %s  %s/s  eta %s   ", label_.c_str(), bar.c_str(),
-               FormatSizeHuman(done).c_str(), FormatSizeHuman(total_).c_str(),
-               FormatSizeHuman(static_cast<uint64_t>(rate)).c_str(), eta.c_str());
+  std::fprintf(stderr, "\r%s [%s] %s / %s  %s  %s left   ", label_.c_str(), bar.c_str(),
+               FormatSizeHuman(done).c_str(), FormatSizeHuman(total_).c_str(), rate_s.c_str(),
+               eta.c_str());
   std::fflush(stderr);
 }
 

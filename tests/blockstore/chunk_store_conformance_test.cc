@@ -52,12 +52,26 @@ class MemHarness : public BackendHarness {
   std::shared_ptr<MemChunkBackend> backend_ = std::make_shared<MemChunkBackend>();
 };
 
+// The dir backend as it opens by default (O_TMPFILE + linkat where the file
+// system has them), or forced to publish with temp files + rename (the
+// fallback for file systems without O_TMPFILE).
 class DirHarness : public BackendHarness {
  public:
-  DirHarness() { REQUIRE(DirChunkBackend::Open(root_).ok()); }
-  std::string name() const override { return "dir"; }
+  explicit DirHarness(bool rename = false)
+      : mode_(rename ? DirChunkBackend::PublishMode::kRename
+                     : DirChunkBackend::PublishMode::kAuto) {
+    REQUIRE(DirChunkBackend::Open(root_, mode_).ok());
+  }
+  std::string name() const override {
+    return mode_ == DirChunkBackend::PublishMode::kRename ? "dir-rename" : "dir";
+  }
   std::shared_ptr<ChunkBackend> Open() override {
-    auto b = CreateChunkBackend("dir:" + root_);
+    if (mode_ == DirChunkBackend::PublishMode::kAuto) {
+      auto b = CreateChunkBackend("dir:" + root_);
+      REQUIRE(b.status() == Status::OK());
+      return *b;
+    }
+    auto b = DirChunkBackend::Open(root_, mode_);
     REQUIRE(b.status() == Status::OK());
     return *b;
   }
@@ -82,6 +96,7 @@ class DirHarness : public BackendHarness {
  private:
   testing::TempDir dir_;
   std::string root_ = dir_.path() + "/chunks";
+  DirChunkBackend::PublishMode mode_;
 };
 
 // The rados backend on the test cluster (tools/test.sh exports IMGFS_CEPH_*),
@@ -147,6 +162,7 @@ const std::vector<std::pair<std::string, HarnessFactory>>& AllBackends() {
     auto* v = new std::vector<std::pair<std::string, HarnessFactory>>{
         {"mem", [] { return std::make_unique<MemHarness>(); }},
         {"dir", [] { return std::make_unique<DirHarness>(); }},
+        {"dir-rename", [] { return std::make_unique<DirHarness>(/*rename=*/true); }},
     };
     if (getenv("IMGFS_CEPH_CONF")) v->push_back({"rados", [] { return MakeRadosHarness(); }});
     return v;

@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "blockstore/chunk_store.h"
+#include "blockstore/hash.h"
 #include "tests/blockstore/test_util.h"
 
 namespace imgfs {
@@ -45,6 +46,48 @@ TEST_CASE("dir backend: objects are sharded by the first two hex digits", "[dir_
   CHECK(fs::exists(root + "/records/names/x"));
   CHECK(fs::is_empty(root + "/tmp"));
   CHECK((*b)->Describe() == "dir:" + root);
+}
+
+TEST_CASE("dir backend: objects are published with O_TMPFILE + linkat, or temp + rename",
+          "[dir_backend]") {
+  testing::TempDir tmp;
+  std::string root = tmp.path() + "/chunks";
+  // The test machines' file systems (ext4, tmpfs, xfs, btrfs) all have O_TMPFILE.
+  auto linked = DirChunkBackend::Open(root);
+  REQUIRE(linked.status() == Status::OK());
+  CHECK((*linked)->uses_tmpfile());
+  auto renamed = DirChunkBackend::Open(root, DirChunkBackend::PublishMode::kRename);
+  REQUIRE(renamed.status() == Status::OK());
+  CHECK_FALSE((*renamed)->uses_tmpfile());
+  ::setenv("IMGFS_DIR_PUBLISH", "rename", 1);
+  auto forced = DirChunkBackend::Open(root);
+  ::unsetenv("IMGFS_DIR_PUBLISH");
+  REQUIRE(forced.status() == Status::OK());
+  CHECK_FALSE((*forced)->uses_tmpfile());
+
+  Bytes a = testing::RandomBytes(4096, 11), b = testing::RandomBytes(4096, 12);
+  std::string ida = Hash128(a).Hex(), idb = Hash128(b).Hex();
+  REQUIRE((*linked)->PutIfAbsent(ObjectKind::kChunk, ida, a) == Status::OK());
+  REQUIRE((*renamed)->PutIfAbsent(ObjectKind::kChunk, idb, b) == Status::OK());
+  // Neither replaces an object the other stored.
+  CHECK((*renamed)->PutIfAbsent(ObjectKind::kChunk, ida, b).IsAlreadyExists());
+  CHECK((*linked)->PutIfAbsent(ObjectKind::kChunk, idb, a).IsAlreadyExists());
+  Bytes got;
+  REQUIRE((*linked)->Get(ObjectKind::kChunk, ida, &got) == Status::OK());
+  CHECK(got == a);
+  REQUIRE((*linked)->Get(ObjectKind::kChunk, idb, &got) == Status::OK());
+  CHECK(got == b);
+  CHECK(fs::file_size((*linked)->ObjectPath(ObjectKind::kChunk, ida)) == 4096);
+  // Nothing but the objects themselves: no temp names anywhere.
+  CHECK(fs::is_empty(root + "/tmp"));
+  for (const auto& id : {ida, idb}) {
+    int entries = 0;
+    for (const auto& e : fs::directory_iterator(root + "/objects/chunk/" + id.substr(0, 2))) {
+      CHECK(e.path().filename().string().size() == 32);
+      ++entries;
+    }
+    CHECK(entries >= 1);
+  }
 }
 
 TEST_CASE("dir backend: data survives reopening", "[dir_backend]") {
@@ -183,14 +226,16 @@ TEST_CASE("dir backend: compare-and-swap is atomic between processes", "[dir_bac
 }
 
 TEST_CASE("dir backend: processes racing to put one object store it once", "[dir_backend]") {
+  const auto mode =
+      GENERATE(DirChunkBackend::PublishMode::kAuto, DirChunkBackend::PublishMode::kRename);
   testing::TempDir tmp;
   std::string root = tmp.path() + "/c";
-  REQUIRE(DirChunkBackend::Open(root).ok());
+  REQUIRE(DirChunkBackend::Open(root, mode).ok());
   constexpr int kProcs = 6, kObjects = 40;
   std::string results = tmp.path() + "/results";
   ::mkdir(results.c_str(), 0755);
   CHECK(InProcesses(kProcs, [&](int p) {
-    auto b = DirChunkBackend::Open(root);
+    auto b = DirChunkBackend::Open(root, mode);
     if (!b.ok()) return false;
     ChunkStore store(*b, 4096);
     std::string won;

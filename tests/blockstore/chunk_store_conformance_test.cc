@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <map>
 #include <set>
 #include <thread>
@@ -191,6 +192,14 @@ std::set<std::string> ListAll(ChunkBackend& b, ObjectKind kind) {
   return ids;
 }
 
+// ReadSharedAsync, waiting for its callback (which may run on another thread).
+Result<SharedChunk> ReadSharedAndWait(ChunkStore& store, const ChunkId& id) {
+  std::promise<Result<SharedChunk>> done;
+  auto result = done.get_future();
+  store.ReadSharedAsync(id, [&done](Result<SharedChunk> r) { done.set_value(std::move(r)); });
+  return result.get();
+}
+
 TEST_CASE("chunk store: put, get, read and exists round trip", "[chunk_store]") {
   FOR_EACH_BACKEND(h);
   ChunkStore store(h->Open(), kChunk);
@@ -218,8 +227,7 @@ TEST_CASE("chunk store: put, get, read and exists round trip", "[chunk_store]") 
     auto shared = store.ReadShared(put->id);
     REQUIRE(shared.status() == Status::OK());
     CHECK(**shared == data);
-    Result<SharedChunk> async = Status::IOError("not called");
-    store.ReadSharedAsync(put->id, [&](Result<SharedChunk> r) { async = std::move(r); });
+    Result<SharedChunk> async = ReadSharedAndWait(store, put->id);
     REQUIRE(async.status() == Status::OK());
     CHECK(**async == data);
     // Cached read gives the same.
@@ -350,9 +358,7 @@ TEST_CASE("chunk store: a corrupted chunk is detected, never returned", "[chunk_
     }
     CHECK(shared.status().IsCorruption());
     CHECK(shared.status().ToErrno() == EIO);
-    Result<SharedChunk> async = Status::OK();
-    store.ReadSharedAsync(id, [&](Result<SharedChunk> a) { async = std::move(a); });
-    CHECK(async.status().IsCorruption());
+    CHECK(ReadSharedAndWait(store, id).status().IsCorruption());
     CHECK(s.IsCorruption());
     CHECK_THAT(s.message(), Catch::Contains(hex));
     CHECK(got.empty());

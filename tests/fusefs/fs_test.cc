@@ -515,6 +515,43 @@ TEST_CASE("shutdown flushes open disks and later I/O fails cleanly", "[fusefs]")
   fs.Release(o->fh);
 }
 
+TEST_CASE("the async forms call back exactly once, with the result or the error", "[fusefs]") {
+  Fixture f;
+  f.CreateDisk("vm1", "disk");
+  FileSystem fs(*f.store, Opts());
+  uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+  auto o = fs.Open(disk, O_RDWR);
+  REQUIRE(o.ok());
+  std::vector<Result<size_t>> sizes;
+  std::vector<Status> statuses;
+  auto on_size = [&](Result<size_t> r) { sizes.push_back(std::move(r)); };
+  auto on_status = [&](Status st) { statuses.push_back(std::move(st)); };
+  Bytes data(8192, 9), back(8192);
+  fs.WriteAsync(o->fh, 4096, data, on_size);
+  fs.ReadAsync(o->fh, 4096, back, on_size);
+  fs.ReadAsync(o->fh, f.image_bytes.size() + 5, back, on_size);  // past the end: 0 bytes
+  fs.ReadAsync(999, 0, back, on_size);                           // no such handle
+  fs.FallocateAsync(o->fh, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 4096, on_status);
+  fs.FallocateAsync(o->fh, FALLOC_FL_PUNCH_HOLE, 0, 4096, on_status);  // needs KEEP_SIZE
+  fs.FsyncAsync(o->fh, on_status);
+  fs.FlushAsync(o->fh, on_status);
+  REQUIRE(sizes.size() == 4);
+  CHECK(*sizes[0] == data.size());
+  CHECK(*sizes[1] == back.size());
+  CHECK(back == data);
+  CHECK(*sizes[2] == 0);
+  CHECK(Errno(sizes[3].status()) == EINVAL);
+  REQUIRE(statuses.size() == 4);
+  CHECK(statuses[0].ok());
+  CHECK(Errno(statuses[1]) == EOPNOTSUPP);
+  CHECK(statuses[2].ok());
+  CHECK(statuses[3].ok());
+  Bytes z(4096);
+  REQUIRE(fs.Read(o->fh, 4096, z).ok());
+  CHECK(z == Bytes(4096, 0));
+  fs.Release(o->fh);
+}
+
 TEST_CASE("concurrent opens, I/O, listings and releases keep every write", "[fusefs]") {
   Fixture f;
   f.CreateDisk("vm1", "disk");

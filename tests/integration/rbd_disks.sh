@@ -107,6 +107,37 @@ done
 rbdc info "$P/h1_disk" >/dev/null 2>&1 && fail "h1_disk still in RBD"
 "$IMGFS" disk ls | grep -q "h1/" && fail "h1 still listed"
 
+# A backend error reaches the writer: with the mount's RADOS client cut off
+# (blocklisted, as when another host breaks its lock), a write and fsync of a
+# disk it holds open fail with EIO; neither claims success.
+M3="$T/mnt3"
+mount_imgfs "$M3"
+python3 - "$M3/i1/disk.eph0" "$P/i1_disk.eph0" <<'EOF' || fail "a backend error was not returned"
+import json, os, subprocess, sys
+ceph = ["-c", os.environ["IMGFS_CEPH_CONF"], "--id", os.environ["IMGFS_CEPH_ID"],
+        "--keyring", os.environ["IMGFS_CEPH_KEYRING"]]
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"x" * 65536, 0)
+os.fsync(fd)
+status = json.loads(subprocess.check_output(["rbd", *ceph, "status", "--format", "json", sys.argv[2]]))
+addr = status["watchers"][0]["address"]
+subprocess.run(["ceph", *ceph, "osd", "blocklist", "add", addr], check=True, capture_output=True)
+try:
+    os.pwrite(fd, b"y" * 65536, 65536)
+    os.fsync(fd)
+    sys.exit("write and fsync succeeded for a client that was cut off")
+except OSError as e:
+    if e.errno != 5:
+        sys.exit(f"expected EIO, got {e}")
+finally:
+    subprocess.run(["ceph", *ceph, "osd", "blocklist", "rm", addr], check=True, capture_output=True)
+    try:
+        os.close(fd)  # may report the failed flush again: that is right too
+    except OSError:
+        pass
+EOF
+unmount_imgfs "$M3" "$MOUNT_PID"
+
 # Bad input: init checks the cluster, the key and the pool at once, with a
 # clear one-line error, and creates nothing; a dead cluster fails after the
 # client timeout (--ceph-timeout), never hangs.

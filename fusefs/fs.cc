@@ -911,9 +911,12 @@ void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, MutableByteView buf, Si
   Disk* d = disk->get();
   d->ReadAsync(offset, buf.first(n),
                [this, disk = std::move(*disk), n, done = std::move(done)](Status st) mutable {
+                 if (st.ok()) {
+                   done(n);
+                 } else {
+                   done(st);
+                 }
                  DropDisk(std::move(disk));
-                 if (!st.ok()) return done(st);
-                 done(n);
                });
 }
 
@@ -943,10 +946,13 @@ void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCal
   d->WriteAsync(offset, data,
                 [this, disk = std::move(*disk), of = std::move(of), n,
                  done = std::move(done)](Status st) mutable {
+                  if (st.ok()) {
+                    of->dirty = true;
+                    done(n);
+                  } else {
+                    done(st);
+                  }
                   DropDisk(std::move(disk));
-                  if (!st.ok()) return done(st);
-                  of->dirty = true;
-                  done(n);
                 });
 }
 
@@ -986,9 +992,9 @@ void FileSystem::FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t
   d->DiscardAsync(offset, stop - offset,
                   [this, disk = std::move(*disk), of = std::move(of),
                    done = std::move(done)](Status st) mutable {
-                    DropDisk(std::move(disk));
                     if (st.ok()) of->dirty = true;
                     done(st);
+                    DropDisk(std::move(disk));
                   });
 }
 
@@ -1043,9 +1049,9 @@ void FileSystem::FlushAsync(uint64_t fh, StatusCallback done) {
   Disk* d = disk->get();
   d->FlushAsync([this, disk = std::move(*disk), of = std::move(of),
                  done = std::move(done)](Status st) mutable {
-    DropDisk(std::move(disk));
     if (!st.ok()) of->dirty = true;
     done(st);
+    DropDisk(std::move(disk));
   });
 }
 
@@ -1066,9 +1072,9 @@ void FileSystem::FsyncAsync(uint64_t fh, StatusCallback done) {
   Disk* d = disk.get();
   d->FlushAsync([this, disk = std::move(disk), of = std::move(of),
                  done = std::move(done)](Status st) mutable {
-    DropDisk(std::move(disk));
     if (!st.ok()) of->dirty = true;
     done(st);
+    DropDisk(std::move(disk));
   });
 }
 

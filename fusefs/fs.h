@@ -227,7 +227,8 @@ class FileSystem {
   // A disk taken out of an open file (close, upgrade to writable, unmount) is
   // flushed and destroyed only once no asynchronous request holds it any
   // more (WaitIdle), on the thread that took it out: never on a backend's
-  // completion thread, where the callbacks let go of it (DropDisk).
+  // completion thread, where the callbacks let go of it (DropDisk) after
+  // their `done` ran: Shutdown returns only once every reply was made.
   void WaitIdle(const std::shared_ptr<Disk>& disk);
   void DropDisk(std::shared_ptr<Disk> disk);
   void ReplaceDisk(OpenFile& of, std::shared_ptr<Disk> disk);

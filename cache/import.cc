@@ -15,7 +15,9 @@
 #include <thread>
 
 #include "blockstore/file_util.h"
+#include "blockstore/hash.h"
 #include "blockstore/names.h"
+#include "blockstore/units.h"
 #include "cache/process.h"
 
 namespace imgfs {
@@ -254,6 +256,45 @@ size_t PutWindowSize(uint64_t chunk_size, unsigned threads) {
   return std::max<size_t>(threads, std::clamp<uint64_t>((64u << 20) / chunk_size, 1, 32));
 }
 
+// Refuses, before anything is written, an import whose new chunks would not
+// fit in the backend's free space (NoSpace). When the data fits outright this
+// costs one Space() call; only when it might not are the chunks read and
+// hashed to count those the store lacks (a re-import into a full store still
+// works). Backends that do not know their space (capacity 0) pass.
+Status CheckSpace(ChunkStore& chunks, int fd, const std::vector<uint64_t>& todo, uint64_t size,
+                  uint64_t todo_bytes, const ImportOptions& options) {
+  ASSIGN_OR_RETURN(SpaceInfo space, chunks.backend().Space());
+  if (space.capacity_bytes == 0) return Status::OK();
+  // Per object: file system blocks and inodes, directory entries; plus the
+  // manifest and records.
+  auto needed = [](uint64_t bytes, uint64_t objects) {
+    return bytes + objects * 4096 + (1u << 20);
+  };
+  if (needed(todo_bytes, todo.size()) <= space.available_bytes) return Status::OK();
+  const uint64_t cs = chunks.chunk_size();
+  Bytes buf(cs);
+  uint64_t new_bytes = 0, new_chunks = 0;
+  for (uint64_t i : todo) {
+    if (Cancelled(options)) return Status::IOError("import interrupted");
+    uint64_t off = i * cs;
+    size_t len = static_cast<size_t>(std::min<uint64_t>(cs, size - off));
+    ASSIGN_OR_RETURN(size_t n, PreadFull(fd, off, MutableByteView(buf.data(), len)));
+    if (n < len) std::fill(buf.begin() + n, buf.begin() + len, 0);
+    ByteView chunk(buf.data(), len);
+    if (IsAllZero(chunk)) continue;
+    ASSIGN_OR_RETURN(bool exists, chunks.Exists(Hash128(chunk)));
+    if (!exists) {
+      new_bytes += len;
+      ++new_chunks;
+    }
+  }
+  if (needed(new_bytes, new_chunks) <= space.available_bytes) return Status::OK();
+  return Status::NoSpace("not enough space in the store: the image needs " +
+                         FormatSizeHuman(new_bytes) + " of new chunks, " +
+                         FormatSizeHuman(space.available_bytes) + " are free in " +
+                         chunks.backend().Describe());
+}
+
 }  // namespace
 
 Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t size,
@@ -289,6 +330,7 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
     }
     uint64_t todo_bytes = 0;
     for (uint64_t i : todo) todo_bytes += std::min<uint64_t>(cs, size - i * cs);
+    RETURN_IF_ERROR(CheckSpace(chunks, fd, todo, size, todo_bytes, options));
     // Reading and hashing run on a few threads (PutAsync hashes on the
     // calling thread); each chunk's id goes to its own slot of the manifest.
     std::atomic<size_t> next{0};

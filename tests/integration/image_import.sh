@@ -116,6 +116,9 @@ head -c 1M /dev/urandom > other.img
 expect_fail "name taken by another image" "$IMGFS" image import other.img --name base-raw
 expect_err_contains "already points"
 expect_fail "empty stdin" "$IMGFS" image import - </dev/null
+qemu-img create -q -f vpc vpc.vhd 4M
+expect_fail "a format imgfs does not import (vpc)" "$IMGFS" image import vpc.vhd
+expect_err_contains "does not import"
 [[ "$(snapshot)" == "$before" ]] || fail "a refused import changed the store"
 "$IMGFS" image import other.img --name base-raw --force >/dev/null || fail "--force failed"
 [[ "$("$IMGFS" --json image info base-raw | jq -r .id)" != "$id_raw" ]] || fail "--force did not move"
@@ -131,6 +134,40 @@ expect_err_contains "space"
 [[ "$("$IMGFS" --store small/s --json image ls | jq length)" == 0 ]] || fail "partial image visible"
 expect_fail "name of the failed import" "$IMGFS" --store small/s image info big
 [[ -z "$(ls -A small/s/tmp)" ]] || fail "tmp not empty after a failed import"
+# Refused before writing: not even an orphan chunk is left.
+[[ -z "$(find small/s/chunks/objects -type f)" ]] || fail "a refused import left chunks"
+# What fits still imports there.
+head -c 2M /dev/urandom > fits.img
+"$IMGFS" --store small/s image import fits.img >/dev/null || fail "a 2 MiB import into 8 MiB failed"
+
+# --- progress: a bar with bytes, rate and time left on a terminal, quiet otherwise
+head -c 40M /dev/urandom > p.img
+"$IMGFS" --store "$T/s6" init >/dev/null
+"$IMGFS" --store "$T/s6" image import p.img > p.out 2> p.err
+[[ ! -s p.err ]] || fail "import printed on a stderr that is not a terminal: $(cat p.err)"
+# script(1) gives the import a terminal; its output is what the terminal showed.
+script -qec "'$IMGFS' --store '$T/s6' image import p.img --name p2 >/dev/null" /dev/null > tty.out \
+  || fail "import on a terminal failed: $(cat tty.out)"
+grep -q "import \[###" tty.out || fail "no progress bar on a terminal: $(cat tty.out)"
+grep -q "40.0 MiB / 40.0 MiB" tty.out || fail "progress lacks bytes done/total: $(cat tty.out)"
+grep -q "/s " tty.out || fail "progress lacks the rate: $(cat tty.out)"
+grep -q " left" tty.out || fail "progress lacks the time left: $(cat tty.out)"
+script -qec "'$IMGFS' --quiet --store '$T/s6' image import p.img >/dev/null" /dev/null > tty-q.out
+grep -q "import \[" tty-q.out && fail "--quiet still drew a progress bar"
+
+# --- Ctrl-C (SIGINT) during a conversion: temp file removed, nothing visible
+s7="$T/s7"
+"$IMGFS" --store "$s7" init >/dev/null
+head -c 200M /dev/urandom > int.raw
+qemu-img convert -f raw -O qcow2 int.raw int.qcow2
+"$IMGFS" --store "$s7" image import int.qcow2 --name int 2> int.err & pi=$!
+until compgen -G "$s7/tmp/convert.*" >/dev/null || ! kill -0 $pi 2>/dev/null; do sleep 0.01; done
+kill -INT $pi 2>/dev/null || true
+rc=0; wait $pi || rc=$?
+((rc != 0)) || fail "import interrupted by SIGINT exited 0"
+[[ -z "$(ls -A "$s7/tmp")" ]] || fail "SIGINT left files in tmp: $(ls "$s7/tmp")"
+[[ "$("$IMGFS" --store "$s7" --json image ls | jq length)" == 0 ]] || fail "interrupted import visible"
+rm -f int.raw int.qcow2
 
 # --- kill -9 during an import -------------------------------------------------------
 s5="$T/s5"

@@ -36,8 +36,8 @@ done
 rm -f "$T/big.raw"
 
 now() { date +%s%N; }
-small_ns=0
-big_ns=0
+: >"$T/small.ns"
+: >"$T/big.ns"
 for ((i = 0; i < rounds; i++)); do
   # Alternate which image goes first: the second create of a round may pay
   # for the file system's journal commits of the first.
@@ -48,12 +48,17 @@ for ((i = 0; i < rounds; i++)); do
     "$imgfs" -q disk create "r$i/$image" --image "$image"
     "$imgfs" -q disk resize "r$i/$image" 100G
     t1=$(now)
-    if [[ $image == small ]]; then small_ns=$((small_ns + t1 - t0)); else big_ns=$((big_ns + t1 - t0)); fi
+    echo $((t1 - t0)) >>"$T/$image.ns"
   done
 done
-awk -v s="$small_ns" -v b="$big_ns" -v n="$rounds" 'BEGIN {
-  printf "disk create + grow to 100G, %d rounds: 1 GiB image %.1f ms, 64 GiB image %.1f ms, ratio %.2f (target ~1.0)\n",
-    n, s / n / 1e6, b / n / 1e6, b / s }'
+# Median and minimum of each: on a shared machine one stalled round would
+# dominate a mean.
+stats() { sort -n "$1" | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m, v[1] }'; }
+read -r small_med small_min <<<"$(stats "$T/small.ns")"
+read -r big_med big_min <<<"$(stats "$T/big.ns")"
+awk -v sm="$small_med" -v bm="$big_med" -v s0="$small_min" -v b0="$big_min" -v n="$rounds" 'BEGIN {
+  printf "disk create + grow to 100G, %d rounds, median (min): 1 GiB image %.1f ms (%.1f), 64 GiB image %.1f ms (%.1f), ratio %.2f (min %.2f; target ~1.0)\n",
+    n, sm / 1e6, s0 / 1e6, bm / 1e6, b0 / 1e6, bm / sm, b0 / s0 }'
 
 echo "== 4 KiB random I/O: library (local disk cloned from a $mib MiB image) vs plain file"
 mkdir -p "$T/lib"

@@ -95,6 +95,7 @@ std::string NameKey(std::string_view name) { return "names/" + std::string(name)
 
 std::string RecordToJson(const ImageRecord& r) {
   nlohmann::json j = {{"size", r.size},
+                      {"chunk_size", r.chunk_size},
                       {"data_bytes", r.data_bytes},
                       {"created", r.created},
                       {"last_used", r.last_used}};
@@ -110,6 +111,7 @@ Result<ImageRecord> RecordFromJson(const ImageId& id, const std::string& text) {
   r.id = id;
   try {
     r.size = j.at("size").get<uint64_t>();
+    r.chunk_size = j.value("chunk_size", uint32_t{0});
     r.data_bytes = j.value("data_bytes", uint64_t{0});
     r.created = j.value("created", int64_t{0});
     r.last_used = j.value("last_used", r.created);
@@ -320,6 +322,7 @@ Status Store::PublishImage(const Manifest& manifest, const ImageId& id,
   ImageRecord r;
   r.id = id;
   r.size = manifest.size;
+  r.chunk_size = manifest.chunk_size;
   r.data_bytes = manifest.DataBytes();
   r.created = Now();
   r.last_used = r.created;
@@ -447,7 +450,10 @@ Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
 
 Result<ImageGeometry> Store::GetGeometry(const ImageId& id) {
   ASSIGN_OR_RETURN(ImageRecord r, ReadImageRecord(id));
-  return ImageGeometry{r.size, config_.chunk_size};
+  if (r.chunk_size != 0) return ImageGeometry{r.size, r.chunk_size};
+  // A record written before chunk sizes were kept: the manifest knows.
+  ASSIGN_OR_RETURN(auto reader, OpenImage(id));
+  return ImageGeometry{r.size, reader->manifest().chunk_size};
 }
 
 Result<std::shared_ptr<ImageReader>> Store::OpenImage(const ImageId& id) {

@@ -48,6 +48,7 @@ struct StoreConfig {
 struct ImageRecord {
   ImageId id;
   uint64_t size = 0;
+  uint32_t chunk_size = 0;         // the manifest's; 0 in records written before it was kept
   uint64_t data_bytes = 0;         // bytes of non-hole chunks
   int64_t created = 0;             // unix seconds
   int64_t last_used = 0;           // unix seconds; disk creation and mounting count as use

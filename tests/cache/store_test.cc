@@ -158,6 +158,46 @@ TEST_CASE("Store: an image's geometry comes from its record; the cache size is a
   CHECK((*dflt)->chunks().cache_bytes() == DefaultChunkCacheBytes());
 }
 
+TEST_CASE("Store: an image's chunk size is its manifest's, also when the store's differs",
+          "[store]") {
+  TempDir t;
+  StoreConfig c = MemConfig();
+  c.chunk_size = 8192;
+  REQUIRE(Store::Init(t / "s", c).ok());
+  auto store = Store::Open(t / "s");
+  REQUIRE(store.ok());
+  // An image cut into 4 KiB chunks (as another host's store with another
+  // chunk size would write it into a shared pool).
+  Bytes data = RandomBytes(3 * 4096 + 100, 7);
+  Manifest m;
+  m.size = data.size();
+  m.chunk_size = 4096;
+  for (size_t off = 0; off < data.size(); off += m.chunk_size) {
+    size_t n = std::min<size_t>(m.chunk_size, data.size() - off);
+    auto put = (*store)->chunks().Put(ByteView(data.data() + off, n));
+    REQUIRE(put.ok());
+    m.chunks.push_back(put->id);
+  }
+  auto id = PutManifest((*store)->backend(), m);
+  REQUIRE(id.ok());
+  REQUIRE((*store)->PublishImage(m, *id, {}, false).ok());
+  auto g = (*store)->GetGeometry(*id);
+  REQUIRE(g.ok());
+  CHECK(g->size == data.size());
+  CHECK(g->chunk_size == 4096);
+
+  // A record written before records kept the chunk size: the manifest answers.
+  REQUIRE((*store)
+              ->backend()
+              .PutRecord("images/" + id->Hex(), R"({"size":)" + std::to_string(data.size()) + "}",
+                         RecordCondition::Any())
+              .ok());
+  auto old = (*store)->GetGeometry(*id);
+  REQUIRE(old.ok());
+  CHECK(old->size == data.size());
+  CHECK(old->chunk_size == 4096);
+}
+
 TEST_CASE("Store: images resolve by id, name and unique prefix", "[store]") {
   TempDir t;
   REQUIRE(Store::Init(t / "s", MemConfig()).ok());

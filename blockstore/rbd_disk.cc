@@ -446,16 +446,21 @@ class RbdDiskBackend : public DiskBackend {
       if (r < 0) return Err(r, "rbd: creating " + Where(name));
     } else {
       if (!images_) return Status::NotSupported("this rbd backend has no image source");
-      ASSIGN_OR_RETURN(auto reader, images_->OpenImage(*opts.image));
-      size = opts.size.value_or(reader->size());
-      if (size < reader->size()) {
+      ASSIGN_OR_RETURN(ImageGeometry geometry, images_->GetGeometry(*opts.image));
+      size = opts.size.value_or(geometry.size);
+      if (size < geometry.size) {
         return Status::InvalidArgument("disk size " + std::to_string(size) +
                                        " is smaller than the image " + opts.image->Hex() + " (" +
-                                       std::to_string(reader->size()) + " bytes)");
+                                       std::to_string(geometry.size) + " bytes)");
       }
-      RETURN_IF_ERROR(Publish(*reader));
-      RbdOptions o;
       const std::string base = RbdBaseName(*opts.image);
+      // The manifest is loaded only when the image still has to be published.
+      ASSIGN_OR_RETURN(bool published, IsPublished(base));
+      if (!published) {
+        ASSIGN_OR_RETURN(auto reader, images_->OpenImage(*opts.image));
+        RETURN_IF_ERROR(Publish(*reader));
+      }
+      RbdOptions o;
       int r = rbd_clone3(conn_->io, base.c_str(), kSnap, conn_->io, name.c_str(), o.opts);
       if (r == -EEXIST) return Status::AlreadyExists("disk " + ref.ToString() + " already exists");
       if (r < 0) return Err(r, "rbd: cloning " + Where(base) + "@" + kSnap + " to " + name);

@@ -62,6 +62,28 @@ for ((r = 0; r < rounds; r++)); do
   re_times+=("$(echo "$t1 - $t0" | bc -l)")
   if ((delete_before)); then rm -f "$round/copy.img"; fi
 done
+# A 1 GiB sparse file with 10 MiB of data should import in about the time of
+# its data: best of 3 against a dense 10 MiB file (fresh data, fresh store each).
+sparse_t=() dense_t=()
+for ((r = 0; r < 3; r++)); do
+  s="$dir/sparse$r"
+  mkdir -p "$s"
+  truncate -s 1G "$s/sparse.img"
+  head -c 5M /dev/urandom | dd of="$s/sparse.img" bs=1M seek=100 conv=notrunc status=none
+  head -c 5M /dev/urandom | dd of="$s/sparse.img" bs=1M seek=900 conv=notrunc status=none
+  head -c 10M /dev/urandom >"$s/dense.img"
+  cat "$s/sparse.img" "$s/dense.img" >/dev/null
+  "$imgfs" --store "$s/a" init >/dev/null
+  "$imgfs" --store "$s/b" init >/dev/null
+  sync
+  t0=$(now); "$imgfs" --store "$s/a" image import "$s/sparse.img" >/dev/null; t1=$(now)
+  sparse_t+=("$(echo "$t1 - $t0" | bc -l)")
+  t0=$(now); "$imgfs" --store "$s/b" image import "$s/dense.img" >/dev/null; t1=$(now)
+  dense_t+=("$(echo "$t1 - $t0" | bc -l)")
+done
+sparse_best=$(printf '%s\n' "${sparse_t[@]}" | sort -g | head -1)
+dense_best=$(printf '%s\n' "${dense_t[@]}" | sort -g | head -1)
+
 # Each round's ratio pairs its own cp and import, run seconds apart, so load
 # from other users of the machine shifts both; best, median and worst of them.
 ratios() {  # cp-times other-times -> "best median worst" of cp/other per round
@@ -77,3 +99,6 @@ echo "# seconds per round: cp ${cp_times[*]}; import ${imp_times[*]}; re-import 
 printf '%-40s %6s %6s %6s %7s\n' "import, ${mib} MiB, $rounds rounds (cp/imgfs)" best median worst target
 printf '%-40s %6.2f %6.2f %6.2f %7s\n' "import of unique data vs cp" "$imp_b" "$imp_m" "$imp_w" ">=0.7"
 printf '%-40s %6.2f %6.2f %6.2f %7s\n' "re-import of identical content vs cp" "$re_b" "$re_m" "$re_w" ">=2"
+printf '%-40s %6.2f %6s %6s %7s\n' "sparse 1G, 10M of data, vs dense 10M" \
+  "$(echo "$dense_best / $sparse_best" | bc -l)" "" "" "~1"
+echo "# sparse import ${sparse_best} s, dense 10 MiB import ${dense_best} s (best of 3)"

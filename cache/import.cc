@@ -260,10 +260,19 @@ size_t PutWindowSize(uint64_t chunk_size, unsigned threads) {
 // fit in the backend's free space (NoSpace). When the data fits outright this
 // costs one Space() call; only when it might not are the chunks read and
 // hashed to count those the store lacks (a re-import into a full store still
-// works). Backends that do not know their space (capacity 0) pass.
+// works). Backends that do not know their space (capacity 0, or Space()
+// fails) pass.
 Status CheckSpace(ChunkStore& chunks, int fd, const std::vector<uint64_t>& todo, uint64_t size,
                   uint64_t todo_bytes, const ImportOptions& options) {
-  ASSIGN_OR_RETURN(SpaceInfo space, chunks.backend().Space());
+  auto free_space = chunks.backend().Space();
+  if (!free_space.ok()) {
+    // Not knowing the free space is no reason to refuse: running out is
+    // still an error (and gc removes what a failed import left).
+    spdlog::warn("cannot check the free space of {}: {}", chunks.backend().Describe(),
+                 free_space.status().ToString());
+    return Status::OK();
+  }
+  const SpaceInfo& space = *free_space;
   if (space.capacity_bytes == 0) return Status::OK();
   // Per object: file system blocks and inodes, directory entries; plus the
   // manifest and records.

@@ -1,5 +1,9 @@
 #include "blockstore/chunk_backend.h"
 
+#include <condition_variable>
+#include <map>
+#include <mutex>
+
 #include "blockstore/backend_util.h"
 #include "blockstore/dir_backend.h"
 #include "blockstore/mem_backend.h"
@@ -85,6 +89,79 @@ Status CheckRemoveCondition(std::string_view key, const std::string* current,
     return Status::Busy("record '" + std::string(key) + "' changed meanwhile");
   }
   return Status::OK();
+}
+
+namespace {
+
+// In-process locks of the default ChunkBackend::Lock, keyed by backend and name.
+struct ProcessLocks {
+  std::mutex mu;
+  std::condition_variable cv;
+  struct State {
+    int shared = 0;
+    bool exclusive = false;
+  };
+  std::map<std::pair<const void*, std::string>, State> held;  // GUARDED_BY(mu)
+};
+
+ProcessLocks& Locks() {
+  static ProcessLocks* locks = new ProcessLocks;  // never destroyed: used until exit
+  return *locks;
+}
+
+class ProcessLock : public BackendLock {
+ public:
+  ProcessLock(std::pair<const void*, std::string> key, LockMode mode)
+      : key_(std::move(key)), mode_(mode) {}
+  ~ProcessLock() override {
+    ProcessLocks& l = Locks();
+    {
+      std::lock_guard lock(l.mu);
+      auto it = l.held.find(key_);
+      if (mode_ == LockMode::kShared) {
+        --it->second.shared;
+      } else {
+        it->second.exclusive = false;
+      }
+      if (it->second.shared == 0 && !it->second.exclusive) l.held.erase(it);
+    }
+    l.cv.notify_all();
+  }
+  Status Check() const override { return Status::OK(); }
+
+ private:
+  const std::pair<const void*, std::string> key_;
+  const LockMode mode_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<BackendLock>> ChunkBackend::Lock(std::string_view name, LockMode mode,
+                                                        const std::function<void()>& waiting) {
+  ProcessLocks& l = Locks();
+  std::pair<const void*, std::string> key{this, std::string(name)};
+  std::unique_lock lock(l.mu);
+  auto free = [&] {
+    auto it = l.held.find(key);
+    if (it == l.held.end()) return true;
+    return mode == LockMode::kShared ? !it->second.exclusive
+                                     : !it->second.exclusive && it->second.shared == 0;
+  };
+  if (!free()) {
+    if (waiting) {
+      lock.unlock();
+      waiting();
+      lock.lock();
+    }
+    l.cv.wait(lock, free);
+  }
+  auto& st = l.held[key];
+  if (mode == LockMode::kShared) {
+    ++st.shared;
+  } else {
+    st.exclusive = true;
+  }
+  return std::unique_ptr<BackendLock>(std::make_unique<ProcessLock>(std::move(key), mode));
 }
 
 Status ChunkBackend::Sync() { return Status::OK(); }

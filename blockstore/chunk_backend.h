@@ -46,6 +46,21 @@ struct SpaceInfo {
   uint64_t used_bytes = 0;  // bytes used by this backend's objects, if known
 };
 
+enum class LockMode : uint8_t { kShared, kExclusive };
+
+// A backend-wide advisory lock held by this process (ChunkBackend::Lock);
+// released when destroyed. Thread safety: Check may be called from any thread.
+class BackendLock {
+ public:
+  virtual ~BackendLock() = default;
+  // OK while the lock is certainly held. A lock that is a lease (rados) stays
+  // held only while it is renewed, which a backend thread does; when renewal
+  // fails for long enough that the lease might run out within a safety margin,
+  // or the lease is found gone, the lock is lost: Check returns Unavailable
+  // from then on, and the holder must stop what the lock protects.
+  virtual Status Check() const = 0;
+};
+
 class ChunkBackend {
  public:
   virtual ~ChunkBackend() = default;
@@ -105,6 +120,16 @@ class ChunkBackend {
                              const std::function<Status(std::string_view key)>& fn) = 0;
 
   virtual Result<SpaceInfo> Space() = 0;
+
+  // Takes the advisory lock `name` (lowercase letters) in `mode`: shared
+  // holders exclude an exclusive one and the other way round, across every
+  // process using the backend, and for a shared backend (rados) every host.
+  // Blocks until granted; calls `waiting` (if set) once, before it first has
+  // to wait. A holder that dies releases it: dir at once (flock), rados when
+  // its lease runs out (docs/cache.md). The default is a lock within this
+  // process, for backends no other process sees (mem).
+  virtual Result<std::unique_ptr<BackendLock>> Lock(std::string_view name, LockMode mode,
+                                                    const std::function<void()>& waiting = {});
 };
 
 // Builds a backend from its string: "dir:PATH", "mem:", "rados:POOL[/NS]".

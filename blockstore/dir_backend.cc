@@ -146,7 +146,7 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
     RETURN_IF_ERROR(ListDir(root, &entries, &exists));
     if (!exists) return Status::InvalidArgument(root + " is not a directory");
     for (const auto& [name, is_dir] : entries) {
-      if (name != "objects" && name != "records" && name != "tmp" && name != "records.lock") {
+      if (name != "objects" && name != "records" && name != "tmp" && !name.ends_with(".lock")) {
         return Status::InvalidArgument(root + " is not empty and is not an imgfs chunk directory");
       }
     }
@@ -175,6 +175,39 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
   auto cleaned = backend->CleanTemp(kStaleTempAge);
   if (!cleaned.ok()) return cleaned.status();
   return backend;
+}
+
+namespace {
+class FlockLock : public BackendLock {
+ public:
+  explicit FlockLock(UniqueFd fd) : fd_(std::move(fd)) {}
+  Status Check() const override { return Status::OK(); }
+
+ private:
+  UniqueFd fd_;  // closing it releases the flock
+};
+}  // namespace
+
+Result<std::unique_ptr<BackendLock>> DirChunkBackend::Lock(std::string_view name, LockMode mode,
+                                                           const std::function<void()>& waiting) {
+  if (name.empty() || name.find_first_not_of("abcdefghijklmnopqrstuvwxyz") != name.npos) {
+    return Status::InvalidArgument("invalid lock name '" + std::string(name) + "'");
+  }
+  std::string path = root_ + "/" + std::string(name) + ".lock";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd.valid()) return Status::FromErrno(errno, "open " + path);
+  const int op = mode == LockMode::kShared ? LOCK_SH : LOCK_EX;
+  bool waited = false;
+  while (::flock(fd.get(), op | (waited ? 0 : LOCK_NB)) != 0) {
+    if (errno == EINTR) continue;
+    if (errno == EWOULDBLOCK && !waited) {
+      waited = true;
+      if (waiting) waiting();
+      continue;
+    }
+    return Status::FromErrno(errno, "lock " + path);
+  }
+  return std::unique_ptr<BackendLock>(std::make_unique<FlockLock>(std::move(fd)));
 }
 
 DirChunkBackend::DirChunkBackend(std::string root, int lock_fd)

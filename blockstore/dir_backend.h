@@ -6,6 +6,8 @@
 //                                       hex digits of the id (256 shards)
 //   PATH/records/<key>                  one file per record ("names/ubuntu")
 //   PATH/records.lock                   flock'ed around record updates
+//   PATH/<name>.lock                    flock'ed by Lock(name) (gc.lock: the
+//                                       store's GC lock)
 //   PATH/tmp/                           temporary files being written
 //
 // Publishing an object: where the file system supports O_TMPFILE, an unnamed
@@ -75,6 +77,9 @@ class DirChunkBackend : public ChunkBackend {
   Status RemoveRecord(std::string_view key, const RecordCondition& cond) override;
   Status ListRecords(std::string_view prefix,
                      const std::function<Status(std::string_view key)>& fn) override;
+  // flock(2) on PATH/<name>.lock: released by the kernel when the holder dies.
+  Result<std::unique_ptr<BackendLock>> Lock(std::string_view name, LockMode mode,
+                                            const std::function<void()>& waiting) override;
   // syncfs(2) when anything was put, found or removed since the last Sync.
   Status Sync() override;
   // capacity/available from statvfs(PATH); used_bytes is left 0 (unknown:

@@ -102,9 +102,19 @@ class Disk {
   virtual void FlushAsync(Callback done);
 };
 
+// An image published into the disk backend so that disks can be clones of it
+// (rbd: the RBD image imgfs.base.<id>), or a half-done publication.
+struct PublishedImage {
+  ImageId image;
+  std::string location;             // "rbd:pool/imgfs.base.<id>"
+  uint64_t used_bytes = 0;          // allocated bytes, in whole RBD objects (as `rbd du`)
+  bool complete = true;             // false: a publication that never finished
+  std::vector<std::string> clones;  // "pool[/ns]/name" of every clone (complete ones only)
+};
+
 struct DiskCreateOptions {
-  std::optional<ImageId> image;   // parent; nullopt for a blank disk
-  std::optional<uint64_t> size;   // default: the image's size; required if blank
+  std::optional<ImageId> image;  // parent; nullopt for a blank disk
+  std::optional<uint64_t> size;  // default: the image's size; required if blank
   DiskAttrs attrs;
 };
 
@@ -144,6 +154,28 @@ class DiskBackend {
 
   // Space for statfs.
   virtual Result<SpaceInfo> Space() = 0;
+
+  // Published images (rbd: imgfs.base.<id> with their clones, and half-done
+  // imgfs.tmp.<id>.* publications). Empty for backends that publish nothing.
+  virtual Result<std::vector<PublishedImage>> ListPublished() {
+    return std::vector<PublishedImage>{};
+  }
+  // Removes the publication of `id` and the leftovers of its half-done
+  // publications. Busy, naming the clones, when any clone (anywhere in the
+  // cluster, made by anyone) has it as parent; then nothing but the leftovers
+  // is removed. NotFound when it was not published. Safe against other hosts
+  // publishing, cloning or unpublishing the same image at the same time.
+  // Backends that publish nothing always return NotFound.
+  virtual Status Unpublish(const ImageId& id) {
+    (void)id;
+    return Status::NotFound("not published");
+  }
+  // Removes half-done publications whose publisher is gone (skipping those
+  // still being written); returns their locations. Leaves complete ones.
+  virtual Result<std::vector<std::string>> RemoveAbandonedPublications(bool dry_run) {
+    (void)dry_run;
+    return std::vector<std::string>{};
+  }
 
   // Checks the backend's own metadata of one disk (fsck); appends one line per
   // problem found. Non-OK only when the check could not run.

@@ -1,14 +1,17 @@
 #include "blockstore/rados_backend.h"
 
 #include <rados/librados.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -81,11 +84,114 @@ class CallbackPool {
   std::vector<std::thread> threads_;
 };
 
+// A lease on a RADOS advisory lock (cls_lock), renewed by its own thread.
+// The OSD drops the lock `lease` after the last renewal it applied; the
+// holder counts from when it sent that renewal (earlier), so it never
+// believes in a lease the OSD has already dropped. Check() fails once the
+// lease could run out within `margin`.
+class RadosLease : public BackendLock {
+ public:
+  RadosLease(rados_ioctx_t io, std::string oid, std::string cookie, LockMode mode,
+             std::chrono::seconds lease, std::chrono::steady_clock::time_point sent)
+      : io_(io),
+        oid_(std::move(oid)),
+        cookie_(std::move(cookie)),
+        mode_(mode),
+        lease_(lease),
+        margin_(lease / 2),
+        valid_until_(sent + lease) {
+    thread_ = std::thread([this] { Renew(); });
+  }
+  ~RadosLease() override {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    (void)rados_unlock(io_, oid_.c_str(), kLockName, cookie_.c_str());
+  }
+
+  Status Check() const override {
+    std::lock_guard lock(mu_);
+    if (lost_.ok() && std::chrono::steady_clock::now() + margin_ >= valid_until_) {
+      lost_ =
+          Status::Unavailable("the lease on RADOS lock " + oid_ + " could not be renewed in time" +
+                              (last_error_.empty() ? "" : " (" + last_error_ + ")"));
+    }
+    return lost_;
+  }
+
+  // Takes the lock once: 0, or -EBUSY while others hold it, or an error.
+  static int Take(rados_ioctx_t io, const std::string& oid, const std::string& cookie,
+                  LockMode mode, std::chrono::seconds lease, uint8_t flags) {
+    timeval dur{static_cast<time_t>(lease.count()), 0};
+    static const std::string desc = Describe();
+    if (mode == LockMode::kShared) {
+      return rados_lock_shared(io, oid.c_str(), kLockName, cookie.c_str(), kLockTag, desc.c_str(),
+                               &dur, flags);
+    }
+    return rados_lock_exclusive(io, oid.c_str(), kLockName, cookie.c_str(), desc.c_str(), &dur,
+                                flags);
+  }
+
+  static constexpr const char* kLockName = "imgfs";
+  static constexpr const char* kLockTag = "imgfs";
+
+ private:
+  static std::string Describe() {
+    char host[256] = "?";
+    (void)::gethostname(host, sizeof host - 1);
+    return std::string("imgfs on ") + host + " pid " + std::to_string(::getpid());
+  }
+
+  void Renew() {
+    std::unique_lock lock(mu_);
+    auto next = std::chrono::steady_clock::now() + lease_ / 4;
+    while (!stop_) {
+      if (cv_.wait_until(lock, next, [this] { return stop_; })) return;
+      if (!lost_.ok()) return;
+      lock.unlock();
+      auto sent = std::chrono::steady_clock::now();
+      int r = Take(io_, oid_, cookie_, mode_, lease_, LIBRADOS_LOCK_FLAG_MUST_RENEW);
+      lock.lock();
+      if (r == 0) {
+        valid_until_ = sent + lease_;
+        last_error_.clear();
+        next = std::chrono::steady_clock::now() + lease_ / 4;
+      } else if (r == -ENOENT || r == -EBUSY) {
+        // Gone: it ran out, or was broken; someone else may hold it now.
+        lost_ = Status::Unavailable("lost RADOS lock " + oid_ + " (its lease ran out)");
+        return;
+      } else {
+        last_error_ = Status::FromErrno(r, "renewing").message();
+        next = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      }
+    }
+  }
+
+  const rados_ioctx_t io_;
+  const std::string oid_;
+  const std::string cookie_;
+  const LockMode mode_;
+  const std::chrono::seconds lease_;
+  const std::chrono::steady_clock::duration margin_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::chrono::steady_clock::time_point valid_until_;  // GUARDED_BY(mu_)
+  mutable Status lost_;                                // GUARDED_BY(mu_)
+  std::string last_error_;                             // GUARDED_BY(mu_)
+  bool stop_ = false;                                  // GUARDED_BY(mu_)
+  std::thread thread_;
+};
+
 class RadosBackend final : public ChunkBackend {
  public:
   RadosBackend(rados_t cluster, rados_ioctx_t io, std::string pool, std::string ns,
-               std::string client, uint64_t max_write_bytes)
-      : cluster_(cluster),
+               std::string client, uint64_t max_write_bytes, std::chrono::seconds lease)
+      : lease_(lease),
+        cluster_(cluster),
         io_(io),
         pool_(std::move(pool)),
         ns_(std::move(ns)),
@@ -340,6 +446,32 @@ class RadosBackend final : public ChunkBackend {
     }
   }
 
+  // A lease on the cls_lock "imgfs" of object imgfs.lock.<name>, with a
+  // cookie per holder; waits by polling (cls_lock has no queue).
+  Result<std::unique_ptr<BackendLock>> Lock(std::string_view name, LockMode mode,
+                                            const std::function<void()>& waiting) override {
+    if (name.empty() || name.find_first_not_of("abcdefghijklmnopqrstuvwxyz") != name.npos) {
+      return Status::InvalidArgument("invalid lock name '" + std::string(name) + "'");
+    }
+    const std::string oid = "imgfs.lock." + std::string(name);
+    const std::string cookie = RandomCookie();
+    bool waited = false;
+    auto pause = std::chrono::milliseconds(100);
+    for (;;) {
+      auto sent = std::chrono::steady_clock::now();
+      int r = RadosLease::Take(io_, oid, cookie, mode, lease_, 0);
+      if (r == 0) {
+        return std::unique_ptr<BackendLock>(
+            std::make_unique<RadosLease>(io_, oid, cookie, mode, lease_, sent));
+      }
+      if (r != -EBUSY) return Error(r, "lock " + oid);
+      if (!waited && waiting) waiting();
+      waited = true;
+      std::this_thread::sleep_for(pause);
+      pause = std::min<std::chrono::milliseconds>(pause * 2, std::chrono::seconds(1));
+    }
+  }
+
   Result<SpaceInfo> Space() override {
     if (auto from_df = SpaceFromDf(); from_df.ok()) return from_df;
     rados_cluster_stat_t cs{};
@@ -533,8 +665,16 @@ class RadosBackend final : public ChunkBackend {
     return Status::NotFound(Where("df: pool not listed"));
   }
 
-  rados_t cluster_;   // constant after construction
-  rados_ioctx_t io_;  // constant after construction
+  static std::string RandomCookie() {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+    return buf;
+  }
+
+  const std::chrono::seconds lease_;  // lock lease: 3 x the op timeout
+  rados_t cluster_;                   // constant after construction
+  rados_ioctx_t io_;                  // constant after construction
   const std::string pool_;
   const std::string ns_;
   const std::string client_;
@@ -630,8 +770,11 @@ Result<std::shared_ptr<ChunkBackend>> CreateRadosBackend(std::string_view pool_s
   char max_write_mb[32] = "90";
   rados_conf_get(cluster, "osd_max_write_size", max_write_mb, sizeof(max_write_mb));
   uint64_t max_write_bytes = std::strtoull(max_write_mb, nullptr, 10) << 20;
+  // A lease outlives any single operation that relies on it by more than
+  // the op timeout (BackendLock::Check's margin is half the lease).
+  std::chrono::seconds lease(3 * (ceph.timeout_seconds > 0 ? ceph.timeout_seconds : 20));
   return std::shared_ptr<ChunkBackend>(std::make_shared<RadosBackend>(
-      cluster, io, std::move(pool), std::move(ns), client, max_write_bytes));
+      cluster, io, std::move(pool), std::move(ns), client, max_write_bytes, lease));
 }
 
 }  // namespace imgfs

@@ -455,15 +455,18 @@ class RbdDiskBackend : public DiskBackend {
       }
       const std::string base = RbdBaseName(*opts.image);
       // The manifest is loaded only when the image still has to be published.
-      ASSIGN_OR_RETURN(bool published, IsPublished(base));
-      if (!published) {
-        ASSIGN_OR_RETURN(auto reader, images_->OpenImage(*opts.image));
-        RETURN_IF_ERROR(Publish(*reader));
+      // The base may be unpublished (by gc or `image rm` on any host)
+      // between Publish and the clone: clone under the publication lock held
+      // shared, and publish again when the base went away meanwhile.
+      for (;;) {
+        ASSIGN_OR_RETURN(bool published, IsPublished(base));
+        if (!published) {
+          ASSIGN_OR_RETURN(auto reader, images_->OpenImage(*opts.image));
+          RETURN_IF_ERROR(Publish(*reader));
+        }
+        ASSIGN_OR_RETURN(bool cloned, CloneLocked(*opts.image, ref, name));
+        if (cloned) break;
       }
-      RbdOptions o;
-      int r = rbd_clone3(conn_->io, base.c_str(), kSnap, conn_->io, name.c_str(), o.opts);
-      if (r == -EEXIST) return Status::AlreadyExists("disk " + ref.ToString() + " already exists");
-      if (r < 0) return Err(r, "rbd: cloning " + Where(base) + "@" + kSnap + " to " + name);
     }
     Status s = FinishCreate(ref, name, size, opts.attrs);
     if (!s.ok()) (void)rbd_remove(conn_->io, name.c_str());
@@ -776,6 +779,207 @@ class RbdDiskBackend : public DiskBackend {
                                 (prot ? "" : ", snapshot not protected") + "); remove it");
     }
     return true;
+  }
+
+  // Takes the publication lock of `id` (exclusive for publishers and
+  // unpublishers, shared for cloners), waiting while others hold it unless
+  // !wait. OK(false) when !wait and it is held elsewhere.
+  Result<bool> LockPublication(const ImageId& id, const std::string& cookie, bool shared,
+                               bool wait) {
+    const std::string oid = PublishLockObject(id);
+    for (;;) {
+      timeval dur{kPublishLockSeconds, 0};
+      int r = shared ? rados_lock_shared(conn_->io, oid.c_str(), "publish", cookie.c_str(), "clone",
+                                         "imgfs clone", &dur, 0)
+                     : rados_lock_exclusive(conn_->io, oid.c_str(), "publish", cookie.c_str(),
+                                            "imgfs publication", &dur, 0);
+      if (r == 0) return true;
+      if (r != -EBUSY && r != -EEXIST) return Err(r, "rados: locking " + oid);
+      if (!wait) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  void UnlockPublication(const ImageId& id, const std::string& cookie) {
+    const std::string oid = PublishLockObject(id);
+    (void)rados_unlock(conn_->io, oid.c_str(), "publish", cookie.c_str());
+  }
+
+  static std::string PublishLockObject(const ImageId& id) { return "imgfs.publish." + id.Hex(); }
+
+  // Clones imgfs.base.<id>@base to `name` under the publication lock held
+  // shared, so that no unpublisher removes the base meanwhile. OK(false)
+  // when the base is not (any more) published.
+  Result<bool> CloneLocked(const ImageId& id, const DiskRef& ref, const std::string& name) {
+    const std::string base = RbdBaseName(id);
+    const std::string cookie = RandomHex();
+    ASSIGN_OR_RETURN(bool locked, LockPublication(id, cookie, /*shared=*/true, /*wait=*/true));
+    (void)locked;
+    Status s;
+    bool cloned = false;
+    auto published = IsPublished(base);
+    if (!published.ok()) {
+      s = published.status();
+    } else if (*published) {
+      RbdOptions o;
+      int r = rbd_clone3(conn_->io, base.c_str(), kSnap, conn_->io, name.c_str(), o.opts);
+      if (r == -EEXIST) {
+        s = Status::AlreadyExists("disk " + ref.ToString() + " already exists");
+      } else if (r < 0) {
+        s = Err(r, "rbd: cloning " + Where(base) + "@" + kSnap + " to " + name);
+      } else {
+        cloned = true;
+      }
+    }
+    UnlockPublication(id, cookie);
+    RETURN_IF_ERROR(s);
+    return cloned;
+  }
+
+ public:
+  Result<std::vector<PublishedImage>> ListPublished() override {
+    ASSIGN_OR_RETURN(auto names, ListImageNames(*conn_));
+    std::vector<PublishedImage> out;
+    for (const auto& n : names) {
+      PublishedImage p;
+      if (n.starts_with(kBasePrefix)) {
+        auto id = ImageId::FromHex(std::string_view(n).substr(std::strlen(kBasePrefix)));
+        if (!id.ok()) continue;
+        p.image = *id;
+        auto done = IsPublished(n);
+        if (!done.ok() && !done.status().IsCorruption() && !done.status().IsNotFound()) {
+          return done.status();
+        }
+        p.complete = done.ok() && *done;
+      } else if (n.starts_with(kTmpPrefix)) {
+        auto id = ImageId::FromHex(std::string_view(n).substr(std::strlen(kTmpPrefix), 32));
+        if (!id.ok()) continue;
+        p.image = *id;
+        p.complete = false;
+      } else {
+        continue;
+      }
+      p.location = "rbd:" + Where(n);
+      auto used = UsedBytes(n);
+      if (!used.ok()) {
+        if (used.status().IsNotFound()) continue;  // removed meanwhile
+        return used.status();
+      }
+      p.used_bytes = *used;
+      auto clones = Children(n);
+      if (!clones.ok()) {
+        if (clones.status().IsNotFound()) continue;
+        return clones.status();
+      }
+      p.clones = std::move(*clones);
+      out.push_back(std::move(p));
+    }
+    return out;
+  }
+
+  Status Unpublish(const ImageId& id) override {
+    const std::string cookie = RandomHex();
+    ASSIGN_OR_RETURN(bool locked, LockPublication(id, cookie, /*shared=*/false, /*wait=*/true));
+    (void)locked;
+    Status s = UnpublishLocked(id);
+    UnlockPublication(id, cookie);
+    return s;
+  }
+
+  Result<std::vector<std::string>> RemoveAbandonedPublications(bool dry_run) override {
+    ASSIGN_OR_RETURN(auto names, ListImageNames(*conn_));
+    std::vector<std::string> removed;
+    for (const auto& n : names) {
+      if (!n.starts_with(kTmpPrefix)) continue;
+      auto id = ImageId::FromHex(std::string_view(n).substr(std::strlen(kTmpPrefix), 32));
+      if (!id.ok()) continue;
+      // A live publisher holds the lock while it writes its temporary image.
+      const std::string cookie = RandomHex();
+      ASSIGN_OR_RETURN(bool locked, LockPublication(*id, cookie, false, /*wait=*/false));
+      if (!locked) continue;
+      Status s = dry_run ? Status::OK() : RemoveFully(n);
+      UnlockPublication(*id, cookie);
+      RETURN_IF_ERROR(s);
+      removed.push_back("rbd:" + Where(n));
+    }
+    return removed;
+  }
+
+ private:
+  // The clones of name@base, as "pool[/ns]/image" (trashed ones marked);
+  // empty when the image has no snapshot "base". NotFound when no image.
+  Result<std::vector<std::string>> Children(const std::string& name) {
+    auto img = OpenImage(*conn_, name, true);
+    if (!img.ok()) return img.status();
+    bool exists = false;
+    if (int r = rbd_snap_exists(img->get(), kSnap, &exists); r < 0) {
+      return Err(r, "rbd: snapshots of " + Where(name));
+    }
+    std::vector<std::string> out;
+    if (!exists) return out;
+    if (int r = rbd_snap_set(img->get(), kSnap); r < 0) {
+      return Err(r, "rbd: opening " + Where(name) + "@" + kSnap);
+    }
+    std::vector<rbd_linked_image_spec_t> specs(16);
+    for (;;) {
+      size_t n = specs.size();
+      int r = rbd_list_children3(img->get(), specs.data(), &n);
+      if (r == -ERANGE) {
+        specs.resize(n + 16);
+        continue;
+      }
+      if (r < 0) return Err(r, "rbd: listing clones of " + Where(name) + "@" + kSnap);
+      for (size_t i = 0; i < n; i++) {
+        std::string c = specs[i].pool_name ? specs[i].pool_name : "?";
+        if (specs[i].pool_namespace && *specs[i].pool_namespace) {
+          c += "/" + std::string(specs[i].pool_namespace);
+        }
+        c += "/" + std::string(specs[i].image_name ? specs[i].image_name : "?");
+        if (specs[i].trash) c += " (in the trash)";
+        out.push_back(std::move(c));
+      }
+      rbd_linked_image_spec_list_cleanup(specs.data(), n);
+      return out;
+    }
+  }
+
+  // Allocated bytes of an image, in whole objects (fast with fast-diff).
+  Result<uint64_t> UsedBytes(const std::string& name) {
+    auto img = OpenImage(*conn_, name, true);
+    if (!img.ok()) return img.status();
+    uint64_t size = 0;
+    if (int r = rbd_get_size(img->get(), &size); r < 0)
+      return Err(r, "rbd: size of " + Where(name));
+    uint64_t used = 0;
+    if (size == 0) return used;
+    int r = rbd_diff_iterate2(
+        img->get(), nullptr, 0, size, 0, 1,
+        [](uint64_t, size_t len, int exists, void* arg) {
+          if (exists) *static_cast<uint64_t*>(arg) += len;
+          return 0;
+        },
+        &used);
+    if (r < 0) return Err(r, "rbd: usage of " + Where(name));
+    return used;
+  }
+
+  Status UnpublishLocked(const ImageId& id) {
+    (void)CleanAbandoned(id);
+    const std::string name = RbdBaseName(id);
+    ASSIGN_OR_RETURN(auto clones, Children(name));
+    if (!clones.empty()) {
+      std::string list;
+      for (size_t i = 0; i < clones.size() && i < 10; ++i) list += (i ? ", " : "") + clones[i];
+      if (clones.size() > 10) list += ", ... (" + std::to_string(clones.size()) + " clones)";
+      return Status::Busy("published image " + Where(name) + " is in use by clones: " + list);
+    }
+    Status s = RemoveFully(name);
+    if (s.IsBusy()) {
+      // A clone made behind our back (librbd refuses to unprotect).
+      return Status::Busy("published image " + Where(name) + " is in use: " + s.message());
+    }
+    if (s.ok()) spdlog::info("rbd: unpublished image {} ({})", id.Hex(), Where(name));
+    return s;
   }
 
   // Publishers of one image take turns under the RADOS lock "publish" on the

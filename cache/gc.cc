@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <unordered_map>
 #include <unordered_set>
 
 namespace imgfs {
@@ -43,7 +44,10 @@ Status SweepTemp(Store& store, bool dry_run, GcReport* report) {
 
 Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   GcReport report;
-  ASSIGN_OR_RETURN(auto lock, store.LockExclusive());
+  ASSIGN_OR_RETURN(auto lock, store.LockExclusive(o.waiting));
+  // Every step that removes something first checks that the lock is still
+  // held (a RADOS lease that could not be renewed stops gc).
+  auto held = [&] { return lock->Check().WithContext("gc stopped"); };
   ChunkBackend& backend = store.backend();
   const int64_t now = store.Now();
 
@@ -60,17 +64,75 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
     }
     if (info->parent) in_use.insert(*info->parent);
   }
+  // Publications in the disk backend (rbd bases); one with clones is a use.
+  ASSIGN_OR_RETURN(auto published, store.disks().ListPublished());
+  std::unordered_map<ImageId, const PublishedImage*> base_of;
+  for (const auto& p : published) {
+    if (p.location.find("/imgfs.tmp.") != std::string::npos) continue;
+    base_of[p.image] = &p;
+    if (!p.clones.empty()) in_use.insert(p.image);
+  }
+  auto unpublished = [&](const ImageId& id) {
+    auto it = base_of.find(id);
+    if (it == base_of.end()) return;
+    report.publications_removed.push_back({it->second->location, it->second->used_bytes});
+    report.publication_bytes_freed += it->second->used_bytes;
+  };
+
   ASSIGN_OR_RETURN(auto images, store.ListImages());
   std::vector<ImageId> live_images;
   for (const auto& r : images) {
     bool old_enough = now - r.last_used >= o.min_age_seconds;
     bool keep = in_use.count(r.id) || !old_enough || (o.keep_named && !r.names.empty());
+    if (!keep && !o.dry_run) {
+      RETURN_IF_ERROR(held());
+      Status s = store.RemoveImage(r.id);
+      if (s.IsBusy()) {
+        // A disk or clone appeared that the lists above did not show (e.g.
+        // made by another host sharing the rbd pool): it is in use.
+        spdlog::info("gc: keeping image {}: {}", r.id.Hex(), s.message());
+        keep = true;
+      } else {
+        RETURN_IF_ERROR(s);
+      }
+    }
     if (keep) {
       live_images.push_back(r.id);
       continue;
     }
-    if (!o.dry_run) RETURN_IF_ERROR(store.RemoveImage(r.id));
     report.images_removed.push_back(r);
+    unpublished(r.id);
+  }
+
+  // Orphaned bases: published, but their image is gone from the store.
+  {
+    std::unordered_set<ImageId> known;
+    for (const auto& r : images) known.insert(r.id);
+    for (const auto& [id, p] : base_of) {
+      if (known.count(id) || !p->clones.empty()) continue;
+      if (!o.dry_run) {
+        RETURN_IF_ERROR(held());
+        Status s = store.disks().Unpublish(id);
+        if (s.IsBusy()) {
+          spdlog::info("gc: keeping {}: {}", p->location, s.message());
+          continue;
+        }
+        if (!s.ok() && !s.IsNotFound()) return s;
+      }
+      unpublished(id);
+    }
+  }
+  // Half-done publications whose publisher is gone.
+  {
+    ASSIGN_OR_RETURN(auto abandoned, store.disks().RemoveAbandonedPublications(o.dry_run));
+    for (const auto& loc : abandoned) {
+      uint64_t bytes = 0;
+      for (const auto& p : published) {
+        if (p.location == loc) bytes = p.used_bytes;
+      }
+      report.publications_removed.push_back({loc, bytes});
+      report.publication_bytes_freed += bytes;
+    }
   }
 
   // 2. Mark: every chunk of every live image. Stop before sweeping anything
@@ -109,6 +171,7 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   for (const auto& id : dead_manifests) {
     if (backend.Get(ObjectKind::kManifest, id, &buf).ok()) report.bytes_freed += buf.size();
     if (!o.dry_run) {
+      RETURN_IF_ERROR(held());
       Status s = backend.Remove(ObjectKind::kManifest, id);
       if (!s.ok() && !s.IsNotFound()) return s;
     }
@@ -118,6 +181,7 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   for (const auto& id : dead_chunks) {
     if (backend.Get(ObjectKind::kChunk, id, &buf).ok()) report.bytes_freed += buf.size();
     if (!o.dry_run) {
+      RETURN_IF_ERROR(held());
       Status s = backend.Remove(ObjectKind::kChunk, id);
       if (!s.ok() && !s.IsNotFound()) return s;
       auto parsed = Id128::FromHex(id);
@@ -129,9 +193,10 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
 
   // 4. Leftovers of interrupted imports in the temp area.
   RETURN_IF_ERROR(SweepTemp(store, o.dry_run, &report));
-  spdlog::info("gc: {} images, {} manifests, {} chunks, {} temp files{}",
+  spdlog::info("gc: {} images, {} manifests, {} chunks, {} temp files, {} publications{}",
                report.images_removed.size(), report.manifests_removed, report.chunks_removed,
-               report.temp_files_removed, o.dry_run ? " (dry run)" : "");
+               report.temp_files_removed, report.publications_removed.size(),
+               o.dry_run ? " (dry run)" : "");
   return report;
 }
 

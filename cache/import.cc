@@ -304,11 +304,9 @@ Status CheckSpace(ChunkStore& chunks, int fd, const std::vector<uint64_t>& todo,
                          chunks.backend().Describe());
 }
 
-}  // namespace
-
-Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t size,
-                                 const ImportOptions& options) {
-  ASSIGN_OR_RETURN(auto gc_lock, store.LockShared());
+// ImportRawFd with the GC lock already held shared.
+Result<ImportResult> ImportRawFdLocked(Store& store, int fd, bool seekable, uint64_t size,
+                                       const ImportOptions& options, const Store::GcLock* gc_lock) {
   ChunkStore& chunks = store.chunks();
   const uint64_t cs = chunks.chunk_size();
   Manifest m;
@@ -354,6 +352,10 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
           window.Release(buf);
           return window.Fail(Status::IOError("import interrupted"));
         }
+        if (Status held = gc_lock->Check(); !held.ok()) {
+          window.Release(buf);
+          return window.Fail(held.WithContext("import stopped"));
+        }
         uint64_t off = todo[k] * cs;
         size_t len = static_cast<size_t>(std::min<uint64_t>(cs, size - off));
         auto n = PreadFull(fd, off, MutableByteView(buf->data(), len));
@@ -378,6 +380,11 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
         window.Fail(Status::IOError("import interrupted"));
         break;
       }
+      if (Status held = gc_lock->Check(); !held.ok()) {
+        window.Release(buf);
+        window.Fail(held.WithContext("import stopped"));
+        break;
+      }
       auto n = ReadFull(fd, MutableByteView(buf->data(), cs));
       if (!n.ok()) {
         window.Release(buf);
@@ -399,12 +406,24 @@ Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t s
   if (!seekable && m.size == 0) return Status::InvalidArgument("the input stream is empty");
   if (options.progress) options.progress(m.size, m.size);
   // PutManifest syncs the chunks before the manifest that references them.
+  // The GC lock must still be held when the image is published: a gc that
+  // ran meanwhile (our lease lost) may have swept chunks we found present.
+  RETURN_IF_ERROR(gc_lock->Check().WithContext("import stopped"));
   ASSIGN_OR_RETURN(ImageId id, PutManifest(store.backend(), m));
+  RETURN_IF_ERROR(gc_lock->Check().WithContext("import stopped"));
   RETURN_IF_ERROR(store.PublishImage(m, id, options.names, options.force_names));
   result.id = id;
   result.size = m.size;
   result.stored_bytes = m.DataBytes();
   return result;
+}
+
+}  // namespace
+
+Result<ImportResult> ImportRawFd(Store& store, int fd, bool seekable, uint64_t size,
+                                 const ImportOptions& options) {
+  ASSIGN_OR_RETURN(auto gc_lock, store.LockShared());
+  return ImportRawFdLocked(store, fd, seekable, size, options, gc_lock.get());
 }
 
 Result<ImportResult> ImportImage(Store& store, const std::string& source,
@@ -430,7 +449,7 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
       return Status::InvalidArgument("stdin takes a raw stream; convert '" + options.format +
                                      "' images from a file");
     }
-    auto r = ImportRawFd(store, STDIN_FILENO, false, 0, options);
+    auto r = ImportRawFdLocked(store, STDIN_FILENO, false, 0, options, gc_lock.get());
     if (r.ok()) r->format = "raw";
     return r;
   }
@@ -452,7 +471,7 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
   ASSIGN_OR_RETURN(SourceInfo info, Inspect(source, options.format, options.cancel));
   if (info.format == "raw") {
     uint64_t size = static_cast<uint64_t>(st.st_size);
-    auto r = ImportRawFd(store, probe.get(), true, size, options);
+    auto r = ImportRawFdLocked(store, probe.get(), true, size, options, gc_lock.get());
     if (r.ok()) r->format = "raw";
     return r;
   }
@@ -487,7 +506,8 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
   if (!fd.valid()) return Status::FromErrno(errno, "open " + tmp.path());
   struct stat tst;
   if (::fstat(fd.get(), &tst) != 0) return Status::FromErrno(errno, "stat " + tmp.path());
-  auto r = ImportRawFd(store, fd.get(), true, static_cast<uint64_t>(tst.st_size), options);
+  auto r = ImportRawFdLocked(store, fd.get(), true, static_cast<uint64_t>(tst.st_size), options,
+                             gc_lock.get());
   if (r.ok()) r->format = info.format;
   return r;
 }

@@ -384,6 +384,12 @@ Status Store::RemoveImage(const ImageId& id) {
     if (users.size() > 10) list += ", ... (" + std::to_string(users.size()) + " disks)";
     return Status::Busy("image " + id.Hex() + " is in use by disks: " + list);
   }
+  // Its publication in the disk backend (rbd) goes first: refused, changing
+  // nothing, while clones anywhere use it.
+  Status up = disks_->Unpublish(id);
+  if (!up.ok() && !up.IsNotFound()) {
+    return up.WithContext("image " + id.Hex() + " cannot be removed");
+  }
   for (const auto& n : r.names) {
     Status s = backend().RemoveRecord(NameKey(n), RecordCondition::Equals(id.Hex()));
     if (!s.ok() && !s.IsNotFound() && !s.IsBusy()) return s;
@@ -413,33 +419,26 @@ Status Store::TouchImage(const ImageId& id) {
   return Status::Busy("image record " + id.Hex() + " keeps changing; try again");
 }
 
-Store::GcLock::~GcLock() {
-  if (fd_ >= 0) ::close(fd_);
+Result<std::unique_ptr<Store::GcLock>> Store::LockShared(const std::function<void()>& waiting) {
+  ASSIGN_OR_RETURN(auto lock, backend().Lock("gc", LockMode::kShared, waiting));
+  return std::make_unique<GcLock>(std::move(lock));
 }
 
-namespace {
-Result<std::unique_ptr<Store::GcLock>> TakeGcLock(const std::string& store_path, int op) {
-  std::string path = store_path + "/gc.lock";
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  while (::flock(fd, op) != 0) {
-    if (errno == EINTR) continue;
-    Status s = Status::FromErrno(errno, "lock " + path);
-    ::close(fd);
-    return s;
-  }
-  return std::make_unique<Store::GcLock>(fd);
+Result<std::unique_ptr<Store::GcLock>> Store::LockExclusive(const std::function<void()>& waiting) {
+  ASSIGN_OR_RETURN(auto lock, backend().Lock("gc", LockMode::kExclusive, waiting));
+  return std::make_unique<GcLock>(std::move(lock));
 }
-}  // namespace
-
-Result<std::unique_ptr<Store::GcLock>> Store::LockShared() { return TakeGcLock(path_, LOCK_SH); }
-
-Result<std::unique_ptr<Store::GcLock>> Store::LockExclusive() { return TakeGcLock(path_, LOCK_EX); }
 
 Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
   ASSIGN_OR_RETURN(auto lock, LockShared());
   if (opts.image) RETURN_IF_ERROR(ReadImageRecord(*opts.image).status());
+  RETURN_IF_ERROR(lock->Check());
   RETURN_IF_ERROR(disks_->Create(ref, opts));
+  if (Status held = lock->Check(); !held.ok() && opts.image) {
+    // A gc elsewhere may have removed the image meanwhile: undo.
+    (void)disks_->Remove(ref);
+    return held.WithContext("disk " + ref.ToString() + " not created");
+  }
   if (opts.image) {
     Status s = TouchImage(*opts.image);
     if (!s.ok())

@@ -105,27 +105,35 @@ class Store : public ImageSource {
   // Points `name` at `id`. AlreadyExists if it points elsewhere, unless force.
   Status SetName(const std::string& name, const ImageId& id, bool force);
   Status RemoveName(const std::string& name);
-  // Removes an image and its names. Busy, naming the disks, when disks use it.
-  // Its chunks are left for `imgfs gc`.
+  // Removes an image, its names and its publication in the disk backend (the
+  // rbd base). Busy, naming them, when disks or clones of its published base
+  // use it; nothing is removed then. Its chunks are left for `imgfs gc`.
   Status RemoveImage(const ImageId& id);
   // Records a use of an image (disk creation, mounting) for gc's aging.
   Status TouchImage(const ImageId& id);
 
   // The store-wide GC lock (cache/gc.h): imports and disk creation hold it
-  // shared, gc exclusive. Blocks until granted; released when the returned
-  // handle is destroyed or the process dies.
+  // shared, gc exclusive. It is the chunk backend's lock "gc"
+  // (ChunkBackend::Lock): a flock for a dir store, a RADOS lease shared by
+  // every host of a rados store. Blocks until granted (calling `waiting` once
+  // if it must wait); released when the returned handle is destroyed or the
+  // process dies (a RADOS lease then runs out). The handle must not outlive
+  // the Store.
   class GcLock {
    public:
-    explicit GcLock(int fd) : fd_(fd) {}
+    explicit GcLock(std::unique_ptr<BackendLock> lock) : lock_(std::move(lock)) {}
     GcLock(const GcLock&) = delete;
     GcLock& operator=(const GcLock&) = delete;
-    ~GcLock();
+    // OK while the lock is certainly held; Unavailable once it is lost (a
+    // RADOS lease that could not be renewed). Whoever holds it checks before
+    // each step that relies on it, and stops with this error.
+    Status Check() const { return lock_->Check(); }
 
    private:
-    int fd_;
+    std::unique_ptr<BackendLock> lock_;
   };
-  Result<std::unique_ptr<GcLock>> LockShared();
-  Result<std::unique_ptr<GcLock>> LockExclusive();
+  Result<std::unique_ptr<GcLock>> LockShared(const std::function<void()>& waiting = {});
+  Result<std::unique_ptr<GcLock>> LockExclusive(const std::function<void()>& waiting = {});
 
   // Creates a disk under the shared GC lock, so that gc either sees the new
   // disk using its image or runs before the image is looked up (then this

@@ -57,7 +57,8 @@ bool ShowProgress(const GlobalOptions& g);
 // disabled. Update may be called often; it redraws at most ~10 times a second.
 class Progress {
  public:
-  Progress(bool enabled, std::string label, uint64_t total);
+  enum class Unit { kBytes, kCount };  // what `done` and `total` count
+  Progress(bool enabled, std::string label, uint64_t total, Unit unit = Unit::kBytes);
   ~Progress();
   void Update(uint64_t done);
   // Sets the total (0: unknown, then no bar and no time left are shown).
@@ -68,6 +69,7 @@ class Progress {
   bool enabled_;
   std::string label_;
   uint64_t total_;
+  Unit unit_;
   int64_t start_ns_;
   int64_t last_draw_ns_ = 0;
   bool finished_ = false;

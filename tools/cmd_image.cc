@@ -39,8 +39,8 @@ std::string FormatTime(int64_t t) {
 }
 
 nlohmann::json RecordJson(const ImageRecord& r) {
-  return {{"id", r.id.Hex()},          {"size", r.size},       {"data_bytes", r.data_bytes},
-          {"created", r.created},      {"last_used", r.last_used}, {"names", r.names}};
+  return {{"id", r.id.Hex()},     {"size", r.size},           {"data_bytes", r.data_bytes},
+          {"created", r.created}, {"last_used", r.last_used}, {"names", r.names}};
 }
 
 std::string JoinNames(const std::vector<std::string>& names) {
@@ -136,7 +136,7 @@ Outcome RunInfo(const GlobalOptions& g, const std::string& ref) {
             << "chunks:     " << m->chunks.size() << " of " << FormatSize(m->chunk_size) << "\n"
             << "created:    " << FormatTime(r->created) << "\n"
             << "last used:  " << FormatTime(r->last_used) << "\n"
-            << "disks:      " << (disks.empty() ? "-" : "") ;
+            << "disks:      " << (disks.empty() ? "-" : "");
   for (size_t i = 0; i < disks.size(); ++i) std::cout << (i ? ", " : "") << disks[i];
   std::cout << "\n";
   return {};
@@ -153,8 +153,8 @@ Outcome RunRm(const GlobalOptions& g, const std::string& ref) {
   return {};
 }
 
-Outcome RunName(const GlobalOptions& g, const std::string& ref, const std::string& name,
-                bool force, bool remove) {
+Outcome RunName(const GlobalOptions& g, const std::string& ref, const std::string& name, bool force,
+                bool remove) {
   auto store = OpenStore(g);
   if (!store.ok()) return {store.status()};
   if (remove) return {(*store)->RemoveName(name)};
@@ -182,16 +182,26 @@ Outcome RunVerify(const GlobalOptions& g, const std::string& ref) {
   nlohmann::json out = nlohmann::json::array();
   size_t bad_images = 0;
   for (const auto& id : ids) {
-    Progress bar(ShowProgress(g), "verify " + id.Hex().substr(0, 12), 0);
-    auto report = VerifyImage(**store, id);
-    bar.Finish();
+    std::unique_ptr<Progress> bar;
+    std::function<void(uint64_t, uint64_t)> progress;
+    if (ShowProgress(g)) {
+      progress = [&](uint64_t done, uint64_t total) {
+        if (!bar) {
+          bar = std::make_unique<Progress>(true, "verify " + id.Hex().substr(0, 12), total,
+                                           Progress::Unit::kCount);
+        }
+        bar->Update(done);
+      };
+    }
+    auto report = VerifyImage(**store, id, progress);
+    if (bar) bar->Finish();
     if (!report.ok()) return {report.status(), 2};
     nlohmann::json problems = nlohmann::json::array();
     if (!report->manifest_status.ok()) {
       problems.push_back({{"manifest", report->manifest_status.message()}});
       if (!g.json) {
-        std::cout << "image " << id.Hex() << ": BROKEN manifest: "
-                  << report->manifest_status.message() << "\n";
+        std::cout << "image " << id.Hex()
+                  << ": BROKEN manifest: " << report->manifest_status.message() << "\n";
       }
     }
     for (const auto& p : report->problems) {

@@ -51,8 +51,8 @@ Outcome RunInit(const GlobalOptions& g, const InitArgs& a) {
   Status s = Store::Init(path, c);
   if (!s.ok()) return {s};
   if (g.json) {
-    PrintJson({{"store", path}, {"chunk_size", c.chunk_size}, {"chunks", c.chunks},
-               {"disks", c.disks}});
+    PrintJson(
+        {{"store", path}, {"chunk_size", c.chunk_size}, {"chunks", c.chunks}, {"disks", c.disks}});
   } else if (!g.quiet) {
     std::cout << "store " << path << " ready (chunk size " << FormatSize(c.chunk_size)
               << ", chunks " << c.chunks << ", disks " << c.disks << ")\n";
@@ -83,8 +83,8 @@ Outcome RunStats(const GlobalOptions& g) {
   if (!disks.ok()) return {disks.status()};
   auto space = (*store)->backend().Space();
   if (g.json) {
-    nlohmann::json j = {{"images", images->size()},  {"image_bytes", logical},
-                        {"image_data_bytes", data},  {"chunks", chunks},
+    nlohmann::json j = {{"images", images->size()},       {"image_bytes", logical},
+                        {"image_data_bytes", data},       {"chunks", chunks},
                         {"chunk_bytes_max", chunk_bytes}, {"disks", disks->size()}};
     if (space.ok()) {
       j["capacity_bytes"] = space->capacity_bytes;
@@ -94,8 +94,7 @@ Outcome RunStats(const GlobalOptions& g) {
   } else {
     std::cout << "images:      " << images->size() << " (" << FormatSizeHuman(logical)
               << " virtual, " << FormatSizeHuman(data) << " of data)\n"
-              << "chunks:      " << chunks << " (at most " << FormatSizeHuman(chunk_bytes)
-              << ")\n"
+              << "chunks:      " << chunks << " (at most " << FormatSizeHuman(chunk_bytes) << ")\n"
               << "disks:       " << disks->size() << "\n";
     if (data > 0 && chunk_bytes > 0) {
       std::printf("dedup ratio: %.2f (image data / stored chunks, at least)\n",
@@ -124,18 +123,37 @@ Outcome RunGc(const GlobalOptions& g, const GcArgs& a) {
   o.min_age_seconds = age->count();
   o.dry_run = a.dry_run;
   o.keep_named = a.keep_named;
-  Progress bar(ShowProgress(g), "gc", 0);
+  // One bar per phase (mark: images read; sweep: objects removed).
+  std::unique_ptr<Progress> bar;
+  std::string phase;
   if (ShowProgress(g)) {
-    o.progress = [&bar](const std::string&, uint64_t done, uint64_t) { bar.Update(done); };
+    o.progress = [&](const std::string& p, uint64_t done, uint64_t total) {
+      if (!bar || p != phase) {
+        if (bar) bar->Finish();
+        phase = p;
+        bar = std::make_unique<Progress>(true, "gc " + p, total, Progress::Unit::kCount);
+      }
+      bar->Update(done);
+    };
+  }
+  if (!g.quiet) {
+    o.waiting = [] {
+      std::cerr << "imgfs: gc: waiting for imports and disk creations to finish (on this host, "
+                   "or on any host sharing a rados store)\n";
+    };
   }
   auto r = CollectGarbage(**store, o);
-  bar.Finish();
+  if (bar) bar->Finish();
   if (!r.ok()) return {r.status()};
   if (g.json) {
     nlohmann::json imgs = nlohmann::json::array();
     for (const auto& i : r->images_removed) {
-      imgs.push_back({{"id", i.id.Hex()}, {"size", i.size}, {"names", i.names},
-                      {"last_used", i.last_used}});
+      imgs.push_back(
+          {{"id", i.id.Hex()}, {"size", i.size}, {"names", i.names}, {"last_used", i.last_used}});
+    }
+    nlohmann::json pubs = nlohmann::json::array();
+    for (const auto& p : r->publications_removed) {
+      pubs.push_back({{"location", p.location}, {"used_bytes", p.used_bytes}});
     }
     PrintJson({{"dry_run", a.dry_run},
                {"images", imgs},
@@ -143,7 +161,8 @@ Outcome RunGc(const GlobalOptions& g, const GcArgs& a) {
                {"chunks", r->chunks_removed},
                {"temp_files", r->temp_files_removed},
                {"bytes_freed", r->bytes_freed},
-               {"other", r->other_removed}});
+               {"published", pubs},
+               {"published_bytes_freed", r->publication_bytes_freed}});
     return {};
   }
   const char* verb = a.dry_run ? "would remove" : "removed";
@@ -156,11 +175,19 @@ Outcome RunGc(const GlobalOptions& g, const GcArgs& a) {
     }
     std::cout << "\n";
   }
-  for (const auto& o2 : r->other_removed) std::cout << verb << " " << o2 << "\n";
+  for (const auto& p : r->publications_removed) {
+    std::cout << verb << " published image " << p.location << " (" << FormatSizeHuman(p.used_bytes)
+              << " used)\n";
+  }
   std::cout << verb << " " << r->images_removed.size() << " images, " << r->manifests_removed
             << " manifests, " << r->chunks_removed << " chunks, " << r->temp_files_removed
             << " temp files: " << FormatSizeHuman(r->bytes_freed)
             << (a.dry_run ? " would be freed\n" : " freed\n");
+  if (!r->publications_removed.empty()) {
+    std::cout << verb << " " << r->publications_removed.size()
+              << " published images: " << FormatSizeHuman(r->publication_bytes_freed)
+              << (a.dry_run ? " would be freed" : " freed") << " in the Ceph pool\n";
+  }
   return {};
 }
 
@@ -171,20 +198,24 @@ Outcome RunFsck(const GlobalOptions& g) {
   auto r = CheckStore(**store);
   if (!r.ok()) return {r.status().WithContext("fsck could not check the store"), 3};
   if (g.json) {
-    PrintJson({{"clean", r->clean()},     {"images", r->images}, {"manifests", r->manifests},
-               {"chunks", r->chunks},     {"disks", r->disks},   {"names", r->names},
-               {"problems", r->problems}, {"orphans", r->orphans}});
+    PrintJson({{"clean", r->clean()},
+               {"images", r->images},
+               {"manifests", r->manifests},
+               {"chunks", r->chunks},
+               {"disks", r->disks},
+               {"names", r->names},
+               {"problems", r->problems},
+               {"orphans", r->orphans}});
   } else {
     for (const auto& p : r->problems) std::cout << "problem: " << p << "\n";
     for (const auto& p : r->orphans) std::cout << "orphan: " << p << " (imgfs gc removes it)\n";
     std::cout << r->images << " images, " << r->manifests << " manifests, " << r->chunks
               << " chunks, " << r->names << " names, " << r->disks << " disks: "
-              << (r->clean() ? "clean" : std::to_string(r->problems.size()) + " problems")
-              << "\n";
+              << (r->clean() ? "clean" : std::to_string(r->problems.size()) + " problems") << "\n";
   }
   if (!r->clean()) {
-    return {Status::Corruption("fsck found " + std::to_string(r->problems.size()) +
-                               " problem(s)"), 1};
+    return {Status::Corruption("fsck found " + std::to_string(r->problems.size()) + " problem(s)"),
+            1};
   }
   return {};
 }
@@ -199,7 +230,8 @@ void RegisterStoreCommands(Cli& cli) {
   init->add_option("--chunks", args->chunks, "Chunk backend: dir or rados:POOL[/NAMESPACE]");
   init->add_option("--disks", args->disks, "Disk backend: local or rbd:POOL");
   init->add_option("--ceph-conf", args->ceph_conf, "Ceph configuration file (default: $CEPH_CONF)");
-  init->add_option("--ceph-id", args->ceph_id, "Ceph client name without 'client.' (default: admin)");
+  init->add_option("--ceph-id", args->ceph_id,
+                   "Ceph client name without 'client.' (default: admin)");
   init->add_option("--keyring", args->keyring, "Ceph keyring file");
   init->add_option("--ceph-timeout", args->ceph_timeout,
                    "Seconds before a Ceph cluster that does not answer is an error (default: 20)");

@@ -45,8 +45,8 @@ int64_t NowNs() {
 }
 }  // namespace
 
-Progress::Progress(bool enabled, std::string label, uint64_t total)
-    : enabled_(enabled), label_(std::move(label)), total_(total), start_ns_(NowNs()) {}
+Progress::Progress(bool enabled, std::string label, uint64_t total, Unit unit)
+    : enabled_(enabled), label_(std::move(label)), total_(total), unit_(unit), start_ns_(NowNs()) {}
 
 Progress::~Progress() { Finish(); }
 
@@ -58,10 +58,12 @@ void Progress::Update(uint64_t done) {
   last_draw_ns_ = now;
   double secs = static_cast<double>(now - start_ns_) / 1e9;
   double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
-  std::string rate_s = FormatSizeHuman(static_cast<uint64_t>(rate)) + "/s";
+  auto fmt = [&](uint64_t v) {
+    return unit_ == Unit::kBytes ? FormatSizeHuman(v) : std::to_string(v);
+  };
+  std::string rate_s = fmt(static_cast<uint64_t>(rate)) + "/s";
   if (total_ == 0) {  // a stream: no bar, no time left
-    std::fprintf(stderr, "\r%s %s  %s   ", label_.c_str(), FormatSizeHuman(done).c_str(),
-                 rate_s.c_str());
+    std::fprintf(stderr, "\r%s %s  %s   ", label_.c_str(), fmt(done).c_str(), rate_s.c_str());
     std::fflush(stderr);
     return;
   }
@@ -75,8 +77,7 @@ void Progress::Update(uint64_t done) {
     eta = std::to_string(left / 60) + "m" + std::to_string(left % 60) + "s";
   }
   std::fprintf(stderr, "\r%s [%s] %s / %s  %s  %s left   ", label_.c_str(), bar.c_str(),
-               FormatSizeHuman(done).c_str(), FormatSizeHuman(total_).c_str(), rate_s.c_str(),
-               eta.c_str());
+               fmt(done).c_str(), fmt(total_).c_str(), rate_s.c_str(), eta.c_str());
   std::fflush(stderr);
 }
 

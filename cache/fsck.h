@@ -17,8 +17,8 @@ struct FsckReport {
 };
 
 // Checks that image records and manifests decode, every referenced chunk
-// exists, names point at images, disks' metadata is consistent and their
-// parents exist; lists orphans. Non-OK only when the check could not run.
+// exists and matches its id (each is read and re-hashed), names point at images, disks' metadata is
+// consistent and their parents exist; lists orphans. Non-OK only when the check could not run.
 Result<FsckReport> CheckStore(Store& store);
 
 }  // namespace imgfs

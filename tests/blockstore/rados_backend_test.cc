@@ -427,5 +427,79 @@ TEST_CASE("rados: an unreachable cluster is an error after the configured timeou
   CHECK(b.status().message().find("connect to Ceph cluster") != std::string::npos);
 }
 
+TEST_CASE("rados: the lock excludes across connections, and a broken lease is lost and says so",
+          "[rados][lock]") {
+  if (!HaveCluster()) return;
+  const std::string ns = UniqueNamespace();
+  CephOptions o = TestCeph();
+  o.timeout_seconds = 2;  // lease 6 s, renewed every 1.5 s
+  auto h1 = CreateRadosBackend(TestPool() + "/" + ns, o);
+  auto h2 = CreateRadosBackend(TestPool() + "/" + ns, o);
+  REQUIRE(h1.ok());
+  REQUIRE(h2.ok());
+  auto shared1 = (*h1)->Lock("gc", LockMode::kShared);
+  auto shared2 = (*h2)->Lock("gc", LockMode::kShared);
+  REQUIRE(shared1.ok());
+  REQUIRE(shared2.ok());
+  // An exclusive locker on host 2 waits for both shared holders.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool waiting = false;
+  std::atomic<bool> granted{false};
+  std::unique_ptr<BackendLock> exclusive;
+  std::thread gc([&] {
+    auto x = (*h2)->Lock("gc", LockMode::kExclusive, [&] {
+      std::lock_guard lock(mu);
+      waiting = true;
+      cv.notify_all();
+    });
+    REQUIRE(x.ok());
+    exclusive = std::move(*x);
+    granted = true;
+  });
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return waiting; });
+  }
+  CHECK_FALSE(granted.load());
+  shared2->reset();
+  CHECK_FALSE(granted.load());
+  // Break host 1's lease behind its back (as `rados lock break` would): its
+  // next renewal finds it gone, and Check says so from then on.
+  CHECK((*shared1)->Check().ok());
+  {
+    rados_t cluster;
+    REQUIRE(rados_create(&cluster, o.client_id.empty() ? nullptr : o.client_id.c_str()) == 0);
+    REQUIRE(rados_conf_read_file(cluster, o.conf_file.c_str()) == 0);
+    if (!o.keyring.empty()) rados_conf_set(cluster, "keyring", o.keyring.c_str());
+    REQUIRE(rados_connect(cluster) == 0);
+    rados_ioctx_t io;
+    REQUIRE(rados_ioctx_create(cluster, TestPool().c_str(), &io) == 0);
+    rados_ioctx_set_namespace(io, ns.c_str());
+    int exclusive_flag = 0;
+    char tag[256], clients[1024], cookies[1024], addrs[1024];
+    size_t tag_len = sizeof tag, clients_len = sizeof clients, cookies_len = sizeof cookies,
+           addrs_len = sizeof addrs;
+    ssize_t n = rados_list_lockers(io, "imgfs.lock.gc", "imgfs", &exclusive_flag, tag, &tag_len,
+                                   clients, &clients_len, cookies, &cookies_len, addrs, &addrs_len);
+    REQUIRE(n == 1);
+    CHECK(rados_break_lock(io, "imgfs.lock.gc", "imgfs", clients, cookies) == 0);
+    rados_ioctx_destroy(io);
+    rados_shutdown(cluster);
+  }
+  // Waits for the renewal thread, which runs every quarter lease.
+  for (int i = 0; i < 200 && (*shared1)->Check().ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  Status lost = (*shared1)->Check();
+  CHECK(!lost.ok());
+  CHECK(lost.IsRetryable());  // Unavailable
+  CHECK(lost.message().find("imgfs.lock.gc") != std::string::npos);
+  gc.join();
+  CHECK(granted.load());
+  CHECK(exclusive->Check().ok());
+  shared1->reset();
+}
+
 }  // namespace
 }  // namespace imgfs

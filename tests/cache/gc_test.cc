@@ -4,9 +4,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -57,10 +60,12 @@ struct Fixture {
 
   uint64_t CountChunks() {
     uint64_t n = 0;
-    REQUIRE(store->chunks().ListIds([&](const ChunkId&) {
-      ++n;
-      return Status::OK();
-    }).ok());
+    REQUIRE(store->chunks()
+                .ListIds([&](const ChunkId&) {
+                  ++n;
+                  return Status::OK();
+                })
+                .ok());
     return n;
   }
 };
@@ -237,6 +242,12 @@ TEST_CASE("verify and fsck name a corrupted and a missing chunk", "[gc][verify]"
   bool names_missing = false;
   for (const auto& p : fsck->problems) names_missing |= p.find(gone.Hex()) != std::string::npos;
   CHECK(names_missing);
+  bool names_corrupt = false;
+  for (const auto& p : fsck->problems) {
+    names_corrupt |=
+        p.find(bad.Hex()) != std::string::npos && p.find("corrupt") != std::string::npos;
+  }
+  CHECK(names_corrupt);
 
   // Reads of the damaged ranges fail; other ranges still read.
   auto reader = f.store->OpenImage(id);
@@ -246,4 +257,39 @@ TEST_CASE("verify and fsck name a corrupted and a missing chunk", "[gc][verify]"
   CHECK_FALSE((*reader)->Read(5 * 4096, buf).ok());
   CHECK((*reader)->Read(0, buf).ok());
   CHECK((*reader)->Read(7 * 4096, buf).ok());
+}
+
+TEST_CASE("the GC lock: shared holders exclude an exclusive one, which waits", "[gc][lock]") {
+  for (const char* chunks : {"dir", "mem"}) {
+    INFO(chunks);
+    Fixture f(chunks);
+    auto a = f.store->LockShared();
+    auto b = f.store->LockShared();
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK((*a)->Check().ok());
+    std::mutex mu;
+    std::condition_variable cv;
+    bool waiting = false;
+    std::atomic<bool> granted{false};
+    std::thread gc([&] {
+      auto x = f.store->LockExclusive([&] {
+        std::lock_guard lock(mu);
+        waiting = true;
+        cv.notify_all();
+      });
+      REQUIRE(x.ok());
+      granted = true;
+    });
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return waiting; });
+    }
+    CHECK_FALSE(granted.load());
+    a->reset();
+    CHECK_FALSE(granted.load());
+    b->reset();
+    gc.join();
+    CHECK(granted.load());
+  }
 }

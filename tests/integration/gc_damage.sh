@@ -29,6 +29,17 @@ expect_fail "removed image" "$IMGFS" image info "$idb"
 expect_fail "bad duration" "$IMGFS" gc --min-age 5y
 expect_err_contains "duration"
 
+# --- a progress bar on a terminal, none otherwise -----------------------------------
+"$IMGFS" image import b.img >/dev/null
+script -qec "$IMGFS gc --min-age 0 --keep-named" /dev/null >tty.out </dev/null
+grep -q "gc mark \[" tty.out || fail "no gc progress bar on a terminal: $(cat tty.out)"
+grep -q "gc sweep \[" tty.out || fail "no sweep progress bar on a terminal: $(cat tty.out)"
+"$IMGFS" image import b.img >/dev/null
+"$IMGFS" gc --min-age 0 --keep-named 2>err >/dev/null
+[[ ! -s err ]] || fail "gc wrote to stderr off a terminal: $(cat err)"
+script -qec "$IMGFS image verify a" /dev/null >tty.out </dev/null
+grep -q "verify [0-9a-f]* \[" tty.out || fail "no verify progress bar on a terminal: $(cat tty.out)"
+
 # --- damage: one chunk corrupted, one removed -------------------------------------
 mapfile -t files < <(find "$STORE/chunks/objects/chunk" -type f | sort)
 (( ${#files[@]} == 64 )) || fail "expected 64 chunk files, found ${#files[@]}"
@@ -52,11 +63,17 @@ rc=0; out=$("$IMGFS" image verify a) || rc=$?
 [[ "$out" == *"$gone_id"*missing* ]] || fail "verify does not name the missing chunk: $out"
 rc=0; out=$("$IMGFS" fsck) || rc=$?
 ((rc == 1)) || fail "fsck of a damaged store exited $rc, want 1"
-[[ "$out" == *"$gone_id"* ]] || fail "fsck does not name the missing chunk: $out"
+[[ "$out" == *"$gone_id"*missing* ]] || fail "fsck does not name the missing chunk: $out"
+[[ "$out" == *"$bad_id"*corrupt* ]] || fail "fsck does not name the corrupt chunk: $out"
+j=$("$IMGFS" --json fsck || true)
+[[ "$(jq .clean <<<"$j")" == false ]] || fail "fsck --json says clean: $j"
+rc=0; "$IMGFS" --store "$T/no-store" fsck 2>/dev/null || rc=$?
+((rc == 3)) || fail "fsck that cannot check exited $rc, want 3"
 
-# --- reads through the mount ----------------------------------------------------------
+# --- reads through the mount, of the image and of a disk made from it ----------------
+"$IMGFS" disk create vm1/disk --image a >/dev/null
 mount_imgfs "$T/mnt"
-f="$T/mnt/_base/$id"
+for f in "$T/mnt/_base/$id" "$T/mnt/vm1/disk"; do
 for idx in "$bad_idx" "$gone_idx"; do
   if dd if="$f" of=/dev/null bs=64K skip="$idx" count=1 iflag=direct status=none 2>err; then
     fail "reading damaged chunk $idx through the mount succeeded"
@@ -66,6 +83,7 @@ done
 for ((i = 0; i < 64; i++)); do
   [[ $i == "$bad_idx" || $i == "$gone_idx" ]] && continue
   cmp <(dd if="$f" bs=64K skip=$i count=1 iflag=direct status=none) \
-      <(dd if=a.img bs=64K skip=$i count=1 status=none) || fail "intact chunk $i reads wrong"
+      <(dd if=a.img bs=64K skip=$i count=1 status=none) || fail "intact chunk $i of $f reads wrong"
+done
 done
 echo "gc_damage: ok"

@@ -64,6 +64,12 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
     }
     if (info->parent) in_use.insert(*info->parent);
   }
+  // Disks of other hosts sharing the chunk backend, from their use records
+  // (this store's own records are brought in line with its disks first).
+  RETURN_IF_ERROR(store.ReconcileUses(o.dry_run));
+  ASSIGN_OR_RETURN(auto others, store.UsesByOtherStores());
+  for (const auto& [id, users] : others) in_use.insert(id);
+
   // Publications in the disk backend (rbd bases); one with clones is a use.
   ASSIGN_OR_RETURN(auto published, store.disks().ListPublished());
   std::unordered_map<ImageId, const PublishedImage*> base_of;

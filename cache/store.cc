@@ -12,6 +12,8 @@
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
+#include <set>
 
 #include "blockstore/file_util.h"
 #include "blockstore/names.h"
@@ -384,6 +386,15 @@ Status Store::RemoveImage(const ImageId& id) {
     if (users.size() > 10) list += ", ... (" + std::to_string(users.size()) + " disks)";
     return Status::Busy("image " + id.Hex() + " is in use by disks: " + list);
   }
+  ASSIGN_OR_RETURN(auto others, UsesByOtherStores());
+  if (auto it = others.find(id); it != others.end()) {
+    std::string list;
+    for (size_t i = 0; i < it->second.size() && i < 10; ++i) {
+      list += (i ? ", " : "") + it->second[i];
+    }
+    return Status::Busy("image " + id.Hex() +
+                        " is in use by disks of other hosts (store:disk): " + list);
+  }
   // Its publication in the disk backend (rbd) goes first: refused, changing
   // nothing, while clones anywhere use it.
   Status up = disks_->Unpublish(id);
@@ -440,9 +451,117 @@ Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
     return held.WithContext("disk " + ref.ToString() + " not created");
   }
   if (opts.image) {
+    Status rec = StoreId().status();
+    if (rec.ok()) {
+      rec = backend().PutRecord(UseKey(*opts.image, *StoreId(), ref), ref.ToString(),
+                                RecordCondition::Any());
+    }
+    if (!rec.ok()) {
+      (void)disks_->Remove(ref);
+      return rec.WithContext("disk " + ref.ToString() + " not created: recording its image's use");
+    }
     Status s = TouchImage(*opts.image);
     if (!s.ok())
       spdlog::warn("could not record the use of image {}: {}", opts.image->Hex(), s.message());
+  }
+  return Status::OK();
+}
+
+std::string Store::UseKey(const ImageId& id, const std::string& store_id, const DiskRef& ref) {
+  return "uses/" + id.Hex() + "/" + store_id + "/" + ref.instance + "/" + ref.disk;
+}
+
+Result<std::string> Store::StoreId() {
+  std::lock_guard lock(store_id_mu_);
+  if (!store_id_.empty()) return store_id_;
+  const std::string path = path_ + "/store-id";
+  auto text = ReadFile(path);
+  if (!text.ok() && text.status().IsNotFound()) {
+    std::random_device rd;
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+    RETURN_IF_ERROR(WriteFileAtomic(path, std::string(buf) + "\n"));
+    text = ReadFile(path);
+  }
+  RETURN_IF_ERROR(text.status());
+  std::string id = text->substr(0, text->find('\n'));
+  if (id.size() != 16 || !IsHexString(id)) {
+    return Status::Corruption(path + " does not hold a store id (16 hex digits)");
+  }
+  store_id_ = id;
+  return id;
+}
+
+namespace {
+struct UseRecord {
+  ImageId image;
+  std::string store;
+  DiskRef ref;
+};
+// "uses/<image>/<store>/<instance>/<disk>"; nullopt for anything else.
+std::optional<UseRecord> ParseUseKey(std::string_view key) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (;;) {
+    size_t slash = key.find('/', start);
+    parts.emplace_back(key.substr(start, slash == key.npos ? key.npos : slash - start));
+    if (slash == key.npos) break;
+    start = slash + 1;
+  }
+  if (parts.size() != 5 || parts[0] != "uses") return std::nullopt;
+  auto id = Id128::FromHex(parts[1]);
+  if (!id.ok()) return std::nullopt;
+  return UseRecord{*id, parts[2], DiskRef{parts[3], parts[4]}};
+}
+}  // namespace
+
+Result<std::unordered_map<ImageId, std::vector<std::string>>> Store::UsesByOtherStores() {
+  ASSIGN_OR_RETURN(std::string me, StoreId());
+  std::unordered_map<ImageId, std::vector<std::string>> out;
+  RETURN_IF_ERROR(backend().ListRecords("uses/", [&](std::string_view key) {
+    auto u = ParseUseKey(key);
+    if (u && u->store != me) out[u->image].push_back(u->store + ":" + u->ref.ToString());
+    return Status::OK();
+  }));
+  return out;
+}
+
+Status Store::ReconcileUses(bool dry_run) {
+  ASSIGN_OR_RETURN(std::string me, StoreId());
+  std::map<std::string, ImageId> parent_of;  // "instance/disk" -> parent
+  ASSIGN_OR_RETURN(auto disks, disks_->List(""));
+  for (const auto& ref : disks) {
+    auto info = disks_->Info(ref);
+    if (!info.ok()) {
+      if (info.status().IsNotFound()) continue;
+      return info.status();
+    }
+    if (info->parent) parent_of.emplace(ref.ToString(), *info->parent);
+  }
+  std::vector<std::string> stale;
+  std::set<std::string> recorded;
+  RETURN_IF_ERROR(backend().ListRecords("uses/", [&](std::string_view key) {
+    auto u = ParseUseKey(key);
+    if (!u || u->store != me) return Status::OK();
+    auto it = parent_of.find(u->ref.ToString());
+    if (it == parent_of.end() || it->second != u->image) {
+      stale.emplace_back(key);
+    } else {
+      recorded.insert(std::string(key));
+    }
+    return Status::OK();
+  }));
+  if (dry_run) return Status::OK();
+  for (const auto& key : stale) {
+    Status s = backend().RemoveRecord(key, RecordCondition::Any());
+    if (!s.ok() && !s.IsNotFound()) return s;
+  }
+  for (const auto& [name, parent] : parent_of) {
+    ASSIGN_OR_RETURN(DiskRef ref, ParseDiskRef(name));
+    std::string key = UseKey(parent, me, ref);
+    if (!recorded.count(key)) {
+      RETURN_IF_ERROR(backend().PutRecord(key, name, RecordCondition::Any()));
+    }
   }
   return Status::OK();
 }

@@ -143,6 +143,21 @@ class Store : public ImageSource {
   // Disks whose parent is `id`.
   Result<std::vector<DiskRef>> DisksUsing(const ImageId& id);
 
+  // Use records: every disk made from an image by Store::CreateDisk leaves
+  // the record "uses/<image id>/<store id>/<instance>/<disk>" in the chunk
+  // backend, so that gc and `image rm` on every host sharing a rados chunk
+  // store know what other hosts' local disks use. The store id (16 hex
+  // digits) is kept in STORE/store-id, made on first use. A store's own
+  // records are reconciled with its disks by its own gc (ReconcileUses), so
+  // a record outlives its disk until then: the safe direction.
+  Result<std::string> StoreId();
+  // Image -> "<store id>:<instance>/<disk>" of the use records of stores
+  // other than this one.
+  Result<std::unordered_map<ImageId, std::vector<std::string>>> UsesByOtherStores();
+  // Drops this store's records of disks that are gone or have another
+  // parent, and adds those missing for its disks. Changes nothing if dry_run.
+  Status ReconcileUses(bool dry_run);
+
   // ImageSource. OpenImage loads the manifest once and keeps the reader;
   // GetGeometry answers from the image record (O(1)): every image of a store
   // has the store's chunk size (an ImageReader refuses any other).
@@ -153,6 +168,10 @@ class Store : public ImageSource {
   Store(std::string path, StoreConfig config, Clock clock);
   // Image id (hex) -> its names, sorted; one scan of the names records.
   Result<std::map<std::string, std::vector<std::string>>> NamesByImage();
+  static std::string UseKey(const ImageId& id, const std::string& store_id, const DiskRef& ref);
+
+  std::mutex store_id_mu_;
+  std::string store_id_;  // GUARDED_BY(store_id_mu_); empty until read
 
   std::string path_;
   StoreConfig config_;

@@ -293,3 +293,39 @@ TEST_CASE("the GC lock: shared holders exclude an exclusive one, which waits", "
     CHECK(granted.load());
   }
 }
+
+TEST_CASE("gc and image rm keep images that disks of other stores use (use records)",
+          "[gc][shared]") {
+  Fixture f;
+  ImageId mine = f.Import(20);
+  ImageId theirs = f.Import(21);
+  DiskCreateOptions o;
+  o.image = mine;
+  REQUIRE(f.store->CreateDisk({"vm1", "disk"}, o).ok());
+  auto me = f.store->StoreId();
+  REQUIRE(me.ok());
+  CHECK(me->size() == 16);
+  std::string own_key = "uses/" + mine.Hex() + "/" + *me + "/vm1/disk";
+  std::string value;
+  CHECK(f.store->backend().GetRecord(own_key, &value).ok());
+  // A disk of another host sharing the chunk backend.
+  std::string their_key = "uses/" + theirs.Hex() + "/0123456789abcdef/vm9/disk";
+  REQUIRE(f.store->backend().PutRecord(their_key, "vm9/disk", RecordCondition::Any()).ok());
+  f.now += 10 * 86400;
+  auto r = CollectGarbage(*f.store, MinAge(0));
+  REQUIRE(r.ok());
+  CHECK(r->images_removed.empty());
+  Status rm = f.store->RemoveImage(theirs);
+  CHECK(rm.IsBusy());
+  CHECK(rm.message().find("0123456789abcdef:vm9/disk") != std::string::npos);
+  // Its own disk gone, this store's gc drops its own record and the image.
+  REQUIRE(f.store->disks().Remove({"vm1", "disk"}).ok());
+  r = CollectGarbage(*f.store, MinAge(0));
+  REQUIRE(r.ok());
+  REQUIRE(r->images_removed.size() == 1);
+  CHECK(r->images_removed[0].id == mine);
+  CHECK(f.store->backend().GetRecord(own_key, &value).IsNotFound());
+  // The other store's record is not this store's to drop.
+  CHECK(f.store->backend().GetRecord(their_key, &value).ok());
+  CHECK(f.store->GetImage(theirs).ok());
+}

@@ -52,6 +52,22 @@ expect_fail "image C after gc" h2 image info "$C"
 h2 image verify "$A" >/dev/null || fail "named image damaged by gc"
 h2 image verify "$B" >/dev/null || fail "image in use damaged by gc"
 
+# --- a local disk of host 2 keeps its image alive for host 1's gc and image rm ---------
+head -c 1M /dev/urandom >"$T/d.raw"
+D=$(h1 image import "$T/d.raw")
+h2 disk create vm2/disk --image "$D" >/dev/null
+h1 gc --min-age 0 --keep-named >/dev/null
+h1 image info "$D" >/dev/null || fail "host 1's gc removed the image of host 2's disk"
+expect_fail "image rm of an image host 2's disk uses" h1 image rm "$D"
+expect_err_contains "vm2/disk"
+h2 disk rm vm2/disk
+h1 gc --min-age 0 --keep-named >/dev/null
+h1 image info "$D" >/dev/null || fail "host 2's stale use record was ignored before host 2's gc"
+h2 gc --min-age 1h >/dev/null  # drops host 2's own stale record
+h1 gc --min-age 0 --keep-named >/dev/null
+expect_fail "image D after both gcs" h1 image info "$D"
+[[ "$(chunk_objects)" == 32 ]] || fail "expected 32 chunk objects, found $(chunk_objects)"
+
 # --- an import in progress on host 2 while gc runs on host 1 ---------------------------
 # X's chunks are stored but unreferenced (its image removed): exactly what a
 # sweep takes. Host 2's import reads X's content first (finding those chunks

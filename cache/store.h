@@ -159,8 +159,10 @@ class Store : public ImageSource {
   Status ReconcileUses(bool dry_run);
 
   // ImageSource. OpenImage loads the manifest once and keeps the reader;
-  // GetGeometry answers from the image record (O(1)): every image of a store
-  // has the store's chunk size (an ImageReader refuses any other).
+  // GetGeometry answers from the image record (O(1)): its size and its
+  // manifest's chunk size (records written before the chunk size was kept
+  // load the manifest once). Reading an image whose chunk size is not this
+  // store's is refused by ImageReader (InvalidArgument), never misread.
   Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override;
   Result<ImageGeometry> GetGeometry(const ImageId& id) override;
 

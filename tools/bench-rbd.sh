@@ -5,7 +5,9 @@
 #      on an rbd disk through the mount (a clone of a MIB image of random
 #      data, so reads hit the base and writes copy up) against
 #      `rbd bench --io-threads DEPTH` with the same I/O size and pattern on a
-#      twin clone of the same base; target >= 0.8;
+#      twin clone of the same base; target >= 0.8; also the mount daemon's
+#      CPU per I/O, and the same fio job with fio's rbd engine (no FUSE) on a
+#      third twin (in the pool's default namespace) for comparison;
 #   2. the backend alone (tests/bench/rbd_disk_bench): publication against the
 #      same bytes written with 4 MiB aio writes, and its async I/O against
 #      rbd bench on a twin clone.
@@ -42,6 +44,7 @@ cleanup() {
   mountpoint -q "$mnt" 2>/dev/null && fusermount3 -u -z "$mnt"
   if [[ -n "$ns" ]]; then
     local img
+    rbdc rm --no-progress "$IMGFS_CEPH_POOL/imgfs-bench-fio.$ns" >/dev/null 2>&1 || true
     for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null | grep -v '^imgfs\.'); do
       rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
     done
@@ -105,12 +108,31 @@ if [[ "${IMGFS_BENCH_RBD_SKIP_MOUNT:-0}" != 1 ]]; then
       --io-total "$total" "$1" 2>&1 | awk '/^elapsed/ { print int($6) }' | tail -1
   }
 
+  # fio_rbd_iops IMAGE RW BS -> IOPS of the same fio job with fio's own rbd
+  # engine (librbd's C API, no FUSE) on IMAGE in the pool's default namespace
+  # (the engine has no namespace option), or "-" if it cannot run.
+  fio_rbd_iops() {
+    local out
+    out="$(CEPH_CONF="$IMGFS_CEPH_CONF" CEPH_ARGS="--keyring $IMGFS_CEPH_KEYRING" fio --name=bench \
+      --ioengine=rbd --clientname="$IMGFS_CEPH_ID" --pool="$IMGFS_CEPH_POOL" --rbdname="$1" \
+      --rw="$2" --bs="$3" --iodepth="$depth" --size="${mib}M" --time_based --runtime="$runtime" \
+      --output-format=terse --terse-version=3 2>/dev/null)" || out=""
+    case "$2" in
+      read | randread) awk -F';' '{ print $8 }' <<<"$out" ;;
+      *) awk -F';' '{ print $49 }' <<<"$out" ;;
+    esac | grep . || echo -
+  }
+  fio_ref="imgfs-bench-fio.$ns"
+
   # daemon_ticks -> the mount daemon's CPU time so far (all threads), in ticks.
   daemon_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat"; }
 
-  # The last column is the mount daemon's CPU time per fio I/O (librbd's
-  # threads included; fio's and the kernel's FUSE side are not).
-  printf '%-46s %14s %14s %7s %8s %10s\n' "benchmark" "rbd bench" "imgfs" "ratio" "target" "daemon us/io"
+  # The last columns: the mount daemon's CPU time per fio I/O (librbd's
+  # threads included; fio's and the kernel's FUSE side are not); the same fio
+  # job with fio's rbd engine on a third twin clone, and imgfs / that, which
+  # leaves out what fio and librbd's C API cost either way.
+  printf '%-46s %14s %14s %7s %8s %12s %14s %8s\n' "benchmark" "rbd bench" "imgfs" "ratio" "target" \
+    "daemon us/io" "fio rbd" "ratio"
   for j in "read 1M" "write 1M" "randread 4K" "randwrite 4K"; do
     read -r rw bs <<<"$j"
     # A fresh clone for each side, so both copy up the same way.
@@ -123,8 +145,16 @@ if [[ "${IMGFS_BENCH_RBD_SKIP_MOUNT:-0}" != 1 ]]; then
     ratio="$(awk -v a="$base_iops" -v b="$mnt_iops" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')"
     us="$(awk -v t="$((cpu1 - cpu0))" -v hz="$(getconf CLK_TCK)" -v n="$mnt_iops" -v s="$runtime" \
       'BEGIN { printf "%.0f", (n > 0 ? t * 1e6 / hz / (n * s) : 0) }')"
-    printf '%-46s %14s %14s %7s %8s %10s\n' "fio $rw bs=$bs libaio qd=$depth (rbd disk)" \
-      "$base_iops IOPS" "$mnt_iops IOPS" "$ratio" ">= 0.8" "$us"
+    base="$(rbdc ls "$IMGFS_CEPH_POOL/$ns" | grep '^imgfs\.base\.' | head -1)"
+    fio_rbd="-"
+    if rbdc clone --rbd-default-clone-format 2 "$IMGFS_CEPH_POOL/$ns/$base@base" \
+      "$IMGFS_CEPH_POOL/$fio_ref" >/dev/null 2>&1; then
+      fio_rbd="$(fio_rbd_iops "$fio_ref" "$rw" "$bs")"
+      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$fio_ref" >/dev/null 2>&1 || true
+    fi
+    fio_ratio="$(awk -v a="$fio_rbd" -v b="$mnt_iops" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')"
+    printf '%-46s %14s %14s %7s %8s %12s %14s %8s\n' "fio $rw bs=$bs libaio qd=$depth (rbd disk)" \
+      "$base_iops IOPS" "$mnt_iops IOPS" "$ratio" ">= 0.8" "$us" "$fio_rbd IOPS" "$fio_ratio"
   done
   kill -TERM "$pid"
   tail --pid="$pid" -f /dev/null

@@ -927,13 +927,18 @@ Status FileSystem::GrowTo(OpenFile& of, uint64_t end) {
   return disk->Resize(end, false);
 }
 
+Result<std::shared_ptr<FileSystem::OpenFile>> FileSystem::GetWritableFile(uint64_t fh) {
+  ASSIGN_OR_RETURN(auto h, GetHandle(fh));
+  h->Used();
+  if (h->of->image) return Status::ReadOnly("images under _base are read-only");
+  if (!h->write) return Status::PermissionDenied("the file is not open for writing");
+  return h->of;
+}
+
 void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done) {
-  auto h = GetHandle(fh);
-  if (!h.ok()) return done(h.status());
-  (*h)->Used();
-  std::shared_ptr<OpenFile> of = (*h)->of;
-  if (of->image) return done(Status::ReadOnly("images under _base are read-only"));
-  if (!(*h)->write) return done(Status::PermissionDenied("the file is not open for writing"));
+  auto file = GetWritableFile(fh);
+  if (!file.ok()) return done(file.status());
+  std::shared_ptr<OpenFile> of = std::move(*file);
   if (offset + data.size() < offset) return done(Status::InvalidArgument("write past 2^64"));
   auto disk = of->CurrentDisk();
   if (!disk.ok()) return done(disk.status());
@@ -958,12 +963,9 @@ void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCal
 
 void FileSystem::FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t length,
                                 StatusCallback done) {
-  auto h = GetHandle(fh);
-  if (!h.ok()) return done(h.status());
-  (*h)->Used();
-  std::shared_ptr<OpenFile> of = (*h)->of;
-  if (of->image) return done(Status::ReadOnly("images under _base are read-only"));
-  if (!(*h)->write) return done(Status::PermissionDenied("the file is not open for writing"));
+  auto file = GetWritableFile(fh);
+  if (!file.ok()) return done(file.status());
+  std::shared_ptr<OpenFile> of = std::move(*file);
   constexpr int kKnown = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
   if (mode & ~kKnown) return done(Status::NotSupported("fallocate mode not supported"));
   if ((mode & FALLOC_FL_PUNCH_HOLE) && !(mode & FALLOC_FL_KEEP_SIZE)) {

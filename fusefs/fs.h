@@ -214,6 +214,9 @@ class FileSystem {
 
   Result<std::shared_ptr<Node>> GetNode(uint64_t ino);
   Result<std::shared_ptr<Handle>> GetHandle(uint64_t fh);
+  // The open file behind handle `fh`, marked used, when it is a disk opened
+  // for writing; ReadOnly for an image, PermissionDenied for a read-only open.
+  Result<std::shared_ptr<OpenFile>> GetWritableFile(uint64_t fh);
   // Finds or makes the inode for `key`, optionally taking a lookup reference.
   std::shared_ptr<Node> NodeFor(const std::string& key, NodeKind kind, const std::string& instance,
                                 const std::string& disk, const ImageId& image, bool take_ref);

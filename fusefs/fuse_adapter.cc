@@ -74,6 +74,18 @@ Ctx& CtxOf(fuse_req_t req) { return *static_cast<Ctx*>(fuse_req_userdata(req)); 
 FileSystem& Fs(fuse_req_t req) { return *CtxOf(req).fs; }
 
 // Replies to one request, at most once; Handle() replies EIO if the body did not.
+// The errno a failed operation replies with; failures that mean lost or
+// unavailable data are logged as errors, the rest (ENOENT, EBUSY...) at debug.
+int ReplyErrno(const char* op, const Status& st) {
+  int err = st.ToErrno();
+  if (err == EIO || err == ENOMEM || err == ENOSPC) {
+    spdlog::error("{}: {}", op, st.ToString());
+  } else {
+    spdlog::debug("{}: {}", op, st.ToString());
+  }
+  return err ? err : EIO;
+}
+
 class Reply {
  public:
   Reply(fuse_req_t req, const char* op) : req_(req), op_(op) {}
@@ -84,15 +96,7 @@ class Reply {
     done_ = true;
     fuse_reply_err(req_, err);
   }
-  void Fail(const Status& st) {
-    int err = st.ToErrno();
-    if (err == EIO || err == ENOMEM || err == ENOSPC) {
-      spdlog::error("{}: {}", op_, st.ToString());
-    } else {
-      spdlog::debug("{}: {}", op_, st.ToString());
-    }
-    Err(err ? err : EIO);
-  }
+  void Fail(const Status& st) { Err(ReplyErrno(op_, st)); }
   void None() {
     done_ = true;
     fuse_reply_none(req_);
@@ -346,15 +350,7 @@ class AsyncReply {
   void Err(int err) {
     if (!replied_.exchange(true)) fuse_reply_err(req_, err);
   }
-  void Fail(const Status& st) {
-    int err = st.ToErrno();
-    if (err == EIO || err == ENOMEM || err == ENOSPC) {
-      spdlog::error("{}: {}", op_, st.ToString());
-    } else {
-      spdlog::debug("{}: {}", op_, st.ToString());
-    }
-    Err(err ? err : EIO);
-  }
+  void Fail(const Status& st) { Err(ReplyErrno(op_, st)); }
   void Done(const Status& st) {
     if (!st.ok()) return Fail(st);
     Err(0);

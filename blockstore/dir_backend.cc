@@ -35,33 +35,6 @@ Status MakeDir(const std::string& dir, bool sync = true) {
   return Status::OK();
 }
 
-Status WriteAll(int fd, ByteView data, const std::string& what) {
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write " + what);
-    }
-    done += static_cast<size_t>(n);
-  }
-  return Status::OK();
-}
-
-Result<size_t> ReadAll(int fd, MutableByteView buf, const std::string& what) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read " + what);
-    }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  return done;
-}
-
 Status ObjectMissing(ObjectKind kind, std::string_view id) {
   return Status::NotFound(std::string(ObjectKindName(kind)) + " " + std::string(id) + " not found");
 }
@@ -133,8 +106,8 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
     char buf[64] = {};
     ASSIGN_OR_RETURN(
         size_t n,
-        ReadAll(format_fd.get(), MutableByteView(reinterpret_cast<uint8_t*>(buf), sizeof buf - 1),
-                format_path));
+        ReadFull(format_fd.get(), MutableByteView(reinterpret_cast<uint8_t*>(buf), sizeof buf - 1),
+                 0, format_path));
     if (std::string_view(buf, n) != kFormatLine) {
       return Status::InvalidArgument(root + " has an unknown chunk directory format: '" +
                                      std::string(buf, n > 0 && buf[n - 1] == '\n' ? n - 1 : n) +
@@ -235,7 +208,7 @@ Status DirChunkBackend::WriteTemp(ByteView data, bool sync, std::string* path) {
   *path = root_ + name;
   UniqueFd fd(::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Status::FromErrno(errno, "create temp file " + *path);
-  Status s = WriteAll(fd.get(), data, *path);
+  Status s = WriteFull(fd.get(), data, std::nullopt, *path);
   if (s.ok() && sync && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + *path);
   if (s.ok() && ::close(fd.release()) != 0) s = Status::FromErrno(errno, "close " + *path);
   if (!s.ok()) ::unlink(path->c_str());
@@ -315,7 +288,7 @@ Status DirChunkBackend::PublishLinked(const std::string& dest, ByteView data) {
     }
     return Status::FromErrno(errno, "create temp file in " + parent);
   }
-  RETURN_IF_ERROR(WriteAll(fd.get(), data, dest));
+  RETURN_IF_ERROR(WriteFull(fd.get(), data, std::nullopt, dest));
   if (::linkat(AT_FDCWD, ProcFdPath(fd.get()).buf, AT_FDCWD, dest.c_str(), AT_SYMLINK_FOLLOW) !=
       0) {
     int err = errno;
@@ -369,7 +342,7 @@ Status OpenObject(const std::string& path, ObjectKind kind, std::string_view id,
 // Reads exactly buf.size() bytes of an object opened with OpenObject.
 Status ReadObject(int fd, const std::string& path, ObjectKind kind, std::string_view id,
                   MutableByteView buf) {
-  ASSIGN_OR_RETURN(size_t n, ReadAll(fd, buf, path));
+  ASSIGN_OR_RETURN(size_t n, ReadFull(fd, buf, 0, path));
   if (n != buf.size()) {
     return Status::Corruption(std::string(ObjectKindName(kind)) + " " + std::string(id) +
                               " changed size while being read");
@@ -463,8 +436,8 @@ Status DirChunkBackend::ReadRecordFile(const std::string& path, std::string* val
   value->resize(static_cast<size_t>(st.st_size));
   ASSIGN_OR_RETURN(
       size_t n,
-      ReadAll(fd.get(), MutableByteView(reinterpret_cast<uint8_t*>(value->data()), value->size()),
-              path));
+      ReadFull(fd.get(), MutableByteView(reinterpret_cast<uint8_t*>(value->data()), value->size()),
+               0, path));
   value->resize(n);
   *found = true;
   return Status::OK();

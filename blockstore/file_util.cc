@@ -28,6 +28,38 @@ Status FsyncDir(const std::string& dir) {
   return Status::OK();
 }
 
+Result<size_t> ReadFull(int fd, MutableByteView buf, std::optional<uint64_t> offset,
+                        const std::string& what) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    ssize_t n = offset ? ::pread(fd, buf.data() + done, buf.size() - done,
+                                 static_cast<off_t>(*offset + done))
+                       : ::read(fd, buf.data() + done, buf.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + what);
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+Status WriteFull(int fd, ByteView data, std::optional<uint64_t> offset, const std::string& what) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = offset ? ::pwrite(fd, data.data() + done, data.size() - done,
+                                  static_cast<off_t>(*offset + done))
+                       : ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + what);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::OK();
+}
+
 Status WriteFileAtomic(const std::string& path, std::string_view data) {
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
@@ -35,16 +67,12 @@ Status WriteFileAtomic(const std::string& path, std::string_view data) {
   std::string tmp = path + ".tmp." + std::to_string(rng());
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!fd.valid()) return Status::FromErrno(errno, "create " + tmp);
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::write(fd.get(), data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      Status s = Status::FromErrno(errno, "write " + tmp);
-      ::unlink(tmp.c_str());
-      return s;
-    }
-    done += static_cast<size_t>(n);
+  if (Status s =
+          WriteFull(fd.get(), ByteView(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
+                    std::nullopt, tmp);
+      !s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
   }
   if (::fsync(fd.get()) != 0) {
     Status s = Status::FromErrno(errno, "fsync " + tmp);

@@ -2,6 +2,8 @@
 // Every error comes back as a Status made by Status::FromErrno with the path.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -16,6 +18,16 @@ Status WriteFileAtomic(const std::string& path, std::string_view data);
 
 // Reads a whole file. NotFound when it does not exist.
 Result<std::string> ReadFile(const std::string& path);
+
+// Reads into `buf` until it is full or the file ends: with pread at `offset`,
+// or from the current position when there is none (pipes, stdin). Returns the
+// bytes read, short only at the end of the file. Retries EINTR; errors are
+// "read <what>".
+Result<size_t> ReadFull(int fd, MutableByteView buf, std::optional<uint64_t> offset,
+                        const std::string& what);
+// Writes all of `data`: with pwrite at `offset`, or at the current position
+// when there is none. Retries EINTR; errors are "write <what>".
+Status WriteFull(int fd, ByteView data, std::optional<uint64_t> offset, const std::string& what);
 
 // fsync of a directory (makes renames and creations in it durable).
 Status FsyncDir(const std::string& dir);

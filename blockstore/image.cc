@@ -1,9 +1,10 @@
 #include "blockstore/image.h"
 
-#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <vector>
+
+#include "blockstore/countdown.h"
 
 namespace imgfs {
 
@@ -20,30 +21,6 @@ bool ImageReader::IsHoleAt(uint64_t offset) const {
   uint64_t index = offset / manifest_.chunk_size;
   return index >= manifest_.chunks.size() || manifest_.chunks[index].IsHole();
 }
-
-namespace {
-
-// Waits until `CountDown` was called `n` times. Notifies under the lock, so
-// the waiter may destroy it as soon as Wait returns.
-class Countdown {
- public:
-  explicit Countdown(size_t n) : n_(n) {}
-  void CountDown() {
-    std::lock_guard lock(mu_);
-    if (--n_ == 0) cv_.notify_all();
-  }
-  void Wait() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [this] { return n_ == 0; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  size_t n_;  // GUARDED_BY(mu_)
-};
-
-}  // namespace
 
 Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
   const uint64_t cs = manifest_.chunk_size;

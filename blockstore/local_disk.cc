@@ -58,33 +58,10 @@ Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644
   return UniqueFd(fd);
 }
 
+// A read at `off` in which what lies past the end of the file reads as zeros.
 Status PreadFull(int fd, MutableByteView buf, uint64_t off, const std::string& what) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read " + what);
-    }
-    if (n == 0) {
-      std::memset(buf.data() + done, 0, buf.size() - done);
-      return Status::OK();
-    }
-    done += static_cast<size_t>(n);
-  }
-  return Status::OK();
-}
-
-Status PwriteFull(int fd, ByteView buf, uint64_t off, const std::string& what) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write " + what);
-    }
-    done += static_cast<size_t>(n);
-  }
+  ASSIGN_OR_RETURN(size_t n, ReadFull(fd, buf, off, what));
+  std::memset(buf.data() + n, 0, buf.size() - n);
   return Status::OK();
 }
 
@@ -103,7 +80,7 @@ Status PunchHole(int fd, uint64_t off, uint64_t len, const std::string& what) {
   static const std::array<uint8_t, 64 * 1024> kZeros{};
   while (len > 0) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(len, kZeros.size()));
-    RETURN_IF_ERROR(PwriteFull(fd, ByteView(kZeros.data(), n), off, what));
+    RETURN_IF_ERROR(WriteFull(fd, ByteView(kZeros.data(), n), off, what));
     off += n;
     len -= n;
   }
@@ -498,7 +475,7 @@ Status LocalDisk::Read(uint64_t offset, MutableByteView buf) {
 Status LocalDisk::CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* data) {
   std::lock_guard lock(stripes_[c % kStripes]);
   if (bits_.Test(c)) {
-    if (data) return PwriteFull(data_.get(), ByteView(data, len), pos, DataPath());
+    if (data) return WriteFull(data_.get(), ByteView(data, len), pos, DataPath());
     return PunchHole(data_.get(), pos, len, DataPath());
   }
   uint64_t cstart = ChunkStart(c);
@@ -510,7 +487,7 @@ Status LocalDisk::CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* 
     // Whatever an earlier crash may have left in this range of the data file
     // must not show through: punch it, then write.
     if (!whole || !data) RETURN_IF_ERROR(PunchHole(data_.get(), cstart, cend - cstart, DataPath()));
-    if (data) RETURN_IF_ERROR(PwriteFull(data_.get(), ByteView(data, len), pos, DataPath()));
+    if (data) RETURN_IF_ERROR(WriteFull(data_.get(), ByteView(data, len), pos, DataPath()));
   } else {
     Bytes chunk(cend - cstart);
     RETURN_IF_ERROR(ReadParent(cstart, MutableByteView(chunk)));
@@ -519,7 +496,7 @@ Status LocalDisk::CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* 
     } else {
       std::memset(chunk.data() + (pos - cstart), 0, len);
     }
-    RETURN_IF_ERROR(PwriteFull(data_.get(), ByteView(chunk), cstart, DataPath()));
+    RETURN_IF_ERROR(WriteFull(data_.get(), ByteView(chunk), cstart, DataPath()));
   }
   bits_.Set(c);
   AddPending(c, true);
@@ -540,7 +517,7 @@ Status LocalDisk::Write(uint64_t offset, ByteView buf) {
       while (run_end < end && bits_.Test(run_end >> chunk_shift_)) {
         run_end = std::min(end, run_end + chunk_size_);
       }
-      RETURN_IF_ERROR(PwriteFull(data_.get(), ByteView(src, run_end - pos), pos, DataPath()));
+      RETURN_IF_ERROR(WriteFull(data_.get(), ByteView(src, run_end - pos), pos, DataPath()));
     } else {
       RETURN_IF_ERROR(CopyUp(c, pos, run_end - pos, src));
     }
@@ -609,8 +586,8 @@ Status LocalDisk::FlushLocked() {
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
   std::string path = dir_ + "/" + kBitmapFile;
   for (uint64_t p : touched) {
-    Status s = PwriteFull(bitmap_fd_.get(), ByteView(persisted_[p]),
-                          kBitmapHeaderBytes + p * kPageBytes, path);
+    Status s = WriteFull(bitmap_fd_.get(), ByteView(persisted_[p]),
+                         kBitmapHeaderBytes + p * kPageBytes, path);
     if (!s.ok()) return fail(s);
   }
   if (::fdatasync(bitmap_fd_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync map"));
@@ -867,7 +844,7 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
     std::memcpy(header.data() + 12, &chunk, 4);
     std::string bm = tmp + "/" + kBitmapFile;
     ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(bm, O_WRONLY | O_CREAT | O_EXCL));
-    RETURN_IF_ERROR(PwriteFull(fd.get(), ByteView(header), 0, bm));
+    RETURN_IF_ERROR(WriteFull(fd.get(), ByteView(header), 0, bm));
     RETURN_IF_ERROR(Fsync(fd.get(), bm));
     RETURN_IF_ERROR(WriteFileAtomic(tmp + "/" + kMetaFile, EncodeMeta(m)));
     return MoveDiskDir(tmp, ref);

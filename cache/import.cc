@@ -40,37 +40,6 @@ unsigned ImportThreads() {
 
 bool Cancelled(const ImportOptions& o) { return o.cancel && o.cancel->load(); }
 
-// Reads exactly buf.size() bytes at `offset` unless EOF comes first; returns
-// the number read.
-Result<size_t> PreadFull(int fd, uint64_t offset, MutableByteView buf) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n =
-        ::pread(fd, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read");
-    }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  return done;
-}
-
-Result<size_t> ReadFull(int fd, MutableByteView buf) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = ::read(fd, buf.data() + done, buf.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read");
-    }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  return done;
-}
-
 // A temporary file in the store's temp area, removed on destruction.
 class TempFile {
  public:
@@ -287,7 +256,7 @@ Status CheckSpace(ChunkStore& chunks, int fd, const std::vector<uint64_t>& todo,
     if (Cancelled(options)) return Status::IOError("import interrupted");
     uint64_t off = i * cs;
     size_t len = static_cast<size_t>(std::min<uint64_t>(cs, size - off));
-    ASSIGN_OR_RETURN(size_t n, PreadFull(fd, off, MutableByteView(buf.data(), len)));
+    ASSIGN_OR_RETURN(size_t n, ReadFull(fd, MutableByteView(buf.data(), len), off, "the source"));
     if (n < len) std::fill(buf.begin() + n, buf.begin() + len, 0);
     ByteView chunk(buf.data(), len);
     if (IsAllZero(chunk)) continue;
@@ -358,7 +327,7 @@ Result<ImportResult> ImportRawFdLocked(Store& store, int fd, bool seekable, uint
         }
         uint64_t off = todo[k] * cs;
         size_t len = static_cast<size_t>(std::min<uint64_t>(cs, size - off));
-        auto n = PreadFull(fd, off, MutableByteView(buf->data(), len));
+        auto n = ReadFull(fd, MutableByteView(buf->data(), len), off, "the source");
         if (!n.ok()) {
           window.Release(buf);
           return window.Fail(n.status().WithContext("read source"));
@@ -385,7 +354,7 @@ Result<ImportResult> ImportRawFdLocked(Store& store, int fd, bool seekable, uint
         window.Fail(held.WithContext("import stopped"));
         break;
       }
-      auto n = ReadFull(fd, MutableByteView(buf->data(), cs));
+      auto n = ReadFull(fd, MutableByteView(buf->data(), cs), std::nullopt, "the source");
       if (!n.ok()) {
         window.Release(buf);
         window.Fail(n.status().WithContext("read source"));

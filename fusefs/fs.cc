@@ -395,15 +395,7 @@ Result<struct stat> FileSystem::SetAttr(uint64_t ino, const AttrChange& change,
       ref = DiskRef{node->instance, node->disk};
     }
     if (of) {
-      bool writable;
-      {
-        std::lock_guard lock(of->mu);
-        writable = of->writable;
-      }
-      if (!writable) {
-        ASSIGN_OR_RETURN(auto disk, disks_.Open(ref, OpenMode::kReadWrite));
-        ReplaceDisk(*of, std::move(disk));
-      }
+      RETURN_IF_ERROR(UpgradeToWritable(*of, ref));
       std::lock_guard grow(of->grow_mu);
       ASSIGN_OR_RETURN(auto disk, of->CurrentDisk());
       RETURN_IF_ERROR(disk->Resize(*change.size, opts_.allow_shrink));
@@ -789,15 +781,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
           spdlog::warn("recording use of image {}: {}", info->parent->Hex(), st.ToString());
       }
     } else if (write) {
-      bool writable;
-      {
-        std::lock_guard lock(of->mu);
-        writable = of->writable;
-      }
-      if (!writable) {
-        ASSIGN_OR_RETURN(auto disk, disks_.Open(ref, OpenMode::kReadWrite));
-        ReplaceDisk(*of, std::move(disk));
-      }
+      RETURN_IF_ERROR(UpgradeToWritable(*of, ref));
     }
     if (flags & O_TRUNC) {
       std::lock_guard grow(of->grow_mu);
@@ -881,7 +865,12 @@ void FileSystem::WaitIdle(const std::shared_ptr<Disk>& disk) {
   while (disk.use_count() > 1) retire_cv_.wait_for(lock, std::chrono::milliseconds(10));
 }
 
-void FileSystem::ReplaceDisk(OpenFile& of, std::shared_ptr<Disk> disk) {
+Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
+  {
+    std::lock_guard lock(of.mu);
+    if (of.writable) return Status::OK();
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Disk> disk, disks_.Open(ref, OpenMode::kReadWrite));
   std::shared_ptr<Disk> old;
   {
     std::lock_guard lock(of.mu);
@@ -889,6 +878,7 @@ void FileSystem::ReplaceDisk(OpenFile& of, std::shared_ptr<Disk> disk) {
     of.writable = true;
   }
   WaitIdle(old);
+  return Status::OK();
 }
 
 void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, MutableByteView buf, SizeCallback done) {

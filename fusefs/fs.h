@@ -234,7 +234,9 @@ class FileSystem {
   // their `done` ran: Shutdown returns only once every reply was made.
   void WaitIdle(const std::shared_ptr<Disk>& disk);
   void DropDisk(std::shared_ptr<Disk> disk);
-  void ReplaceDisk(OpenFile& of, std::shared_ptr<Disk> disk);
+  // Reopens an open file's disk for writing (taking the backend's write
+  // lock) unless it already is; the read-only disk goes through WaitIdle.
+  Status UpgradeToWritable(OpenFile& of, const DiskRef& ref);
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags);
   void ForgetNameLocked(const std::string& key);
   void KeepInstance(const std::string& instance);

@@ -97,11 +97,7 @@ class Reply {
     fuse_reply_err(req_, err);
   }
   void Fail(const Status& st) { Err(ReplyErrno(op_, st)); }
-  void None() {
-    done_ = true;
-    fuse_reply_none(req_);
-  }
-  void Entry(const fusefs::Entry& e) {
+  fuse_entry_param EntryParam(const fusefs::Entry& e) const {
     const FsOptions& o = Fs(req_).options();
     fuse_entry_param p{};
     p.ino = e.ino;
@@ -109,6 +105,14 @@ class Reply {
     p.attr = e.attr;
     p.attr_timeout = o.attr_timeout;
     p.entry_timeout = o.entry_timeout;
+    return p;
+  }
+  void None() {
+    done_ = true;
+    fuse_reply_none(req_);
+  }
+  void Entry(const fusefs::Entry& e) {
+    fuse_entry_param p = EntryParam(e);
     done_ = true;
     if (fuse_reply_entry(req_, &p) != 0) Fs(req_).Forget(e.ino, 1);
   }
@@ -125,13 +129,7 @@ class Reply {
     if (fuse_reply_open(req_, &fi) != 0) Fs(req_).Release(o.fh);
   }
   void Create(const fusefs::Entry& e, const OpenReply& o) {
-    const FsOptions& opts = Fs(req_).options();
-    fuse_entry_param p{};
-    p.ino = e.ino;
-    p.generation = 1;
-    p.attr = e.attr;
-    p.attr_timeout = opts.attr_timeout;
-    p.entry_timeout = opts.entry_timeout;
+    fuse_entry_param p = EntryParam(e);
     fuse_file_info fi{};
     fi.fh = o.fh;
     fi.direct_io = o.direct_io;

@@ -34,10 +34,12 @@ nlohmann::json InfoJson(const DiskInfo& i) {
           {"location", i.location}};
 }
 
-Result<uint64_t> ParseSizeArg(const std::string& text) {
-  auto size = ParseSize(text);
-  if (!size.ok()) return size.status();
-  return *size;
+// The --json answer of create and resize: the disk as it now is.
+Outcome PrintInfoJson(Store& store, const DiskRef& ref) {
+  auto info = store.disks().Info(ref);
+  if (!info.ok()) return {info.status()};
+  PrintJson(InfoJson(*info));
+  return {};
 }
 
 struct CreateArgs {
@@ -55,7 +57,7 @@ Outcome RunCreate(const GlobalOptions& g, const CreateArgs& a) {
   }
   DiskCreateOptions opts;
   if (!a.size.empty()) {
-    auto size = ParseSizeArg(a.size);
+    auto size = ParseSize(a.size);
     if (!size.ok()) return {size.status()};
     opts.size = *size;
   } else if (a.blank) {
@@ -78,11 +80,7 @@ Outcome RunCreate(const GlobalOptions& g, const CreateArgs& a) {
   }
   Status s = (*store)->CreateDisk(*ref, opts);
   if (!s.ok()) return {s};
-  if (g.json) {
-    auto info = (*store)->disks().Info(*ref);
-    if (!info.ok()) return {info.status()};
-    PrintJson(InfoJson(*info));
-  }
+  if (g.json) return PrintInfoJson(**store, *ref);
   return {};
 }
 
@@ -157,17 +155,13 @@ Outcome RunInfo(const GlobalOptions& g, const std::string& disk) {
 Outcome RunResize(const GlobalOptions& g, const std::string& disk, const std::string& size_text) {
   auto ref = ParseDiskRef(disk);
   if (!ref.ok()) return {ref.status()};
-  auto size = ParseSizeArg(size_text);
+  auto size = ParseSize(size_text);
   if (!size.ok()) return {size.status()};
   auto store = OpenStore(g);
   if (!store.ok()) return {store.status()};
   Status s = (*store)->disks().Resize(*ref, *size, /*allow_shrink=*/false);
   if (!s.ok()) return {s};
-  if (g.json) {
-    auto info = (*store)->disks().Info(*ref);
-    if (!info.ok()) return {info.status()};
-    PrintJson(InfoJson(*info));
-  }
+  if (g.json) return PrintInfoJson(**store, *ref);
   return {};
 }
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "blockstore/chunk_store.h"
+#include "blockstore/countdown.h"
 #include "blockstore/image.h"
 #include "blockstore/manifest.h"
 
@@ -78,25 +79,6 @@ Bytes Pattern(size_t n, uint32_t seed) {
   return b;
 }
 
-// Waits for `n` asynchronous completions.
-class Countdown {
- public:
-  explicit Countdown(int n) : n_(n) {}
-  void Done() {
-    std::lock_guard lock(mu_);
-    if (--n_ == 0) cv_.notify_all();
-  }
-  void Wait() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [this] { return n_ == 0; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int n_;
-};
-
 TEST_CASE("rados: racing PutIfAbsent of one object: exactly one writer wins", "[rados]") {
   if (!HaveCluster()) return;
   auto b = Open();
@@ -139,7 +121,7 @@ TEST_CASE("rados: many asynchronous puts and reads at once", "[rados]") {
   for (int i = 0; i < kN; ++i) {
     b->PutIfAbsentAsync(ObjectKind::kChunk, ids[i], data[i], [&](Status s) {
       if (!s.ok()) ++put_failures;
-      puts.Done();
+      puts.CountDown();
     });
   }
   puts.Wait();
@@ -151,7 +133,7 @@ TEST_CASE("rados: many asynchronous puts and reads at once", "[rados]") {
   for (int i = 0; i < kN; ++i) {
     b->ReadAsync(ObjectKind::kChunk, ids[i], bufs[i], [&, i](Result<size_t> r) {
       results[i] = std::move(r);
-      reads.Done();
+      reads.CountDown();
     });
   }
   Bytes missing_buf(1024);
@@ -159,7 +141,7 @@ TEST_CASE("rados: many asynchronous puts and reads at once", "[rados]") {
   b->ReadAsync(ObjectKind::kChunk, "ffffffffffffffffffffffffffffffff", missing_buf,
                [&](Result<size_t> r) {
                  missing = std::move(r);
-                 reads.Done();
+                 reads.CountDown();
                });
   reads.Wait();
   for (int i = 0; i < kN; ++i) {
@@ -174,7 +156,7 @@ TEST_CASE("rados: many asynchronous puts and reads at once", "[rados]") {
   Status again_status;
   b->PutIfAbsentAsync(ObjectKind::kChunk, ids[0], data[0], [&](Status s) {
     again_status = s;
-    again.Done();
+    again.CountDown();
   });
   again.Wait();
   CHECK(again_status.IsAlreadyExists());
@@ -374,7 +356,7 @@ TEST_CASE("rados: chunk store async puts and an image read spanning many chunks"
         m.chunks[i] = r->id;
         if (r->stored) ++stored;
       }
-      puts.Done();
+      puts.CountDown();
     });
   }
   puts.Wait();

@@ -1,10 +1,34 @@
 #include "blockstore/disk.h"
 
+#include <cstring>
+
 #include "blockstore/local_disk.h"
 #include "blockstore/mem_disk.h"
 #include "blockstore/rbd_disk.h"
 
 namespace imgfs {
+
+size_t ReadBuffers::size() const {
+  size_t n = 0;
+  for (ByteView p : pieces) n += p.size();
+  return n;
+}
+
+void ReadBuffers::CopyTo(MutableByteView out) const {
+  for (ByteView p : pieces) {
+    std::memcpy(out.data(), p.data(), p.size());
+    out = out.subspan(p.size());
+  }
+}
+
+void Disk::ReadBuffersAsync(uint64_t offset, size_t length, ReadBuffersCallback done) {
+  std::shared_ptr<uint8_t[]> buf(new uint8_t[length]);
+  ReadAsync(offset, MutableByteView(buf.get(), length),
+            [buf, length, done = std::move(done)](Status st) {
+              if (!st.ok()) return done(std::move(st));
+              done(ReadBuffers{{ByteView(buf.get(), length)}, buf});
+            });
+}
 
 void Disk::ReadAsync(uint64_t offset, MutableByteView buf, Callback done) {
   done(Read(offset, buf));

@@ -60,6 +60,18 @@ struct DiskInfo {
 
 enum class OpenMode : uint8_t { kReadOnly, kReadWrite };
 
+// Bytes read into buffers the disk chose, so that the caller can pass them
+// on without copying them (the mount replies with them): `pieces`, in order,
+// stay valid while `owner` lives.
+struct ReadBuffers {
+  std::vector<ByteView> pieces;
+  std::shared_ptr<const void> owner;
+
+  size_t size() const;
+  // Copies the bytes into `out`, which must hold size() bytes.
+  void CopyTo(MutableByteView out) const;
+};
+
 // An open disk. Thread safety: Read, Write, Discard, Flush, Resize, Allocated
 // and the async forms may all be called from many threads at once; Resize is
 // serialised against I/O internally. Destroying a writable handle flushes it
@@ -100,6 +112,13 @@ class Disk {
   virtual void WriteAsync(uint64_t offset, ByteView buf, Callback done);
   virtual void DiscardAsync(uint64_t offset, uint64_t length, Callback done);
   virtual void FlushAsync(Callback done);
+
+  // Reads `length` bytes at `offset` (within size()) into buffers of the
+  // disk's choosing; `done` as for the async forms above. The default
+  // allocates one buffer and calls ReadAsync; rbd hands over the buffers
+  // librbd received the data in, which saves copying every byte once.
+  using ReadBuffersCallback = std::function<void(Result<ReadBuffers>)>;
+  virtual void ReadBuffersAsync(uint64_t offset, size_t length, ReadBuffersCallback done);
 };
 
 // An image published into the disk backend so that disks can be clones of it

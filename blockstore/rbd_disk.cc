@@ -2,6 +2,7 @@
 
 #include <rados/librados.h>
 #include <rbd/librbd.h>
+#include <rbd/librbd.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -146,13 +147,12 @@ Result<size_t> CountWatchers(rbd_image_t img) {
   }
 }
 
-// The completion of one asynchronous request: hands the result to `done`.
+// The completion of one asynchronous request of a disk: hands the result to
+// `done`.
 struct AioRequest {
   Disk::Callback done;
   std::function<void()> finished;  // bookkeeping of the issuing disk
   const char* what;
-  size_t expect;  // bytes a read must return (the rest is zero-filled)
-  uint8_t* buf;
 };
 
 // librbd calls progress callbacks unconditionally.
@@ -161,16 +161,14 @@ int NoProgress(uint64_t, uint64_t, void*) { return 0; }
 // librbd calls the completion callback unconditionally.
 void NoCallback(rbd_completion_t, void*) {}
 
-void AioComplete(rbd_completion_t c, void* arg) {
+// librbd's C++ API passes its own completion object as `c`.
+void AioComplete(librbd::completion_t c, void* arg) {
   auto* req = static_cast<AioRequest*>(arg);
-  ssize_t r = rbd_aio_get_return_value(c);
-  rbd_aio_release(c);
+  auto* comp = static_cast<librbd::RBD::AioCompletion*>(c);
+  ssize_t r = comp->get_return_value();
+  comp->release();
   Status s;
-  if (r < 0) {
-    s = Err(static_cast<int>(r), req->what);
-  } else if (req->buf && static_cast<size_t>(r) < req->expect) {
-    std::memset(req->buf + r, 0, req->expect - r);
-  }
+  if (r < 0) s = Err(static_cast<int>(r), req->what);
   Disk::Callback done = std::move(req->done);
   std::function<void()> finished = std::move(req->finished);
   delete req;
@@ -178,10 +176,31 @@ void AioComplete(rbd_completion_t c, void* arg) {
   done(std::move(s));
 }
 
+// The first `length` bytes of a read's bufferlist, zeros where librbd
+// returned fewer (a read is never short otherwise). `bl` is owned by the
+// result.
+ReadBuffers ToReadBuffers(std::shared_ptr<ceph::bufferlist> bl, size_t length) {
+  if (bl->length() < length) bl->append_zero(static_cast<unsigned>(length - bl->length()));
+  ReadBuffers out;
+  for (const ceph::buffer::ptr& p : bl->buffers()) {
+    if (length == 0) break;
+    size_t n = std::min<size_t>(p.length(), length);
+    if (n == 0) continue;
+    out.pieces.emplace_back(reinterpret_cast<const uint8_t*>(p.c_str()), n);
+    length -= n;
+  }
+  out.owner = std::move(bl);
+  return out;
+}
+
+ReadBuffers ToReadBuffers(ceph::bufferlist& bl, size_t length) {
+  return ToReadBuffers(std::make_shared<ceph::bufferlist>(std::move(bl)), length);
+}
+
 class RbdDisk : public Disk {
  public:
-  RbdDisk(std::shared_ptr<Connection> conn, DiskRef ref, std::string name, Image image,
-          bool writable, uint64_t size)
+  RbdDisk(std::shared_ptr<Connection> conn, DiskRef ref, std::string name,
+          std::unique_ptr<librbd::Image> image, bool writable, uint64_t size)
       : conn_(std::move(conn)),
         ref_(std::move(ref)),
         name_(std::move(name)),
@@ -194,10 +213,10 @@ class RbdDisk : public Disk {
     inflight_cv_.wait(lock, [&] { return inflight_ == 0; });
     lock.unlock();
     if (writable_) {
-      if (int r = rbd_flush(image_.get()); r < 0) {
+      if (int r = image_->flush(); r < 0) {
         spdlog::error("{}", Err(r, "rbd: flushing " + Where() + " on close").ToString());
       }
-      (void)rbd_lock_release(image_.get());
+      (void)image_->lock_release();
     }
   }
 
@@ -209,9 +228,10 @@ class RbdDisk : public Disk {
     std::shared_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
     if (buf.empty()) return Status::OK();
-    ssize_t r = rbd_read2(image_.get(), offset, buf.size(), reinterpret_cast<char*>(buf.data()), 0);
+    ceph::bufferlist bl;
+    ssize_t r = image_->read2(offset, buf.size(), bl, 0);
     if (r < 0) return Err(static_cast<int>(r), "rbd: reading " + Where());
-    if (static_cast<size_t>(r) < buf.size()) std::memset(buf.data() + r, 0, buf.size() - r);
+    ToReadBuffers(bl, buf.size()).CopyTo(buf);
     return Status::OK();
   }
 
@@ -220,8 +240,9 @@ class RbdDisk : public Disk {
     RETURN_IF_ERROR(CheckWritable());
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
     if (buf.empty()) return Status::OK();
-    ssize_t r =
-        rbd_write2(image_.get(), offset, buf.size(), reinterpret_cast<const char*>(buf.data()), 0);
+    ceph::bufferlist bl;
+    bl.append(reinterpret_cast<const char*>(buf.data()), buf.size());
+    ssize_t r = image_->write2(offset, buf.size(), bl, 0);
     if (r < 0) return Err(static_cast<int>(r), "rbd: writing " + Where());
     if (static_cast<size_t>(r) != buf.size())
       return Status::IOError("rbd: short write to " + Where());
@@ -233,14 +254,14 @@ class RbdDisk : public Disk {
     RETURN_IF_ERROR(CheckWritable());
     length = ClipToSize(offset, length);
     if (length == 0) return Status::OK();
-    int r = rbd_discard(image_.get(), offset, length);
+    int r = image_->discard(offset, length);
     if (r < 0) return Err(r, "rbd: discarding in " + Where());
     return Status::OK();
   }
 
   Status Flush() override {
     if (!writable_) return Status::OK();
-    int r = rbd_flush(image_.get());
+    int r = image_->flush();
     if (r < 0) return Err(r, "rbd: flushing " + Where());
     return Status::OK();
   }
@@ -259,7 +280,7 @@ class RbdDisk : public Disk {
       return Status::InvalidArgument("disk " + ref_.ToString() + ": size " +
                                      std::to_string(new_size) + " is over the 1 PiB limit");
     }
-    int r = rbd_resize(image_.get(), new_size);
+    int r = image_->resize(new_size);
     if (r < 0) return Err(r, "rbd: resizing " + Where());
     size_ = new_size;
     return Status::OK();
@@ -274,24 +295,41 @@ class RbdDisk : public Disk {
     // Whole objects first (fast with the object map), then the exact
     // extents within each object that exists.
     std::vector<Extent> objects;
-    int r =
-        rbd_diff_iterate2(image_.get(), nullptr, offset, length, 1, 1, &CollectExtent, &objects);
+    int r = image_->diff_iterate2(nullptr, offset, length, true, true, &CollectExtent, &objects);
     if (r < 0) return Err(r, "rbd: mapping " + Where());
     for (const Extent& o : MergeClip(std::move(objects), offset, length)) {
-      r = rbd_diff_iterate2(image_.get(), nullptr, o.offset, o.length, 1, 0, &CollectExtent, &out);
+      r = image_->diff_iterate2(nullptr, o.offset, o.length, true, false, &CollectExtent, &out);
       if (r < 0) return Err(r, "rbd: mapping " + Where());
     }
     return MergeClip(std::move(out), offset, length);
   }
 
   void ReadAsync(uint64_t offset, MutableByteView buf, Callback done) override {
+    ReadBuffersAsync(offset, buf.size(),
+                     [buf, done = std::move(done)](Result<ReadBuffers> data) {
+                       if (!data.ok()) return done(data.status());
+                       data->CopyTo(buf);
+                       done(Status::OK());
+                     });
+  }
+
+  // librbd's C++ API reads into a bufferlist: its buffers are the ones the
+  // messenger received the data in, handed on without a copy (the C API
+  // copies them into the caller's buffer).
+  void ReadBuffersAsync(uint64_t offset, size_t length, ReadBuffersCallback done) override {
     std::shared_lock lock(resize_mu_);
-    Status s = CheckRange(offset, buf.size());
-    if (!s.ok() || buf.empty()) return done(std::move(s));
-    rbd_completion_t c;
-    AioRequest* req = Start(std::move(done), "rbd: reading", buf.data(), buf.size(), &c);
-    int r =
-        rbd_aio_read2(image_.get(), offset, buf.size(), reinterpret_cast<char*>(buf.data()), c, 0);
+    Status s = CheckRange(offset, length);
+    if (!s.ok()) return done(std::move(s));
+    if (length == 0) return done(ReadBuffers{});
+    auto bl = std::make_shared<ceph::bufferlist>();
+    librbd::RBD::AioCompletion* c = nullptr;
+    AioRequest* req = Start(
+        [bl, length, done = std::move(done)](Status st) {
+          if (!st.ok()) return done(std::move(st));
+          done(ToReadBuffers(std::move(bl), length));
+        },
+        "rbd: reading", &c);
+    int r = c ? image_->aio_read2(offset, length, *bl, c, 0) : -ENOMEM;
     if (r < 0) Abort(req, c, r);
   }
 
@@ -300,10 +338,11 @@ class RbdDisk : public Disk {
     Status s = CheckWritable();
     if (s.ok()) s = CheckRange(offset, buf.size());
     if (!s.ok() || buf.empty()) return done(std::move(s));
-    rbd_completion_t c;
-    AioRequest* req = Start(std::move(done), "rbd: writing", nullptr, 0, &c);
-    int r = rbd_aio_write2(image_.get(), offset, buf.size(),
-                           reinterpret_cast<const char*>(buf.data()), c, 0);
+    ceph::bufferlist bl;
+    bl.append(reinterpret_cast<const char*>(buf.data()), buf.size());
+    librbd::RBD::AioCompletion* c = nullptr;
+    AioRequest* req = Start(std::move(done), "rbd: writing", &c);
+    int r = c ? image_->aio_write2(offset, buf.size(), bl, c, 0) : -ENOMEM;
     if (r < 0) Abort(req, c, r);
   }
 
@@ -312,17 +351,17 @@ class RbdDisk : public Disk {
     Status s = CheckWritable();
     length = ClipToSize(offset, length);
     if (!s.ok() || length == 0) return done(std::move(s));
-    rbd_completion_t c;
-    AioRequest* req = Start(std::move(done), "rbd: discarding", nullptr, 0, &c);
-    int r = rbd_aio_discard(image_.get(), offset, length, c);
+    librbd::RBD::AioCompletion* c = nullptr;
+    AioRequest* req = Start(std::move(done), "rbd: discarding", &c);
+    int r = c ? image_->aio_discard(offset, length, c) : -ENOMEM;
     if (r < 0) Abort(req, c, r);
   }
 
   void FlushAsync(Callback done) override {
     if (!writable_) return done(Status::OK());
-    rbd_completion_t c;
-    AioRequest* req = Start(std::move(done), "rbd: flushing", nullptr, 0, &c);
-    int r = rbd_aio_flush(image_.get(), c);
+    librbd::RBD::AioCompletion* c = nullptr;
+    AioRequest* req = Start(std::move(done), "rbd: flushing", &c);
+    int r = c ? image_->aio_flush(c) : -ENOMEM;
     if (r < 0) Abort(req, c, r);
   }
 
@@ -351,21 +390,20 @@ class RbdDisk : public Disk {
     return Status::OK();
   }
 
-  AioRequest* Start(Callback done, const char* what, uint8_t* buf, size_t expect,
-                    rbd_completion_t* c) {
+  // A request and its librbd completion (*c stays null if that cannot be
+  // made: then Abort it).
+  AioRequest* Start(Callback done, const char* what, librbd::RBD::AioCompletion** c) {
     {
       std::lock_guard lock(inflight_mu_);
       inflight_++;
     }
-    auto* req = new AioRequest{std::move(done), [this] { Finished(); }, what, expect, buf};
-    if (int r = rbd_aio_create_completion(req, &AioComplete, c); r < 0) {
-      *c = nullptr;
-    }
+    auto* req = new AioRequest{std::move(done), [this] { Finished(); }, what};
+    *c = new (std::nothrow) librbd::RBD::AioCompletion(req, &AioComplete);
     return req;
   }
 
-  void Abort(AioRequest* req, rbd_completion_t c, int r) {
-    if (c) rbd_aio_release(c);
+  void Abort(AioRequest* req, librbd::RBD::AioCompletion* c, int r) {
+    if (c) c->release();
     Callback done = std::move(req->done);
     std::string what = std::string(req->what) + " " + Where();
     delete req;
@@ -404,7 +442,7 @@ class RbdDisk : public Disk {
   std::shared_ptr<Connection> conn_;  // constant after construction
   const DiskRef ref_;
   const std::string name_;
-  Image image_;
+  const std::unique_ptr<librbd::Image> image_;  // closed on destruction
   const bool writable_;
   std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   std::atomic<uint64_t> size_;   // changed under resize_mu_ held exclusively
@@ -477,20 +515,25 @@ class RbdDiskBackend : public DiskBackend {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
     bool rw = mode == OpenMode::kReadWrite;
-    auto img = OpenImage(*conn_, name, !rw);
-    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    // Disks use librbd's C++ API, whose reads hand over their buffers.
+    librados::IoCtx io;
+    librados::IoCtx::from_rados_ioctx_t(conn_->io, io);
+    auto img = std::make_unique<librbd::Image>();
+    librbd::RBD rbd;
+    int r = rw ? rbd.open(io, *img, name.c_str())
+               : rbd.open_read_only(io, *img, name.c_str(), nullptr);
+    if (r < 0) return NotFoundAsDisk(Err(r, "rbd: opening " + Where(name)), ref);
     if (rw) {
-      int r = rbd_lock_acquire(img->get(), RBD_LOCK_MODE_EXCLUSIVE);
+      r = img->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
       if (r == -EROFS || r == -EBUSY || r == -EAGAIN) {
         return Status::Busy("disk " + ref.ToString() + " is in use (open for writing elsewhere)");
       }
       if (r < 0) return Err(r, "rbd: locking " + Where(name));
     }
     uint64_t size = 0;
-    if (int r = rbd_get_size(img->get(), &size); r < 0)
-      return Err(r, "rbd: size of " + Where(name));
+    if (r = img->size(&size); r < 0) return Err(r, "rbd: size of " + Where(name));
     return std::unique_ptr<Disk>(
-        std::make_unique<RbdDisk>(conn_, ref, name, std::move(*img), rw, size));
+        std::make_unique<RbdDisk>(conn_, ref, name, std::move(img), rw, size));
   }
 
   Status Remove(const DiskRef& ref) override {

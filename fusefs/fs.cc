@@ -830,7 +830,11 @@ T Wait(Start&& start) {
 }  // namespace
 
 Result<size_t> FileSystem::Read(uint64_t fh, uint64_t offset, MutableByteView buf) {
-  return Wait<Result<size_t>>([&](SizeCallback cb) { ReadAsync(fh, offset, buf, std::move(cb)); });
+  ASSIGN_OR_RETURN(ReadBuffers data, Wait<Result<ReadBuffers>>([&](Disk::ReadBuffersCallback cb) {
+                     ReadAsync(fh, offset, buf.size(), std::move(cb));
+                   }));
+  data.CopyTo(buf);
+  return data.size();
 }
 
 Result<size_t> FileSystem::Write(uint64_t fh, uint64_t offset, ByteView data) {
@@ -881,33 +885,32 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
   return Status::OK();
 }
 
-void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, MutableByteView buf, SizeCallback done) {
+void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, size_t size,
+                           Disk::ReadBuffersCallback done) {
   auto h = GetHandle(fh);
   if (!h.ok()) return done(h.status());
   (*h)->Used();
   if ((*h)->of->image) {
     ImageReader& img = *(*h)->of->image;
-    if (offset >= img.size()) return done(size_t{0});
-    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), img.size() - offset));
-    Status st = img.Read(offset, buf.first(n));
+    if (offset >= img.size()) return done(ReadBuffers{});
+    size_t n = static_cast<size_t>(std::min<uint64_t>(size, img.size() - offset));
+    std::shared_ptr<uint8_t[]> buf(new uint8_t[n]);
+    Status st = img.Read(offset, MutableByteView(buf.get(), n));
     if (!st.ok()) return done(st);
-    return done(n);
+    return done(ReadBuffers{{ByteView(buf.get(), n)}, buf});
   }
   auto disk = (*h)->of->CurrentDisk();
   if (!disk.ok()) return done(disk.status());
-  uint64_t size = (*disk)->size();
-  if (offset >= size) return done(size_t{0});
-  size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - offset));
+  uint64_t disk_size = (*disk)->size();
+  if (offset >= disk_size) return done(ReadBuffers{});
+  size_t n = static_cast<size_t>(std::min<uint64_t>(size, disk_size - offset));
   Disk* d = disk->get();
-  d->ReadAsync(offset, buf.first(n),
-               [this, disk = std::move(*disk), n, done = std::move(done)](Status st) mutable {
-                 if (st.ok()) {
-                   done(n);
-                 } else {
-                   done(st);
-                 }
-                 DropDisk(std::move(disk));
-               });
+  d->ReadBuffersAsync(offset, n,
+                      [this, disk = std::move(*disk), done = std::move(done)](
+                          Result<ReadBuffers> data) mutable {
+                        done(std::move(data));
+                        DropDisk(std::move(disk));
+                      });
 }
 
 Status FileSystem::GrowTo(OpenFile& of, uint64_t end) {

@@ -170,14 +170,16 @@ class FileSystem {
   // Asynchronous forms of Read, Write, Fallocate, Flush and Fsync (the
   // synchronous ones wait for these). The checks, and any growth of the disk,
   // run before the call returns; the disk I/O itself is the disk's async form
-  // (Disk::ReadAsync...), so a remote disk keeps many requests in flight
-  // without a thread each. `done` is called exactly once, possibly before the
-  // call returns, possibly on the disk backend's completion thread: it must
-  // not block and must not call back into this class. `buf` and `data` must
-  // stay valid until `done` runs. Errors are as for the synchronous forms.
+  // (Disk::ReadBuffersAsync...), so a remote disk keeps many requests in
+  // flight without a thread each. `done` is called exactly once, possibly
+  // before the call returns, possibly on the disk backend's completion
+  // thread: it must not block and must not call back into this class. `data`
+  // must stay valid until `done` runs. Errors are as for the synchronous
+  // forms. A read's bytes come in the disk's own buffers (up to `size` bytes;
+  // fewer at the end of the file), so the mount replies without copying them.
   using SizeCallback = std::function<void(Result<size_t>)>;
   using StatusCallback = std::function<void(Status)>;
-  void ReadAsync(uint64_t fh, uint64_t offset, MutableByteView buf, SizeCallback done);
+  void ReadAsync(uint64_t fh, uint64_t offset, size_t size, Disk::ReadBuffersCallback done);
   void WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done);
   void FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t length, StatusCallback done);
   void FlushAsync(uint64_t fh, StatusCallback done);

@@ -13,6 +13,7 @@
 #include <exception>
 #include <mutex>
 #include <new>
+#include <vector>
 
 namespace imgfs::fusefs {
 
@@ -353,8 +354,15 @@ class AsyncReply {
     if (!st.ok()) return Fail(st);
     Err(0);
   }
-  void Buf(size_t n) {
-    if (!replied_.exchange(true)) fuse_reply_buf(req_, reinterpret_cast<char*>(buf_.get()), n);
+  // Replies with the bytes where they are (no copy).
+  void Data(const ReadBuffers& data) {
+    if (replied_.exchange(true)) return;
+    std::vector<iovec> iov;
+    iov.reserve(data.pieces.size());
+    for (ByteView p : data.pieces) {
+      iov.push_back({const_cast<uint8_t*>(p.data()), p.size()});
+    }
+    fuse_reply_iov(req_, iov.data(), static_cast<int>(iov.size()));
   }
   void Write(size_t n) {
     if (!replied_.exchange(true)) fuse_reply_write(req_, n);
@@ -399,12 +407,10 @@ void OnRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
   auto r = NewAsyncReply(req, "read");
   if (!r) return;
   HandleAsync(r, [&] {
-    uint8_t* buf = r->Buffer(size);
-    Fs(req).ReadAsync(fi->fh, static_cast<uint64_t>(off), MutableByteView(buf, size),
-                      [r](Result<size_t> n) {
-                        if (!n.ok()) return r->Fail(n.status());
-                        r->Buf(*n);
-                      });
+    Fs(req).ReadAsync(fi->fh, static_cast<uint64_t>(off), size, [r](Result<ReadBuffers> data) {
+      if (!data.ok()) return r->Fail(data.status());
+      r->Data(*data);
+    });
   });
 }
 

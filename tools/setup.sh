@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
 build_pkgs=(cmake ninja-build g++ pkg-config
-  libfuse3-dev fuse3 librbd-dev librados-dev libxxhash-dev libspdlog-dev
+  libfuse3-dev fuse3 librbd-dev librados-dev libradospp-dev libxxhash-dev libspdlog-dev
   catch2 libcli11-dev nlohmann-json3-dev qemu-utils)
 test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
   e2fsprogs xfsprogs util-linux qemu-block-extra jq

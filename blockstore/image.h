@@ -54,6 +54,10 @@ class ImageSource {
   // the source can: creating a disk must be O(1) in the image's size.
   // NotFound if no such image exists. The default opens the image.
   virtual Result<ImageGeometry> GetGeometry(const ImageId& id);
+  // Whether reading images costs no network round trip (chunks on local disk
+  // or in memory). A remote disk backend may then read the bytes of a parent
+  // image from here instead of from its own copy of them.
+  virtual bool ReadsAreLocal() const { return false; }
 };
 
 }  // namespace imgfs

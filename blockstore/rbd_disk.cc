@@ -151,7 +151,7 @@ Result<size_t> CountWatchers(rbd_image_t img) {
 // `done`.
 struct AioRequest {
   Disk::Callback done;
-  std::function<void()> finished;  // bookkeeping of the issuing disk
+  std::function<void(int)> finished;  // bookkeeping of the issuing disk (librbd's result)
   const char* what;
 };
 
@@ -170,9 +170,9 @@ void AioComplete(librbd::completion_t c, void* arg) {
   Status s;
   if (r < 0) s = Err(static_cast<int>(r), req->what);
   Disk::Callback done = std::move(req->done);
-  std::function<void()> finished = std::move(req->finished);
+  std::function<void(int)> finished = std::move(req->finished);
   delete req;
-  finished();
+  finished(static_cast<int>(r));
   done(std::move(s));
 }
 
@@ -197,14 +197,60 @@ ReadBuffers ToReadBuffers(ceph::bufferlist& bl, size_t length) {
   return ToReadBuffers(std::make_shared<ceph::bufferlist>(std::move(bl)), length);
 }
 
+// diff_iterate2's callback: collects the extents that hold data into a
+// std::vector<Extent>.
+int CollectExtent(uint64_t off, size_t len, int exists, void* arg) {
+  if (exists) static_cast<std::vector<Extent>*>(arg)->push_back({off, len});
+  return 0;
+}
+
+// The parent's bytes of a clone, read from the local image store instead of
+// from the cluster: the base `imgfs.base.<id>@base` holds exactly the bytes
+// of stored image <id> (content-addressed, and a snapshot never changes).
+// Used only for a disk open for writing: its exclusive lock is held with
+// librbd's automatic transitions off, so nothing but this handle writes the
+// clone, and `child` (which of its objects the clone has) stays exact: it is
+// filled from the object map at open, set before any write or discard
+// reaches an object, and never cleared. A read goes to the local image only
+// when it lies below the parent overlap and within objects the clone does
+// not have; there the clone reads the parent, so the bytes are the same.
+struct LocalParent {
+  std::shared_ptr<ImageReader> image;
+  uint64_t object_size = 0;
+  std::atomic<uint64_t> overlap{0};  // only shrinks (with the disk)
+  size_t objects = 0;                // of the overlap at open
+  std::unique_ptr<std::atomic<bool>[]> child;
+
+  void MarkChild(uint64_t offset, uint64_t length) {
+    if (length == 0) return;
+    uint64_t first = offset / object_size;
+    uint64_t last = (offset + length - 1) / object_size;
+    for (uint64_t o = first; o <= last && o < objects; ++o) {
+      child[o].store(true, std::memory_order_release);
+    }
+  }
+
+  bool Covers(uint64_t offset, uint64_t length) const {
+    if (length == 0 || offset + length > overlap.load(std::memory_order_acquire)) return false;
+    uint64_t first = offset / object_size;
+    uint64_t last = (offset + length - 1) / object_size;
+    for (uint64_t o = first; o <= last; ++o) {
+      if (o >= objects || child[o].load(std::memory_order_acquire)) return false;
+    }
+    return true;
+  }
+};
+
 class RbdDisk : public Disk {
  public:
   RbdDisk(std::shared_ptr<Connection> conn, DiskRef ref, std::string name,
-          std::unique_ptr<librbd::Image> image, bool writable, uint64_t size)
+          std::unique_ptr<librbd::Image> image, bool writable, uint64_t size,
+          std::unique_ptr<LocalParent> local)
       : conn_(std::move(conn)),
         ref_(std::move(ref)),
         name_(std::move(name)),
         image_(std::move(image)),
+        local_(std::move(local)),
         writable_(writable),
         size_(size) {}
 
@@ -228,9 +274,13 @@ class RbdDisk : public Disk {
     std::shared_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
     if (buf.empty()) return Status::OK();
+    if (ReadLocal(offset, buf)) return Status::OK();
     ceph::bufferlist bl;
     ssize_t r = image_->read2(offset, buf.size(), bl, 0);
-    if (r < 0) return Err(static_cast<int>(r), "rbd: reading " + Where());
+    if (r < 0) {
+      StopLocalReads();
+      return Err(static_cast<int>(r), "rbd: reading " + Where());
+    }
     ToReadBuffers(bl, buf.size()).CopyTo(buf);
     return Status::OK();
   }
@@ -240,10 +290,14 @@ class RbdDisk : public Disk {
     RETURN_IF_ERROR(CheckWritable());
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
     if (buf.empty()) return Status::OK();
+    if (local_) local_->MarkChild(offset, buf.size());
     ceph::bufferlist bl;
     bl.append(reinterpret_cast<const char*>(buf.data()), buf.size());
     ssize_t r = image_->write2(offset, buf.size(), bl, 0);
-    if (r < 0) return Err(static_cast<int>(r), "rbd: writing " + Where());
+    if (r < 0) {
+      StopLocalReads();
+      return Err(static_cast<int>(r), "rbd: writing " + Where());
+    }
     if (static_cast<size_t>(r) != buf.size())
       return Status::IOError("rbd: short write to " + Where());
     return Status::OK();
@@ -254,15 +308,22 @@ class RbdDisk : public Disk {
     RETURN_IF_ERROR(CheckWritable());
     length = ClipToSize(offset, length);
     if (length == 0) return Status::OK();
+    if (local_) local_->MarkChild(offset, length);
     int r = image_->discard(offset, length);
-    if (r < 0) return Err(r, "rbd: discarding in " + Where());
+    if (r < 0) {
+      StopLocalReads();
+      return Err(r, "rbd: discarding in " + Where());
+    }
     return Status::OK();
   }
 
   Status Flush() override {
     if (!writable_) return Status::OK();
     int r = image_->flush();
-    if (r < 0) return Err(r, "rbd: flushing " + Where());
+    if (r < 0) {
+      StopLocalReads();
+      return Err(r, "rbd: flushing " + Where());
+    }
     return Status::OK();
   }
 
@@ -279,6 +340,13 @@ class RbdDisk : public Disk {
     if (new_size > kMaxDiskSize) {
       return Status::InvalidArgument("disk " + ref_.ToString() + ": size " +
                                      std::to_string(new_size) + " is over the 1 PiB limit");
+    }
+    // A shrink lowers the parent overlap (librbd does the same): what is
+    // regrown beyond it reads zeros, not the parent. librbd copies up the
+    // object the new end falls in, to truncate it.
+    if (local_ && new_size < local_->overlap.load()) {
+      local_->MarkChild(new_size, 1);
+      local_->overlap.store(new_size);
     }
     int r = image_->resize(new_size);
     if (r < 0) return Err(r, "rbd: resizing " + Where());
@@ -321,6 +389,12 @@ class RbdDisk : public Disk {
     Status s = CheckRange(offset, length);
     if (!s.ok()) return done(std::move(s));
     if (length == 0) return done(ReadBuffers{});
+    if (local_ && local_->Covers(offset, length)) {
+      std::shared_ptr<uint8_t[]> buf(new uint8_t[length]);
+      if (ReadLocal(offset, MutableByteView(buf.get(), length))) {
+        return done(ReadBuffers{{ByteView(buf.get(), length)}, buf});
+      }
+    }
     auto bl = std::make_shared<ceph::bufferlist>();
     librbd::RBD::AioCompletion* c = nullptr;
     AioRequest* req = Start(
@@ -338,6 +412,7 @@ class RbdDisk : public Disk {
     Status s = CheckWritable();
     if (s.ok()) s = CheckRange(offset, buf.size());
     if (!s.ok() || buf.empty()) return done(std::move(s));
+    if (local_) local_->MarkChild(offset, buf.size());
     ceph::bufferlist bl;
     bl.append(reinterpret_cast<const char*>(buf.data()), buf.size());
     librbd::RBD::AioCompletion* c = nullptr;
@@ -351,6 +426,7 @@ class RbdDisk : public Disk {
     Status s = CheckWritable();
     length = ClipToSize(offset, length);
     if (!s.ok() || length == 0) return done(std::move(s));
+    if (local_) local_->MarkChild(offset, length);
     librbd::RBD::AioCompletion* c = nullptr;
     AioRequest* req = Start(std::move(done), "rbd: discarding", &c);
     int r = c ? image_->aio_discard(offset, length, c) : -ENOMEM;
@@ -367,6 +443,29 @@ class RbdDisk : public Disk {
 
  private:
   std::string Where() const { return conn_->where + "/" + name_; }
+
+  // After any failed request (a lost lock, a blocklisted client, a full
+  // cluster) every read goes to the cluster: the local reads rely on this
+  // handle being the clone's only writer.
+  void StopLocalReads() {
+    if (local_ && local_->overlap.exchange(0) != 0) {
+      spdlog::warn("{}: a request failed; the parent's bytes are read from the cluster from now on",
+                   Where());
+    }
+  }
+
+  // Reads from the local image when the range is the parent's bytes (see
+  // LocalParent); false to read from the cluster instead, also when the
+  // local image fails (a damaged chunk is never returned: the cluster has
+  // the same bytes).
+  bool ReadLocal(uint64_t offset, MutableByteView buf) {
+    if (!local_ || !local_->Covers(offset, buf.size())) return false;
+    Status st = local_->image->Read(offset, buf);
+    if (st.ok()) return true;
+    spdlog::warn("{}: reading the parent's bytes locally failed, reading them from the cluster: {}",
+                 Where(), st.ToString());
+    return false;
+  }
 
   Status CheckWritable() const {
     if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
@@ -397,7 +496,7 @@ class RbdDisk : public Disk {
       std::lock_guard lock(inflight_mu_);
       inflight_++;
     }
-    auto* req = new AioRequest{std::move(done), [this] { Finished(); }, what};
+    auto* req = new AioRequest{std::move(done), [this](int r) { Finished(r); }, what};
     *c = new (std::nothrow) librbd::RBD::AioCompletion(req, &AioComplete);
     return req;
   }
@@ -407,19 +506,16 @@ class RbdDisk : public Disk {
     Callback done = std::move(req->done);
     std::string what = std::string(req->what) + " " + Where();
     delete req;
-    Finished();
+    Finished(r);
     done(Err(r, what));
   }
 
-  void Finished() {
+  void Finished(int r) {
+    if (r < 0) StopLocalReads();
     std::lock_guard lock(inflight_mu_);
     if (--inflight_ == 0) inflight_cv_.notify_all();
   }
 
-  static int CollectExtent(uint64_t off, size_t len, int exists, void* arg) {
-    if (exists) static_cast<std::vector<Extent>*>(arg)->push_back({off, len});
-    return 0;
-  }
 
   static std::vector<Extent> MergeClip(std::vector<Extent> in, uint64_t offset, uint64_t length) {
     std::sort(in.begin(), in.end(),
@@ -443,6 +539,7 @@ class RbdDisk : public Disk {
   const DiskRef ref_;
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
+  const std::unique_ptr<LocalParent> local_;     // null: every read goes to the cluster
   const bool writable_;
   std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   std::atomic<uint64_t> size_;   // changed under resize_mu_ held exclusively
@@ -532,8 +629,54 @@ class RbdDiskBackend : public DiskBackend {
     }
     uint64_t size = 0;
     if (r = img->size(&size); r < 0) return Err(r, "rbd: size of " + Where(name));
-    return std::unique_ptr<Disk>(
-        std::make_unique<RbdDisk>(conn_, ref, name, std::move(img), rw, size));
+    std::unique_ptr<LocalParent> local;
+    if (rw) local = OpenLocalParent(*img, name);
+    return std::unique_ptr<Disk>(std::make_unique<RbdDisk>(conn_, ref, name, std::move(img), rw,
+                                                           size, std::move(local)));
+  }
+
+  // The local reads of a disk's parent (see LocalParent), or null when they
+  // cannot be used: images are not local, the parent is not a base of this
+  // pool, striping or a missing/invalid object map would make `child`
+  // inexact or slow to build, or the image is not in the store. Never fails
+  // the open: the cluster serves every read then.
+  std::unique_ptr<LocalParent> OpenLocalParent(librbd::Image& img, const std::string& name) {
+    if (!images_ || !images_->ReadsAreLocal()) return nullptr;
+    librbd::linked_image_spec_t parent;
+    librbd::snap_spec_t snap;
+    if (img.get_parent(&parent, &snap) < 0) return nullptr;  // -ENOENT: not a clone
+    if (parent.pool_name != conn_->pool || parent.pool_namespace != conn_->ns ||
+        parent.trash || snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
+      return nullptr;
+    }
+    auto id = ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+    uint64_t features = 0, flags = 0, overlap = 0;
+    librbd::image_info_t info{};
+    if (!id.ok() || img.features(&features) < 0 || img.get_flags(&flags) < 0 ||
+        img.overlap(&overlap) < 0 || img.stat(info, sizeof(info)) < 0) {
+      return nullptr;
+    }
+    constexpr uint64_t kMaps = RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF;
+    if ((features & kMaps) != kMaps || (flags & RBD_FLAG_OBJECT_MAP_INVALID) ||
+        img.get_stripe_count() != 1 || info.obj_size == 0 || overlap == 0) {
+      return nullptr;
+    }
+    auto image = images_->OpenImage(*id);
+    if (!image.ok() || (*image)->size() < overlap) return nullptr;
+    auto local = std::make_unique<LocalParent>();
+    local->image = std::move(*image);
+    local->object_size = info.obj_size;
+    local->overlap = overlap;
+    local->objects = static_cast<size_t>((overlap + info.obj_size - 1) / info.obj_size);
+    local->child = std::make_unique<std::atomic<bool>[]>(local->objects);
+    std::vector<Extent> present;
+    if (img.diff_iterate2(nullptr, 0, overlap, false, true, &CollectExtent, &present) < 0) {
+      return nullptr;
+    }
+    for (const Extent& e : present) local->MarkChild(e.offset, e.length);
+    spdlog::debug("{}: reads of the parent's bytes come from local image {}", Where(name),
+                  id->Hex());
+    return local;
   }
 
   Status Remove(const DiskRef& ref) override {

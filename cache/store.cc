@@ -566,6 +566,8 @@ Status Store::ReconcileUses(bool dry_run) {
   return Status::OK();
 }
 
+bool Store::ReadsAreLocal() const { return config_.chunks == "dir" || config_.chunks == "mem"; }
+
 Result<ImageGeometry> Store::GetGeometry(const ImageId& id) {
   ASSIGN_OR_RETURN(ImageRecord r, ReadImageRecord(id));
   if (r.chunk_size != 0) return ImageGeometry{r.size, r.chunk_size};

@@ -165,6 +165,8 @@ class Store : public ImageSource {
   // store's is refused by ImageReader (InvalidArgument), never misread.
   Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override;
   Result<ImageGeometry> GetGeometry(const ImageId& id) override;
+  // True for the dir (and mem) chunk backends, false for rados.
+  bool ReadsAreLocal() const override;
 
  private:
   Store(std::string path, StoreConfig config, Clock clock);

@@ -99,6 +99,8 @@ class TestImages : public ImageSource {
     return id;
   }
 
+  bool ReadsAreLocal() const override { return true; }  // a mem: chunk store
+
   Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override {
     std::lock_guard lock(mu_);
     auto it = manifests_.find(id);

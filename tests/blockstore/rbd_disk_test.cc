@@ -152,11 +152,23 @@ class Namespace {
   std::unique_ptr<Raw> in_;
 };
 
-// Images in a memory chunk store, served to the backend.
+// Images in a memory chunk store, served to the backend; `local` is what
+// ReadsAreLocal answers (false, as for a rados chunk store, unless asked).
 class TestImages : public ImageSource {
  public:
-  explicit TestImages(uint32_t chunk_size = 64 * 1024)
-      : chunks_(std::make_shared<ChunkStore>(*CreateChunkBackend("mem:"), chunk_size)) {}
+  explicit TestImages(uint32_t chunk_size = 64 * 1024, bool local = false)
+      : chunks_(std::make_shared<ChunkStore>(*CreateChunkBackend("mem:"), chunk_size)),
+        local_(local) {}
+
+  bool ReadsAreLocal() const override { return local_; }
+
+  // Makes image `id` read as `data` from now on (same size). Impossible in a
+  // real store (ids are content hashes); lets a test see where reads go.
+  void Substitute(const ImageId& id, const Bytes& data) {
+    ImageId other = Add(data);
+    std::lock_guard lock(mu_);
+    manifests_[id] = manifests_[other];
+  }
 
   ImageId Add(const Bytes& data) {
     Manifest m;
@@ -183,6 +195,7 @@ class TestImages : public ImageSource {
 
  private:
   std::shared_ptr<ChunkStore> chunks_;
+  const bool local_;
   std::mutex mu_;
   std::map<ImageId, Manifest> manifests_;
 };
@@ -522,6 +535,108 @@ TEST_CASE("rbd: a disk from an image is a clone of its one publication", "[rbd]"
   REQUIRE(rbd_open(in.io(), base.c_str(), &img, nullptr) == 0);
   REQUIRE(rbd_snap_unprotect(img, "base") < 0);
   rbd_close(img);
+}
+
+TEST_CASE("rbd: a writable clone reads its parent's bytes from local images until it has them",
+          "[rbd]") {
+  Namespace ns;
+  TestImages images(64 * 1024, /*local=*/true);
+  Bytes content = RandomBytes(12u << 20, 21);
+  ImageId id = images.Add(content);
+  auto be = Backend(ns, &images);
+  DiskCreateOptions co;
+  co.image = id;
+  REQUIRE_OK(be->Create(kDisk, co));
+  REQUIRE_OK(be->Create({"inst2", "disk"}, co));
+  // From here the local store answers other bytes for the image than the
+  // published base holds, so every read shows where it was served from.
+  Bytes local = content;
+  for (uint8_t& c : local) c ^= 0xff;
+  images.Substitute(id, local);
+  // Reads the disk one RBD object (4 MiB) at a time: a read that spans
+  // objects the clone has and objects it has not goes to the cluster whole.
+  auto read_all = [](Disk& d) {
+    Bytes b(d.size(), 0xee);
+    for (uint64_t off = 0; off < b.size(); off += 4u << 20) {
+      size_t n = std::min<size_t>(4u << 20, b.size() - off);
+      Status st = d.Read(off, MutableByteView(b).subspan(off, n));
+      INFO(st.ToString());
+      REQUIRE(st.ok());
+    }
+    return b;
+  };
+  // The first offset where `got` differs from `want`, or "same".
+  auto diff = [](const Bytes& got, const Bytes& want) -> std::string {
+    if (got.size() != want.size()) return "size " + std::to_string(got.size());
+    auto m = std::mismatch(got.begin(), got.end(), want.begin());
+    if (m.first == got.end()) return "same";
+    return "differs from offset " + std::to_string(m.first - got.begin());
+  };
+  auto read_buffers = [](Disk& d, uint64_t off, size_t len) {
+    std::promise<Result<ReadBuffers>> p;
+    d.ReadBuffersAsync(off, len, [&p](Result<ReadBuffers> r) { p.set_value(std::move(r)); });
+    Result<ReadBuffers> r = p.get_future().get();
+    REQUIRE(r.ok());
+    REQUIRE(r->size() == len);
+    Bytes b(len);
+    r->CopyTo(b);
+    return b;
+  };
+
+  // Read-only handles never read locally: another host may write the disk.
+  auto ro = be->Open({"inst2", "disk"}, OpenMode::kReadOnly);
+  REQUIRE(ro.ok());
+  REQUIRE(diff(read_all(**ro), content) == "same");
+
+  auto d = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(d.ok());
+  REQUIRE(diff(read_all(**d), local) == "same");
+  REQUIRE(read_buffers(**d, 100, 5000) == Bytes(local.begin() + 100, local.begin() + 5100));
+
+  // A write or discard sends its whole RBD object (4 MiB) to the cluster,
+  // where the clone reads the parent's bytes around what was written.
+  Bytes w = RandomBytes(4096, 22);
+  REQUIRE_OK((*d)->Write(5u << 20, w));
+  REQUIRE_OK((*d)->Discard(9u << 20, 4096));
+  Bytes expect = local;
+  std::copy(content.begin() + (4u << 20), content.end(), expect.begin() + (4u << 20));
+  std::copy(w.begin(), w.end(), expect.begin() + (5u << 20));
+  std::fill_n(expect.begin() + (9u << 20), 4096, 0);
+  REQUIRE(diff(read_all(**d), expect) == "same");
+  // A read across an object the clone has goes to the cluster whole.
+  Bytes across(content.begin() + (4u << 20) - 10, content.begin() + (4u << 20) + 10);
+  REQUIRE(read_buffers(**d, (4u << 20) - 10, 20) == across);
+
+  // A shrink lowers the parent overlap: regrown bytes are zeros.
+  REQUIRE_OK((*d)->Resize(4u << 20, true));
+  REQUIRE_OK((*d)->Resize(12u << 20, false));
+  Bytes shrunk(12u << 20, 0);
+  std::copy_n(local.begin(), 4u << 20, shrunk.begin());
+  REQUIRE(diff(read_all(**d), shrunk) == "same");
+  // Reopened, the clone's objects come from its object map.
+  REQUIRE_OK((*d)->Flush());
+  d->reset();
+  d = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(d.ok());
+  REQUIRE(diff(read_all(**d), shrunk) == "same");
+  // A shrink within an object makes librbd copy that object up: it then
+  // reads from the cluster.
+  REQUIRE_OK((*d)->Resize(2u << 20, true));
+  REQUIRE_OK((*d)->Resize(12u << 20, false));
+  std::fill(shrunk.begin(), shrunk.end(), 0);
+  std::copy_n(content.begin(), 2u << 20, shrunk.begin());
+  REQUIRE(diff(read_all(**d), shrunk) == "same");
+
+  // Images that are not local are never read in place of the cluster.
+  TestImages remote;
+  ImageId rid = remote.Add(content);
+  auto rbe = Backend(ns, &remote);
+  co.image = rid;
+  REQUIRE_OK(rbe->Create({"inst3", "disk"}, co));
+  remote.Substitute(rid, local);
+  auto rd = rbe->Open({"inst3", "disk"}, OpenMode::kReadWrite);
+  REQUIRE(rd.ok());
+  REQUIRE(diff(read_all(**rd), content) == "same");
 }
 
 TEST_CASE("rbd: two hosts publishing the same image at once end with one base", "[rbd]") {

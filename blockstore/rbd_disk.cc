@@ -15,6 +15,7 @@
 #include <ctime>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <shared_mutex>
@@ -214,12 +215,25 @@ int CollectExtent(uint64_t off, size_t len, int exists, void* arg) {
 // reaches an object, and never cleared. A read goes to the local image only
 // when it lies below the parent overlap and within objects the clone does
 // not have; there the clone reads the parent, so the bytes are the same.
-struct LocalParent {
+// Header changes made through other clients (`rbd resize` or `rbd flatten`
+// are forwarded to the lock owner, us) are watched: the next read then asks
+// librbd for the overlap again.
+struct LocalParent : public librbd::UpdateWatchCtx {
   std::shared_ptr<ImageReader> image;
   uint64_t object_size = 0;
   std::atomic<uint64_t> overlap{0};  // only shrinks (with the disk)
   size_t objects = 0;                // of the overlap at open
   std::unique_ptr<std::atomic<bool>[]> child;
+  std::atomic<bool> header_changed{false};
+  std::optional<uint64_t> watch;  // update_watch handle
+
+  void handle_notify() override { header_changed.store(true); }
+
+  void LowerOverlap(uint64_t to) {
+    uint64_t cur = overlap.load();
+    while (to < cur && !overlap.compare_exchange_weak(cur, to)) {
+    }
+  }
 
   void MarkChild(uint64_t offset, uint64_t length) {
     if (length == 0) return;
@@ -264,6 +278,7 @@ class RbdDisk : public Disk {
       }
       (void)image_->lock_release();
     }
+    if (local_ && local_->watch) (void)image_->update_unwatch(*local_->watch);
   }
 
   const DiskRef& ref() const override { return ref_; }
@@ -346,7 +361,7 @@ class RbdDisk : public Disk {
     // object the new end falls in, to truncate it.
     if (local_ && new_size < local_->overlap.load()) {
       local_->MarkChild(new_size, 1);
-      local_->overlap.store(new_size);
+      local_->LowerOverlap(new_size);
     }
     int r = image_->resize(new_size);
     if (r < 0) return Err(r, "rbd: resizing " + Where());
@@ -389,7 +404,7 @@ class RbdDisk : public Disk {
     Status s = CheckRange(offset, length);
     if (!s.ok()) return done(std::move(s));
     if (length == 0) return done(ReadBuffers{});
-    if (local_ && local_->Covers(offset, length)) {
+    if (LocalCovers(offset, length)) {
       std::shared_ptr<uint8_t[]> buf(new uint8_t[length]);
       if (ReadLocal(offset, MutableByteView(buf.get(), length))) {
         return done(ReadBuffers{{ByteView(buf.get(), length)}, buf});
@@ -444,6 +459,21 @@ class RbdDisk : public Disk {
  private:
   std::string Where() const { return conn_->where + "/" + name_; }
 
+  // Whether [offset, offset+length) is the parent's bytes (LocalParent),
+  // after taking in a header change made by another client.
+  bool LocalCovers(uint64_t offset, uint64_t length) {
+    if (!local_) return false;
+    if (local_->header_changed.exchange(false)) {
+      uint64_t overlap = 0;
+      if (image_->overlap(&overlap) < 0) {
+        StopLocalReads();
+        return false;
+      }
+      local_->LowerOverlap(overlap);
+    }
+    return local_->Covers(offset, length);
+  }
+
   // After any failed request (a lost lock, a blocklisted client, a full
   // cluster) every read goes to the cluster: the local reads rely on this
   // handle being the clone's only writer.
@@ -459,7 +489,7 @@ class RbdDisk : public Disk {
   // local image fails (a damaged chunk is never returned: the cluster has
   // the same bytes).
   bool ReadLocal(uint64_t offset, MutableByteView buf) {
-    if (!local_ || !local_->Covers(offset, buf.size())) return false;
+    if (!LocalCovers(offset, buf.size())) return false;
     Status st = local_->image->Read(offset, buf);
     if (st.ok()) return true;
     spdlog::warn("{}: reading the parent's bytes locally failed, reading them from the cluster: {}",
@@ -674,6 +704,10 @@ class RbdDiskBackend : public DiskBackend {
       return nullptr;
     }
     for (const Extent& e : present) local->MarkChild(e.offset, e.length);
+    uint64_t handle = 0;
+    if (img.update_watch(local.get(), &handle) < 0) return nullptr;
+    local->watch = handle;
+    local->header_changed = true;  // a change before the watch began
     spdlog::debug("{}: reads of the parent's bytes come from local image {}", Where(name),
                   id->Hex());
     return local;

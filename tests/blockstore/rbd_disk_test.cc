@@ -627,6 +627,27 @@ TEST_CASE("rbd: a writable clone reads its parent's bytes from local images unti
   std::copy_n(content.begin(), 2u << 20, shrunk.begin());
   REQUIRE(diff(read_all(**d), shrunk) == "same");
 
+  // A shrink made through another client (forwarded to this lock owner by
+  // librbd) lowers the overlap too.
+  co.image = id;
+  REQUIRE_OK(be->Create({"inst4", "disk"}, co));
+  auto d4 = be->Open({"inst4", "disk"}, OpenMode::kReadWrite);
+  REQUIRE(d4.ok());
+  Bytes last(4u << 20);
+  REQUIRE_OK((*d4)->Read(8u << 20, last));
+  REQUIRE(diff(last, Bytes(local.begin() + (8u << 20), local.end())) == "same");
+  {
+    rbd_image_t other;
+    REQUIRE(rbd_open(ns.raw().io(), "inst4_disk", &other, nullptr) == 0);
+    REQUIRE(rbd_resize(other, 8u << 20) == 0);
+    REQUIRE(rbd_resize(other, 12u << 20) == 0);
+    rbd_close(other);
+  }
+  REQUIRE_OK((*d4)->Read(8u << 20, last));
+  REQUIRE(diff(last, Bytes(last.size(), 0)) == "same");
+  REQUIRE_OK((*d4)->Read(4u << 20, last));
+  REQUIRE(diff(last, Bytes(local.begin() + (4u << 20), local.begin() + (8u << 20))) == "same");
+
   // Images that are not local are never read in place of the cluster.
   TestImages remote;
   ImageId rid = remote.Add(content);

@@ -112,13 +112,20 @@ rbdc info "$P/h1_disk" >/dev/null 2>&1 && fail "h1_disk still in RBD"
 # disk it holds open fail with EIO; neither claims success.
 M3="$T/mnt3"
 mount_imgfs "$M3"
-python3 - "$M3/i1/disk.eph0" "$P/i1_disk.eph0" <<'EOF' || fail "a backend error was not returned"
-import json, os, subprocess, sys
+python3 - "$M3/i1/disk.eph0" "$P/i1_disk.eph0" "$M3/i1/disk" <<'EOF' || fail "a backend error was not returned"
+import json, mmap, os, subprocess, sys
 ceph = ["-c", os.environ["IMGFS_CEPH_CONF"], "--id", os.environ["IMGFS_CEPH_ID"],
         "--keyring", os.environ["IMGFS_CEPH_KEYRING"]]
 fd = os.open(sys.argv[1], os.O_RDWR)
 os.pwrite(fd, b"x" * 65536, 0)
 os.fsync(fd)
+# A clone open for writing reads its parent's bytes from the local store
+# (object 3 of i1/disk was never written); once one of its requests fails,
+# its reads go to the cluster and fail too.
+clone = os.open(sys.argv[3], os.O_RDWR | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+if os.preadv(clone, [buf], 12 << 20) != 4096:
+    sys.exit("short read of the clone")
 status = json.loads(subprocess.check_output(["rbd", *ceph, "status", "--format", "json", sys.argv[2]]))
 addr = status["watchers"][0]["address"]
 subprocess.run(["ceph", *ceph, "osd", "blocklist", "add", addr], check=True, capture_output=True)
@@ -129,12 +136,27 @@ try:
 except OSError as e:
     if e.errno != 5:
         sys.exit(f"expected EIO, got {e}")
+try:
+    try:
+        os.pwritev(clone, [buf], 9 << 20)  # object 2: the read below is object 3
+        os.fsync(clone)
+        sys.exit("a write to the clone succeeded for a client that was cut off")
+    except OSError as e:
+        if e.errno != 5:
+            sys.exit(f"expected EIO from the clone's write, got {e}")
+    try:
+        os.preadv(clone, [buf], 12 << 20)
+        sys.exit("the clone's parent bytes were still read after a request failed")
+    except OSError as e:
+        if e.errno != 5:
+            sys.exit(f"expected EIO from the clone's read, got {e}")
 finally:
     subprocess.run(["ceph", *ceph, "osd", "blocklist", "rm", addr], check=True, capture_output=True)
-    try:
-        os.close(fd)  # may report the failed flush again: that is right too
-    except OSError:
-        pass
+    for f in (fd, clone):
+        try:
+            os.close(f)  # may report the failed flush again: that is right too
+        except OSError:
+            pass
 EOF
 unmount_imgfs "$M3" "$MOUNT_PID"
 

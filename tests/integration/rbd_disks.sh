@@ -116,6 +116,18 @@ python3 - "$M3/i1/disk.eph0" "$P/i1_disk.eph0" "$M3/i1/disk" <<'EOF' || fail "a 
 import json, mmap, os, subprocess, sys
 ceph = ["-c", os.environ["IMGFS_CEPH_CONF"], "--id", os.environ["IMGFS_CEPH_ID"],
         "--keyring", os.environ["IMGFS_CEPH_KEYRING"]]
+
+
+def expect_eio(what, op):
+    try:
+        op()
+    except OSError as e:
+        if e.errno != 5:
+            sys.exit(f"{what}: expected EIO, got {e}")
+        return
+    sys.exit(f"{what} succeeded for a client that was cut off")
+
+
 fd = os.open(sys.argv[1], os.O_RDWR)
 os.pwrite(fd, b"x" * 65536, 0)
 os.fsync(fd)
@@ -130,26 +142,11 @@ status = json.loads(subprocess.check_output(["rbd", *ceph, "status", "--format",
 addr = status["watchers"][0]["address"]
 subprocess.run(["ceph", *ceph, "osd", "blocklist", "add", addr], check=True, capture_output=True)
 try:
-    os.pwrite(fd, b"y" * 65536, 65536)
-    os.fsync(fd)
-    sys.exit("write and fsync succeeded for a client that was cut off")
-except OSError as e:
-    if e.errno != 5:
-        sys.exit(f"expected EIO, got {e}")
-try:
-    try:
-        os.pwritev(clone, [buf], 9 << 20)  # object 2: the read below is object 3
-        os.fsync(clone)
-        sys.exit("a write to the clone succeeded for a client that was cut off")
-    except OSError as e:
-        if e.errno != 5:
-            sys.exit(f"expected EIO from the clone's write, got {e}")
-    try:
-        os.preadv(clone, [buf], 12 << 20)
-        sys.exit("the clone's parent bytes were still read after a request failed")
-    except OSError as e:
-        if e.errno != 5:
-            sys.exit(f"expected EIO from the clone's read, got {e}")
+    expect_eio("write and fsync", lambda: (os.pwrite(fd, b"y" * 65536, 65536), os.fsync(fd)))
+    # Object 2; the read below is of object 3.
+    expect_eio("a write to the clone", lambda: (os.pwritev(clone, [buf], 9 << 20), os.fsync(clone)))
+    expect_eio("a read of the clone's parent bytes after a failed request",
+               lambda: os.preadv(clone, [buf], 12 << 20))
 finally:
     subprocess.run(["ceph", *ceph, "osd", "blocklist", "rm", addr], check=True, capture_output=True)
     for f in (fd, clone):

@@ -226,6 +226,12 @@ struct LocalParent : public librbd::UpdateWatchCtx {
   std::unique_ptr<std::atomic<bool>[]> child;
   std::atomic<bool> header_changed{false};
   std::optional<uint64_t> watch;  // update_watch handle
+  // A client cut off from the cluster (blocklisted when another host breaks
+  // its lock) must not go on answering from here: at most once a second a
+  // read also stats the image header in the cluster, and a failure stops
+  // the local reads.
+  std::string header_oid;
+  std::atomic<int64_t> next_check_ns{0};
 
   void handle_notify() override { header_changed.store(true); }
 
@@ -471,7 +477,49 @@ class RbdDisk : public Disk {
       }
       local_->LowerOverlap(overlap);
     }
+    CheckStillConnected();
     return local_->Covers(offset, length);
+  }
+
+  // Starts the once-a-second stat of the header (LocalParent::header_oid);
+  // its completion counts as a request (Finished), so a failure stops the
+  // local reads and the disk's destructor waits for it.
+  void CheckStillConnected() {
+    using namespace std::chrono;
+    int64_t now = duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
+    int64_t next = local_->next_check_ns.load();
+    if (now < next || !local_->next_check_ns.compare_exchange_strong(
+                          next, now + duration_cast<nanoseconds>(seconds(1)).count())) {
+      return;
+    }
+    {
+      std::lock_guard lock(inflight_mu_);
+      inflight_++;
+    }
+    auto* check = new HeaderCheck{this};
+    rados_completion_t c = nullptr;
+    int r = rados_aio_create_completion2(check, &HeaderChecked, &c);
+    if (r == 0) r = rados_aio_stat(conn_->io, local_->header_oid.c_str(), c, &check->size, &check->mtime);
+    if (r < 0) {
+      if (c) rados_aio_release(c);
+      delete check;
+      Finished(r);
+    }
+  }
+
+  struct HeaderCheck {
+    RbdDisk* disk;
+    uint64_t size = 0;
+    time_t mtime = 0;
+  };
+
+  static void HeaderChecked(rados_completion_t c, void* arg) {
+    auto* check = static_cast<HeaderCheck*>(arg);
+    int r = rados_aio_get_return_value(c);
+    rados_aio_release(c);
+    RbdDisk* disk = check->disk;
+    delete check;
+    disk->Finished(r);
   }
 
   // After any failed request (a lost lock, a blocklisted client, a full
@@ -704,6 +752,9 @@ class RbdDiskBackend : public DiskBackend {
       return nullptr;
     }
     for (const Extent& e : present) local->MarkChild(e.offset, e.length);
+    std::string image_id;
+    if (img.get_id(&image_id) < 0) return nullptr;
+    local->header_oid = "rbd_header." + image_id;
     uint64_t handle = 0;
     if (img.update_watch(local.get(), &handle) < 0) return nullptr;
     local->watch = handle;

@@ -112,8 +112,8 @@ rbdc info "$P/h1_disk" >/dev/null 2>&1 && fail "h1_disk still in RBD"
 # disk it holds open fail with EIO; neither claims success.
 M3="$T/mnt3"
 mount_imgfs "$M3"
-python3 - "$M3/i1/disk.eph0" "$P/i1_disk.eph0" "$M3/i1/disk" <<'EOF' || fail "a backend error was not returned"
-import json, mmap, os, subprocess, sys
+python3 - "$M3/i1/disk.eph0" "$P/i1_disk.eph0" "$M3/i1/disk" "$M3/h2/disk" <<'EOF' ||
+import json, mmap, os, subprocess, sys, time
 ceph = ["-c", os.environ["IMGFS_CEPH_CONF"], "--id", os.environ["IMGFS_CEPH_ID"],
         "--keyring", os.environ["IMGFS_CEPH_KEYRING"]]
 
@@ -131,17 +131,29 @@ def expect_eio(what, op):
 fd = os.open(sys.argv[1], os.O_RDWR)
 os.pwrite(fd, b"x" * 65536, 0)
 os.fsync(fd)
-# A clone open for writing reads its parent's bytes from the local store
-# (object 3 of i1/disk was never written); once one of its requests fails,
-# its reads go to the cluster and fail too.
+# Clones open for writing read their parent's bytes from the local store
+# (object 3 of i1/disk and object 0 of h2/disk were never written); once cut
+# off, h2/disk's reads fail within seconds (it stats its header in the
+# cluster once a second), and i1/disk's once one of its requests failed.
 clone = os.open(sys.argv[3], os.O_RDWR | os.O_DIRECT)
+other = os.open(sys.argv[4], os.O_RDWR | os.O_DIRECT)
 buf = mmap.mmap(-1, 4096)
-if os.preadv(clone, [buf], 12 << 20) != 4096:
-    sys.exit("short read of the clone")
+if os.preadv(clone, [buf], 12 << 20) != 4096 or os.preadv(other, [buf], 0) != 4096:
+    sys.exit("short read of a clone")
 status = json.loads(subprocess.check_output(["rbd", *ceph, "status", "--format", "json", sys.argv[2]]))
 addr = status["watchers"][0]["address"]
 subprocess.run(["ceph", *ceph, "osd", "blocklist", "add", addr], check=True, capture_output=True)
 try:
+    for _ in range(150):  # 30 s
+        try:
+            os.preadv(other, [buf], 0)
+        except OSError as e:
+            if e.errno != 5:
+                sys.exit(f"a cut-off clone's read: expected EIO, got {e}")
+            break
+        time.sleep(0.2)
+    else:
+        sys.exit("a clone still read its parent's bytes locally 30 s after being cut off")
     expect_eio("write and fsync", lambda: (os.pwrite(fd, b"y" * 65536, 65536), os.fsync(fd)))
     # Object 2; the read below is of object 3.
     expect_eio("a write to the clone", lambda: (os.pwritev(clone, [buf], 9 << 20), os.fsync(clone)))
@@ -149,12 +161,13 @@ try:
                lambda: os.preadv(clone, [buf], 12 << 20))
 finally:
     subprocess.run(["ceph", *ceph, "osd", "blocklist", "rm", addr], check=True, capture_output=True)
-    for f in (fd, clone):
+    for f in (fd, clone, other):
         try:
             os.close(f)  # may report the failed flush again: that is right too
         except OSError:
             pass
 EOF
+  fail "a backend error was not returned"
 unmount_imgfs "$M3" "$MOUNT_PID"
 
 # Bad input: init checks the cluster, the key and the pool at once, with a

@@ -295,7 +295,7 @@ class RbdDisk : public Disk {
     std::shared_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
     if (buf.empty()) return Status::OK();
-    if (ReadLocal(offset, buf)) return Status::OK();
+    if (LocalCovers(offset, buf.size()) && ReadLocal(offset, buf)) return Status::OK();
     ceph::bufferlist bl;
     ssize_t r = image_->read2(offset, buf.size(), bl, 0);
     if (r < 0) {
@@ -532,12 +532,10 @@ class RbdDisk : public Disk {
     }
   }
 
-  // Reads from the local image when the range is the parent's bytes (see
-  // LocalParent); false to read from the cluster instead, also when the
-  // local image fails (a damaged chunk is never returned: the cluster has
-  // the same bytes).
+  // Reads a range LocalCovers admitted from the local image; false to read
+  // it from the cluster instead when the local image fails (a damaged chunk
+  // is never returned: the cluster has the same bytes).
   bool ReadLocal(uint64_t offset, MutableByteView buf) {
-    if (!LocalCovers(offset, buf.size())) return false;
     Status st = local_->image->Read(offset, buf);
     if (st.ok()) return true;
     spdlog::warn("{}: reading the parent's bytes locally failed, reading them from the cluster: {}",

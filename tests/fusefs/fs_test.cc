@@ -112,6 +112,9 @@ uint64_t LookupIno(FileSystem& fs, uint64_t parent, const std::string& name) {
   return e->ino;
 }
 
+// The inode of disk vm1/disk, which most cases work on.
+uint64_t DiskIno(FileSystem& fs) { return LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk"); }
+
 Bytes ReadAll(FileSystem& fs, uint64_t fh, uint64_t size) {
   Bytes out(size);
   auto n = fs.Read(fh, 0, out);
@@ -222,7 +225,7 @@ TEST_CASE("truncate grows; a shrink is EPERM unless allow_shrink", "[fusefs]") {
   uint64_t size = f.image_bytes.size();
   SECTION("default") {
     FileSystem fs(*f.store, Opts());
-    uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+    uint64_t disk = DiskIno(fs);
     AttrChange c;
     c.size = 1ull << 40;  // 1 TiB: O(1)
     auto st = fs.SetAttr(disk, c, std::nullopt);
@@ -243,7 +246,7 @@ TEST_CASE("truncate grows; a shrink is EPERM unless allow_shrink", "[fusefs]") {
   }
   SECTION("allow_shrink") {
     FileSystem fs(*f.store, Opts(true));
-    uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+    uint64_t disk = DiskIno(fs);
     AttrChange c;
     c.size = kChunk;
     auto st = fs.SetAttr(disk, c, std::nullopt);
@@ -388,7 +391,7 @@ TEST_CASE("a read-only open upgrades to the write lock when a writer opens", "[f
   Fixture f;
   f.CreateDisk("vm1", "disk");
   FileSystem fs(*f.store, Opts());
-  uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+  uint64_t disk = DiskIno(fs);
   auto ro = fs.Open(disk, O_RDONLY);
   REQUIRE(ro.ok());
   auto rw = fs.Open(disk, O_RDWR);
@@ -450,7 +453,7 @@ TEST_CASE("chmod and chown persist in the disk backend", "[fusefs]") {
   f.CreateDisk("vm1", "disk");
   {
     FileSystem fs(*f.store, Opts());
-    uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+    uint64_t disk = DiskIno(fs);
     AttrChange c;
     c.mode = 0600;
     c.uid = 64055;
@@ -463,7 +466,7 @@ TEST_CASE("chmod and chown persist in the disk backend", "[fusefs]") {
     CHECK(Errno(fs.SetAttr(kRootIno, dir, std::nullopt).status()) == EPERM);
   }
   FileSystem fs(*f.store, Opts());
-  auto st = fs.GetAttr(LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk"));
+  auto st = fs.GetAttr(DiskIno(fs));
   REQUIRE(st.ok());
   CHECK((st->st_mode & 07777) == 0600);
   CHECK(st->st_uid == 64055);
@@ -476,7 +479,7 @@ TEST_CASE("opening a disk records a use of its image", "[fusefs]") {
   int64_t before = f.store->GetImage(f.image)->last_used;
   f.now += 3600;
   FileSystem fs(*f.store, Opts());
-  uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+  uint64_t disk = DiskIno(fs);
   auto o = fs.Open(disk, O_RDONLY);
   REQUIRE(o.ok());
   fs.Release(o->fh);
@@ -505,7 +508,7 @@ TEST_CASE("shutdown flushes open disks and later I/O fails cleanly", "[fusefs]")
   Fixture f;
   f.CreateDisk("vm1", "disk");
   FileSystem fs(*f.store, Opts());
-  uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+  uint64_t disk = DiskIno(fs);
   auto o = fs.Open(disk, O_RDWR);
   REQUIRE(o.ok());
   REQUIRE(fs.Write(o->fh, 0, Bytes(4096, 3)).ok());
@@ -519,7 +522,7 @@ TEST_CASE("the async forms call back exactly once, with the result or the error"
   Fixture f;
   f.CreateDisk("vm1", "disk");
   FileSystem fs(*f.store, Opts());
-  uint64_t disk = LookupIno(fs, LookupIno(fs, kRootIno, "vm1"), "disk");
+  uint64_t disk = DiskIno(fs);
   auto o = fs.Open(disk, O_RDWR);
   REQUIRE(o.ok());
   std::vector<Result<size_t>> sizes;

@@ -196,6 +196,17 @@ class DiskBackend {
     return std::vector<std::string>{};
   }
 
+  // Take-over of the mount by a new server (docs/operations.md, "Crashes and
+  // upgrades"; docs/rbd.md, "A server replaced"). LockOwnerId is the name
+  // this backend's locks on disks open for writing are held under ("client.4123"
+  // for rbd), or "" when they die with the process (local: flock).
+  // SetDeadLockOwners names owners known to be dead (earlier servers of the
+  // same mount, reaped by the supervisor): an open for writing that finds a
+  // disk locked by one of them breaks that lock at once, fencing the owner,
+  // instead of failing Busy. Call before opening disks.
+  virtual std::string LockOwnerId() const { return ""; }
+  virtual void SetDeadLockOwners(std::vector<std::string> owners) { (void)owners; }
+
   // Checks the backend's own metadata of one disk (fsck); appends one line per
   // problem found. Non-OK only when the check could not run.
   virtual Status Check(const DiskRef& ref, std::vector<std::string>* problems) {

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -632,6 +633,15 @@ class RbdDiskBackend : public DiskBackend {
 
   std::string Describe() const override { return "rbd:" + conn_->where; }
 
+  std::string LockOwnerId() const override {
+    return "client." + std::to_string(rados_get_instance_id(conn_->cluster));
+  }
+
+  void SetDeadLockOwners(std::vector<std::string> owners) override {
+    std::lock_guard lock(dead_mu_);
+    dead_owners_ = std::move(owners);
+  }
+
   Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
@@ -698,6 +708,9 @@ class RbdDiskBackend : public DiskBackend {
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: opening " + Where(name)), ref);
     if (rw) {
       r = img->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
+      if ((r == -EROFS || r == -EBUSY || r == -EAGAIN) && BreakDeadOwner(*img, name)) {
+        r = img->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
+      }
       if (r == -EROFS || r == -EBUSY || r == -EAGAIN) {
         return Status::Busy("disk " + ref.ToString() + " is in use (open for writing elsewhere)");
       }
@@ -709,6 +722,37 @@ class RbdDiskBackend : public DiskBackend {
     if (rw) local = OpenLocalParent(*img, name);
     return std::unique_ptr<Disk>(std::make_unique<RbdDisk>(conn_, ref, name, std::move(img), rw,
                                                            size, std::move(local)));
+  }
+
+  // Breaks the lock on `img` when its owner is a dead earlier server of this
+  // mount (SetDeadLockOwners; docs/rbd.md, "A server replaced"). librbd
+  // blocklists the owner's client before it breaks the lock
+  // (rbd_blocklist_on_break_lock), so nothing that client sent can land
+  // after this. True when the lock was broken.
+  bool BreakDeadOwner(librbd::Image& img, const std::string& name) {
+    std::vector<std::string> dead;
+    {
+      std::lock_guard lock(dead_mu_);
+      dead = dead_owners_;
+    }
+    if (dead.empty()) return false;
+    rbd_lock_mode_t mode{};
+    std::list<std::string> owners;
+    if (img.lock_get_owners(&mode, &owners) < 0) return false;
+    for (const std::string& owner : owners) {
+      if (std::find(dead.begin(), dead.end(), owner) == dead.end()) continue;
+      int r = img.lock_break(mode, owner);
+      if (r < 0 && r != -ENOENT) {
+        spdlog::error("{}: breaking the lock of dead server {}: {}", Where(name), owner,
+                      std::strerror(-r));
+        return false;
+      }
+      spdlog::warn("{}: broke the lock of {} (an earlier server of this mount, dead; its client "
+                   "is blocklisted)",
+                   Where(name), owner);
+      return true;
+    }
+    return false;
   }
 
   // The local reads of a disk's parent (see LocalParent), or null when they
@@ -1464,6 +1508,8 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   std::shared_ptr<Connection> conn_;  // constant after construction
+  std::mutex dead_mu_;
+  std::vector<std::string> dead_owners_;  // GUARDED_BY(dead_mu_)
   ImageSource* images_;               // constant after construction
 };
 

@@ -56,12 +56,16 @@ struct FileSystem::OpenFile {
   std::shared_ptr<ImageReader> image;  // constant after construction
   bool writable = false;               // GUARDED_BY(mu)
   uint32_t handles = 0;                // GUARDED_BY(FileSystem::mu_)
+  Status broken;  // constant after construction: why a restored handle could not be opened
   std::mutex grow_mu;                  // serialises growth of the disk
   std::atomic<bool> dirty{false};      // written since the last successful flush
 
   Result<std::shared_ptr<Disk>> CurrentDisk() {
     std::lock_guard lock(mu);
-    if (!disk) return Status::IOError("the disk is closed (unmounting)");
+    if (!disk) {
+      if (!broken.ok()) return broken;
+      return Status::IOError("the disk is closed (unmounting)");
+    }
     return disk;
   }
 };
@@ -83,6 +87,7 @@ struct FileSystem::Handle {
   std::shared_ptr<Node> node;
   std::shared_ptr<OpenFile> of;
   bool write = false;
+  int flags = 0;  // open(2)'s, as FsState::Open keeps them
   // A FLUSH (close(2) of a descriptor) came and no request used the handle
   // since: its RELEASE is on its way, unless a dup'd descriptor or a mapping
   // still holds the file.
@@ -94,6 +99,7 @@ struct FileSystem::Handle {
 };
 
 struct FileSystem::DirHandle {
+  uint64_t ino = 0;
   std::vector<DirEntry> entries;
 };
 
@@ -111,6 +117,8 @@ FileSystem::FileSystem(Store& store, FsOptions options)
   nodes_[kBaseDirIno] = base;
   ino_of_["/"] = kRootIno;
   ino_of_[kBaseDirName] = kBaseDirIno;
+  key_of_[kRootIno] = "/";
+  key_of_[kBaseDirIno] = kBaseDirName;
 }
 
 FileSystem::~FileSystem() {
@@ -122,8 +130,46 @@ uint64_t FileSystem::InoFor(const std::string& key) {
   auto it = ino_of_.find(key);
   if (it != ino_of_.end()) return it->second;
   uint64_t ino = next_ino_++;
-  ino_of_[key] = ino;
+  BindLocked(key, ino);
   return ino;
+}
+
+void FileSystem::BindLocked(const std::string& key, uint64_t ino) {
+  ino_of_[key] = ino;
+  key_of_[ino] = key;
+  if (sink_) sink_->Bind(key, ino);
+}
+
+void FileSystem::MoveKeyLocked(const std::string& from, const std::string& to) {
+  auto it = ino_of_.find(from);
+  if (it == ino_of_.end()) return;
+  uint64_t ino = it->second;
+  ino_of_.erase(it);
+  if (sink_) sink_->Unbind(from);
+  BindLocked(to, ino);
+}
+
+std::shared_ptr<FileSystem::Node> FileSystem::NodeFromKeyLocked(uint64_t ino,
+                                                                const std::string& key) {
+  auto node = std::make_shared<Node>();
+  node->ino = ino;
+  node->key = key;
+  std::string_view rest = std::string_view(key).substr(std::min<size_t>(2, key.size()));
+  if (key.starts_with("i/")) {
+    node->kind = NodeKind::kInstance;
+    node->instance = std::string(rest);
+  } else if (key.starts_with("d/") && rest.find('/') != std::string_view::npos) {
+    node->kind = NodeKind::kDisk;
+    node->instance = std::string(rest.substr(0, rest.find('/')));
+    node->disk = std::string(rest.substr(rest.find('/') + 1));
+  } else if (key.starts_with("b/") && Id128::FromHex(rest).ok()) {
+    node->kind = NodeKind::kImage;
+    node->image = *Id128::FromHex(rest);
+  } else {
+    return nullptr;
+  }
+  nodes_[ino] = node;
+  return node;
 }
 
 std::shared_ptr<FileSystem::Node> FileSystem::NodeFor(const std::string& key, NodeKind kind,
@@ -150,7 +196,9 @@ void FileSystem::ForgetNameLocked(const std::string& key) {
   auto it = ino_of_.find(key);
   if (it == ino_of_.end()) return;
   if (auto n = nodes_.find(it->second); n != nodes_.end()) n->second->removed = true;
+  key_of_.erase(it->second);
   ino_of_.erase(it);
+  if (sink_) sink_->Unbind(key);
 }
 
 // Keeps an instance directory after its last disk left through the mount
@@ -171,8 +219,11 @@ void FileSystem::KeepInstance(const std::string& instance) {
 Result<std::shared_ptr<FileSystem::Node>> FileSystem::GetNode(uint64_t ino) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
-  if (it == nodes_.end()) return Status::NotFound("no inode " + std::to_string(ino));
-  return it->second;
+  if (it != nodes_.end()) return it->second;
+  if (auto k = key_of_.find(ino); k != key_of_.end()) {
+    if (auto node = NodeFromKeyLocked(ino, k->second)) return node;
+  }
+  return Status::NotFound("no inode " + std::to_string(ino));
 }
 
 Result<std::shared_ptr<FileSystem::Handle>> FileSystem::GetHandle(uint64_t fh) {
@@ -424,6 +475,19 @@ Result<struct stat> FileSystem::SetAttr(uint64_t ino, const AttrChange& change,
 
 Result<uint64_t> FileSystem::OpenDir(uint64_t ino) {
   ASSIGN_OR_RETURN(auto node, GetNode(ino));
+  ASSIGN_OR_RETURN(auto entries, ListDir(node));
+  auto dh = std::make_shared<DirHandle>();
+  dh->entries = std::move(entries);
+  dh->ino = ino;
+  std::lock_guard lock(mu_);
+  uint64_t id = next_fh_++;
+  dirs_[id] = std::move(dh);
+  if (sink_) sink_->DirOpened(id, ino);
+  return id;
+}
+
+Result<std::vector<DirEntry>> FileSystem::ListDir(const std::shared_ptr<Node>& node) {
+  const uint64_t ino = node->ino;
   auto dh = std::make_shared<DirHandle>();
   dh->entries.push_back({".", ino, S_IFDIR});
   dh->entries.push_back({"..", node->kind == NodeKind::kRoot ? kRootIno : kRootIno, S_IFDIR});
@@ -462,9 +526,7 @@ Result<uint64_t> FileSystem::OpenDir(uint64_t ino) {
   }
   std::lock_guard lock(mu_);
   for (auto& [name, kt] : names) dh->entries.push_back({name, InoFor(kt.first), kt.second});
-  uint64_t id = next_fh_++;
-  dirs_[id] = std::move(dh);
-  return id;
+  return std::move(dh->entries);
 }
 
 Result<std::vector<DirEntry>> FileSystem::ReadDir(uint64_t dh, uint64_t offset) {
@@ -478,7 +540,7 @@ Result<std::vector<DirEntry>> FileSystem::ReadDir(uint64_t dh, uint64_t offset) 
 
 void FileSystem::ReleaseDir(uint64_t dh) {
   std::lock_guard lock(mu_);
-  dirs_.erase(dh);
+  if (dirs_.erase(dh) && sink_) sink_->DirReleased(dh);
 }
 
 // ---- namespace changes ----
@@ -681,8 +743,7 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
     auto it = ino_of_.find(from_key);
     if (it != ino_of_.end()) {
       uint64_t ino = it->second;
-      ino_of_.erase(it);
-      ino_of_[to_key] = ino;
+      MoveKeyLocked(from_key, to_key);
       if (auto n = nodes_.find(ino); n != nodes_.end()) {
         n->second->key = to_key;
         n->second->instance = to_inst;
@@ -723,8 +784,7 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
     std::string fk = DiskKey(from, r.disk), tk = DiskKey(to, r.disk);
     if (auto it = ino_of_.find(fk); it != ino_of_.end()) {
       uint64_t ino = it->second;
-      ino_of_.erase(it);
-      ino_of_[tk] = ino;
+      MoveKeyLocked(fk, tk);
       if (auto n = nodes_.find(ino); n != nodes_.end()) {
         n->second->key = tk;
         n->second->instance = to;
@@ -736,8 +796,7 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
   ForgetNameLocked(InstanceKey(to));
   if (auto it = ino_of_.find(InstanceKey(from)); it != ino_of_.end()) {
     uint64_t ino = it->second;
-    ino_of_.erase(it);
-    ino_of_[InstanceKey(to)] = ino;
+    MoveKeyLocked(InstanceKey(from), InstanceKey(to));
     if (auto n = nodes_.find(ino); n != nodes_.end()) {
       n->second->key = InstanceKey(to);
       n->second->instance = to;
@@ -749,7 +808,8 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
 
 // ---- files ----
 
-Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, int flags) {
+Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, int flags,
+                                             std::optional<uint64_t> use_fh) {
   bool write = WantsWrite(flags);
   std::shared_ptr<OpenFile> of;
   DiskRef ref;
@@ -799,11 +859,13 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
   h->node = node;
   h->of = of;
   h->write = write;
+  h->flags = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
   std::lock_guard lock(mu_);
   node->open = of;
   ++of->handles;
-  uint64_t fh = next_fh_++;
+  uint64_t fh = use_fh ? *use_fh : next_fh_++;
   handles_[fh] = std::move(h);
+  if (sink_) sink_->Opened(fh, FsState::Open{node->ino, handles_[fh]->flags});
   OpenReply reply;
   reply.fh = fh;
   reply.direct_io = (flags & O_DIRECT) || opts_.direct_io_always;
@@ -1081,6 +1143,7 @@ void FileSystem::Release(uint64_t fh) {
     std::lock_guard lock(mu_);
     auto it = handles_.find(fh);
     if (it == handles_.end()) return;
+    if (sink_) sink_->Released(fh);
     h = std::move(it->second);
     handles_.erase(it);
     if (--h->of->handles == 0) {
@@ -1157,6 +1220,81 @@ Status FileSystem::Shutdown() {
     }
   }
   return first;
+}
+
+void FileSystem::SetStateSink(StateSink* sink) {
+  std::lock_guard lock(mu_);
+  sink_ = sink;
+}
+
+FsState FileSystem::Snapshot() {
+  std::lock_guard lock(mu_);
+  FsState st;
+  for (const auto& [key, ino] : ino_of_) {
+    if (ino != kRootIno && ino != kBaseDirIno) st.inos[key] = ino;
+  }
+  for (const auto& [fh, h] : handles_) st.opens[fh] = FsState::Open{h->node->ino, h->flags};
+  for (const auto& [dh, d] : dirs_) st.dirs[dh] = d->ino;
+  st.next_ino = next_ino_;
+  st.next_fh = next_fh_;
+  return st;
+}
+
+size_t FileSystem::Restore(const FsState& state) {
+  std::unique_lock ns(ns_mu_);
+  {
+    std::lock_guard lock(mu_);
+    next_ino_ = std::max(next_ino_, state.next_ino);
+    next_fh_ = std::max(next_fh_, state.next_fh);
+    for (const auto& [key, ino] : state.inos) {
+      if (ino == kRootIno || ino == kBaseDirIno) continue;
+      ino_of_[key] = ino;
+      key_of_[ino] = key;
+      next_ino_ = std::max(next_ino_, ino + 1);
+    }
+    for (const auto& [fh, open] : state.opens) next_fh_ = std::max(next_fh_, fh + 1);
+    for (const auto& [dh, ino] : state.dirs) next_fh_ = std::max(next_fh_, dh + 1);
+  }
+  size_t broken = 0;
+  for (const auto& [fh, open] : state.opens) {
+    auto node = GetNode(open.ino);
+    Status why = node.status();
+    if (node.ok()) {
+      auto r = OpenNodeLocked(*node, open.flags, fh);
+      if (r.ok()) continue;
+      why = r.status();
+    }
+    ++broken;
+    spdlog::error("file handle {} (inode {}) could not be opened again: {}; its requests fail",
+                  fh, open.ino, why.ToString());
+    auto h = std::make_shared<Handle>();
+    if (node.ok()) {
+      h->node = *node;
+    } else {
+      h->node = std::make_shared<Node>();
+      h->node->ino = open.ino;
+      h->node->kind = NodeKind::kDisk;
+      h->node->removed = true;
+    }
+    h->of = std::make_shared<OpenFile>();
+    h->of->broken = Status::IOError("the file could not be opened again after the mount's "
+                                    "server was replaced: " + why.ToString());
+    h->of->handles = 1;
+    h->write = WantsWrite(open.flags);
+    h->flags = open.flags;
+    std::lock_guard lock(mu_);
+    handles_[fh] = std::move(h);
+  }
+  for (const auto& [dh, ino] : state.dirs) {
+    auto d = std::make_shared<DirHandle>();
+    d->ino = ino;
+    if (auto node = GetNode(ino); node.ok()) {
+      if (auto entries = ListDir(*node); entries.ok()) d->entries = std::move(*entries);
+    }
+    std::lock_guard lock(mu_);
+    dirs_[dh] = std::move(d);
+  }
+  return broken;
 }
 
 size_t FileSystem::InodeCountForTest() {

@@ -36,6 +36,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -108,6 +109,36 @@ struct AttrChange {
   std::optional<uid_t> uid;
   std::optional<gid_t> gid;
   bool times = false;  // atime/mtime: accepted, not stored (mtime is the backend's)
+};
+
+// What the kernel holds of a mount, which a successor server needs to take
+// it over (docs/operations.md, "Crashes and upgrades"): the inode number of
+// every name the kernel may still use, and the open file and directory
+// handles. Inode numbers are never reused within a mount.
+struct FsState {
+  struct Open {
+    uint64_t ino = 0;
+    int flags = 0;  // open(2)'s, without O_CREAT, O_EXCL and O_TRUNC
+  };
+  std::map<std::string, uint64_t> inos;  // name key ("d/<instance>/<disk>"...) -> inode
+  std::map<uint64_t, Open> opens;        // file handle -> what was opened
+  std::map<uint64_t, uint64_t> dirs;     // directory handle -> inode
+  uint64_t next_ino = 3;                 // the next inode number to hand out
+  uint64_t next_fh = 1;                  // the next handle number to hand out
+};
+
+// Receives every change to the FsState as it happens, before the reply that
+// lets the kernel see it. Called with the file system's locks held: it must
+// not block for long and must not call back into the FileSystem.
+class StateSink {
+ public:
+  virtual ~StateSink() = default;
+  virtual void Bind(const std::string& key, uint64_t ino) = 0;
+  virtual void Unbind(const std::string& key) = 0;
+  virtual void Opened(uint64_t fh, const FsState::Open& open) = 0;
+  virtual void Released(uint64_t fh) = 0;
+  virtual void DirOpened(uint64_t dh, uint64_t ino) = 0;
+  virtual void DirReleased(uint64_t dh) = 0;
 };
 
 class FileSystem {
@@ -204,6 +235,18 @@ class FileSystem {
   // Flushes every open disk and closes them (unmount). Returns the first error.
   Status Shutdown();
 
+  // Take-over (docs/operations.md, "Crashes and upgrades"). SetStateSink
+  // makes every later change reach `sink` (null: none); call it before
+  // serving. Snapshot is the current state. Restore, on a FileSystem that
+  // has served nothing yet, takes over `state` from a predecessor: names keep
+  // their inode numbers, and each open handle is opened again under its old
+  // number (a disk open for writing takes the backend's lock again). A
+  // handle that cannot be opened again stays known, and every request on it
+  // fails with IOError naming the cause; their number is returned.
+  void SetStateSink(StateSink* sink);
+  FsState Snapshot();
+  size_t Restore(const FsState& state);
+
   // For tests: how many inodes the kernel holds and how many files are open.
   size_t InodeCountForTest();
   size_t OpenFileCountForTest();
@@ -223,6 +266,13 @@ class FileSystem {
   std::shared_ptr<Node> NodeFor(const std::string& key, NodeKind kind, const std::string& instance,
                                 const std::string& disk, const ImageId& image, bool take_ref);
   uint64_t InoFor(const std::string& key);
+  // Binds or unbinds a name's inode number, and tells the state sink.
+  void BindLocked(const std::string& key, uint64_t ino);
+  void MoveKeyLocked(const std::string& from, const std::string& to);
+  // The node for an inode the kernel holds but no Node is cached for (it
+  // was forgotten, or a predecessor server made it): rebuilt from its name.
+  std::shared_ptr<Node> NodeFromKeyLocked(uint64_t ino, const std::string& key);
+  Result<std::vector<DirEntry>> ListDir(const std::shared_ptr<Node>& node);
   Result<struct stat> StatOf(const Node& node);
   Result<struct stat> StatDisk(const Node& node);
   Result<struct stat> StatImage(const Node& node);
@@ -239,7 +289,10 @@ class FileSystem {
   // Reopens an open file's disk for writing (taking the backend's write
   // lock) unless it already is; the read-only disk goes through WaitIdle.
   Status UpgradeToWritable(OpenFile& of, const DiskRef& ref);
-  Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags);
+  // Opens `node`; the new handle gets number `fh` when given (Restore),
+  // else the next one.
+  Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags,
+                                   std::optional<uint64_t> fh = std::nullopt);
   void ForgetNameLocked(const std::string& key);
   void KeepInstance(const std::string& instance);
   Result<uint64_t> ParentDataBytes(const ImageId& image);
@@ -255,6 +308,8 @@ class FileSystem {
   uint64_t next_ino_ = 3;                             // GUARDED_BY(mu_)
   uint64_t next_fh_ = 1;                              // GUARDED_BY(mu_)
   std::unordered_map<std::string, uint64_t> ino_of_;  // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, std::string> key_of_;  // GUARDED_BY(mu_); ino_of_ reversed
+  StateSink* sink_ = nullptr;                         // GUARDED_BY(mu_)
   std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;      // GUARDED_BY(mu_)
   std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_;  // GUARDED_BY(mu_)
   std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;  // GUARDED_BY(mu_)

@@ -1,11 +1,21 @@
 #define FUSE_USE_VERSION 314
 #include "fusefs/fuse_adapter.h"
 
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/mount.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
+#include <thread>
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
@@ -22,6 +32,8 @@ namespace {
 struct Ctx {
   FileSystem* fs;
   FuseConfig cfg;
+  bool capture = false;   // Negotiate: keep what libfuse writes instead of sending it
+  std::string captured;
 };
 
 // libfuse's own messages: collected while mounting (to put into the error a
@@ -549,30 +561,48 @@ const fuse_lowlevel_ops kOps = {
 
 }  // namespace
 
-struct FuseSession::Impl {
-  Ctx ctx;
-  fuse_session* se = nullptr;
-  bool mounted = false;
-  bool signals = false;
+namespace {
 
-  ~Impl() {
-    if (signals) fuse_remove_signal_handlers(se);
-    if (mounted) fuse_session_unmount(se);
-    if (se) fuse_session_destroy(se);
+// Protocol facts not in Debian 12's <linux/fuse.h> (7.38).
+constexpr int32_t kNotifyResend = 7;      // FUSE_NOTIFY_RESEND, protocol 7.40 (Linux 6.9)
+constexpr uint32_t kResendMinor = 40;
+
+// libfuse's I/O on the connection, through fuse_session_custom_io so that
+// Negotiate can catch the INIT reply instead of sending it.
+ssize_t IoWritev(int fd, struct iovec* iov, int count, void* userdata) {
+  auto& ctx = *static_cast<Ctx*>(userdata);
+  if (ctx.capture) {
+    ssize_t n = 0;
+    for (int i = 0; i < count; ++i) {
+      ctx.captured.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+      n += static_cast<ssize_t>(iov[i].iov_len);
+    }
+    return n;
   }
-};
+  return writev(fd, iov, count);
+}
+ssize_t IoRead(int fd, void* buf, size_t len, void*) { return read(fd, buf, len); }
+ssize_t IoSplice(int fdin, off_t* offin, int fdout, off_t* offout, size_t len, unsigned int flags,
+                 void*) {
+  return splice(fdin, offin, fdout, offout, len, flags);
+}
+const fuse_custom_io kIo = {IoWritev, IoRead, IoSplice, IoSplice};
 
-FuseSession::FuseSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+// Interrupts a worker's read of the connection (Stop). Installed without
+// SA_RESTART, so the read fails with EINTR.
+void OnWake(int) {}
+constexpr int kWakeSignal = SIGUSR2;
 
-FuseSession::~FuseSession() = default;
-
-Result<std::unique_ptr<FuseSession>> FuseSession::Mount(FileSystem& fs, const FuseConfig& cfg) {
-  auto impl = std::make_unique<Impl>();
-  impl->ctx.fs = &fs;
-  impl->ctx.cfg = cfg;
+std::string MountOptions(const FuseConfig& cfg) {
   std::string opts = "default_permissions,fsname=" + cfg.fsname + ",subtype=imgfs";
   if (cfg.allow_other) opts += ",allow_other";
   for (const auto& o : cfg.extra_options) opts += "," + o;
+  return opts;
+}
+
+// A libfuse session with our ops and cfg's options (-o, -d).
+fuse_session* NewSession(Ctx* ctx, const FuseConfig& cfg, std::string* error) {
+  std::string opts = MountOptions(cfg);
   std::vector<std::string> argv_s = {"imgfs", "-o", opts};
   if (cfg.debug) argv_s.push_back("-d");
   std::vector<char*> argv;
@@ -580,48 +610,283 @@ Result<std::unique_ptr<FuseSession>> FuseSession::Mount(FileSystem& fs, const Fu
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   fuse_set_log_func(LogFromLibfuse);
   LogCapture capture;
-  impl->se = fuse_session_new(&args, &kOps, sizeof(kOps), &impl->ctx);
+  fuse_session* se = fuse_session_new(&args, &kOps, sizeof(kOps), ctx);
   fuse_opt_free_args(&args);
-  if (!impl->se) {
-    return Status::InvalidArgument("libfuse refused the mount options '" + opts + "'" +
-                                   capture.Text());
-  }
-  // SIGINT and SIGTERM always stop the mount, also when inherited as ignored
-  // (a non-interactive shell ignores SIGINT for commands it starts with &);
-  // an ignored SIGHUP (nohup) stays ignored. libfuse only replaces defaults.
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
-  if (fuse_set_signal_handlers(impl->se) != 0) {
-    return Status::IOError("cannot install signal handlers");
-  }
-  impl->signals = true;
-  if (fuse_session_mount(impl->se, cfg.mountpoint.c_str()) != 0) {
-    return Status::IOError("cannot mount at " + cfg.mountpoint + capture.Text());
-  }
-  impl->mounted = true;
-  return std::unique_ptr<FuseSession>(new FuseSession(std::move(impl)));
+  if (!se) *error = "libfuse refused the mount options '" + opts + "'" + capture.Text();
+  return se;
 }
 
-Status FuseSession::Run() {
-  Impl& s = *impl_;
-  fuse_loop_config* lc = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_clone_fd(lc, s.ctx.cfg.clone_fd ? 1 : 0);
-  fuse_loop_cfg_set_max_threads(lc, s.ctx.cfg.max_threads);
-  fuse_loop_cfg_set_idle_threads(lc, s.ctx.cfg.max_idle_threads);
-  int rc = fuse_session_loop_mt(s.se, lc);
-  fuse_loop_cfg_destroy(lc);
-  Status st = s.ctx.fs->Shutdown();
-  if (s.signals) {
-    fuse_remove_signal_handlers(s.se);
-    s.signals = false;
+}  // namespace
+
+Result<int> MountFuse(const FuseConfig& cfg) {
+  Ctx ctx{nullptr, cfg, false, {}};
+  std::string error;
+  fuse_session* se = NewSession(&ctx, cfg, &error);
+  if (!se) return Status::InvalidArgument(error);
+  LogCapture capture;
+  if (fuse_session_mount(se, cfg.mountpoint.c_str()) != 0) {
+    fuse_session_destroy(se);
+    return Status::IOError("cannot mount at " + cfg.mountpoint + capture.Text());
   }
-  if (s.mounted) {
-    fuse_session_unmount(s.se);
-    s.mounted = false;
+  // The session only mounted; the connection is ours to pass on.
+  int fd = fcntl(fuse_session_fd(se), F_DUPFD_CLOEXEC, 3);
+  int err = errno;
+  fuse_session_destroy(se);  // closes its own descriptor, does not unmount
+  if (fd < 0) {
+    (void)UnmountFuse(cfg.mountpoint);
+    return Status::FromErrno(err, "dup of the FUSE connection");
   }
-  if (!st.ok()) return st;
-  if (rc < 0) return Status::FromErrno(-rc, "fuse session loop");
+  return fd;
+}
+
+Status UnmountFuse(const std::string& mountpoint) {
+  if (geteuid() == 0) {
+    if (umount2(mountpoint.c_str(), MNT_DETACH) == 0 || errno == EINVAL || errno == ENOENT) {
+      return Status::OK();
+    }
+    return Status::FromErrno(errno, "unmounting " + mountpoint);
+  }
+  pid_t pid = fork();
+  if (pid < 0) return Status::FromErrno(errno, "fork");
+  if (pid == 0) {
+    execlp("fusermount3", "fusermount3", "-u", "-q", "-z", "--", mountpoint.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int wst = 0;
+  while (waitpid(pid, &wst, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0) {
+    return Status::IOError("fusermount3 -u " + mountpoint + " failed");
+  }
   return Status::OK();
+}
+
+struct FuseServer::Impl {
+  Ctx ctx;
+  fuse_session* se = nullptr;
+  int fd = -1;  // owned by se
+  uint32_t kernel_minor = 0;
+  std::string init_reply;  // what the connection's INIT was answered with
+
+  struct Worker {
+    std::thread thread;
+    std::atomic<bool> reading{false};  // in (or about to enter) a read of the connection
+    std::atomic<bool> done{false};
+  };
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::atomic<bool> stop_requested{false};
+  std::atomic<int> loop_error{0};
+  std::mutex mu;
+  std::condition_variable cv;  // with mu: the session exited
+
+  ~Impl() {
+    if (se) fuse_session_destroy(se);
+  }
+
+  // A FUSE_INIT after the session was initialised: the kernel sent the
+  // first one again (resent after the first server recorded it and died
+  // before answering). It gets the recorded answer under its own id.
+  bool AnswerInitAgain(const fuse_buf& buf) {
+    if ((buf.flags & FUSE_BUF_IS_FD) || buf.size < sizeof(fuse_in_header)) return false;
+    const auto* in = static_cast<const fuse_in_header*>(buf.mem);
+    if (in->opcode != FUSE_INIT || init_reply.size() < sizeof(fuse_out_header)) return false;
+    std::string reply = init_reply;
+    auto* out = reinterpret_cast<fuse_out_header*>(reply.data());
+    out->unique = in->unique;
+    spdlog::info("fuse: the kernel sent FUSE_INIT again; answered as before");
+    if (write(fd, reply.data(), reply.size()) < 0) {
+      spdlog::error("fuse: answering FUSE_INIT again: {}", std::strerror(errno));
+    }
+    return true;
+  }
+
+  void Work(Worker& w) {
+    fuse_buf buf{};
+    while (!fuse_session_exited(se)) {
+      w.reading = true;
+      if (stop_requested || fuse_session_exited(se)) break;
+      int r = fuse_session_receive_buf(se, &buf);
+      w.reading = false;
+      if (r == -EINTR || r == -EAGAIN) continue;
+      if (r <= 0) {
+        if (r < 0) {
+          loop_error = -r;
+          spdlog::error("fuse: reading a request: {}", std::strerror(-r));
+        }
+        break;  // 0: stopped, or the connection ended (the session is marked exited)
+      }
+      if (AnswerInitAgain(buf)) continue;
+      fuse_session_process_buf(se, &buf);
+    }
+    w.reading = false;
+    free(buf.mem);
+    fuse_session_exit(se);
+    {
+      std::lock_guard lock(mu);
+      w.done = true;
+    }
+    cv.notify_all();
+  }
+};
+
+FuseServer::FuseServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+FuseServer::~FuseServer() = default;
+
+Result<std::unique_ptr<FuseServer>> FuseServer::Create(FileSystem& fs, const FuseConfig& cfg,
+                                                       int fuse_fd) {
+  auto impl = std::make_unique<Impl>();
+  impl->ctx.fs = &fs;
+  impl->ctx.cfg = cfg;
+  std::string error;
+  impl->se = NewSession(&impl->ctx, cfg, &error);
+  if (!impl->se) {
+    close(fuse_fd);
+    return Status::InvalidArgument(error);
+  }
+  if (fuse_session_custom_io(impl->se, &kIo, fuse_fd) != 0) {
+    close(fuse_fd);
+    return Status::IOError("libfuse refused the FUSE connection's descriptor");
+  }
+  impl->fd = fuse_fd;
+  return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
+}
+
+Result<InitRecord> FuseServer::Negotiate(const std::optional<InitRecord>& recorded,
+                                         const std::function<Status(const InitRecord&)>& persist) {
+  Impl& s = *impl_;
+  InitRecord rec;
+  if (recorded) {
+    rec.request = recorded->request;
+  } else {
+    // The kernel queues FUSE_INIT when it mounts: it is the first request.
+    std::vector<char> buf(FUSE_MIN_READ_BUFFER + (1u << 20));
+    ssize_t n;
+    do {
+      n = read(s.fd, buf.data(), buf.size());
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return Status::FromErrno(errno, "reading FUSE_INIT from the connection");
+    rec.request.assign(buf.data(), static_cast<size_t>(n));
+  }
+  if (rec.request.size() < sizeof(fuse_in_header) + sizeof(uint32_t) * 2) {
+    return Status::Corruption("FUSE_INIT request too short");
+  }
+  const auto* in = reinterpret_cast<const fuse_in_header*>(rec.request.data());
+  if (in->opcode != FUSE_INIT) {
+    return Status::Corruption("the connection's first request is opcode " +
+                              std::to_string(in->opcode) + ", not FUSE_INIT");
+  }
+  const auto* init = reinterpret_cast<const uint32_t*>(rec.request.data() + sizeof(fuse_in_header));
+  s.kernel_minor = init[0] == 7 ? init[1] : 0;
+
+  std::vector<char> copy(rec.request.begin(), rec.request.end());
+  fuse_buf fb{};
+  fb.mem = copy.data();
+  fb.size = copy.size();
+  s.ctx.captured.clear();
+  s.ctx.capture = true;
+  fuse_session_process_buf(s.se, &fb);
+  s.ctx.capture = false;
+  rec.reply = std::move(s.ctx.captured);
+  if (rec.reply.size() < sizeof(fuse_out_header)) {
+    return Status::IOError("libfuse did not answer FUSE_INIT");
+  }
+  const auto* out = reinterpret_cast<const fuse_out_header*>(rec.reply.data());
+  if (out->error != 0) {
+    return Status::IOError("libfuse refused the kernel's FUSE_INIT: " +
+                           std::string(std::strerror(-out->error)));
+  }
+  if (recorded) {
+    if (rec.reply != recorded->reply) {
+      return Status::NotSupported(
+          "this server would negotiate the FUSE connection differently from the server that "
+          "started the mount (other options or another libfuse); it cannot take it over");
+    }
+  } else {
+    RETURN_IF_ERROR(persist(rec));
+    ssize_t n;
+    do {
+      n = write(s.fd, rec.reply.data(), rec.reply.size());
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return Status::FromErrno(errno, "answering FUSE_INIT");
+  }
+  s.init_reply = rec.reply;
+  return rec;
+}
+
+uint32_t FuseServer::kernel_minor() const { return impl_->kernel_minor; }
+
+bool FuseServer::Resend() {
+  Impl& s = *impl_;
+  if (s.kernel_minor < kResendMinor) {
+    spdlog::warn("fuse: this kernel speaks FUSE 7.{} (FUSE_NOTIFY_RESEND needs 7.{}, Linux 6.9): "
+                 "requests a replaced server had read and not answered are never answered",
+                 s.kernel_minor, kResendMinor);
+    return false;
+  }
+  fuse_out_header h{};
+  h.len = sizeof h;
+  h.error = kNotifyResend;
+  h.unique = 0;
+  if (write(s.fd, &h, sizeof h) < 0) {
+    spdlog::error("fuse: FUSE_NOTIFY_RESEND: {}", std::strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+Status FuseServer::Run(bool* unmounted) {
+  Impl& s = *impl_;
+  struct sigaction sa {};
+  sa.sa_handler = OnWake;
+  sigemptyset(&sa.sa_mask);
+  sigaction(kWakeSignal, &sa, nullptr);  // no SA_RESTART: a read ends with EINTR
+  sigset_t wake;
+  sigemptyset(&wake);
+  sigaddset(&wake, kWakeSignal);
+  pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);
+
+  unsigned n = std::max(1u, s.ctx.cfg.max_threads);
+  for (unsigned i = 0; i < n; ++i) {
+    auto w = std::make_unique<Impl::Worker>();
+    Impl::Worker* wp = w.get();
+    w->thread = std::thread([&s, wp] { s.Work(*wp); });
+    s.workers.push_back(std::move(w));
+  }
+  {
+    std::unique_lock lock(s.mu);
+    s.cv.wait(lock, [&] { return fuse_session_exited(s.se) || s.stop_requested; });
+  }
+  fuse_session_exit(s.se);
+  // Wake the workers blocked in a read of the connection; a wake-up can
+  // land just before a worker enters its read, so keep waking until all left.
+  for (;;) {
+    bool all_done = true;
+    for (auto& w : s.workers) {
+      if (w->done) continue;
+      all_done = false;
+      if (w->reading) pthread_kill(w->thread.native_handle(), kWakeSignal);
+    }
+    if (all_done) break;
+    std::unique_lock lock(s.mu);
+    s.cv.wait_for(lock, std::chrono::milliseconds(2));
+  }
+  for (auto& w : s.workers) w->thread.join();
+  s.workers.clear();
+  *unmounted = !s.stop_requested;
+  Status st = s.ctx.fs->Shutdown();
+  if (!st.ok()) return st;
+  if (int err = s.loop_error; err != 0) return Status::FromErrno(err, "fuse session loop");
+  return Status::OK();
+}
+
+void FuseServer::Stop() {
+  Impl& s = *impl_;
+  {
+    std::lock_guard lock(s.mu);
+    s.stop_requested = true;
+  }
+  s.cv.notify_all();
 }
 
 }  // namespace imgfs::fusefs

@@ -2,16 +2,19 @@
 //
 // Each FUSE request becomes one FileSystem call; each handler replies exactly
 // once, and no exception crosses into libfuse (bad_alloc -> ENOMEM, anything
-// else -> EIO, both logged). The session runs fuse_session_loop_mt.
+// else -> EIO, both logged).
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "blockstore/status.h"
 #include "fusefs/fs.h"
+#include "fusefs/takeover.h"
 
 namespace imgfs::fusefs {
 
@@ -21,7 +24,6 @@ struct FuseConfig {
   std::string fsname = "imgfs";
   bool debug = false;        // libfuse's request trace on stderr
   bool allow_other = false;  // let other users in (needs user_allow_other for non-root)
-  bool clone_fd = false;     // one /dev/fuse descriptor per worker thread
   unsigned max_threads = 16;
   unsigned max_idle_threads = 8;
   uint32_t max_write = 1u << 20;  // libfuse 3.14 caps requests at 1 MiB (256 pages)
@@ -33,28 +35,66 @@ struct FuseConfig {
   std::vector<std::string> extra_options;  // passed to libfuse as -o (e.g. max_read=N)
 };
 
-// A mounted FUSE session over a FileSystem.
+// Mounts a FUSE file system at cfg.mountpoint with cfg's mount options
+// (fsname, allow_other, extra_options; default_permissions always) and
+// returns the connection's /dev/fuse descriptor, close-on-exec. The mount
+// serves nothing until a FuseServer runs on that descriptor or a copy of it;
+// the connection lives while any process holds one. InvalidArgument when
+// libfuse refuses the options, IOError when the mount fails.
+Result<int> MountFuse(const FuseConfig& cfg);
+
+// Detaches the mount at `mountpoint` (umount2 with MNT_DETACH as root, else
+// fusermount3 -u -z); the kernel then ends the connection.
+Status UnmountFuse(const std::string& mountpoint);
+
+// One server of a mounted connection (docs/operations.md, "Crashes and
+// upgrades"). Several servers may follow one another on one connection:
+// each gets the descriptor, brings its libfuse session to the state the
+// connection negotiated (Negotiate), takes over what the kernel holds
+// (FileSystem::Restore, done by the caller), asks the kernel to send again
+// what its predecessor left unanswered (Resend), and serves (Run).
 //
-// Thread safety: Mount and Run are called from one thread; the handlers run
-// on the loop's worker threads.
-class FuseSession {
+// The loop is imgfs's own, not fuse_session_loop_mt: a fixed pool of
+// cfg.max_threads workers, each reading and handling one request at a time,
+// which Stop() ends without losing a request (one read but not handled stays
+// with the kernel, which a successor's Resend queues again). Clone fds are
+// not used: a clone's requests die with the process that holds it.
+//
+// Thread safety: Negotiate, Resend and Run from one thread, in that order;
+// Stop from any thread.
+class FuseServer {
  public:
-  // Mounts `fs` at cfg.mountpoint. InvalidArgument when libfuse refuses the
-  // options; IOError when the mount fails. `fs` must outlive the session.
-  static Result<std::unique_ptr<FuseSession>> Mount(FileSystem& fs, const FuseConfig& cfg);
+  // A libfuse session over `fuse_fd`, which it owns from now on. `fs` must
+  // outlive the server.
+  static Result<std::unique_ptr<FuseServer>> Create(FileSystem& fs, const FuseConfig& cfg,
+                                                    int fuse_fd);
+  ~FuseServer();
 
-  // Serves requests until the file system is unmounted (fusermount3 -u) or
-  // the process gets SIGINT, SIGTERM or SIGHUP; then flushes and closes every
-  // open disk (FileSystem::Shutdown) and unmounts. Returns the first flush
-  // error, or IOError if the loop failed.
-  Status Run();
-
-  // Unmounts if Run has not.
-  ~FuseSession();
+  // Without `recorded` this is the connection's first server: it reads the
+  // kernel's FUSE_INIT, answers it through libfuse, and hands the exchange
+  // to `persist` before the answer goes to the kernel. With `recorded`, the
+  // exchange is replayed into this session and nothing reaches the kernel;
+  // FailedPrecondition when this server answers differently (another build
+  // or other options), so it must not serve this connection.
+  Result<InitRecord> Negotiate(const std::optional<InitRecord>& recorded,
+                               const std::function<Status(const InitRecord&)>& persist);
+  // The kernel's FUSE protocol version (7.minor), known after Negotiate.
+  uint32_t kernel_minor() const;
+  // FUSE_NOTIFY_RESEND: the kernel queues again every request that was read
+  // from this connection and not answered (by a server that died or stopped).
+  // False, logged, when the kernel is older than protocol 7.40.
+  bool Resend();
+  // Serves until Stop() or the unmount, then flushes and closes every open
+  // disk (FileSystem::Shutdown). Returns the first flush error or the
+  // loop's error; `*unmounted` says whether the connection ended.
+  Status Run(bool* unmounted);
+  // Makes Run stop reading requests and return once those it read are
+  // answered. Any thread.
+  void Stop();
 
  private:
   struct Impl;
-  explicit FuseSession(std::unique_ptr<Impl> impl);
+  explicit FuseServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -41,6 +41,7 @@ void RegisterStoreCommands(Cli& cli);  // init, stats, fsck, gc
 void RegisterImageCommands(Cli& cli);  // image ...
 void RegisterDiskCommands(Cli& cli);   // disk ...
 void RegisterMountCommand(Cli& cli);   // mount
+void RegisterServeCommands(Cli& cli);  // __serve, __supervise (hidden: run by mount)
 
 // The store directory the options name.
 std::string StorePath(const GlobalOptions& g);

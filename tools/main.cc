@@ -105,6 +105,7 @@ int main(int argc, char** argv) {
   RegisterImageCommands(cli);
   RegisterDiskCommands(cli);
   RegisterMountCommand(cli);
+  RegisterServeCommands(cli);
 
   // mount(8) with an /etc/fstab line "STORE MOUNTPOINT fuse.imgfs OPTIONS"
   // runs mount.fuse3, which runs "imgfs STORE MOUNTPOINT -o OPTIONS": that is

@@ -1,0 +1,100 @@
+#include "tools/mount_options.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <sstream>
+
+#include "blockstore/units.h"
+
+namespace imgfs::cli {
+
+namespace {
+
+Result<uint32_t> ParseU32(const std::string& key, const std::string& value) {
+  auto n = ParseSize(value);
+  if (!n.ok() || *n == 0 || *n > UINT32_MAX) {
+    return Status::InvalidArgument("bad value for -o " + key + ": '" + value + "'");
+  }
+  return static_cast<uint32_t>(*n);
+}
+
+}  // namespace
+
+Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs,
+                    fusefs::FuseConfig* fuse, StoreOptions* store) {
+  for (const auto& list : lists) {
+    std::stringstream ss(list);
+    std::string opt;
+    while (std::getline(ss, opt, ',')) {
+      if (opt.empty()) continue;
+      std::string key = opt, value;
+      if (auto eq = opt.find('='); eq != std::string::npos) {
+        key = opt.substr(0, eq);
+        value = opt.substr(eq + 1);
+      }
+      if (key == "cache_size") {
+        auto n = ParseSize(value);
+        if (value.empty() || !n.ok() || *n > SIZE_MAX) {
+          return Status::InvalidArgument("bad value for -o cache_size: '" + value +
+                                         "' (a size such as 512M or 2G; 0 disables the cache)");
+        }
+        store->chunk_cache_bytes = static_cast<size_t>(*n);
+      } else if (key == "allow_shrink") {
+        fs->allow_shrink = true;
+      } else if (key == "direct_io") {
+        fs->direct_io_always = true;
+      } else if (key == "allow_other") {
+        fuse->allow_other = true;
+      } else if (key == "clone_fd") {
+        return Status::InvalidArgument(
+            "-o clone_fd is not offered: a clone descriptor's requests die with the server that "
+            "holds it, so a server could not be replaced (docs/operations.md)");
+      } else if (key == "splice_read") {
+        fuse->splice_read = true;
+      } else if (key == "splice_write") {
+        fuse->splice_write = true;
+      } else if (key == "splice_move") {
+        fuse->splice_move = true;
+      } else if (key == "writeback_cache") {
+        fuse->writeback_cache = true;
+      } else if (key == "max_threads") {
+        ASSIGN_OR_RETURN(fuse->max_threads, ParseU32(key, value));
+      } else if (key == "max_idle_threads") {
+        ASSIGN_OR_RETURN(fuse->max_idle_threads, ParseU32(key, value));
+      } else if (key == "max_write") {
+        ASSIGN_OR_RETURN(fuse->max_write, ParseU32(key, value));
+      } else if (key == "max_background") {
+        ASSIGN_OR_RETURN(fuse->max_background, ParseU32(key, value));
+      } else if (key == "entry_timeout" || key == "attr_timeout") {
+        char* end = nullptr;
+        double v = std::strtod(value.c_str(), &end);
+        if (value.empty() || *end || v < 0) {
+          return Status::InvalidArgument("bad value for -o " + key + ": '" + value + "'");
+        }
+        (key == "entry_timeout" ? fs->entry_timeout : fs->attr_timeout) = v;
+      } else if (key == "default_permissions" || key == "rw") {
+        // Always on / the default.
+      } else if (key == "defaults" || key == "auto" || key == "noauto" || key == "nofail" ||
+                 key == "_netdev" || key == "user" || key == "users" || key == "nouser" ||
+                 key == "comment" || key.starts_with("x-") || key == "pid_file" ||
+                 key == "log_file") {
+        // For mount(8) and systemd (/etc/fstab); pid_file and log_file: RunMount.
+      } else {
+        fuse->extra_options.push_back(opt);  // libfuse refuses what it does not know
+      }
+    }
+  }
+  return Status::OK();
+}
+
+
+std::string FsNameFor(const std::string& store_path) {
+  std::string name = "imgfs:";
+  for (char c : store_path) {
+    if (c == ',' || c == '\\') name += '\\';
+    name += c;
+  }
+  return name;
+}
+
+}  // namespace imgfs::cli

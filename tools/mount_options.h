@@ -1,0 +1,23 @@
+// The options of `imgfs mount -o ...` (docs/operations.md): one parser for
+// the command and for each server the supervisor starts.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "blockstore/status.h"
+#include "cache/store.h"
+#include "fusefs/fs.h"
+#include "fusefs/fuse_adapter.h"
+
+namespace imgfs::cli {
+
+// Splits -o lists into imgfs's own options and those passed to libfuse.
+// InvalidArgument names a bad value.
+Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs,
+                         fusefs::FuseConfig* fuse, StoreOptions* store);
+
+// The FUSE file system name for a store ("imgfs:" + path, ',' and '\\' escaped).
+std::string FsNameFor(const std::string& store_path);
+
+}  // namespace imgfs::cli

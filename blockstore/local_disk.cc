@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -44,6 +46,9 @@ constexpr size_t kStripes = 64;
 constexpr const char* kMetaFile = "meta.json";
 constexpr const char* kDataFile = "data";
 constexpr const char* kBitmapFile = "bitmap";
+// Where the journals of unflushed allocations live: tmpfs, so that they
+// survive the writer's death but not the machine's (docs/formats.md).
+constexpr const char* kJournalDir = "/dev/shm";
 constexpr const char* kLockFile = "lock";
 
 // ---------------------------------------------------------------------------
@@ -311,9 +316,18 @@ class LocalDisk final : public Disk {
   ~LocalDisk() override {
     if (writable_) {
       Status s = Flush();
-      if (!s.ok())
+      if (!s.ok()) {
         spdlog::error("disk {}: flush on close failed: {}", ref_.ToString(), s.ToString());
+      } else if (!journal_path_.empty()) {
+        ::unlink(journal_path_.c_str());
+      }
     }
+  }
+
+  // Opens (creating) the journal of unflushed allocations at `path`, in tmpfs.
+  void SetJournal(UniqueFd fd, std::string path) {
+    journal_ = std::move(fd);
+    journal_path_ = std::move(path);
   }
 
   Status Load();
@@ -341,10 +355,27 @@ class LocalDisk final : public Disk {
   // disk did not own when the caller looked, copying the rest of the chunk
   // up from the parent first.
   Status CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* data);
-  void AddPending(uint64_t c, bool set) {
+  // Records a bit change for the next flush, and in the journal. False when
+  // the journal could not take it: the caller then flushes at once.
+  bool AddPending(uint64_t c, bool set) {
     std::lock_guard lock(pending_mu_);
-    pending_.push_back(set ? c : (c | kClearFlag));
+    uint64_t op = set ? c : (c | kClearFlag);
+    pending_.push_back(op);
+    if (!journal_.valid()) return false;
+    if (::pwrite(journal_.get(), &op, sizeof op, static_cast<off_t>(journal_end_)) !=
+        static_cast<ssize_t>(sizeof op)) {
+      spdlog::warn("disk {}: journal of unflushed allocations: {}; flushing each one instead",
+                   ref_.ToString(), std::strerror(errno));
+      journal_ = UniqueFd();
+      return false;
+    }
+    journal_end_ += sizeof op;
+    return true;
   }
+  // After a flush: the journal holds just what is still pending.
+  void RewriteJournal();
+  // Applies and flushes what the journal holds from a writer that died.
+  Status ReplayJournal(uint64_t nchunks);
   Status FlushLocked();
   // Drops everything at or beyond `size` (data and bits) and makes that durable.
   Status Trim(uint64_t size);
@@ -372,6 +403,14 @@ class LocalDisk final : public Disk {
 
   std::mutex pending_mu_;
   std::vector<uint64_t> pending_;  // GUARDED_BY(pending_mu_): bit changes not yet persisted
+  // The journal of pending_ (docs/formats.md, "Unflushed allocations"): a
+  // file in tmpfs, which outlives this process but not the machine, so a
+  // writer that takes the disk over after this one died can flush what this
+  // one had acknowledged. Null for read-only disks, or when there is no tmpfs
+  // (then every allocation is flushed at once).
+  UniqueFd journal_;           // GUARDED_BY(pending_mu_)
+  uint64_t journal_end_ = 0;   // GUARDED_BY(pending_mu_)
+  std::string journal_path_;  // constant after construction
 
   std::mutex flush_mu_;
   // GUARDED_BY(flush_mu_): the persisted bitmap, page by page (absent = zeros).
@@ -423,6 +462,7 @@ Status LocalDisk::Load() {
       }
     }
   }
+  RETURN_IF_ERROR(ReplayJournal(nchunks));
   if (writable_) {
     struct stat dst;
     if (::fstat(data_.get(), &dst) != 0) return Status::FromErrno(errno, "stat " + DataPath());
@@ -499,7 +539,7 @@ Status LocalDisk::CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* 
     RETURN_IF_ERROR(WriteFull(data_.get(), ByteView(chunk), cstart, DataPath()));
   }
   bits_.Set(c);
-  AddPending(c, true);
+  if (!AddPending(c, true)) RETURN_IF_ERROR(Flush());
   return Status::OK();
 }
 
@@ -591,7 +631,52 @@ Status LocalDisk::FlushLocked() {
     if (!s.ok()) return fail(s);
   }
   if (::fdatasync(bitmap_fd_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync map"));
+  RewriteJournal();
   return Status::OK();
+}
+
+void LocalDisk::RewriteJournal() {
+  std::lock_guard lock(pending_mu_);
+  if (!journal_.valid()) return;
+  size_t bytes = pending_.size() * sizeof(uint64_t);
+  if (::ftruncate(journal_.get(), 0) != 0 ||
+      (bytes && ::pwrite(journal_.get(), pending_.data(), bytes, 0) != static_cast<ssize_t>(bytes))) {
+    spdlog::warn("disk {}: journal of unflushed allocations: {}; flushing each one instead",
+                 ref_.ToString(), std::strerror(errno));
+    journal_ = UniqueFd();
+    return;
+  }
+  journal_end_ = bytes;
+}
+
+Status LocalDisk::ReplayJournal(uint64_t nchunks) {
+  std::vector<uint64_t> ops;
+  {
+    std::lock_guard lock(pending_mu_);
+    if (!journal_.valid()) return Status::OK();
+    uint64_t op;
+    for (off_t off = 0; ::pread(journal_.get(), &op, sizeof op, off) == sizeof op;
+         off += sizeof op) {
+      ops.push_back(op);
+    }
+    for (uint64_t o : ops) {
+      uint64_t bit = o & ~kClearFlag;
+      if (bit >= nchunks) continue;
+      if (o & kClearFlag) {
+        bits_.Clear(bit);
+      } else {
+        bits_.Set(bit);
+      }
+      if (writable_) pending_.push_back(o);
+    }
+    // A reader sees what the dead writer acknowledged; the next writer flushes it.
+    if (!writable_) journal_ = UniqueFd();
+  }
+  if (ops.empty() || !writable_) return Status::OK();
+  spdlog::warn("disk {}: flushing {} allocations that a writer which died had acknowledged",
+               ref_.ToString(), ops.size());
+  std::lock_guard lock(flush_mu_);
+  return FlushLocked();
 }
 
 Status LocalDisk::Trim(uint64_t size) {
@@ -883,8 +968,31 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
     }
     parent = std::move(r).value();
   }
+  std::string journal_path;
+  UniqueFd journal;
+  {
+    // Keyed by the data file and the disk's creation time: a disk made
+    // again under the same name never sees an older disk's journal.
+    struct stat dst {};
+    struct statfs fs {};
+    if (::fstat(data.get(), &dst) == 0 && ::statfs(kJournalDir, &fs) == 0 &&
+        fs.f_type == TMPFS_MAGIC) {
+      journal_path = std::string(kJournalDir) + "/imgfs-disk-" + std::to_string(dst.st_dev) + "-" +
+                     std::to_string(dst.st_ino) + "-" + std::to_string(meta->created_ns);
+      int fd = ::open(journal_path.c_str(), rw ? O_RDWR | O_CREAT | O_CLOEXEC : O_RDONLY | O_CLOEXEC,
+                      0600);
+      if (fd >= 0) journal = UniqueFd(fd);
+    }
+    if (rw && !journal.valid()) {
+      spdlog::warn("disk {}: no journal of unflushed allocations in {} (tmpfs): each is flushed "
+                   "at once",
+                   ref.ToString(), kJournalDir);
+      journal_path.clear();
+    }
+  }
   auto disk = std::make_unique<LocalDisk>(ref, dir, rw, *meta, std::move(lock), std::move(data),
                                           std::move(bitmap), std::move(parent));
+  if (journal.valid()) disk->SetJournal(std::move(journal), journal_path);
   RETURN_IF_ERROR(disk->Load());
   return std::unique_ptr<Disk>(std::move(disk));
 }

@@ -1555,6 +1555,10 @@ Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephO
       return Err(r, std::string("ceph: ") + k);
   }
   // Discard must make partial objects read back as zeros too.
+  // A write is acknowledged once the cluster has it, never from librbd's
+  // in-process cache: a server that dies must not take acknowledged writes
+  // with it (docs/rbd.md, "A server replaced").
+  (void)rados_conf_set(c->cluster, "rbd_cache", "false");
   (void)rados_conf_set(c->cluster, "rbd_skip_partial_discard", "false");
   (void)rados_conf_set(c->cluster, "rbd_discard_granularity_bytes", "4096");
   const std::string conf_desc =

@@ -126,7 +126,11 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
   SupervisorConfig cfg;
   fusefs::FsOptions fso;
   StoreOptions so;
-  if (Status s = ParseMountOptions(args.options, &fso, &cfg.fuse, &so); !s.ok()) return Outcome{s};
+  std::pair<int, int> crash_loop{cfg.crash_loop.deaths, cfg.crash_loop.seconds};
+  if (Status s = ParseMountOptions(args.options, &fso, &cfg.fuse, &so, &crash_loop); !s.ok()) {
+    return Outcome{s};
+  }
+  cfg.crash_loop = CrashLoopRule{crash_loop.first, crash_loop.second};
   cfg.fuse.mountpoint = *mountpoint;
   cfg.fuse.fsname = FsNameFor(*store_path);
   cfg.fuse.debug = args.debug;
@@ -198,7 +202,7 @@ void RegisterMountCommand(Cli& cli) {
       ->add_option("-o", args->options,
                    "Mount options, comma-separated: cache_size=SIZE (verified chunks kept in "
                    "memory; default 1/32 of RAM, 64M..1G), allow_shrink, allow_other, direct_io, "
-                   "max_threads=N, max_write=N, max_background=N, splice_read, "
+                   "crash_loop=DEATHS/SECONDS (default 5/30: then requests fail with EIO), max_threads=N, max_write=N, max_background=N, splice_read, "
                    "splice_write, splice_move, writeback_cache, entry_timeout=S, "
                    "attr_timeout=S, pid_file=PATH, log_file=PATH, and libfuse's (e.g. "
                    "max_read=N); fstab's defaults, auto, noauto, nofail, _netdev, x-* are "

@@ -1,6 +1,7 @@
 #include "tools/mount_options.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <sstream>
 
@@ -21,7 +22,8 @@ Result<uint32_t> ParseU32(const std::string& key, const std::string& value) {
 }  // namespace
 
 Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs,
-                    fusefs::FuseConfig* fuse, StoreOptions* store) {
+                         fusefs::FuseConfig* fuse, StoreOptions* store,
+                         std::pair<int, int>* crash_loop) {
   for (const auto& list : lists) {
     std::stringstream ss(list);
     std::string opt;
@@ -39,6 +41,15 @@ Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOption
                                          "' (a size such as 512M or 2G; 0 disables the cache)");
         }
         store->chunk_cache_bytes = static_cast<size_t>(*n);
+      } else if (key == "crash_loop") {
+        int deaths = 0, seconds = 0;
+        char extra = 0;
+        if (std::sscanf(value.c_str(), "%d/%d%c", &deaths, &seconds, &extra) != 2 || deaths < 1 ||
+            seconds < 1) {
+          return Status::InvalidArgument("bad value for -o crash_loop: '" + value +
+                                         "' (DEATHS/SECONDS, such as 5/30)");
+        }
+        if (crash_loop) *crash_loop = {deaths, seconds};
       } else if (key == "allow_shrink") {
         fs->allow_shrink = true;
       } else if (key == "direct_io") {

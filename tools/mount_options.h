@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "blockstore/status.h"
@@ -14,8 +15,10 @@ namespace imgfs::cli {
 
 // Splits -o lists into imgfs's own options and those passed to libfuse.
 // InvalidArgument names a bad value.
+// `crash_loop`, when given, receives -o crash_loop=DEATHS/SECONDS.
 Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs,
-                         fusefs::FuseConfig* fuse, StoreOptions* store);
+                         fusefs::FuseConfig* fuse, StoreOptions* store,
+                         std::pair<int, int>* crash_loop = nullptr);
 
 // The FUSE file system name for a store ("imgfs:" + path, ',' and '\\' escaped).
 std::string FsNameFor(const std::string& store_path);

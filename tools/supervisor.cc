@@ -32,8 +32,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-constexpr int kCrashLoopDeaths = 5;                 // this many deaths...
-constexpr auto kCrashLoopWindow = std::chrono::seconds(30);  // ...this close: stop restarting
 constexpr auto kReadyTimeout = std::chrono::seconds(120);    // a new server's start
 constexpr auto kHandOverTimeout = std::chrono::seconds(120); // an old server's flush and exit
 constexpr int32_t kNotifyResend = 7;                // FUSE_NOTIFY_RESEND (protocol 7.40)
@@ -147,6 +145,7 @@ class Supervisor {
     int exe_fd = -1;       // the binary it runs
     std::string exe;
     std::string fail;      // what it said before dying, if anything
+    bool hup = false;      // closed its end (exiting): not polled any more
     Clock::time_point deadline{};
   };
 
@@ -179,6 +178,7 @@ class Supervisor {
   Clock::time_point old_deadline_{};
   int client_ = -1;           // the `--upgrade` caller waiting for the answer
   std::string upgrade_failure_;  // why the upgrade's new server died
+  CrashLoopRule crash_loop_;  // this many deaths this close: stop restarting
   std::deque<Clock::time_point> deaths_;
   int restarts_ = 0;
   bool failing_ = false;      // crash loop: requests get EIO
@@ -192,7 +192,8 @@ Supervisor::Supervisor(const SupervisorConfig& cfg, int fuse_fd)
     : mountpoint_(cfg.fuse.mountpoint),
       pid_file_(cfg.pid_file),
       server_args_(cfg.server_args),
-      fuse_fd_(fuse_fd) {
+      fuse_fd_(fuse_fd),
+      crash_loop_(cfg.crash_loop) {
   cur_.exe = cfg.exe;
 }
 
@@ -204,6 +205,7 @@ Supervisor::Supervisor(const json& j)
       state_fd_(j.at("state_fd")),
       listen_fd_(j.at("listen_fd")),
       client_(j.at("client_fd")),
+      crash_loop_{j.at("crash_loop_deaths"), j.at("crash_loop_seconds")},
       restarts_(j.at("restarts")),
       served_(true) {
   cur_.pid = j.at("server_pid");
@@ -217,9 +219,16 @@ Supervisor::Supervisor(const json& j)
 }
 
 Status Supervisor::Listen() {
+  // SIGINT and SIGTERM always stop the mount, also when inherited as
+  // ignored (a shell ignores SIGINT for what it starts with &); an ignored
+  // SIGHUP (nohup) stays ignored.
   sigset_t set;
   sigemptyset(&set);
-  for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, s);
+  for (int s : {SIGCHLD, SIGTERM, SIGINT}) sigaddset(&set, s);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  struct sigaction hup {};
+  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) sigaddset(&set, SIGHUP);
   sigprocmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
   sig_fd_ = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -409,10 +418,11 @@ void Supervisor::OnServerDied(int st) {
   ++restarts_;
   auto now = Clock::now();
   deaths_.push_back(now);
-  while (deaths_.size() > kCrashLoopDeaths) deaths_.pop_front();
+  while (deaths_.size() > static_cast<size_t>(crash_loop_.deaths)) deaths_.pop_front();
   spdlog::error("supervisor: server {} ({}); starting another on the same connection",
                 Describe(st), cur_.fail.empty() ? "no message" : cur_.fail);
-  if (deaths_.size() == kCrashLoopDeaths && now - deaths_.front() <= kCrashLoopWindow) {
+  if (deaths_.size() == static_cast<size_t>(crash_loop_.deaths) &&
+      now - deaths_.front() <= std::chrono::seconds(crash_loop_.seconds)) {
     EnterFailing();
     return;
   }
@@ -429,7 +439,7 @@ void Supervisor::EnterFailing() {
       "supervisor: the server died {} times in {} s: CRASH LOOP. Not restarting it; every "
       "request to {} now fails with EIO. Fix the cause and run 'imgfs mount --upgrade {}' to "
       "start a server again, or unmount.",
-      kCrashLoopDeaths, kCrashLoopWindow.count(), mountpoint_, mountpoint_);
+      crash_loop_.deaths, crash_loop_.seconds, mountpoint_, mountpoint_);
   Resend();  // what the dead server left unanswered fails now too, rather than hang
 }
 
@@ -583,6 +593,8 @@ void Supervisor::ReExec(const std::string& exe) {
   json j = {{"mountpoint", mountpoint_}, {"pid_file", pid_file_}, {"server_args", server_args_},
             {"fuse_fd", fuse_fd_},       {"state_fd", state_fd_}, {"listen_fd", listen_fd_},
             {"client_fd", client_},      {"restarts", restarts_}, {"server_pid", cur_.pid},
+            {"crash_loop_deaths", crash_loop_.deaths},
+            {"crash_loop_seconds", crash_loop_.seconds},
             {"server_ctl", cur_.ctl},    {"exe_fd", cur_.exe_fd}, {"exe", cur_.exe}};
   std::vector<int> keep = {fuse_fd_, state_fd_, listen_fd_, client_, cur_.ctl, cur_.exe_fd};
   for (int fd : keep) {
@@ -613,8 +625,9 @@ int Supervisor::Loop() {
     std::vector<pollfd> fds = {{sig_fd_, POLLIN, 0},
                                {listen_fd_, POLLIN, 0},
                                {fuse_fd_, static_cast<short>(failing_ ? POLLIN : 0), 0},
-                               {cur_.ctl, POLLIN, 0},
-                               {next_.ctl, POLLIN, 0}};
+                               {cur_.hup ? -1 : cur_.ctl, POLLIN, 0},
+                               {next_.hup ? -1 : next_.ctl, POLLIN, 0}};
+    const pid_t polled[2] = {cur_.pid, next_.pid};
     auto now = Clock::now();
     Clock::time_point deadline = now + std::chrono::hours(1);
     if (next_.pid && !next_.serving) deadline = std::min(deadline, next_.deadline);
@@ -644,14 +657,14 @@ int Supervisor::Loop() {
       FailOneRequest();
     }
     for (auto [s, i] : {std::pair{&cur_, 3}, {&next_, 4}}) {
-      if (!(fds[i].revents & (POLLIN | POLLHUP))) continue;
+      // Only if it is still the server polled (Reap may have replaced it).
+      if (!(fds[i].revents & (POLLIN | POLLHUP)) || s->pid != polled[i - 3] || s->ctl < 0) continue;
       int fd = -1;
       auto m = Recv(s->ctl, &fd, MSG_DONTWAIT);
       if (m) {
         OnMessage(s, *m, fd);
       } else if (fds[i].revents & POLLHUP) {
-        close(s->ctl);  // it is exiting; Reap handles the rest
-        s->ctl = -1;
+        s->hup = true;  // it is exiting; Reap handles the rest
       }
     }
     if (fds[1].revents & POLLIN) {

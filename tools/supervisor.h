@@ -21,11 +21,19 @@
 
 namespace imgfs::cli {
 
+// A server that dies `deaths` times within `seconds` is not started again:
+// the mount fails every request with EIO until an upgrade or the unmount.
+struct CrashLoopRule {
+  int deaths = 5;
+  int seconds = 30;
+};
+
 struct SupervisorConfig {
   fusefs::FuseConfig fuse;                // what to mount, and how
   std::string exe;                        // the imgfs binary servers run
   std::vector<std::string> server_args;   // its arguments, from --store to __serve's options
   std::string pid_file;                   // the supervisor's pid, removed at exit (may be empty)
+  CrashLoopRule crash_loop;
 };
 
 // Mounts, starts the first server, calls `ready` once with OK when it serves

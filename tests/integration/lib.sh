@@ -117,3 +117,29 @@ make_sample_raw() {
   head -c 2M /dev/urandom | dd of="$f" bs=1M seek=2 conv=notrunc status=none
   head -c 1M /dev/urandom | dd of="$f" bs=1M seek=$((mib - 1)) conv=notrunc status=none
 }
+
+# ---- the mount's supervisor (tests/integration/mount_failover.sh, mount_upgrade.sh) ----
+# mount_status MNT FIELD: one field of `imgfs mount --status` (server_pid, state...).
+mount_status() { "$IMGFS" --json mount --status "$1" | jq -r ".$2"; }
+# wait_serving MNT OLD_PID: waits until a server other than OLD_PID serves MNT
+# (bounded: a server that never comes back fails the test, it does not hang it).
+wait_serving() {
+  local mnt="$1" old="$2" i pid
+  for ((i = 0; i < 1200; i++)); do
+    pid="$(mount_status "$mnt" server_pid 2>/dev/null || true)"
+    if [[ -n "$pid" && "$pid" != 0 && "$pid" != "$old" &&
+          "$(mount_status "$mnt" state 2>/dev/null)" == serving ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "no new server serves $mnt after server $old ($(tail -5 "$T/mount.log" 2>/dev/null))"
+}
+# kill_server MNT: SIGKILL of the serving process, then waits for the next one.
+kill_server() {
+  local pid
+  pid="$(mount_status "$1" server_pid)"
+  [[ -n "$pid" && "$pid" != 0 ]] || fail "no server serves $1"
+  kill -9 "$pid"
+  wait_serving "$1" "$pid"
+}

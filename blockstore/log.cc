@@ -16,4 +16,6 @@ void InitLogging(int verbosity) {
   spdlog::set_default_logger(logger);
 }
 
+void UseDaemonLogFormat() { spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e [%P] %^%l%$: %v"); }
+
 }  // namespace imgfs

@@ -9,4 +9,8 @@ namespace imgfs {
 // (info), 2 or more for -vv (debug).
 void InitLogging(int verbosity);
 
+// For long-running processes (the mount's supervisor and servers), whose
+// stderr is a log file: each line carries the time and the process id.
+void UseDaemonLogFormat();
+
 }  // namespace imgfs

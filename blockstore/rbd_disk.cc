@@ -633,8 +633,19 @@ class RbdDiskBackend : public DiskBackend {
 
   std::string Describe() const override { return "rbd:" + conn_->where; }
 
+  // librbd names a lock's owner by its client's address ("IP:PORT/NONCE",
+  // the nonce random per client instance); rados_getaddrs gives this
+  // client's, as "[v2:IP:PORT/NONCE,...]" or "v2:IP:PORT/NONCE".
   std::string LockOwnerId() const override {
-    return "client." + std::to_string(rados_get_instance_id(conn_->cluster));
+    char* addrs = nullptr;
+    if (rados_getaddrs(conn_->cluster, &addrs) < 0 || !addrs) return "";
+    std::string a(addrs);
+    rados_buffer_free(addrs);
+    a = a.substr(a.find_first_not_of('['));
+    a = a.substr(0, a.find_first_of(",]"));
+    if (a.starts_with("v1:") || a.starts_with("v2:")) a = a.substr(3);
+    if (a.starts_with("any:")) a = a.substr(4);
+    return a;
   }
 
   void SetDeadLockOwners(std::vector<std::string> owners) override {
@@ -707,10 +718,10 @@ class RbdDiskBackend : public DiskBackend {
                : rbd.open_read_only(io, *img, name.c_str(), nullptr);
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: opening " + Where(name)), ref);
     if (rw) {
+      // A lock a dead earlier server of this mount still holds is broken
+      // first: asking its owner would wait for an answer that never comes.
+      BreakDeadOwner(*img, name);
       r = img->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
-      if ((r == -EROFS || r == -EBUSY || r == -EAGAIN) && BreakDeadOwner(*img, name)) {
-        r = img->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
-      }
       if (r == -EROFS || r == -EBUSY || r == -EAGAIN) {
         return Status::Busy("disk " + ref.ToString() + " is in use (open for writing elsewhere)");
       }

@@ -26,6 +26,7 @@
 #include <climits>
 #include <thread>
 
+#include "blockstore/log.h"
 #include "fusefs/fs.h"
 #include "fusefs/fuse_adapter.h"
 #include "fusefs/takeover.h"
@@ -55,6 +56,7 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   signal(SIGPIPE, SIG_IGN);
   for (int fd : {a.fuse_fd, a.state_fd, a.ctl_fd}) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  UseDaemonLogFormat();
   const int ctl = a.ctl_fd;
   auto fail = [&](const Status& s) {
     spdlog::error("server: {}", s.ToString());

@@ -23,6 +23,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "blockstore/log.h"
+
 extern char** environ;
 
 namespace imgfs::cli {
@@ -733,6 +735,7 @@ Result<std::string> AskSupervisor(const std::string& mountpoint, const std::stri
 }
 
 int RunSupervisor(const SupervisorConfig& cfg, const std::function<void(const Status&)>& ready) {
+  UseDaemonLogFormat();
   auto fd = fusefs::MountFuse(cfg.fuse);
   if (!fd.ok()) {
     ready(fd.status());
@@ -758,6 +761,7 @@ int RunSupervisor(const SupervisorConfig& cfg, const std::function<void(const St
 }
 
 int ResumeSupervisor(const std::string& state) {
+  UseDaemonLogFormat();
   json j;
   try {
     j = json::parse(state);

@@ -566,6 +566,7 @@ namespace {
 // Protocol facts not in Debian 12's <linux/fuse.h> (7.38).
 constexpr int32_t kNotifyResend = 7;      // FUSE_NOTIFY_RESEND, protocol 7.40 (Linux 6.9)
 constexpr uint32_t kResendMinor = 40;
+constexpr uint64_t kResendBit = uint64_t{1} << 63;  // FUSE_UNIQUE_RESEND: set on resent requests
 
 // libfuse's I/O on the connection, through fuse_session_custom_io so that
 // Negotiate can catch the INIT reply instead of sending it.
@@ -677,6 +678,7 @@ struct FuseServer::Impl {
   std::vector<std::unique_ptr<Worker>> workers;
   std::atomic<bool> stop_requested{false};
   std::atomic<int> loop_error{0};
+  std::atomic<uint64_t> resent{0};  // requests that came with the resend mark
   std::mutex mu;
   std::condition_variable cv;  // with mu: the session exited
 
@@ -717,6 +719,12 @@ struct FuseServer::Impl {
         break;  // 0: stopped, or the connection ended (the session is marked exited)
       }
       if (AnswerInitAgain(buf)) continue;
+      if (!(buf.flags & FUSE_BUF_IS_FD) && buf.size >= sizeof(fuse_in_header)) {
+        const auto* in = static_cast<const fuse_in_header*>(buf.mem);
+        if ((in->unique & kResendBit) && resent.fetch_add(1) < 10) {
+          spdlog::info("fuse: answering a request the kernel sent again (opcode {})", in->opcode);
+        }
+      }
       fuse_session_process_buf(se, &buf);
     }
     w.reading = false;

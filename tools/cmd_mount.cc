@@ -47,18 +47,6 @@ Result<std::string> Absolute(const std::string& path, const char* what) {
   return std::string(buf);
 }
 
-void RedirectStdio(const std::string& log_file) {
-  int null = open("/dev/null", O_RDWR);
-  if (null >= 0) {
-    dup2(null, STDIN_FILENO);
-    dup2(null, STDOUT_FILENO);
-  }
-  int err = log_file.empty() ? null : open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0640);
-  if (err >= 0) dup2(err, STDERR_FILENO);
-  if (err >= 0 && err != null) close(err);
-  if (null > STDERR_FILENO) close(null);
-}
-
 // `imgfs mount --upgrade|--status MOUNTPOINT`: asks the mount's supervisor.
 Outcome AskMount(const GlobalOptions& g, const MountArgs& a, const std::string& mountpoint) {
   std::string request = "status";
@@ -144,6 +132,10 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
   cfg.server_args.insert(cfg.server_args.end(), {"__serve", "--mountpoint", *mountpoint});
   for (const auto& o : args.options) cfg.server_args.insert(cfg.server_args.end(), {"-o", o});
   if (args.debug) cfg.server_args.push_back("-d");
+  if (!args.foreground) {
+    cfg.server_args.insert(cfg.server_args.end(),
+                           {"--detach", args.log_file.empty() ? "/dev/null" : args.log_file});
+  }
 
   if (args.foreground) {
     Status first;

@@ -1,5 +1,8 @@
 #include "tools/mount_options.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -98,6 +101,18 @@ Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOption
   return Status::OK();
 }
 
+
+void RedirectStdio(const std::string& log_file) {
+  int null = open("/dev/null", O_RDWR);
+  if (null >= 0) {
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+  }
+  int err = log_file.empty() ? null : open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0640);
+  if (err >= 0) dup2(err, STDERR_FILENO);
+  if (err >= 0 && err != null) close(err);
+  if (null > STDERR_FILENO) close(null);
+}
 
 std::string FsNameFor(const std::string& store_path) {
   std::string name = "imgfs:";

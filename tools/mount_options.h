@@ -23,4 +23,8 @@ Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOption
 // The FUSE file system name for a store ("imgfs:" + path, ',' and '\\' escaped).
 std::string FsNameFor(const std::string& store_path);
 
+// Detaches a daemon's standard streams: stdin and stdout to /dev/null,
+// stderr appended to `log_file` (to /dev/null when empty).
+void RedirectStdio(const std::string& log_file);
+
 }  // namespace imgfs::cli

@@ -24,9 +24,11 @@
 
 #include <algorithm>
 #include <climits>
+#include <optional>
 #include <thread>
 
 #include "blockstore/log.h"
+#include "blockstore/units.h"
 #include "fusefs/fs.h"
 #include "fusefs/fuse_adapter.h"
 #include "fusefs/takeover.h"
@@ -45,6 +47,7 @@ struct ServeArgs {
   int fuse_fd = -1;
   int state_fd = -1;
   int ctl_fd = -1;
+  std::optional<std::string> detach;  // --detach LOG: once serving, stderr to LOG ("": none)
 };
 
 int Serve(const GlobalOptions& g, const ServeArgs& a) {
@@ -79,6 +82,7 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
   if (Status s = ParseMountOptions(a.options, &fso, &fc, &so); !s.ok()) return fail(s);
   auto store = Store::Open(store_path, {}, so);
   if (!store.ok()) return fail(store.status());
+  spdlog::info("chunk cache: {}", FormatSizeHuman((*store)->chunks().cache_bytes()));
   fusefs::FileSystem fs(**store, fso);
   auto server = fusefs::FuseServer::Create(fs, fc, a.fuse_fd);
   if (!server.ok()) return fail(server.status());
@@ -129,6 +133,9 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
     srv->Stop();
   }).detach();
   SendMessage(ctl, "serving");
+  // What went before reached the terminal of `imgfs mount`, as the
+  // supervisor's own messages do until the mount is ready.
+  if (a.detach) RedirectStdio(*a.detach);
   bool unmounted = false;
   Status st = srv->Run(&unmounted);
   if (!st.ok()) {
@@ -151,6 +158,7 @@ void RegisterServeCommands(Cli& cli) {
   serve->add_option("--fuse-fd", args->fuse_fd)->required();
   serve->add_option("--state-fd", args->state_fd)->required();
   serve->add_option("--ctl-fd", args->ctl_fd)->required();
+  serve->add_option("--detach", args->detach);
   serve->callback([&cli, args] {
     cli.action = [&cli, args] {
       int rc = Serve(cli.global, *args);

@@ -652,9 +652,10 @@ int Supervisor::Loop() {
       }
     }
     if (fds[2].revents & (POLLERR | POLLHUP | POLLNVAL)) {
-      if (!stopping_) spdlog::info("supervisor: {} was unmounted", mountpoint_);
-      stopping_ = true;  // the servers see the end of the connection themselves
-      if (failing_) return Finish();
+      // The serving server sees the end of the connection itself; one
+      // waiting to take over would wait for ever.
+      BeginStop("unmounted");
+      if (failing_ && !cur_.pid && !next_.pid && !old_pid_) return Finish();
     } else if (fds[2].revents & POLLIN) {
       FailOneRequest();
     }

@@ -114,6 +114,7 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
   fusefs::StateLog log(state);
   fs.SetStateSink(&log);
   if (!SendMessage(ctl, "state", state)) return fail(Status::IOError("lost the supervisor"));
+  close(a.state_fd);  // the supervisor holds the new file instead
   size_t broken = fs.Restore(loaded->fs);
   bool resent = (*server)->Resend();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(

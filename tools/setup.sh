@@ -11,7 +11,8 @@ build_pkgs=(cmake ninja-build g++ pkg-config
   catch2 libcli11-dev nlohmann-json3-dev qemu-utils)
 test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
   e2fsprogs xfsprogs util-linux qemu-block-extra jq
-  qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+  qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  cpio fdisk)
 
 missing=()
 for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do

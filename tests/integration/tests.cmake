@@ -31,3 +31,10 @@ imgfs_shell_test_rbd(e2e_libvirt)
 # Both use the host's one /run/libvirt.
 set_tests_properties(integration/e2e_libvirt integration/e2e_libvirt@rbd
   PROPERTIES RESOURCE_LOCK libvirtd)
+# A real guest (tools/guest/: Debian's cloud kernel, a busybox initramfs, GPT
+# cloud images) booted by qemu under TCG from the mount's files. One guest at
+# a time: each takes a core for its boot.
+imgfs_shell_test(guest_seed)
+imgfs_shell_test_rbd(guest_seed)
+set_tests_properties(integration/guest_seed integration/guest_seed@rbd
+  PROPERTIES RESOURCE_LOCK guest)

@@ -36,5 +36,8 @@ set_tests_properties(integration/e2e_libvirt integration/e2e_libvirt@rbd
 # a time: each takes a core for its boot.
 imgfs_shell_test(guest_seed)
 imgfs_shell_test_rbd(guest_seed)
+imgfs_shell_test(guest_online)
+imgfs_shell_test_rbd(guest_online)
 set_tests_properties(integration/guest_seed integration/guest_seed@rbd
+  integration/guest_online integration/guest_online@rbd
   PROPERTIES RESOURCE_LOCK guest)

@@ -38,6 +38,11 @@ imgfs_shell_test(guest_seed)
 imgfs_shell_test_rbd(guest_seed)
 imgfs_shell_test(guest_online)
 imgfs_shell_test_rbd(guest_online)
+imgfs_shell_test(guest_libvirt)
+imgfs_shell_test_rbd(guest_libvirt)
 set_tests_properties(integration/guest_seed integration/guest_seed@rbd
   integration/guest_online integration/guest_online@rbd
   PROPERTIES RESOURCE_LOCK guest)
+# guest_libvirt also uses the host's one /run/libvirt, like e2e_libvirt.
+set_tests_properties(integration/guest_libvirt integration/guest_libvirt@rbd
+  PROPERTIES RESOURCE_LOCK "guest;libvirtd")

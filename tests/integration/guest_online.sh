@@ -6,6 +6,8 @@
 #   write     64 MiB from /dev/urandom into /data.bin with fsync and sync,
 #             then drops its page cache and reads the file back from the disk
 #             (the checksums must match);
+#   pastend   a write of the sector past the disk's end and a discard past
+#             it fail in the guest (bad input), and the disk does not grow;
 #   junk      writes 64 MiB more into /junk.bin, syncs and removes it;
 #   waitgrow  reports "waiting" and waits for the disk to grow: the host reads
 #             the disk's allocated bytes (imgfs disk info --json: owned_bytes),
@@ -48,10 +50,15 @@ used() {
   fi
 }
 
-guest_start online "$D" grow,write,junk,waitgrow,trim,fsck
+guest_start online "$D" grow,write,pastend,junk,waitgrow,trim,fsck
 guest_wait_for online waiting
 [[ "$(guest_get online waiting)" -eq "$size1" ]] || fail "the guest waits at $(guest_get online waiting) bytes, not $size1"
 guest_check_grown online "$size1" "$size0" # the boot's growth
+[[ "$(guest_get online pastend_bytes)" -eq "$size1" ]] || fail "pastend: the guest saw $(guest_get online pastend_bytes) bytes"
+[[ "$(guest_get online pastend_write)" == error ]] || fail "a write past the disk's end succeeded in the guest"
+[[ "$(guest_get online pastend_discard)" == error ]] || fail "a discard past the disk's end succeeded in the guest"
+[[ "$(guest_get online pastend_after)" -eq "$size1" && "$(stat -c %s "$D")" -eq "$size1" ]] ||
+  fail "after the writes past the end the guest sees $(guest_get online pastend_after) bytes, the mount $(stat -c %s "$D")"
 owned1="$(owned)"
 used1="$(used)"
 e2e_qmp "$T/online.qmp" block_resize "{\"device\": \"disk0\", \"size\": $size2}" >/dev/null

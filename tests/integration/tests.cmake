@@ -38,10 +38,12 @@ imgfs_shell_test(guest_seed)
 imgfs_shell_test_rbd(guest_seed)
 imgfs_shell_test(guest_online)
 imgfs_shell_test_rbd(guest_online)
+# The store's file system fills up under a running guest (local disks only).
+imgfs_shell_test(guest_full)
 imgfs_shell_test(guest_libvirt)
 imgfs_shell_test_rbd(guest_libvirt)
 set_tests_properties(integration/guest_seed integration/guest_seed@rbd
-  integration/guest_online integration/guest_online@rbd
+  integration/guest_online integration/guest_online@rbd integration/guest_full
   PROPERTIES RESOURCE_LOCK guest)
 # guest_libvirt also uses the host's one /run/libvirt, like e2e_libvirt.
 set_tests_properties(integration/guest_libvirt integration/guest_libvirt@rbd

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package imgfs needs (build, runtime and tests), then
-# configures and builds. Idempotent and quiet when everything is already there.
+# configures and builds, and builds the test guest (tools/guest/). Idempotent
+# and quiet when everything is already there.
 #   tools/setup.sh            install + build (build dir: build/)
 #   tools/setup.sh --no-build install only
 set -euo pipefail
@@ -11,7 +12,8 @@ build_pkgs=(cmake ninja-build g++ pkg-config
   catch2 libcli11-dev nlohmann-json3-dev qemu-utils)
 test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
   e2fsprogs xfsprogs util-linux qemu-block-extra jq
-  qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+  qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  cpio fdisk strace)
 
 missing=()
 for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do
@@ -34,3 +36,7 @@ if [[ ! -f "$build/build.ninja" ]]; then
     ${IMGFS_CMAKE_ARGS:-} >/dev/null
 fi
 cmake --build "$build" -- --quiet
+# The test guest of the guest_* tests (Debian's cloud kernel and
+# busybox-static, fetched with apt-get download; cached in $build/guest, so
+# only the first run takes time). The tests build it too if it is missing.
+"$here/tools/guest/build.sh" "$build/guest"

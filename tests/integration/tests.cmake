@@ -35,3 +35,23 @@ imgfs_shell_test_rbd(e2e_libvirt)
 # Both use the host's one /run/libvirt.
 set_tests_properties(integration/e2e_libvirt integration/e2e_libvirt@rbd
   PROPERTIES RESOURCE_LOCK libvirtd)
+# A real guest (tools/guest/: Debian's cloud kernel, a busybox initramfs, GPT
+# cloud images) booted by qemu under TCG from the mount's files. One guest at
+# a time: each takes a core for its boot.
+imgfs_shell_test(guest_seed)
+imgfs_shell_test_rbd(guest_seed)
+imgfs_shell_test(guest_online)
+imgfs_shell_test_rbd(guest_online)
+# The store's file system fills up under a running guest (local disks only).
+imgfs_shell_test(guest_full)
+# The cluster stops answering while the guest flushes (rbd disks only; a
+# cluster of its own).
+imgfs_shell_test_rbd(guest_flush)
+imgfs_shell_test(guest_libvirt)
+imgfs_shell_test_rbd(guest_libvirt)
+set_tests_properties(integration/guest_seed integration/guest_seed@rbd
+  integration/guest_online integration/guest_online@rbd integration/guest_full
+  integration/guest_flush@rbd PROPERTIES RESOURCE_LOCK guest)
+# guest_libvirt also uses the host's one /run/libvirt, like e2e_libvirt.
+set_tests_properties(integration/guest_libvirt integration/guest_libvirt@rbd
+  PROPERTIES RESOURCE_LOCK "guest;libvirtd")

@@ -42,10 +42,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# mount_store STORE MNT BIN: mounts, remembers the supervisor for the cleanup.
+# mount_store STORE MNT BIN [OPTIONS]: mounts, remembers the supervisor for the cleanup.
 mount_store() {
   mkdir -p "$2"
-  IMGFS_STORE="$1" "$3" mount "$2" --pid-file "$work/pid.$$" --log-file "$work/mount.log"
+  IMGFS_STORE="$1" "$3" mount "$2" --pid-file "$work/pid.$$" --log-file "$work/mount.log" ${4:+-o "$4"}
   pids+=("$(cat "$work/pid.$$")")
   mounts+=("$2")
 }
@@ -56,7 +56,7 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 # failover KIND STORE: prints the kill-to-served rows.
 failover() {
   local kind="$1" store="$2" m="$work/mnt.$1" t=()
-  mount_store "$store" "$m" "$imgfs"
+  mount_store "$store" "$m" "$imgfs" crash_loop=100/30  # 10 kills in 10 s are no crash loop here
   exec 9<>"$m/vm1/disk"  # a writer holds the disk (its lock must move)
   for i in $(seq 10); do
     local pid

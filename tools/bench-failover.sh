@@ -131,8 +131,6 @@ if [[ -n "${IMGFS_BASELINE_BIN:-}" ]]; then
   head -c 512M /dev/urandom >"$work/random.raw"
   "$imgfs" -q image import "$work/random.raw" --name bench >/dev/null
   rm -f "$work/random.raw"
-  "$imgfs" disk create vm1/a --image bench >/dev/null
-  "$imgfs" disk create vm1/b --image bench >/dev/null
   job() {  # FILE RW BS ENGINE DEPTH -> KiB/s
     local out
     out="$(fio --name=cost --filename="$1" --rw="$2" --bs="$3" --ioengine="$4" --iodepth="$5" \
@@ -143,17 +141,28 @@ if [[ -n "${IMGFS_BASELINE_BIN:-}" ]]; then
       *) awk -F';' '{ print $48 }' <<<"$out" ;;
     esac
   }
-  printf '%-52s %10s %10s %10s\n' "fio via mount, KiB/s" "no superv." "supervisor" "ratio"
+  # run BIN RW BS ENGINE DEPTH: one job on a fresh clone through a fresh mount.
+  n=0
+  run() {
+    n=$((n + 1))
+    "$imgfs" disk create "vm1/c$n" --image bench >/dev/null
+    mount_store "$IMGFS_STORE" "$work/mnt.cost" "$1"
+    job "$work/mnt.cost/vm1/c$n" "$2" "$3" "$4" "$5"
+    kill -TERM "${pids[-1]}"
+    tail --pid="${pids[-1]}" -f /dev/null
+    "$imgfs" disk rm "vm1/c$n" >/dev/null
+  }
+  # Each job four times, baseline-new-new-baseline, so that neither binary
+  # always runs first (the first of a pair was measured faster either way).
+  printf '%-52s %10s %10s %10s\n' "fio via mount, KiB/s (sum of 2 runs each)" "no superv." "supervisor" "ratio"
   for spec in "read 1M psync 1" "write 1M psync 1" "randread 4k libaio 16" "randwrite 4k libaio 16"; do
     read -r rw bs eng depth <<<"$spec"
-    mount_store "$IMGFS_STORE" "$work/mnt.old" "$IMGFS_BASELINE_BIN"
-    old="$(job "$work/mnt.old/vm1/a" "$rw" "$bs" "$eng" "$depth")"
-    kill -TERM "${pids[-1]}"
-    tail --pid="${pids[-1]}" -f /dev/null
-    mount_store "$IMGFS_STORE" "$work/mnt.new" "$imgfs"
-    new="$(job "$work/mnt.new/vm1/b" "$rw" "$bs" "$eng" "$depth")"
-    kill -TERM "${pids[-1]}"
-    tail --pid="${pids[-1]}" -f /dev/null
+    o1="$(run "$IMGFS_BASELINE_BIN" "$rw" "$bs" "$eng" "$depth")"
+    n1="$(run "$imgfs" "$rw" "$bs" "$eng" "$depth")"
+    n2="$(run "$imgfs" "$rw" "$bs" "$eng" "$depth")"
+    o2="$(run "$IMGFS_BASELINE_BIN" "$rw" "$bs" "$eng" "$depth")"
+    old=$((o1 + o2))
+    new=$((n1 + n2))
     printf '%-52s %10s %10s %10s\n' "$rw $bs $eng qd$depth" "$old" "$new" \
       "$(awk -v a="$old" -v b="$new" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')"
   done

@@ -2,9 +2,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
-#include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -408,8 +408,8 @@ class LocalDisk final : public Disk {
   // writer that takes the disk over after this one died can flush what this
   // one had acknowledged. Null for read-only disks, or when there is no tmpfs
   // (then every allocation is flushed at once).
-  UniqueFd journal_;           // GUARDED_BY(pending_mu_)
-  uint64_t journal_end_ = 0;   // GUARDED_BY(pending_mu_)
+  UniqueFd journal_;          // GUARDED_BY(pending_mu_)
+  uint64_t journal_end_ = 0;  // GUARDED_BY(pending_mu_)
   std::string journal_path_;  // constant after construction
 
   std::mutex flush_mu_;
@@ -640,7 +640,8 @@ void LocalDisk::RewriteJournal() {
   if (!journal_.valid()) return;
   size_t bytes = pending_.size() * sizeof(uint64_t);
   if (::ftruncate(journal_.get(), 0) != 0 ||
-      (bytes && ::pwrite(journal_.get(), pending_.data(), bytes, 0) != static_cast<ssize_t>(bytes))) {
+      (bytes &&
+       ::pwrite(journal_.get(), pending_.data(), bytes, 0) != static_cast<ssize_t>(bytes))) {
     spdlog::warn("disk {}: journal of unflushed allocations: {}; flushing each one instead",
                  ref_.ToString(), std::strerror(errno));
     journal_ = UniqueFd();
@@ -979,14 +980,15 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
         fs.f_type == TMPFS_MAGIC) {
       journal_path = std::string(kJournalDir) + "/imgfs-disk-" + std::to_string(dst.st_dev) + "-" +
                      std::to_string(dst.st_ino) + "-" + std::to_string(meta->created_ns);
-      int fd = ::open(journal_path.c_str(), rw ? O_RDWR | O_CREAT | O_CLOEXEC : O_RDONLY | O_CLOEXEC,
-                      0600);
+      int fd = ::open(journal_path.c_str(),
+                      rw ? O_RDWR | O_CREAT | O_CLOEXEC : O_RDONLY | O_CLOEXEC, 0600);
       if (fd >= 0) journal = UniqueFd(fd);
     }
     if (rw && !journal.valid()) {
-      spdlog::warn("disk {}: no journal of unflushed allocations in {} (tmpfs): each is flushed "
-                   "at once",
-                   ref.ToString(), kJournalDir);
+      spdlog::warn(
+          "disk {}: no journal of unflushed allocations in {} (tmpfs): each is flushed "
+          "at once",
+          ref.ToString(), kJournalDir);
       journal_path.clear();
     }
   }

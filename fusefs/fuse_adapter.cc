@@ -15,7 +15,6 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
-#include <thread>
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
@@ -23,6 +22,7 @@
 #include <exception>
 #include <mutex>
 #include <new>
+#include <thread>
 #include <vector>
 
 namespace imgfs::fusefs {
@@ -32,7 +32,7 @@ namespace {
 struct Ctx {
   FileSystem* fs;
   FuseConfig cfg;
-  bool capture = false;   // Negotiate: keep what libfuse writes instead of sending it
+  bool capture = false;  // Negotiate: keep what libfuse writes instead of sending it
   std::string captured;
 };
 
@@ -564,7 +564,7 @@ const fuse_lowlevel_ops kOps = {
 namespace {
 
 // Protocol facts not in Debian 12's <linux/fuse.h> (7.38).
-constexpr int32_t kNotifyResend = 7;      // FUSE_NOTIFY_RESEND, protocol 7.40 (Linux 6.9)
+constexpr int32_t kNotifyResend = 7;  // FUSE_NOTIFY_RESEND, protocol 7.40 (Linux 6.9)
 constexpr uint32_t kResendMinor = 40;
 constexpr uint64_t kResendBit = uint64_t{1} << 63;  // FUSE_UNIQUE_RESEND: set on resent requests
 
@@ -827,9 +827,10 @@ uint32_t FuseServer::kernel_minor() const { return impl_->kernel_minor; }
 bool FuseServer::Resend() {
   Impl& s = *impl_;
   if (s.kernel_minor < kResendMinor) {
-    spdlog::warn("fuse: this kernel speaks FUSE 7.{} (FUSE_NOTIFY_RESEND needs 7.{}, Linux 6.9): "
-                 "requests a replaced server had read and not answered are never answered",
-                 s.kernel_minor, kResendMinor);
+    spdlog::warn(
+        "fuse: this kernel speaks FUSE 7.{} (FUSE_NOTIFY_RESEND needs 7.{}, Linux 6.9): "
+        "requests a replaced server had read and not answered are never answered",
+        s.kernel_minor, kResendMinor);
     return false;
   }
   fuse_out_header h{};

@@ -108,8 +108,9 @@ Result<TakeoverState> LoadState(int fd) {
     if (line.empty()) continue;
     try {
       Status s = Apply(json::parse(line), &st);
-      if (!s.ok()) return Status::Corruption("mount state line " + std::to_string(line_no) + ": " +
-                                             s.message());
+      if (!s.ok())
+        return Status::Corruption("mount state line " + std::to_string(line_no) + ": " +
+                                  s.message());
     } catch (const std::exception& e) {
       return Status::Corruption("mount state line " + std::to_string(line_no) + ": " + e.what());
     }

@@ -73,8 +73,8 @@ Outcome AskMount(const GlobalOptions& g, const MountArgs& a, const std::string& 
       std::printf("%s\n", text.c_str());
     } else {
       for (auto& [k, v] : j.items()) {
-        std::printf("%s: %s\n", k.c_str(), v.is_string() ? v.get<std::string>().c_str()
-                                                         : v.dump().c_str());
+        std::printf("%s: %s\n", k.c_str(),
+                    v.is_string() ? v.get<std::string>().c_str() : v.dump().c_str());
       }
     }
   } else if (!g.quiet) {
@@ -194,7 +194,8 @@ void RegisterMountCommand(Cli& cli) {
       ->add_option("-o", args->options,
                    "Mount options, comma-separated: cache_size=SIZE (verified chunks kept in "
                    "memory; default 1/32 of RAM, 64M..1G), allow_shrink, allow_other, direct_io, "
-                   "crash_loop=DEATHS/SECONDS (default 5/30: then requests fail with EIO), max_threads=N, max_write=N, max_background=N, splice_read, "
+                   "crash_loop=DEATHS/SECONDS (default 5/30: then requests fail with EIO), "
+                   "max_threads=N, max_write=N, max_background=N, splice_read, "
                    "splice_write, splice_move, writeback_cache, entry_timeout=S, "
                    "attr_timeout=S, pid_file=PATH, log_file=PATH, and libfuse's (e.g. "
                    "max_read=N); fstab's defaults, auto, noauto, nofail, _netdev, x-* are "

@@ -101,7 +101,6 @@ Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOption
   return Status::OK();
 }
 
-
 void RedirectStdio(const std::string& log_file) {
   int null = open("/dev/null", O_RDWR);
   if (null >= 0) {

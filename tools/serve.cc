@@ -102,8 +102,8 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
   if (!loaded.ok()) return fail(loaded.status());
   (*store)->disks().SetDeadLockOwners(loaded->clients);
   std::string me = (*store)->disks().LockOwnerId();
-  if (!me.empty() && std::find(loaded->clients.begin(), loaded->clients.end(), me) ==
-                         loaded->clients.end()) {
+  if (!me.empty() &&
+      std::find(loaded->clients.begin(), loaded->clients.end(), me) == loaded->clients.end()) {
     loaded->clients.push_back(me);
   }
   // The compacted state goes to the supervisor before any disk is opened,
@@ -117,13 +117,14 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
   close(a.state_fd);  // the supervisor holds the new file instead
   size_t broken = fs.Restore(loaded->fs);
   bool resent = (*server)->Resend();
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                std::chrono::steady_clock::now() - t0)
-                .count();
-  spdlog::info("server pid {}: took over {} names, {} open files ({} could not be opened), {} "
-               "open directories in {} ms{}",
-               getpid(), loaded->fs.inos.size(), loaded->fs.opens.size(), broken,
-               loaded->fs.dirs.size(), ms, resent ? "; asked the kernel to resend" : "");
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  spdlog::info(
+      "server pid {}: took over {} names, {} open files ({} could not be opened), {} "
+      "open directories in {} ms{}",
+      getpid(), loaded->fs.inos.size(), loaded->fs.opens.size(), broken, loaded->fs.dirs.size(), ms,
+      resent ? "; asked the kernel to resend" : "");
 
   fusefs::FuseServer* srv = server->get();
   std::thread([stop, srv] {

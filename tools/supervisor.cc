@@ -34,9 +34,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-constexpr auto kReadyTimeout = std::chrono::seconds(120);    // a new server's start
-constexpr auto kHandOverTimeout = std::chrono::seconds(120); // an old server's flush and exit
-constexpr int32_t kNotifyResend = 7;                // FUSE_NOTIFY_RESEND (protocol 7.40)
+constexpr auto kReadyTimeout = std::chrono::seconds(120);     // a new server's start
+constexpr auto kHandOverTimeout = std::chrono::seconds(120);  // an old server's flush and exit
+constexpr int32_t kNotifyResend = 7;                          // FUSE_NOTIFY_RESEND (protocol 7.40)
 
 // ---- messages on SOCK_SEQPACKET sockets, optionally carrying one fd ----
 
@@ -146,8 +146,8 @@ class Supervisor {
     bool go_sent = false;  // told to take over
     int exe_fd = -1;       // the binary it runs
     std::string exe;
-    std::string fail;      // what it said before dying, if anything
-    bool hup = false;      // closed its end (exiting): not polled any more
+    std::string fail;  // what it said before dying, if anything
+    bool hup = false;  // closed its end (exiting): not polled any more
     Clock::time_point deadline{};
   };
 
@@ -173,20 +173,20 @@ class Supervisor {
   std::string mountpoint_, pid_file_;
   std::vector<std::string> server_args_;
   int fuse_fd_ = -1, state_fd_ = -1, listen_fd_ = -1, sig_fd_ = -1;
-  Server cur_;                // the serving server (or the one starting to serve)
-  Server next_;               // an upgrade's new server
-  pid_t old_pid_ = 0;         // a server handing over to next_: told to stop, not yet exited
+  Server cur_;         // the serving server (or the one starting to serve)
+  Server next_;        // an upgrade's new server
+  pid_t old_pid_ = 0;  // a server handing over to next_: told to stop, not yet exited
   int old_ctl_ = -1;
   Clock::time_point old_deadline_{};
-  int client_ = -1;           // the `--upgrade` caller waiting for the answer
+  int client_ = -1;              // the `--upgrade` caller waiting for the answer
   std::string upgrade_failure_;  // why the upgrade's new server died
-  CrashLoopRule crash_loop_;  // this many deaths this close: stop restarting
+  CrashLoopRule crash_loop_;     // this many deaths this close: stop restarting
   std::deque<Clock::time_point> deaths_;
   int restarts_ = 0;
-  bool failing_ = false;      // crash loop: requests get EIO
+  bool failing_ = false;  // crash loop: requests get EIO
   bool stopping_ = false;
-  bool served_ = false;       // a server has served (the first start is over)
-  int last_exit_ = 0;         // the last server's exit status (for our own)
+  bool served_ = false;  // a server has served (the first start is over)
+  int last_exit_ = 0;    // the last server's exit status (for our own)
   std::vector<char> eio_buf_;
 };
 
@@ -245,8 +245,8 @@ Status Supervisor::Listen() {
     socklen_t len;
     sockaddr_un a = ControlAddress(mountpoint_, &len);
     if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), len) != 0 || listen(listen_fd_, 8)) {
-      return Status::FromErrno(errno, "control socket for " + mountpoint_ +
-                                          " (is another imgfs mount serving it?)");
+      return Status::FromErrno(
+          errno, "control socket for " + mountpoint_ + " (is another imgfs mount serving it?)");
     }
   }
   return Status::OK();
@@ -260,8 +260,8 @@ Status Supervisor::Spawn(Server* s, int exe_fd, const std::string& exe_path, boo
   }
   std::vector<std::string> args = {exe};
   args.insert(args.end(), server_args_.begin(), server_args_.end());
-  for (auto [flag, fd] : {std::pair{"--fuse-fd", fuse_fd_}, {"--state-fd", state_fd_},
-                          {"--ctl-fd", sv[1]}}) {
+  for (auto [flag, fd] :
+       {std::pair{"--fuse-fd", fuse_fd_}, {"--state-fd", state_fd_}, {"--ctl-fd", sv[1]}}) {
     args.push_back(flag);
     args.push_back(std::to_string(fd));
   }
@@ -421,8 +421,8 @@ void Supervisor::OnServerDied(int st) {
   auto now = Clock::now();
   deaths_.push_back(now);
   while (deaths_.size() > static_cast<size_t>(crash_loop_.deaths)) deaths_.pop_front();
-  spdlog::error("supervisor: server {} ({}); starting another on the same connection",
-                Describe(st), cur_.fail.empty() ? "no message" : cur_.fail);
+  spdlog::error("supervisor: server {} ({}); starting another on the same connection", Describe(st),
+                cur_.fail.empty() ? "no message" : cur_.fail);
   if (deaths_.size() == static_cast<size_t>(crash_loop_.deaths) &&
       now - deaths_.front() <= std::chrono::seconds(crash_loop_.seconds)) {
     EnterFailing();
@@ -573,7 +573,9 @@ void Supervisor::OnClient(int conn) {
               {"server_pid", cur_.pid},
               {"server_binary", cur_.exe},
               {"restarts", restarts_},
-              {"state", failing_ ? "failing" : cur_.serving ? "serving" : "starting"}};
+              {"state", failing_       ? "failing"
+                        : cur_.serving ? "serving"
+                                       : "starting"}};
     Send(conn, "ok " + j.dump());
     close(conn);
   } else {
@@ -592,12 +594,20 @@ void Supervisor::BeginStop(const char* why) {
 
 // Re-executes the supervisor from `exe`, keeping every descriptor and child.
 void Supervisor::ReExec(const std::string& exe) {
-  json j = {{"mountpoint", mountpoint_}, {"pid_file", pid_file_}, {"server_args", server_args_},
-            {"fuse_fd", fuse_fd_},       {"state_fd", state_fd_}, {"listen_fd", listen_fd_},
-            {"client_fd", client_},      {"restarts", restarts_}, {"server_pid", cur_.pid},
+  json j = {{"mountpoint", mountpoint_},
+            {"pid_file", pid_file_},
+            {"server_args", server_args_},
+            {"fuse_fd", fuse_fd_},
+            {"state_fd", state_fd_},
+            {"listen_fd", listen_fd_},
+            {"client_fd", client_},
+            {"restarts", restarts_},
+            {"server_pid", cur_.pid},
             {"crash_loop_deaths", crash_loop_.deaths},
             {"crash_loop_seconds", crash_loop_.seconds},
-            {"server_ctl", cur_.ctl},    {"exe_fd", cur_.exe_fd}, {"exe", cur_.exe}};
+            {"server_ctl", cur_.ctl},
+            {"exe_fd", cur_.exe_fd},
+            {"exe", cur_.exe}};
   std::vector<int> keep = {fuse_fd_, state_fd_, listen_fd_, client_, cur_.ctl, cur_.exe_fd};
   for (int fd : keep) {
     if (fd >= 0) SetCloexec(fd, false);
@@ -676,9 +686,10 @@ int Supervisor::Loop() {
     }
     now = Clock::now();
     if (next_.pid && !next_.serving && now >= next_.deadline) {
-      next_.fail = "it did not take over within " +
-                   std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
-                                      kReadyTimeout).count()) + " s";
+      next_.fail =
+          "it did not take over within " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(kReadyTimeout).count()) +
+          " s";
       kill(next_.pid, SIGKILL);
       next_.deadline = now + std::chrono::hours(1);
     }

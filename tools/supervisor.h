@@ -29,10 +29,10 @@ struct CrashLoopRule {
 };
 
 struct SupervisorConfig {
-  fusefs::FuseConfig fuse;                // what to mount, and how
-  std::string exe;                        // the imgfs binary servers run
-  std::vector<std::string> server_args;   // its arguments, from --store to __serve's options
-  std::string pid_file;                   // the supervisor's pid, removed at exit (may be empty)
+  fusefs::FuseConfig fuse;               // what to mount, and how
+  std::string exe;                       // the imgfs binary servers run
+  std::vector<std::string> server_args;  // its arguments, from --store to __serve's options
+  std::string pid_file;                  // the supervisor's pid, removed at exit (may be empty)
   CrashLoopRule crash_loop;
 };
 

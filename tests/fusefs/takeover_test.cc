@@ -139,7 +139,8 @@ TEST_CASE("a successor keeps inode numbers, file and directory handles", "[fusef
   close(state);
 }
 
-TEST_CASE("a handle that cannot be opened again fails its requests with EIO", "[fusefs][takeover]") {
+TEST_CASE("a handle that cannot be opened again fails its requests with EIO",
+          "[fusefs][takeover]") {
   Fixture f;
   FsState st;
   st.inos["d/vm1/gone"] = 7;

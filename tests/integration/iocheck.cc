@@ -118,7 +118,8 @@ int Verify(const char* file, const char* log_path) {
   uint64_t slots = Slots(fd);
   std::map<uint64_t, uint64_t> last;  // slot -> the highest confirmed record
   unsigned long long n;
-  while (std::fscanf(log, "%llu", &n) == 1) last[n % slots] = std::max<uint64_t>(last[n % slots], n);
+  while (std::fscanf(log, "%llu", &n) == 1)
+    last[n % slots] = std::max<uint64_t>(last[n % slots], n);
   auto* w = static_cast<uint64_t*>(Aligned(kRec));
   uint64_t bad = 0;
   for (auto [slot, want] : last) {
@@ -136,7 +137,9 @@ int Verify(const char* file, const char* log_path) {
   return bad ? 1 : 0;
 }
 
-uint64_t PatternWord(uint64_t seed, uint64_t offset) { return Mix(seed ^ (offset * 0x9e3779b97f4a7c15ull)); }
+uint64_t PatternWord(uint64_t seed, uint64_t offset) {
+  return Mix(seed ^ (offset * 0x9e3779b97f4a7c15ull));
+}
 
 int Fill(const char* file, uint64_t seed) {
   int fd = open(file, O_WRONLY);
@@ -205,7 +208,8 @@ int main(int argc, char** argv) {
   if (mode == "write" && argc == 5) return Write(argv[2], argv[3], argv[4]);
   if (mode == "verify" && argc == 4) return Verify(argv[2], argv[3]);
   if (mode == "fill" && argc == 4) return Fill(argv[2], std::strtoull(argv[3], nullptr, 0));
-  if (mode == "read" && argc == 5) return Read(argv[2], std::strtoull(argv[3], nullptr, 0), argv[4]);
+  if (mode == "read" && argc == 5)
+    return Read(argv[2], std::strtoull(argv[3], nullptr, 0), argv[4]);
   if (mode == "probe" && argc == 3) return Probe(argv[2]);
   std::fprintf(stderr, "usage: see tests/integration/iocheck.cc\n");
   return 2;

@@ -150,3 +150,29 @@ e2e_stop_pid() {
   kill -TERM "$1" 2>/dev/null || true
   tail --pid="$1" -f /dev/null
 }
+
+# e2e_start_libvirt: what the Debian package scripts would have made (groups,
+# user, directories), then this test's own virtlogd and libvirtd (stopped by
+# pid at exit; a libvirtd already serving /run/libvirt is an error), and vsh,
+# virsh on qemu:///system.
+e2e_start_libvirt() {
+  getent group kvm >/dev/null || groupadd -r kvm
+  getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+  id libvirt-qemu >/dev/null 2>&1 ||
+    useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+  mkdir -p /var/log/libvirt/qemu /var/run/libvirt /var/lib/libvirt/qemu
+  [[ ! -S /run/libvirt/libvirt-sock ]] || ! virsh -c qemu:///system version >/dev/null 2>&1 ||
+    fail "a libvirtd is already serving /run/libvirt/libvirt-sock; this test starts and stops its own"
+
+  start_daemon() {  # NAME -d, then its pid is stopped at exit
+    "$1" -d -p "$T/$1.pid" || fail "$1 -d failed"
+    local pid
+    pid="$(cat "$T/$1.pid")" || fail "$1 wrote no pid file"
+    on_exit "e2e_stop_pid $pid"
+  }
+  start_daemon virtlogd
+  start_daemon libvirtd
+  vsh() { virsh -q -c qemu:///system "$@"; }
+  # virsh waits for libvirtd to load its drivers.
+  vsh version >/dev/null || fail "libvirtd does not answer on qemu:///system"
+}

@@ -11,26 +11,7 @@ e2e_need qemu-system-x86_64 libvirtd virtlogd virsh jq fusermount3
 
 # What the Debian package scripts would have made: the user and group qemu
 # runs as (libvirt-qemu:libvirt-qemu, also in kvm).
-getent group kvm >/dev/null || groupadd -r kvm
-getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
-id libvirt-qemu >/dev/null 2>&1 ||
-  useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
-mkdir -p /var/log/libvirt/qemu /var/run/libvirt /var/lib/libvirt/qemu
-[[ ! -S /run/libvirt/libvirt-sock ]] || ! virsh -c qemu:///system version >/dev/null 2>&1 ||
-  fail "a libvirtd is already serving /run/libvirt/libvirt-sock; this test starts and stops its own"
-
-# start_daemon NAME: NAME -d, then its pid is stopped at exit.
-start_daemon() {
-  "$1" -d -p "$T/$1.pid" || fail "$1 -d failed"
-  local pid
-  pid="$(cat "$T/$1.pid")" || fail "$1 wrote no pid file"
-  on_exit "e2e_stop_pid $pid"
-}
-start_daemon virtlogd
-start_daemon libvirtd
-vsh() { virsh -q -c qemu:///system "$@"; }
-# virsh waits for libvirtd to load its drivers.
-vsh version >/dev/null || fail "libvirtd does not answer on qemu:///system"
+e2e_start_libvirt
 
 init_store
 make_sample_raw "$T/src.raw" 64

@@ -28,11 +28,7 @@ osd_pid="$(awk '$1 ~ /^osd\./ { print $2; exit }' "$T/ceph/pids")"
 on_exit "kill -CONT $osd_pid 2>/dev/null"
 
 IMGFS_TEST_INIT_ARGS="--ceph-timeout 5" init_store
-"$IMGFS" image import "$GUEST_DIR/ext4.qcow2" --name guest-ext4 >/dev/null
-"$IMGFS" disk create vm1/disk --image guest-ext4 >/dev/null
-M="$T/mnt"
-e2e_mount "$M"
-D="$M/vm1/disk"
+guest_disk
 truncate -s +1G "$D"
 truncate -s 1M "$T/signal.img"
 

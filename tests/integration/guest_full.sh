@@ -27,11 +27,7 @@ mount "$small_dev" "$T/small" || fail "mount of the small file system failed"
 on_exit "umount '$T/small' || umount -l '$T/small'"
 export IMGFS_STORE="$T/small/store"
 init_store
-"$IMGFS" image import "$GUEST_DIR/ext4.qcow2" --name guest-ext4 >/dev/null
-"$IMGFS" disk create vm1/disk --image guest-ext4 >/dev/null
-M="$T/mnt"
-e2e_mount "$M"
-D="$M/vm1/disk"
+guest_disk
 truncate -s +1G "$D"
 # Leave 100 MiB free: the 64 MiB file and the guest's metadata fit, the next
 # 64 MiB do not.

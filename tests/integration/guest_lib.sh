@@ -100,3 +100,13 @@ guest_check_grown() {
     fail "$name: the file system has $fsb bytes, the partition $((sectors * 512))"
   ((fsb > size0)) || fail "$name: the file system did not grow ($fsb bytes)"
 }
+
+# guest_disk: vm1/disk made from the ext4 guest image (imported as
+# guest-ext4) in the store, which is mounted at $T/mnt; sets M and D (the disk file).
+guest_disk() {
+  "$IMGFS" image import "$GUEST_DIR/ext4.qcow2" --name guest-ext4 >/dev/null
+  "$IMGFS" disk create vm1/disk --image guest-ext4 >/dev/null
+  M="$T/mnt"
+  e2e_mount "$M"
+  D="$M/vm1/disk"
+}

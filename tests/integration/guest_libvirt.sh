@@ -16,24 +16,7 @@ source "$(dirname "$0")/guest_lib.sh"
 e2e_need libvirtd virtlogd virsh jq fusermount3
 guest_build
 
-# What the Debian package scripts would have made (see e2e_libvirt.sh).
-getent group kvm >/dev/null || groupadd -r kvm
-getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
-id libvirt-qemu >/dev/null 2>&1 ||
-  useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
-mkdir -p /var/log/libvirt/qemu /var/run/libvirt /var/lib/libvirt/qemu
-[[ ! -S /run/libvirt/libvirt-sock ]] || ! virsh -c qemu:///system version >/dev/null 2>&1 ||
-  fail "a libvirtd is already serving /run/libvirt/libvirt-sock; this test starts and stops its own"
-start_daemon() {
-  "$1" -d -p "$T/$1.pid" || fail "$1 -d failed"
-  local pid
-  pid="$(cat "$T/$1.pid")" || fail "$1 wrote no pid file"
-  on_exit "e2e_stop_pid $pid"
-}
-start_daemon virtlogd
-start_daemon libvirtd
-vsh() { virsh -q -c qemu:///system "$@"; }
-vsh version >/dev/null || fail "libvirtd does not answer on qemu:///system"
+e2e_start_libvirt
 
 init_store
 "$IMGFS" image import "$GUEST_DIR/ext4.qcow2" --name guest-ext4 >/dev/null

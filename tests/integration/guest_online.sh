@@ -28,11 +28,7 @@ e2e_need jq fusermount3 sgdisk sha256sum python3
 guest_build
 
 init_store
-"$IMGFS" image import "$GUEST_DIR/ext4.qcow2" --name guest-ext4 >/dev/null
-"$IMGFS" disk create vm1/disk --image guest-ext4 >/dev/null
-M="$T/mnt"
-e2e_mount "$M"
-D="$M/vm1/disk"
+guest_disk
 size0="$(stat -c %s "$D")"
 truncate -s +1G "$D"
 size1=$((size0 + (1 << 30)))

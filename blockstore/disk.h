@@ -18,6 +18,8 @@
 //     crash of the process; a crash may lose only what was not flushed;
 //   - a disk opened for writing is locked: a second Open for writing, and
 //     Remove, from this or any other process, fail with Busy ("in use").
+//     OpenMode::kReadWriteStandby relaxes the second Open, not the lock (see
+//     there).
 #pragma once
 
 #include <cstdint>
@@ -58,7 +60,15 @@ struct DiskInfo {
   std::string location;  // backend-specific: a directory, or "rbd:pool/name"
 };
 
-enum class OpenMode : uint8_t { kReadOnly, kReadWrite };
+// kReadWriteStandby: as kReadWrite, except that when another client holds
+// the disk's write lock the open succeeds anyway, "in standby": reads work,
+// and the first write, discard or resize takes the lock, waiting up to a few
+// seconds for a holder that is letting it go (a live migration hands the
+// disk over this way, docs/rbd.md "Live migration"), else fails with Busy
+// and writes nothing. Flush of a disk that never held the lock is OK (it
+// wrote nothing). Backends that cannot hand a disk over between clients
+// (local, mem) treat it as kReadWrite.
+enum class OpenMode : uint8_t { kReadOnly, kReadWrite, kReadWriteStandby };
 
 // Bytes read into buffers the disk chose, so that the caller can pass them
 // on without copying them (the mount replies with them): `pieces`, in order,

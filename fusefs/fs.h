@@ -237,8 +237,15 @@ class FileSystem {
   void WaitIdle(const std::shared_ptr<Disk>& disk);
   void DropDisk(std::shared_ptr<Disk> disk);
   // Reopens an open file's disk for writing (taking the backend's write
-  // lock) unless it already is; the read-only disk goes through WaitIdle.
+  // lock, or in standby: OpenMode::kReadWriteStandby) unless it already is;
+  // the read-only disk goes through WaitIdle.
   Status UpgradeToWritable(OpenFile& of, const DiskRef& ref);
+  // The last handle open for writing was released while read-only ones
+  // remain: reopens the disk read-only so that the backend's write lock is
+  // released (qemu's migration source reopens its image read-only when the
+  // migration completes; the destination then takes the lock). The writable
+  // disk is flushed first; on failure it stays open, and locked.
+  void DowngradeToReadOnly(OpenFile& of, const DiskRef& ref);
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags);
   void ForgetNameLocked(const std::string& key);
   void KeepInstance(const std::string& instance);

@@ -31,3 +31,6 @@ imgfs_shell_test_rbd(e2e_libvirt)
 # Both use the host's one /run/libvirt.
 set_tests_properties(integration/e2e_libvirt integration/e2e_libvirt@rbd
   PROPERTIES RESOURCE_LOCK libvirtd)
+# Live migration (tests/integration/migrate_*.sh): two stores and mounts, two qemus.
+imgfs_shell_test(migrate_rbd)
+imgfs_shell_test(migrate_two_writers)

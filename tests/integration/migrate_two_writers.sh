@@ -28,7 +28,7 @@ on_exit "rados -c '$IMGFS_CEPH_CONF' --id '$IMGFS_CEPH_ID' --keyring '$IMGFS_CEP
 S2="$T/store2"
 "$IMGFS" init --chunks "$chunks" --disks "rbd:$P" "${CEPH_ARGS_IMGFS[@]}" >/dev/null
 IMGFS_STORE="$S2" "$IMGFS" init --chunks "$chunks" --disks "rbd:$P" "${CEPH_ARGS_IMGFS[@]}" >/dev/null
-head -c 16M /dev/urandom >"$T/src.raw"
+head -c 4M /dev/urandom >"$T/src.raw"
 "$IMGFS" image import "$T/src.raw" --name two >/dev/null
 "$IMGFS" disk create vm/disk --image two >/dev/null
 M1="$T/m1"

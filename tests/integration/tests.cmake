@@ -34,3 +34,4 @@ set_tests_properties(integration/e2e_libvirt integration/e2e_libvirt@rbd
 # Live migration (tests/integration/migrate_*.sh): two stores and mounts, two qemus.
 imgfs_shell_test(migrate_rbd)
 imgfs_shell_test(migrate_two_writers)
+imgfs_shell_test(migrate_local)

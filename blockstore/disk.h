@@ -123,6 +123,13 @@ class Disk {
   virtual void DiscardAsync(uint64_t offset, uint64_t length, Callback done);
   virtual void FlushAsync(Callback done);
 
+  // Stops writing in place: flushes, releases the backend's write lock
+  // (another client may take it at once) and makes the handle read-only
+  // (writes fail with ReadOnly; reads go on). The flush's error is returned;
+  // the lock is released anyway. NotSupported when the backend cannot (the
+  // caller reopens the disk read-only instead); OK for a read-only handle.
+  virtual Status StopWriting() { return Status::NotSupported("stop writing in place"); }
+
   // Reads `length` bytes at `offset` (within size()) into buffers of the
   // disk's choosing; `done` as for the async forms above. The default
   // allocates one buffer and calls ReadAsync; rbd hands over the buffers

@@ -283,7 +283,7 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
 // descriptor when a migration completes, a moment after the destination may
 // already write), before the write fails with Busy.
 constexpr auto kHandOverWait = std::chrono::seconds(5);
-constexpr auto kHandOverPoll = std::chrono::milliseconds(20);
+constexpr auto kHandOverPoll = std::chrono::milliseconds(5);
 
 class RbdDisk : public Disk {
  public:
@@ -320,7 +320,7 @@ class RbdDisk : public Disk {
     inflight_cv_.wait(lock, [&] { return inflight_ == 0; });
     lock.unlock();
     // A disk in standby never wrote: nothing to flush, no lock to let go.
-    if (writable_ && held_.load()) {
+    if (held_.load()) {
       if (int r = image_->flush(); r < 0) {
         spdlog::error("{}", Err(r, "rbd: flushing " + Where() + " on close").ToString());
       }
@@ -346,7 +346,26 @@ class RbdDisk : public Disk {
     }
     return size_.load();
   }
-  bool writable() const override { return writable_; }
+  bool writable() const override { return writable_.load(); }
+
+  // The migration source's last writer closed: let the lock go now (the
+  // destination is waiting for it), keep the handle for reads. Under
+  // resize_mu_ held exclusively no request is being started; librbd's
+  // lock_release waits for the ones in flight. The local parent reads stop
+  // (they rely on the lock).
+  Status StopWriting() override {
+    std::unique_lock lock(resize_mu_);
+    std::lock_guard take(take_mu_);
+    if (!writable_.exchange(false)) return Status::OK();
+    if (!held_.load()) return Status::OK();
+    Status st;
+    if (int r = image_->flush(); r < 0) st = Err(r, "rbd: flushing " + Where());
+    int r = image_->lock_release();
+    held_.store(false);
+    StopLocalReads();
+    if (r < 0 && st.ok()) st = Err(r, "rbd: releasing the lock of " + Where());
+    return st;
+  }
 
   Status Read(uint64_t offset, MutableByteView buf) override {
     std::shared_lock lock(resize_mu_);
@@ -367,6 +386,7 @@ class RbdDisk : public Disk {
     RETURN_IF_ERROR(CheckWritable());
     RETURN_IF_ERROR(TakeLock());
     std::shared_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckWritable());  // StopWriting may have run meanwhile
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
     if (buf.empty()) return Status::OK();
     if (LocalParent* local = Local()) local->MarkChild(offset, buf.size());
@@ -386,6 +406,7 @@ class RbdDisk : public Disk {
     RETURN_IF_ERROR(CheckWritable());
     RETURN_IF_ERROR(TakeLock());
     std::shared_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckWritable());
     length = ClipToSize(offset, length);
     if (length == 0) return Status::OK();
     if (LocalParent* local = Local()) local->MarkChild(offset, length);
@@ -398,7 +419,7 @@ class RbdDisk : public Disk {
   }
 
   Status Flush() override {
-    if (!writable_ || !held_.load()) return Status::OK();
+    if (!held_.load()) return Status::OK();
     int r = image_->flush();
     if (r < 0) {
       StopLocalReads();
@@ -413,6 +434,7 @@ class RbdDisk : public Disk {
     if (new_size == cur) return Status::OK();
     RETURN_IF_ERROR(TakeLock());
     std::unique_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckWritable());
     cur = size_.load();
     if (new_size == cur) return Status::OK();
     if (new_size < cur && !allow_shrink) {
@@ -496,7 +518,8 @@ class RbdDisk : public Disk {
     if (s.ok()) s = TakeLock();
     if (!s.ok()) return done(std::move(s));
     std::shared_lock lock(resize_mu_);
-    s = CheckRange(offset, buf.size());
+    s = CheckWritable();
+    if (s.ok()) s = CheckRange(offset, buf.size());
     if (!s.ok() || buf.empty()) return done(std::move(s));
     if (LocalParent* local = Local()) local->MarkChild(offset, buf.size());
     ceph::bufferlist bl;
@@ -512,6 +535,8 @@ class RbdDisk : public Disk {
     if (s.ok()) s = TakeLock();
     if (!s.ok()) return done(std::move(s));
     std::shared_lock lock(resize_mu_);
+    s = CheckWritable();
+    if (!s.ok()) return done(std::move(s));
     length = ClipToSize(offset, length);
     if (length == 0) return done(Status::OK());
     if (LocalParent* local = Local()) local->MarkChild(offset, length);
@@ -522,7 +547,7 @@ class RbdDisk : public Disk {
   }
 
   void FlushAsync(Callback done) override {
-    if (!writable_ || !held_.load()) return done(Status::OK());
+    if (!held_.load()) return done(Status::OK());
     librbd::RBD::AioCompletion* c = nullptr;
     AioRequest* req = Start(std::move(done), "rbd: flushing", &c);
     int r = c ? image_->aio_flush(c) : -ENOMEM;
@@ -546,6 +571,7 @@ class RbdDisk : public Disk {
     if (held_.load(std::memory_order_acquire)) return Status::OK();
     std::lock_guard lock(take_mu_);
     if (held_.load()) return Status::OK();
+    RETURN_IF_ERROR(CheckWritable());  // StopWriting ran
     auto deadline = std::chrono::steady_clock::now() + kHandOverWait;
     for (;;) {
       int r = image_->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
@@ -654,7 +680,7 @@ class RbdDisk : public Disk {
   }
 
   Status CheckWritable() const {
-    if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+    if (!writable_.load()) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
     return Status::OK();
   }
 
@@ -726,7 +752,7 @@ class RbdDisk : public Disk {
   const DiskRef ref_;
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
-  const bool writable_;
+  std::atomic<bool> writable_;  // cleared once by StopWriting
   mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   // Changed under resize_mu_ held exclusively, or held shared by size()
   // taking in another client's resize.

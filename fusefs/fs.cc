@@ -891,10 +891,26 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
 }
 
 void FileSystem::DowngradeToReadOnly(OpenFile& of, const DiskRef& ref) {
+  std::shared_ptr<Disk> cur;
   {
     std::lock_guard lock(of.mu);
     if (!of.writable || !of.disk) return;
+    cur = of.disk;
   }
+  // In place when the backend can (rbd): the lock goes at once.
+  Status st = cur->StopWriting();
+  if (st.code() != Code::kNotSupported) {
+    {
+      std::lock_guard lock(of.mu);
+      of.writable = false;
+    }
+    of.dirty = false;
+    if (!st.ok()) {
+      spdlog::error("flushing {} on its last writer's close: {}", ref.ToString(), st.ToString());
+    }
+    return;
+  }
+  cur.reset();
   auto disk = disks_.Open(ref, OpenMode::kReadOnly);
   if (!disk.ok()) {
     spdlog::warn("{}: keeping it open for writing (and locked) after its last writer closed: {}",

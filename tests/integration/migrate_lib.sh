@@ -79,6 +79,9 @@ mig_migrate() {
   e2e_qmp "$T/$src.qmp" migrate "{\"uri\": \"tcp:127.0.0.1:$port\"}" >/dev/null
   st="$(mig_wait "$src")"
   [[ "$st" == completed ]] || fail "migration $src -> $dst: $st: $(e2e_qmp "$T/$src.qmp" query-migrate)"
+  # The source reports completion before the destination has loaded the
+  # last of the state; libvirt's Finish step waits for that too.
+  while [[ "$(mig_status "$dst")" == inmigrate ]]; do sleep 0.05; done
 }
 
 # mig_quit NAME PID: quits qemu NAME and waits for it to be gone.

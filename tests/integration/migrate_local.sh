@@ -67,6 +67,7 @@ port="$(mig_free_port)"
 e2e_qmp "$T/dst.qmp" migrate-incoming "{\"uri\": \"tcp:127.0.0.1:$port\"}" >/dev/null
 e2e_qmp "$T/src.qmp" migrate "{\"uri\": \"tcp:127.0.0.1:$port\"}" >/dev/null
 [[ "$(mig_wait src)" == completed ]] || fail "the migration did not complete"
+while [[ "$(mig_status dst)" == inmigrate ]]; do sleep 0.05; done
 e2e_qmp "$T/src.qmp" block-job-cancel '{"device": "mirror0"}' >/dev/null
 while [[ -n "$(e2e_qmp "$T/src.qmp" query-block-jobs | jq -r '.[].device')" ]]; do sleep 0.1; done
 e2e_qmp "$T/dst.qmp" nbd-server-stop >/dev/null

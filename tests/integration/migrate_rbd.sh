@@ -152,6 +152,7 @@ e2e_qmp "$T/$last.qmp" block_resize '{"device": "disk0", "size": 100663296}' >/d
   fail "the resize did not happen during the migration"
 e2e_qmp "$T/$last.qmp" migrate-set-parameters '{"max-bandwidth": 1073741824}' >/dev/null
 [[ "$(mig_wait "$last")" == completed ]] || fail "the migration after the resize did not complete"
+while [[ "$(mig_status qg)" == inmigrate ]]; do sleep 0.05; done
 e2e_qmp "$T/qg.qmp" cont >/dev/null
 size="$(e2e_qmp "$T/qg.qmp" query-block | jq -r '.[] | select(.device == "disk0") | .inserted.image."virtual-size"')"
 ((size == 96 * MiB)) || fail "the destination's qemu sees $size bytes, not 96 MiB"

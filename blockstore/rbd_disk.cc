@@ -359,10 +359,10 @@ class RbdDisk : public Disk {
     if (!writable_.exchange(false)) return Status::OK();
     if (!held_.load()) return Status::OK();
     Status st;
+    if (LocalParent* local = Local()) local->overlap.store(0);  // for good
     if (int r = image_->flush(); r < 0) st = Err(r, "rbd: flushing " + Where());
     int r = image_->lock_release();
     held_.store(false);
-    StopLocalReads();
     if (r < 0 && st.ok()) st = Err(r, "rbd: releasing the lock of " + Where());
     return st;
   }

@@ -241,10 +241,12 @@ class FileSystem {
   // the read-only disk goes through WaitIdle.
   Status UpgradeToWritable(OpenFile& of, const DiskRef& ref);
   // The last handle open for writing was released while read-only ones
-  // remain: reopens the disk read-only so that the backend's write lock is
-  // released (qemu's migration source reopens its image read-only when the
-  // migration completes; the destination then takes the lock). The writable
-  // disk is flushed first; on failure it stays open, and locked.
+  // remain: the disk stops writing (Disk::StopWriting: flush, release the
+  // backend's write lock, keep the handle for reads), or, where the backend
+  // cannot, is reopened read-only (the writable disk flushed and closed; if
+  // the reopen fails it stays open, and locked). qemu's migration source
+  // reopens its image read-only when the migration completes; the
+  // destination then takes the lock. A flush error is logged.
   void DowngradeToReadOnly(OpenFile& of, const DiskRef& ref);
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags);
   void ForgetNameLocked(const std::string& key);

@@ -97,15 +97,16 @@ class Qmp:
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX)
         self.s.connect(path)
-        self.f = self.s.makefile("rw")
+        self.r = self.s.makefile("r")
+        self.w = self.s.makefile("w")
         self.events = []
-        self.f.readline()
+        self.r.readline()
         self.cmd("qmp_capabilities")
     def cmd(self, c, **args):
-        self.f.write(json.dumps({"execute": c, "arguments": args}) + "\n")
-        self.f.flush()
+        self.w.write(json.dumps({"execute": c, "arguments": args}) + "\n")
+        self.w.flush()
         while True:
-            m = json.loads(self.f.readline())
+            m = json.loads(self.r.readline())
             if "event" in m:
                 self.events.append(m)
             elif "error" in m:

@@ -20,6 +20,8 @@
 #include <set>
 #include <shared_mutex>
 #include <thread>
+#include <unordered_map>
+#include <functional>
 
 namespace imgfs {
 namespace {
@@ -285,6 +287,37 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
 constexpr auto kHandOverWait = std::chrono::seconds(5);
 constexpr auto kHandOverPoll = std::chrono::milliseconds(5);
 
+class RbdDisk;
+
+// The disks a backend has open for writing, by RBD image name: Info of such
+// a disk reads from its open image (its header is watched, so librbd keeps
+// it current) instead of opening the image again, which costs several round
+// trips (qemu stats its disk file when it activates or inactivates it in a
+// live migration). A disk leaves it first thing in its destructor.
+struct OpenDisks {
+  std::mutex mu;
+  std::unordered_multimap<std::string, const RbdDisk*> by_name;  // GUARDED_BY(mu)
+};
+
+Result<DiskAttrs> ParseAttrs(const std::function<Result<std::string>(const char*)>& get) {
+  DiskAttrs a;
+  std::pair<const char*, uint32_t*> kv[] = {
+      {"imgfs.mode", &a.mode}, {"imgfs.uid", &a.uid}, {"imgfs.gid", &a.gid}};
+  for (auto& [k, p] : kv) {
+    auto v = get(k);
+    if (!v.ok()) {
+      if (v.status().IsNotFound()) continue;
+      return v.status();
+    }
+    try {
+      *p = static_cast<uint32_t>(std::stoul(*v));
+    } catch (...) {
+      return Status::Corruption(std::string("rbd: metadata ") + k + " is not a number: " + *v);
+    }
+  }
+  return a;
+}
+
 class RbdDisk : public Disk {
  public:
   // `held`: the exclusive lock was taken by the open (writable disks);
@@ -316,6 +349,16 @@ class RbdDisk : public Disk {
   }
 
   ~RbdDisk() override {
+    if (open_disks_) {
+      std::lock_guard reg(open_disks_->mu);
+      auto [b, e] = open_disks_->by_name.equal_range(name_);
+      for (auto it = b; it != e; ++it) {
+        if (it->second == this) {
+          open_disks_->by_name.erase(it);
+          break;
+        }
+      }
+    }
     std::unique_lock lock(inflight_mu_);
     inflight_cv_.wait(lock, [&] { return inflight_ == 0; });
     lock.unlock();
@@ -347,6 +390,55 @@ class RbdDisk : public Disk {
     return size_.load();
   }
   bool writable() const override { return writable_.load(); }
+
+  // Joins the backend's OpenDisks (writable disks only: their header is
+  // watched).
+  void Register(std::shared_ptr<OpenDisks> reg) {
+    std::lock_guard lock(reg->mu);
+    reg->by_name.emplace(name_, this);
+    open_disks_ = std::move(reg);
+  }
+
+  // DiskBackend::Info from the open image; `info->ref` and `location` are
+  // the caller's. Called with OpenDisks::mu held.
+  Status FillInfo(DiskInfo* info) const {
+    info->size = size();
+    librbd::linked_image_spec_t parent;
+    librbd::snap_spec_t snap;
+    int r = image_->get_parent(&parent, &snap);
+    if (r == 0) {
+      if (parent.image_name.starts_with(kBasePrefix)) {
+        auto id = ImageId::FromHex(
+            std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+        if (id.ok()) info->parent = *id;
+      }
+    } else if (r != -ENOENT) {
+      return Err(r, "rbd: parent of " + Where());
+    }
+    uint64_t owned = 0;
+    // (librbd asserts on an empty range.)
+    r = info->size == 0 ? 0
+                        : image_->diff_iterate2(
+                              nullptr, 0, info->size, false, true,
+                              [](uint64_t, size_t len, int exists, void* arg) {
+                                if (exists) *static_cast<uint64_t*>(arg) += len;
+                                return 0;
+                              },
+                              &owned);
+    if (r < 0) return Err(r, "rbd: usage of " + Where());
+    info->owned_bytes = owned;
+    timespec ts{};
+    if (image_->get_modify_timestamp(&ts) == 0) {
+      info->mtime_ns = int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+    }
+    ASSIGN_OR_RETURN(info->attrs, ParseAttrs([&](const char* key) -> Result<std::string> {
+                       std::string v;
+                       int r2 = image_->metadata_get(key, &v);
+                       if (r2 < 0) return Err(r2, std::string("rbd: reading metadata ") + key);
+                       return v;
+                     }));
+    return Status::OK();
+  }
 
   // The migration source's last writer closed: let the lock go now (the
   // destination is waiting for it), keep the handle for reads. Under
@@ -753,6 +845,7 @@ class RbdDisk : public Disk {
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
   std::atomic<bool> writable_;  // cleared once by StopWriting
+  std::shared_ptr<OpenDisks> open_disks_;  // set once by Register, before other threads see it
   mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   // Changed under resize_mu_ held exclusively, or held shared by size()
   // taking in another client's resize.
@@ -822,7 +915,7 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
 class RbdDiskBackend : public DiskBackend {
  public:
   RbdDiskBackend(std::shared_ptr<Connection> conn, ImageSource* images)
-      : conn_(std::move(conn)), images_(images) {}
+      : conn_(std::move(conn)), images_(images), open_disks_(std::make_shared<OpenDisks>()) {}
 
   std::string Describe() const override { return "rbd:" + conn_->where; }
 
@@ -908,6 +1001,7 @@ class RbdDiskBackend : public DiskBackend {
     if (r = img->size(&size); r < 0) return Err(r, "rbd: size of " + Where(name));
     auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw, held, size);
     RETURN_IF_ERROR(disk->Init());
+    if (rw) disk->Register(open_disks_);
     return std::unique_ptr<Disk>(std::move(disk));
   }
 
@@ -935,6 +1029,17 @@ class RbdDiskBackend : public DiskBackend {
   Result<DiskInfo> Info(const DiskRef& ref) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
+    {
+      std::lock_guard lock(open_disks_->mu);
+      auto it = open_disks_->by_name.find(name);
+      if (it != open_disks_->by_name.end()) {
+        DiskInfo info;
+        info.ref = ref;
+        info.location = "rbd:" + Where(name);
+        RETURN_IF_ERROR(it->second->FillInfo(&info));
+        return info;
+      }
+    }
     auto img = OpenImage(*conn_, name, true);
     if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
     DiskInfo info;
@@ -1118,22 +1223,7 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   static Result<DiskAttrs> ReadAttrs(rbd_image_t img) {
-    DiskAttrs a;
-    std::pair<const char*, uint32_t*> kv[] = {
-        {"imgfs.mode", &a.mode}, {"imgfs.uid", &a.uid}, {"imgfs.gid", &a.gid}};
-    for (auto& [k, p] : kv) {
-      auto v = GetMetadata(img, k);
-      if (!v.ok()) {
-        if (v.status().IsNotFound()) continue;
-        return v.status();
-      }
-      try {
-        *p = static_cast<uint32_t>(std::stoul(*v));
-      } catch (...) {
-        return Status::Corruption(std::string("rbd: metadata ") + k + " is not a number: " + *v);
-      }
-    }
-    return a;
+    return ParseAttrs([img](const char* key) { return GetMetadata(img, key); });
   }
 
   Result<std::set<std::string>> ReadInstanceMarkers() {
@@ -1614,6 +1704,7 @@ class RbdDiskBackend : public DiskBackend {
 
   std::shared_ptr<Connection> conn_;  // constant after construction
   ImageSource* images_;               // constant after construction
+  const std::shared_ptr<OpenDisks> open_disks_;
 };
 
 Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephOptions* ceph) {

@@ -18,6 +18,8 @@
 //     crash of the process; a crash may lose only what was not flushed;
 //   - a disk opened for writing is locked: a second Open for writing, and
 //     Remove, from this or any other process, fail with Busy ("in use").
+//     OpenMode::kReadWriteStandby relaxes the second Open, not the lock (see
+//     there).
 #pragma once
 
 #include <cstdint>
@@ -58,7 +60,15 @@ struct DiskInfo {
   std::string location;  // backend-specific: a directory, or "rbd:pool/name"
 };
 
-enum class OpenMode : uint8_t { kReadOnly, kReadWrite };
+// kReadWriteStandby: as kReadWrite, except that when another client holds
+// the disk's write lock the open succeeds anyway, "in standby": reads work,
+// and the first write, discard or resize takes the lock, waiting up to a few
+// seconds for a holder that is letting it go (a live migration hands the
+// disk over this way, docs/rbd.md "Live migration"), else fails with Busy
+// and writes nothing. Flush of a disk that never held the lock is OK (it
+// wrote nothing). Backends that cannot hand a disk over between clients
+// (local, mem) treat it as kReadWrite.
+enum class OpenMode : uint8_t { kReadOnly, kReadWrite, kReadWriteStandby };
 
 // Bytes read into buffers the disk chose, so that the caller can pass them
 // on without copying them (the mount replies with them): `pieces`, in order,
@@ -112,6 +122,13 @@ class Disk {
   virtual void WriteAsync(uint64_t offset, ByteView buf, Callback done);
   virtual void DiscardAsync(uint64_t offset, uint64_t length, Callback done);
   virtual void FlushAsync(Callback done);
+
+  // Stops writing in place: flushes, releases the backend's write lock
+  // (another client may take it at once) and makes the handle read-only
+  // (writes fail with ReadOnly; reads go on). The flush's error is returned;
+  // the lock is released anyway. NotSupported when the backend cannot (the
+  // caller reopens the disk read-only instead); OK for a read-only handle.
+  virtual Status StopWriting() { return Status::NotSupported("stop writing in place"); }
 
   // Reads `length` bytes at `offset` (within size()) into buffers of the
   // disk's choosing; `done` as for the async forms above. The default

@@ -944,7 +944,7 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
                                                      bool with_parent) {
   RETURN_IF_ERROR(ValidateRef(ref));
   std::string dir = DiskDir(ref);
-  bool rw = mode == OpenMode::kReadWrite;
+  bool rw = mode != OpenMode::kReadOnly;
   UniqueFd lock;
   if (rw) {
     ASSIGN_OR_RETURN(lock, LockDisk(dir, ref));

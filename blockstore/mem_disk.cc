@@ -237,7 +237,7 @@ class MemBackend final : public DiskBackend {
     RETURN_IF_ERROR(ValidateRef(ref));
     std::lock_guard lock(mu_);
     ASSIGN_OR_RETURN(auto st, Find(ref));
-    bool rw = mode == OpenMode::kReadWrite;
+    bool rw = mode != OpenMode::kReadOnly;
     if (rw) {
       if (st->open_rw) return InUse(ref);
       st->open_rw = true;

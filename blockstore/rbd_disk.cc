@@ -21,6 +21,8 @@
 #include <set>
 #include <shared_mutex>
 #include <thread>
+#include <unordered_map>
+#include <functional>
 
 namespace imgfs {
 namespace {
@@ -209,32 +211,30 @@ int CollectExtent(uint64_t off, size_t len, int exists, void* arg) {
 // The parent's bytes of a clone, read from the local image store instead of
 // from the cluster: the base `imgfs.base.<id>@base` holds exactly the bytes
 // of stored image <id> (content-addressed, and a snapshot never changes).
-// Used only for a disk open for writing: its exclusive lock is held with
-// librbd's automatic transitions off, so nothing but this handle writes the
-// clone, and `child` (which of its objects the clone has) stays exact: it is
-// filled from the object map at open, set before any write or discard
-// reaches an object, and never cleared. A read goes to the local image only
+// Used only while the disk holds its exclusive lock, taken with librbd's
+// automatic transitions off, so nothing but this handle writes the clone,
+// and `child` (which of its objects the clone has) stays exact: it is
+// filled from the object map when the lock is taken (librbd loads the map
+// afresh then), set before any write or discard reaches an object, and never
+// cleared. A disk opened in standby (another client held the lock) has none
+// until its first write takes the lock. A read goes to the local image only
 // when it lies below the parent overlap and within objects the clone does
 // not have; there the clone reads the parent, so the bytes are the same.
 // Header changes made through other clients (`rbd resize` or `rbd flatten`
-// are forwarded to the lock owner, us) are watched: the next read then asks
-// librbd for the overlap again.
-struct LocalParent : public librbd::UpdateWatchCtx {
+// are forwarded to the lock owner, us) reach the disk's header watch
+// (HeaderWatch): the next read then asks librbd for the overlap again.
+struct LocalParent {
   std::shared_ptr<ImageReader> image;
   uint64_t object_size = 0;
   std::atomic<uint64_t> overlap{0};  // only shrinks (with the disk)
-  size_t objects = 0;                // of the overlap at open
+  size_t objects = 0;                // of the overlap when the lock was taken
   std::unique_ptr<std::atomic<bool>[]> child;
-  std::atomic<bool> header_changed{false};
-  std::optional<uint64_t> watch;  // update_watch handle
   // A client cut off from the cluster (blocklisted when another host breaks
   // its lock) must not go on answering from here: at most once a second a
   // read also stats the image header in the cluster, and a failure stops
   // the local reads.
   std::string header_oid;
   std::atomic<int64_t> next_check_ns{0};
-
-  void handle_notify() override { header_changed.store(true); }
 
   void LowerOverlap(uint64_t to) {
     uint64_t cur = overlap.load();
@@ -262,35 +262,203 @@ struct LocalParent : public librbd::UpdateWatchCtx {
   }
 };
 
+// librbd's header watch of a disk open for writing: another client changed
+// the image header (a resize by the lock owner, a flatten, a shrink of the
+// overlap). The next size() asks librbd for the size again, and the next
+// read for the parent overlap. Read-only librbd handles get no such
+// notifications (librbd does not watch the header for them).
+struct HeaderWatch : public librbd::UpdateWatchCtx {
+  std::atomic<bool> size_changed{false};
+  std::atomic<bool> overlap_changed{false};
+  std::optional<uint64_t> handle;
+
+  void handle_notify() override {
+    size_changed.store(true);
+    overlap_changed.store(true);
+  }
+};
+
+std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* images,
+                                             librbd::Image& img, const std::string& name);
+
+// How long a disk opened in standby waits, at its first write, for a lock
+// holder that is letting the lock go (qemu's source closes its writable
+// descriptor when a migration completes, a moment after the destination may
+// already write), before the write fails with Busy.
+constexpr auto kHandOverWait = std::chrono::seconds(5);
+constexpr auto kHandOverPoll = std::chrono::milliseconds(5);
+
+class RbdDisk;
+
+// The disks a backend has open for writing, by RBD image name: Info of such
+// a disk reads from its open image (its header is watched, so librbd keeps
+// it current) instead of opening the image again, which costs several round
+// trips (qemu stats its disk file when it activates or inactivates it in a
+// live migration). A disk leaves it first thing in its destructor.
+struct OpenDisks {
+  std::mutex mu;
+  std::unordered_multimap<std::string, const RbdDisk*> by_name;  // GUARDED_BY(mu)
+};
+
+Result<DiskAttrs> ParseAttrs(const std::function<Result<std::string>(const char*)>& get) {
+  DiskAttrs a;
+  std::pair<const char*, uint32_t*> kv[] = {
+      {"imgfs.mode", &a.mode}, {"imgfs.uid", &a.uid}, {"imgfs.gid", &a.gid}};
+  for (auto& [k, p] : kv) {
+    auto v = get(k);
+    if (!v.ok()) {
+      if (v.status().IsNotFound()) continue;
+      return v.status();
+    }
+    try {
+      *p = static_cast<uint32_t>(std::stoul(*v));
+    } catch (...) {
+      return Status::Corruption(std::string("rbd: metadata ") + k + " is not a number: " + *v);
+    }
+  }
+  return a;
+}
+
 class RbdDisk : public Disk {
  public:
-  RbdDisk(std::shared_ptr<Connection> conn, DiskRef ref, std::string name,
-          std::unique_ptr<librbd::Image> image, bool writable, uint64_t size,
-          std::unique_ptr<LocalParent> local)
+  // `held`: the exclusive lock was taken by the open (writable disks);
+  // a writable disk without it is in standby (OpenMode::kReadWriteStandby).
+  RbdDisk(std::shared_ptr<Connection> conn, ImageSource* images, DiskRef ref, std::string name,
+          std::unique_ptr<librbd::Image> image, bool writable, bool held, uint64_t size)
       : conn_(std::move(conn)),
+        images_(images),
         ref_(std::move(ref)),
         name_(std::move(name)),
         image_(std::move(image)),
-        local_(std::move(local)),
         writable_(writable),
-        size_(size) {}
+        size_(size),
+        held_(held) {}
+
+  // Starts the header watch (writable disks) and, with the lock held, the
+  // local parent reads.
+  Status Init() {
+    if (!writable_) return Status::OK();
+    uint64_t handle = 0;
+    if (int r = image_->update_watch(&watch_, &handle); r < 0) {
+      return Err(r, "rbd: watching the header of " + Where());
+    }
+    watch_.handle = handle;
+    // A change made before the watch began.
+    watch_.size_changed = true;
+    if (held_) StartLocalReads();
+    return Status::OK();
+  }
 
   ~RbdDisk() override {
+    if (open_disks_) {
+      std::lock_guard reg(open_disks_->mu);
+      auto [b, e] = open_disks_->by_name.equal_range(name_);
+      for (auto it = b; it != e; ++it) {
+        if (it->second == this) {
+          open_disks_->by_name.erase(it);
+          break;
+        }
+      }
+    }
     std::unique_lock lock(inflight_mu_);
     inflight_cv_.wait(lock, [&] { return inflight_ == 0; });
     lock.unlock();
-    if (writable_) {
+    // A disk in standby never wrote: nothing to flush, no lock to let go.
+    if (held_.load()) {
       if (int r = image_->flush(); r < 0) {
         spdlog::error("{}", Err(r, "rbd: flushing " + Where() + " on close").ToString());
       }
+      // librbd flushes again and waits for every request in flight before it
+      // unlocks: the next holder sees all of this handle's writes.
       (void)image_->lock_release();
     }
-    if (local_ && local_->watch) (void)image_->update_unwatch(*local_->watch);
+    if (watch_.handle) (void)image_->update_unwatch(*watch_.handle);
   }
 
   const DiskRef& ref() const override { return ref_; }
-  uint64_t size() const override { return size_.load(); }
-  bool writable() const override { return writable_; }
+  // Follows a size set by another client (the lock owner's resize, seen by
+  // the header watch): asks librbd again after a change.
+  uint64_t size() const override {
+    if (watch_.size_changed.exchange(false)) {
+      std::shared_lock lock(resize_mu_);
+      uint64_t s = 0;
+      if (image_->size(&s) == 0) {
+        size_.store(s);
+      } else {
+        watch_.size_changed.store(true);  // try again next time
+      }
+    }
+    return size_.load();
+  }
+  bool writable() const override { return writable_.load(); }
+
+  // Joins the backend's OpenDisks (writable disks only: their header is
+  // watched).
+  void Register(std::shared_ptr<OpenDisks> reg) {
+    std::lock_guard lock(reg->mu);
+    reg->by_name.emplace(name_, this);
+    open_disks_ = std::move(reg);
+  }
+
+  // DiskBackend::Info from the open image; `info->ref` and `location` are
+  // the caller's. Called with OpenDisks::mu held.
+  Status FillInfo(DiskInfo* info) const {
+    info->size = size();
+    librbd::linked_image_spec_t parent;
+    librbd::snap_spec_t snap;
+    int r = image_->get_parent(&parent, &snap);
+    if (r == 0) {
+      if (parent.image_name.starts_with(kBasePrefix)) {
+        auto id = ImageId::FromHex(
+            std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+        if (id.ok()) info->parent = *id;
+      }
+    } else if (r != -ENOENT) {
+      return Err(r, "rbd: parent of " + Where());
+    }
+    uint64_t owned = 0;
+    // (librbd asserts on an empty range.)
+    r = info->size == 0 ? 0
+                        : image_->diff_iterate2(
+                              nullptr, 0, info->size, false, true,
+                              [](uint64_t, size_t len, int exists, void* arg) {
+                                if (exists) *static_cast<uint64_t*>(arg) += len;
+                                return 0;
+                              },
+                              &owned);
+    if (r < 0) return Err(r, "rbd: usage of " + Where());
+    info->owned_bytes = owned;
+    timespec ts{};
+    if (image_->get_modify_timestamp(&ts) == 0) {
+      info->mtime_ns = int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+    }
+    ASSIGN_OR_RETURN(info->attrs, ParseAttrs([&](const char* key) -> Result<std::string> {
+                       std::string v;
+                       int r2 = image_->metadata_get(key, &v);
+                       if (r2 < 0) return Err(r2, std::string("rbd: reading metadata ") + key);
+                       return v;
+                     }));
+    return Status::OK();
+  }
+
+  // The migration source's last writer closed: let the lock go now (the
+  // destination is waiting for it), keep the handle for reads. Under
+  // resize_mu_ held exclusively no request is being started; librbd's
+  // lock_release waits for the ones in flight. The local parent reads stop
+  // (they rely on the lock).
+  Status StopWriting() override {
+    std::unique_lock lock(resize_mu_);
+    std::lock_guard take(take_mu_);
+    if (!writable_.exchange(false)) return Status::OK();
+    if (!held_.load()) return Status::OK();
+    Status st;
+    if (LocalParent* local = Local()) local->overlap.store(0);  // for good
+    if (int r = image_->flush(); r < 0) st = Err(r, "rbd: flushing " + Where());
+    int r = image_->lock_release();
+    held_.store(false);
+    if (r < 0 && st.ok()) st = Err(r, "rbd: releasing the lock of " + Where());
+    return st;
+  }
 
   Status Read(uint64_t offset, MutableByteView buf) override {
     std::shared_lock lock(resize_mu_);
@@ -308,11 +476,13 @@ class RbdDisk : public Disk {
   }
 
   Status Write(uint64_t offset, ByteView buf) override {
-    std::shared_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckWritable());
+    RETURN_IF_ERROR(TakeLock());
+    std::shared_lock lock(resize_mu_);
+    RETURN_IF_ERROR(CheckWritable());  // StopWriting may have run meanwhile
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
     if (buf.empty()) return Status::OK();
-    if (local_) local_->MarkChild(offset, buf.size());
+    if (LocalParent* local = Local()) local->MarkChild(offset, buf.size());
     ceph::bufferlist bl;
     bl.append(reinterpret_cast<const char*>(buf.data()), buf.size());
     ssize_t r = image_->write2(offset, buf.size(), bl, 0);
@@ -326,11 +496,13 @@ class RbdDisk : public Disk {
   }
 
   Status Discard(uint64_t offset, uint64_t length) override {
+    RETURN_IF_ERROR(CheckWritable());
+    RETURN_IF_ERROR(TakeLock());
     std::shared_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckWritable());
     length = ClipToSize(offset, length);
     if (length == 0) return Status::OK();
-    if (local_) local_->MarkChild(offset, length);
+    if (LocalParent* local = Local()) local->MarkChild(offset, length);
     int r = image_->discard(offset, length);
     if (r < 0) {
       StopLocalReads();
@@ -340,7 +512,7 @@ class RbdDisk : public Disk {
   }
 
   Status Flush() override {
-    if (!writable_) return Status::OK();
+    if (!held_.load()) return Status::OK();
     int r = image_->flush();
     if (r < 0) {
       StopLocalReads();
@@ -350,9 +522,13 @@ class RbdDisk : public Disk {
   }
 
   Status Resize(uint64_t new_size, bool allow_shrink) override {
+    RETURN_IF_ERROR(CheckWritable());
+    uint64_t cur = size();  // as set elsewhere, if it was
+    if (new_size == cur) return Status::OK();
+    RETURN_IF_ERROR(TakeLock());
     std::unique_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckWritable());
-    uint64_t cur = size_.load();
+    cur = size_.load();
     if (new_size == cur) return Status::OK();
     if (new_size < cur && !allow_shrink) {
       return Status::PermissionDenied("disk " + ref_.ToString() + ": shrinking from " +
@@ -366,9 +542,10 @@ class RbdDisk : public Disk {
     // A shrink lowers the parent overlap (librbd does the same): what is
     // regrown beyond it reads zeros, not the parent. librbd copies up the
     // object the new end falls in, to truncate it.
-    if (local_ && new_size < local_->overlap.load()) {
-      local_->MarkChild(new_size, 1);
-      local_->LowerOverlap(new_size);
+    LocalParent* local = Local();
+    if (local && new_size < local->overlap.load()) {
+      local->MarkChild(new_size, 1);
+      local->LowerOverlap(new_size);
     }
     int r = image_->resize(new_size);
     if (r < 0) return Err(r, "rbd: resizing " + Where());
@@ -430,11 +607,14 @@ class RbdDisk : public Disk {
   }
 
   void WriteAsync(uint64_t offset, ByteView buf, Callback done) override {
-    std::shared_lock lock(resize_mu_);
     Status s = CheckWritable();
+    if (s.ok()) s = TakeLock();
+    if (!s.ok()) return done(std::move(s));
+    std::shared_lock lock(resize_mu_);
+    s = CheckWritable();
     if (s.ok()) s = CheckRange(offset, buf.size());
     if (!s.ok() || buf.empty()) return done(std::move(s));
-    if (local_) local_->MarkChild(offset, buf.size());
+    if (LocalParent* local = Local()) local->MarkChild(offset, buf.size());
     ceph::bufferlist bl;
     bl.append(reinterpret_cast<const char*>(buf.data()), buf.size());
     librbd::RBD::AioCompletion* c = nullptr;
@@ -444,11 +624,15 @@ class RbdDisk : public Disk {
   }
 
   void DiscardAsync(uint64_t offset, uint64_t length, Callback done) override {
-    std::shared_lock lock(resize_mu_);
     Status s = CheckWritable();
+    if (s.ok()) s = TakeLock();
+    if (!s.ok()) return done(std::move(s));
+    std::shared_lock lock(resize_mu_);
+    s = CheckWritable();
+    if (!s.ok()) return done(std::move(s));
     length = ClipToSize(offset, length);
-    if (!s.ok() || length == 0) return done(std::move(s));
-    if (local_) local_->MarkChild(offset, length);
+    if (length == 0) return done(Status::OK());
+    if (LocalParent* local = Local()) local->MarkChild(offset, length);
     librbd::RBD::AioCompletion* c = nullptr;
     AioRequest* req = Start(std::move(done), "rbd: discarding", &c);
     int r = c ? image_->aio_discard(offset, length, c) : -ENOMEM;
@@ -456,7 +640,7 @@ class RbdDisk : public Disk {
   }
 
   void FlushAsync(Callback done) override {
-    if (!writable_) return done(Status::OK());
+    if (!held_.load()) return done(Status::OK());
     librbd::RBD::AioCompletion* c = nullptr;
     AioRequest* req = Start(std::move(done), "rbd: flushing", &c);
     int r = c ? image_->aio_flush(c) : -ENOMEM;
@@ -466,30 +650,73 @@ class RbdDisk : public Disk {
  private:
   std::string Where() const { return conn_->where + "/" + name_; }
 
+  LocalParent* Local() const { return local_ptr_.load(std::memory_order_acquire); }
+
+  // A disk in standby takes the exclusive lock at its first write, discard
+  // or resize (rbd_lock_acquire, so librbd's automatic transitions stay off
+  // and the lock is kept until the disk is closed). A holder that is letting
+  // the lock go (a migration's source closing its writable descriptor) is
+  // waited for, up to kHandOverWait; a holder that keeps it (a writer still
+  // running) makes this Busy, and nothing is written. librbd reloads the
+  // object map when it takes the lock, so what another client wrote is seen;
+  // then the local parent reads start.
+  Status TakeLock() {
+    if (held_.load(std::memory_order_acquire)) return Status::OK();
+    std::lock_guard lock(take_mu_);
+    if (held_.load()) return Status::OK();
+    RETURN_IF_ERROR(CheckWritable());  // StopWriting ran
+    auto deadline = std::chrono::steady_clock::now() + kHandOverWait;
+    for (;;) {
+      int r = image_->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
+      if (r == 0) break;
+      if (r != -EROFS && r != -EBUSY && r != -EAGAIN) return Err(r, "rbd: locking " + Where());
+      if (std::chrono::steady_clock::now() >= deadline) {
+        return Status::Busy("disk " + ref_.ToString() + " is in use (open for writing elsewhere)");
+      }
+      std::this_thread::sleep_for(kHandOverPoll);
+    }
+    spdlog::info("{}: took the write lock (the disk was in standby)", Where());
+    watch_.size_changed = true;
+    held_.store(true, std::memory_order_release);
+    StartLocalReads();
+    return Status::OK();
+  }
+
+  // Starts the local parent reads (once; the lock is held and kept).
+  void StartLocalReads() {
+    if (Local()) return;
+    local_ = OpenLocalParent(*conn_, images_, *image_, name_);
+    if (local_) {
+      watch_.overlap_changed = true;  // a change before the reads began
+      local_ptr_.store(local_.get(), std::memory_order_release);
+    }
+  }
+
   // Whether [offset, offset+length) is the parent's bytes (LocalParent),
   // after taking in a header change made by another client.
   bool LocalCovers(uint64_t offset, uint64_t length) {
-    if (!local_) return false;
-    if (local_->header_changed.exchange(false)) {
+    LocalParent* local = Local();
+    if (!local) return false;
+    if (watch_.overlap_changed.exchange(false)) {
       uint64_t overlap = 0;
       if (image_->overlap(&overlap) < 0) {
         StopLocalReads();
         return false;
       }
-      local_->LowerOverlap(overlap);
+      local->LowerOverlap(overlap);
     }
-    CheckStillConnected();
-    return local_->Covers(offset, length);
+    CheckStillConnected(*local);
+    return local->Covers(offset, length);
   }
 
   // Starts the once-a-second stat of the header (LocalParent::header_oid);
   // its completion counts as a request (Finished), so a failure stops the
   // local reads and the disk's destructor waits for it.
-  void CheckStillConnected() {
+  void CheckStillConnected(LocalParent& local) {
     using namespace std::chrono;
     int64_t now = duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
-    int64_t next = local_->next_check_ns.load();
-    if (now < next || !local_->next_check_ns.compare_exchange_strong(
+    int64_t next = local.next_check_ns.load();
+    if (now < next || !local.next_check_ns.compare_exchange_strong(
                           next, now + duration_cast<nanoseconds>(seconds(1)).count())) {
       return;
     }
@@ -500,7 +727,7 @@ class RbdDisk : public Disk {
     auto* check = new HeaderCheck{this};
     rados_completion_t c = nullptr;
     int r = rados_aio_create_completion2(check, &HeaderChecked, &c);
-    if (r == 0) r = rados_aio_stat(conn_->io, local_->header_oid.c_str(), c, &check->size, &check->mtime);
+    if (r == 0) r = rados_aio_stat(conn_->io, local.header_oid.c_str(), c, &check->size, &check->mtime);
     if (r < 0) {
       if (c) rados_aio_release(c);
       delete check;
@@ -527,7 +754,8 @@ class RbdDisk : public Disk {
   // cluster) every read goes to the cluster: the local reads rely on this
   // handle being the clone's only writer.
   void StopLocalReads() {
-    if (local_ && local_->overlap.exchange(0) != 0) {
+    LocalParent* local = Local();
+    if (local && local->overlap.exchange(0) != 0) {
       spdlog::warn("{}: a request failed; the parent's bytes are read from the cluster from now on",
                    Where());
     }
@@ -537,7 +765,7 @@ class RbdDisk : public Disk {
   // it from the cluster instead when the local image fails (a damaged chunk
   // is never returned: the cluster has the same bytes).
   bool ReadLocal(uint64_t offset, MutableByteView buf) {
-    Status st = local_->image->Read(offset, buf);
+    Status st = Local()->image->Read(offset, buf);
     if (st.ok()) return true;
     spdlog::warn("{}: reading the parent's bytes locally failed, reading them from the cluster: {}",
                  Where(), st.ToString());
@@ -545,7 +773,7 @@ class RbdDisk : public Disk {
   }
 
   Status CheckWritable() const {
-    if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+    if (!writable_.load()) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
     return Status::OK();
   }
 
@@ -613,23 +841,82 @@ class RbdDisk : public Disk {
   }
 
   std::shared_ptr<Connection> conn_;  // constant after construction
+  ImageSource* const images_;         // may be null
   const DiskRef ref_;
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
-  const std::unique_ptr<LocalParent> local_;     // null: every read goes to the cluster
-  const bool writable_;
-  std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
-  std::atomic<uint64_t> size_;   // changed under resize_mu_ held exclusively
+  std::atomic<bool> writable_;  // cleared once by StopWriting
+  std::shared_ptr<OpenDisks> open_disks_;  // set once by Register, before other threads see it
+  mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
+  // Changed under resize_mu_ held exclusively, or held shared by size()
+  // taking in another client's resize.
+  mutable std::atomic<uint64_t> size_;
+  mutable HeaderWatch watch_;  // registered for writable disks
+
+  std::mutex take_mu_;           // serialises TakeLock
+  std::atomic<bool> held_;       // the exclusive lock is ours (kept until destruction)
+  // Null: every read goes to the cluster. Set once, under take_mu_ or in
+  // Init, when the lock is held; local_ptr_ is what readers load.
+  std::unique_ptr<LocalParent> local_;
+  std::atomic<LocalParent*> local_ptr_{nullptr};
 
   std::mutex inflight_mu_;
   std::condition_variable inflight_cv_;
   size_t inflight_ = 0;  // GUARDED_BY(inflight_mu_)
 };
 
+// The local reads of a disk's parent (see LocalParent), or null when they
+// cannot be used: images are not local, the parent is not a base of this
+// pool, striping or a missing/invalid object map would make `child`
+// inexact or slow to build, or the image is not in the store. Never fails
+// the open: the cluster serves every read then.
+std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* images,
+                                             librbd::Image& img, const std::string& name) {
+  if (!images || !images->ReadsAreLocal()) return nullptr;
+  librbd::linked_image_spec_t parent;
+  librbd::snap_spec_t snap;
+  if (img.get_parent(&parent, &snap) < 0) return nullptr;  // -ENOENT: not a clone
+  if (parent.pool_name != conn.pool || parent.pool_namespace != conn.ns ||
+      parent.trash || snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
+    return nullptr;
+  }
+  auto id = ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+  uint64_t features = 0, flags = 0, overlap = 0;
+  librbd::image_info_t info{};
+  if (!id.ok() || img.features(&features) < 0 || img.get_flags(&flags) < 0 ||
+      img.overlap(&overlap) < 0 || img.stat(info, sizeof(info)) < 0) {
+    return nullptr;
+  }
+  constexpr uint64_t kMaps = RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF;
+  if ((features & kMaps) != kMaps || (flags & RBD_FLAG_OBJECT_MAP_INVALID) ||
+      img.get_stripe_count() != 1 || info.obj_size == 0 || overlap == 0) {
+    return nullptr;
+  }
+  auto image = images->OpenImage(*id);
+  if (!image.ok() || (*image)->size() < overlap) return nullptr;
+  auto local = std::make_unique<LocalParent>();
+  local->image = std::move(*image);
+  local->object_size = info.obj_size;
+  local->overlap = overlap;
+  local->objects = static_cast<size_t>((overlap + info.obj_size - 1) / info.obj_size);
+  local->child = std::make_unique<std::atomic<bool>[]>(local->objects);
+  std::vector<Extent> present;
+  if (img.diff_iterate2(nullptr, 0, overlap, false, true, &CollectExtent, &present) < 0) {
+    return nullptr;
+  }
+  for (const Extent& e : present) local->MarkChild(e.offset, e.length);
+  std::string image_id;
+  if (img.get_id(&image_id) < 0) return nullptr;
+  local->header_oid = "rbd_header." + image_id;
+  spdlog::debug("{}: reads of the parent's bytes come from local image {}", conn.where + "/" + name,
+                id->Hex());
+  return local;
+}
+
 class RbdDiskBackend : public DiskBackend {
  public:
   RbdDiskBackend(std::shared_ptr<Connection> conn, ImageSource* images)
-      : conn_(std::move(conn)), images_(images) {}
+      : conn_(std::move(conn)), images_(images), open_disks_(std::make_shared<OpenDisks>()) {}
 
   std::string Describe() const override { return "rbd:" + conn_->where; }
 
@@ -708,7 +995,7 @@ class RbdDiskBackend : public DiskBackend {
   Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
-    bool rw = mode == OpenMode::kReadWrite;
+    bool rw = mode != OpenMode::kReadOnly;
     // Disks use librbd's C++ API, whose reads hand over their buffers.
     librados::IoCtx io;
     librados::IoCtx::from_rados_ioctx_t(conn_->io, io);
@@ -717,22 +1004,29 @@ class RbdDiskBackend : public DiskBackend {
     int r = rw ? rbd.open(io, *img, name.c_str())
                : rbd.open_read_only(io, *img, name.c_str(), nullptr);
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: opening " + Where(name)), ref);
+    bool held = false;
     if (rw) {
       // A lock a dead earlier server of this mount still holds is broken
       // first: asking its owner would wait for an answer that never comes.
       BreakDeadOwner(*img, name);
       r = img->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
       if (r == -EROFS || r == -EBUSY || r == -EAGAIN) {
-        return Status::Busy("disk " + ref.ToString() + " is in use (open for writing elsewhere)");
+        if (mode != OpenMode::kReadWriteStandby) {
+          return Status::Busy("disk " + ref.ToString() + " is in use (open for writing elsewhere)");
+        }
+        spdlog::info("{}: open for writing elsewhere; opened in standby", Where(name));
+      } else if (r < 0) {
+        return Err(r, "rbd: locking " + Where(name));
+      } else {
+        held = true;
       }
-      if (r < 0) return Err(r, "rbd: locking " + Where(name));
     }
     uint64_t size = 0;
     if (r = img->size(&size); r < 0) return Err(r, "rbd: size of " + Where(name));
-    std::unique_ptr<LocalParent> local;
-    if (rw) local = OpenLocalParent(*img, name);
-    return std::unique_ptr<Disk>(std::make_unique<RbdDisk>(conn_, ref, name, std::move(img), rw,
-                                                           size, std::move(local)));
+    auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw, held, size);
+    RETURN_IF_ERROR(disk->Init());
+    if (rw) disk->Register(open_disks_);
+    return std::unique_ptr<Disk>(std::move(disk));
   }
 
   // Breaks the lock on `img` when its owner is a dead earlier server of this
@@ -766,57 +1060,6 @@ class RbdDiskBackend : public DiskBackend {
     return false;
   }
 
-  // The local reads of a disk's parent (see LocalParent), or null when they
-  // cannot be used: images are not local, the parent is not a base of this
-  // pool, striping or a missing/invalid object map would make `child`
-  // inexact or slow to build, or the image is not in the store. Never fails
-  // the open: the cluster serves every read then.
-  std::unique_ptr<LocalParent> OpenLocalParent(librbd::Image& img, const std::string& name) {
-    if (!images_ || !images_->ReadsAreLocal()) return nullptr;
-    librbd::linked_image_spec_t parent;
-    librbd::snap_spec_t snap;
-    if (img.get_parent(&parent, &snap) < 0) return nullptr;  // -ENOENT: not a clone
-    if (parent.pool_name != conn_->pool || parent.pool_namespace != conn_->ns ||
-        parent.trash || snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
-      return nullptr;
-    }
-    auto id = ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
-    uint64_t features = 0, flags = 0, overlap = 0;
-    librbd::image_info_t info{};
-    if (!id.ok() || img.features(&features) < 0 || img.get_flags(&flags) < 0 ||
-        img.overlap(&overlap) < 0 || img.stat(info, sizeof(info)) < 0) {
-      return nullptr;
-    }
-    constexpr uint64_t kMaps = RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF;
-    if ((features & kMaps) != kMaps || (flags & RBD_FLAG_OBJECT_MAP_INVALID) ||
-        img.get_stripe_count() != 1 || info.obj_size == 0 || overlap == 0) {
-      return nullptr;
-    }
-    auto image = images_->OpenImage(*id);
-    if (!image.ok() || (*image)->size() < overlap) return nullptr;
-    auto local = std::make_unique<LocalParent>();
-    local->image = std::move(*image);
-    local->object_size = info.obj_size;
-    local->overlap = overlap;
-    local->objects = static_cast<size_t>((overlap + info.obj_size - 1) / info.obj_size);
-    local->child = std::make_unique<std::atomic<bool>[]>(local->objects);
-    std::vector<Extent> present;
-    if (img.diff_iterate2(nullptr, 0, overlap, false, true, &CollectExtent, &present) < 0) {
-      return nullptr;
-    }
-    for (const Extent& e : present) local->MarkChild(e.offset, e.length);
-    std::string image_id;
-    if (img.get_id(&image_id) < 0) return nullptr;
-    local->header_oid = "rbd_header." + image_id;
-    uint64_t handle = 0;
-    if (img.update_watch(local.get(), &handle) < 0) return nullptr;
-    local->watch = handle;
-    local->header_changed = true;  // a change before the watch began
-    spdlog::debug("{}: reads of the parent's bytes come from local image {}", Where(name),
-                  id->Hex());
-    return local;
-  }
-
   Status Remove(const DiskRef& ref) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
@@ -841,6 +1084,17 @@ class RbdDiskBackend : public DiskBackend {
   Result<DiskInfo> Info(const DiskRef& ref) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
+    {
+      std::lock_guard lock(open_disks_->mu);
+      auto it = open_disks_->by_name.find(name);
+      if (it != open_disks_->by_name.end()) {
+        DiskInfo info;
+        info.ref = ref;
+        info.location = "rbd:" + Where(name);
+        RETURN_IF_ERROR(it->second->FillInfo(&info));
+        return info;
+      }
+    }
     auto img = OpenImage(*conn_, name, true);
     if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
     DiskInfo info;
@@ -1024,22 +1278,7 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   static Result<DiskAttrs> ReadAttrs(rbd_image_t img) {
-    DiskAttrs a;
-    std::pair<const char*, uint32_t*> kv[] = {
-        {"imgfs.mode", &a.mode}, {"imgfs.uid", &a.uid}, {"imgfs.gid", &a.gid}};
-    for (auto& [k, p] : kv) {
-      auto v = GetMetadata(img, k);
-      if (!v.ok()) {
-        if (v.status().IsNotFound()) continue;
-        return v.status();
-      }
-      try {
-        *p = static_cast<uint32_t>(std::stoul(*v));
-      } catch (...) {
-        return Status::Corruption(std::string("rbd: metadata ") + k + " is not a number: " + *v);
-      }
-    }
-    return a;
+    return ParseAttrs([img](const char* key) { return GetMetadata(img, key); });
   }
 
   Result<std::set<std::string>> ReadInstanceMarkers() {
@@ -1522,6 +1761,7 @@ class RbdDiskBackend : public DiskBackend {
   std::mutex dead_mu_;
   std::vector<std::string> dead_owners_;  // GUARDED_BY(dead_mu_)
   ImageSource* images_;               // constant after construction
+  const std::shared_ptr<OpenDisks> open_disks_;
 };
 
 Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephOptions* ceph) {

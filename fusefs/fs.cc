@@ -57,6 +57,7 @@ struct FileSystem::OpenFile {
   bool writable = false;               // GUARDED_BY(mu)
   uint32_t handles = 0;                // GUARDED_BY(FileSystem::mu_)
   Status broken;  // constant after construction: why a restored handle could not be opened
+  uint32_t writers = 0;                // GUARDED_BY(FileSystem::mu_); handles open for writing
   std::mutex grow_mu;                  // serialises growth of the disk
   std::atomic<bool> dirty{false};      // written since the last successful flush
 
@@ -328,8 +329,11 @@ Result<struct stat> FileSystem::StatDisk(const Node& node) {
   ASSIGN_OR_RETURN(DiskInfo info, disks_.Info(ref));
   uint64_t size = info.size;
   if (of) {
+    // A disk open for writing knows its size best (it follows resizes made
+    // elsewhere through the backend's header watch); a read-only handle may
+    // not hear of another host's resize (rbd), so the store's answer stands.
     std::lock_guard lock(of->mu);
-    if (of->disk) size = of->disk->size();
+    if (of->disk && of->writable) size = of->disk->size();
   }
   uint64_t used = info.owned_bytes;
   if (info.parent) {
@@ -830,7 +834,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
   } else if (kind == NodeKind::kDisk) {
     if (!of) {
       ASSIGN_OR_RETURN(auto disk,
-                       disks_.Open(ref, write ? OpenMode::kReadWrite : OpenMode::kReadOnly));
+                       disks_.Open(ref, write ? OpenMode::kReadWriteStandby : OpenMode::kReadOnly));
       of = std::make_shared<OpenFile>();
       of->disk = std::move(disk);
       of->writable = write;
@@ -863,6 +867,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
   std::lock_guard lock(mu_);
   node->open = of;
   ++of->handles;
+  if (write) ++of->writers;
   uint64_t fh = use_fh ? *use_fh : next_fh_++;
   handles_[fh] = std::move(h);
   if (sink_) sink_->Opened(fh, FsState::Open{node->ino, handles_[fh]->flags});
@@ -936,7 +941,7 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
     std::lock_guard lock(of.mu);
     if (of.writable) return Status::OK();
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<Disk> disk, disks_.Open(ref, OpenMode::kReadWrite));
+  ASSIGN_OR_RETURN(std::shared_ptr<Disk> disk, disks_.Open(ref, OpenMode::kReadWriteStandby));
   std::shared_ptr<Disk> old;
   {
     std::lock_guard lock(of.mu);
@@ -945,6 +950,49 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
   }
   WaitIdle(old);
   return Status::OK();
+}
+
+void FileSystem::DowngradeToReadOnly(OpenFile& of, const DiskRef& ref) {
+  std::shared_ptr<Disk> cur;
+  {
+    std::lock_guard lock(of.mu);
+    if (!of.writable || !of.disk) return;
+    cur = of.disk;
+  }
+  // In place when the backend can (rbd): the lock goes at once.
+  Status st = cur->StopWriting();
+  if (st.code() != Code::kNotSupported) {
+    {
+      std::lock_guard lock(of.mu);
+      of.writable = false;
+    }
+    of.dirty = false;
+    if (!st.ok()) {
+      spdlog::error("flushing {} on its last writer's close: {}", ref.ToString(), st.ToString());
+    }
+    return;
+  }
+  cur.reset();
+  auto disk = disks_.Open(ref, OpenMode::kReadOnly);
+  if (!disk.ok()) {
+    spdlog::warn("{}: keeping it open for writing (and locked) after its last writer closed: {}",
+                 ref.ToString(), disk.status().ToString());
+    return;
+  }
+  std::shared_ptr<Disk> old;
+  {
+    std::lock_guard lock(of.mu);
+    old = std::exchange(of.disk, std::shared_ptr<Disk>(std::move(*disk)));
+    of.writable = false;
+  }
+  WaitIdle(old);
+  if (old && of.dirty.exchange(false)) {
+    Status st = old->Flush();
+    if (!st.ok()) {
+      spdlog::error("flushing {} on its last writer's close: {}", ref.ToString(), st.ToString());
+    }
+  }
+  old.reset();  // releases the backend's lock
 }
 
 void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, size_t size,
@@ -1139,6 +1187,8 @@ void FileSystem::Release(uint64_t fh) {
   std::unique_lock ns(ns_mu_);
   std::shared_ptr<Handle> h;
   bool last = false;
+  bool last_writer = false;
+  DiskRef ref;
   {
     std::lock_guard lock(mu_);
     auto it = handles_.find(fh);
@@ -1146,11 +1196,14 @@ void FileSystem::Release(uint64_t fh) {
     if (sink_) sink_->Released(fh);
     h = std::move(it->second);
     handles_.erase(it);
+    if (h->write) last_writer = --h->of->writers == 0;
     if (--h->of->handles == 0) {
       last = true;
       if (h->node->open == h->of) h->node->open.reset();
     }
+    ref = DiskRef{h->node->instance, h->node->disk};
   }
+  if (!last && last_writer && !h->of->image) DowngradeToReadOnly(*h->of, ref);
   if (last) {
     std::shared_ptr<Disk> disk;
     {
@@ -1281,6 +1334,7 @@ size_t FileSystem::Restore(const FsState& state) {
                                     "server was replaced: " + why.ToString());
     h->of->handles = 1;
     h->write = WantsWrite(open.flags);
+    h->of->writers = h->write ? 1 : 0;
     h->flags = open.flags;
     std::lock_guard lock(mu_);
     handles_[fh] = std::move(h);

@@ -287,8 +287,17 @@ class FileSystem {
   void WaitIdle(const std::shared_ptr<Disk>& disk);
   void DropDisk(std::shared_ptr<Disk> disk);
   // Reopens an open file's disk for writing (taking the backend's write
-  // lock) unless it already is; the read-only disk goes through WaitIdle.
+  // lock, or in standby: OpenMode::kReadWriteStandby) unless it already is;
+  // the read-only disk goes through WaitIdle.
   Status UpgradeToWritable(OpenFile& of, const DiskRef& ref);
+  // The last handle open for writing was released while read-only ones
+  // remain: the disk stops writing (Disk::StopWriting: flush, release the
+  // backend's write lock, keep the handle for reads), or, where the backend
+  // cannot, is reopened read-only (the writable disk flushed and closed; if
+  // the reopen fails it stays open, and locked). qemu's migration source
+  // reopens its image read-only when the migration completes; the
+  // destination then takes the lock. A flush error is logged.
+  void DowngradeToReadOnly(OpenFile& of, const DiskRef& ref);
   // Opens `node`; the new handle gets number `fh` when given (Restore),
   // else the next one.
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags,

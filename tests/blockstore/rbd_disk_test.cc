@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
@@ -367,6 +368,61 @@ TEST_CASE("rbd: a second writer, remove and rename of an open disk are refused",
   REQUIRE_OK(be->Remove({"inst2", "disk"}));
   REQUIRE(be->Remove({"inst2", "disk"}).IsNotFound());
   REQUIRE(be->Open({"inst2", "disk"}, OpenMode::kReadOnly).status().IsNotFound());
+}
+
+TEST_CASE("rbd: a writer in standby reads, is refused writes, and takes over when the holder closes",
+          "[rbd]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  auto other_host = Backend(ns, nullptr);  // its own cluster connection
+  DiskCreateOptions co;
+  co.size = 4u << 20;
+  REQUIRE_OK(be->Create(kDisk, co));
+  auto w = be->Open(kDisk, OpenMode::kReadWriteStandby);
+  REQUIRE(w.ok());  // the lock was free: taken at open
+  REQUIRE_OK((*w)->Write(0, Bytes(4096, 1)));
+  auto s = other_host->Open(kDisk, OpenMode::kReadWriteStandby);
+  REQUIRE(s.ok());
+  REQUIRE((*s)->writable());
+  Bytes b(4096);
+  REQUIRE_OK((*s)->Read(0, b));
+  REQUIRE(b == Bytes(4096, 1));
+  // The holder keeps its lock: the standby's writes, discards and resizes are
+  // Busy (after the hand-over wait) and change nothing; its flush is OK.
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = (*s)->Write(0, Bytes(4096, 2));
+  REQUIRE(st.IsBusy());
+  REQUIRE(std::chrono::steady_clock::now() - t0 >= std::chrono::seconds(4));
+  REQUIRE((*s)->Discard(0, 4096).IsBusy());
+  REQUIRE((*s)->Resize(8u << 20, false).IsBusy());
+  REQUIRE_OK((*s)->Flush());
+  REQUIRE_OK((*w)->Read(0, b));
+  REQUIRE(b == Bytes(4096, 1));
+  // The holder grows the disk: the standby's size follows (header watch).
+  REQUIRE_OK((*w)->Resize(8u << 20, false));
+  REQUIRE_OK((*w)->Write(6u << 20, Bytes(4096, 3)));
+  for (int i = 0; i < 100 && (*s)->size() != (8u << 20); i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE((*s)->size() == (8u << 20));
+  // The holder closes: the standby's next write takes the lock, and sees
+  // every byte the holder wrote.
+  w->reset();
+  REQUIRE_OK((*s)->Write(4096, Bytes(4096, 4)));
+  REQUIRE_OK((*s)->Flush());
+  REQUIRE_OK((*s)->Read(6u << 20, b));
+  REQUIRE(b == Bytes(4096, 3));
+  // Now the first host is the one refused.
+  auto w3 = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(w3.status().IsBusy());
+  auto s3 = be->Open(kDisk, OpenMode::kReadWriteStandby);
+  REQUIRE(s3.ok());
+  REQUIRE((*s3)->Write(0, Bytes(4096, 5)).IsBusy());
+  s->reset();
+  REQUIRE_OK((*s3)->Read(4096, b));
+  REQUIRE(b == Bytes(4096, 4));
+  REQUIRE_OK((*s3)->Write(0, Bytes(4096, 5)));
+  REQUIRE_OK((*s3)->Flush());
 }
 
 TEST_CASE("rbd: instances are disk prefixes plus markers of empty ones", "[rbd]") {

@@ -335,6 +335,46 @@ TEST_CASE("bad names are EINVAL, files at the wrong level EPERM", "[fusefs]") {
   CHECK(List(fs, vm1) == std::vector<std::string>{".", "..", "disk"});
 }
 
+TEST_CASE("the last writer's close releases the disk's lock while readers keep it open",
+          "[fusefs]") {
+  // qemu's live migration source reopens its image read-only and closes the
+  // read-write descriptor when the migration completes: the destination must
+  // then be able to take the lock (docs/rbd.md, "Live migration").
+  Fixture f;
+  f.CreateDisk("vm1", "disk");
+  FileSystem fs(*f.store, Opts());
+  uint64_t vm1 = LookupIno(fs, kRootIno, "vm1");
+  uint64_t disk = LookupIno(fs, vm1, "disk");
+  const DiskRef ref{"vm1", "disk"};
+  auto w = fs.Open(disk, O_RDWR);
+  REQUIRE(w.ok());
+  REQUIRE(fs.Write(w->fh, 0, Bytes(4096, 0x42)).ok());
+  auto r = fs.Open(disk, O_RDONLY);
+  REQUIRE(r.ok());
+  CHECK(f.store->disks().Open(ref, OpenMode::kReadWrite).status().IsBusy());
+  fs.Release(w->fh);
+  {
+    auto other = f.store->disks().Open(ref, OpenMode::kReadWrite);
+    REQUIRE(other.ok());  // the lock is free; what was written is there
+    Bytes b(4096);
+    REQUIRE((*other)->Read(0, b).ok());
+    CHECK(b == Bytes(4096, 0x42));
+  }
+  // The reader goes on reading; a new writer takes the lock again.
+  Bytes b(4096);
+  auto n = fs.Read(r->fh, 0, b);
+  REQUIRE(n.ok());
+  CHECK(b == Bytes(4096, 0x42));
+  CHECK(!fs.Write(r->fh, 0, Bytes(16, 1)).ok());
+  auto w2 = fs.Open(disk, O_RDWR);
+  REQUIRE(w2.ok());
+  CHECK(f.store->disks().Open(ref, OpenMode::kReadWrite).status().IsBusy());
+  REQUIRE(fs.Write(w2->fh, 4096, Bytes(4096, 0x43)).ok());
+  fs.Release(w2->fh);
+  fs.Release(r->fh);
+  CHECK(f.store->disks().Open(ref, OpenMode::kReadWrite).ok());
+}
+
 TEST_CASE("unlink of an open disk is EBUSY; of a closed one removes it", "[fusefs]") {
   Fixture f;
   f.CreateDisk("vm1", "disk");

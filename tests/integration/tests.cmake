@@ -55,3 +55,7 @@ set_tests_properties(integration/guest_seed integration/guest_seed@rbd
 # guest_libvirt also uses the host's one /run/libvirt, like e2e_libvirt.
 set_tests_properties(integration/guest_libvirt integration/guest_libvirt@rbd
   PROPERTIES RESOURCE_LOCK "guest;libvirtd")
+# Live migration (tests/integration/migrate_*.sh): two stores and mounts, two qemus.
+imgfs_shell_test(migrate_rbd)
+imgfs_shell_test(migrate_two_writers)
+imgfs_shell_test(migrate_local)

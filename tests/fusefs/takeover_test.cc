@@ -125,7 +125,9 @@ TEST_CASE("a successor keeps inode numbers, file and directory handles", "[fusef
   CHECK(entries->at(2).name == "disk");
   CHECK(entries->at(2).ino == disk);
   // New numbers never repeat old ones.
-  REQUIRE(f.store->disks().Create(DiskRef{"vm1", "disk2"}, DiskCreateOptions{f.image}).ok());
+  DiskCreateOptions o;
+  o.image = f.image;
+  REQUIRE(f.store->disks().Create(DiskRef{"vm1", "disk2"}, o).ok());
   uint64_t disk2 = Lookup(fs, vm1, "disk2");
   CHECK(disk2 > std::max({vm1, disk, base, img}));
   auto again = fs.Open(disk2, O_RDONLY);

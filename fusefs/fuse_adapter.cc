@@ -60,7 +60,9 @@ void LogFromLibfuse(enum fuse_log_level level, const char* fmt, va_list ap) {
   } else if (level <= FUSE_LOG_NOTICE) {
     spdlog::info("libfuse: {}", msg);
   } else {
-    spdlog::debug("libfuse: {}", msg);
+    // libfuse's debug messages are its request trace, which it writes only
+    // when asked to (-d): always shown, whatever imgfs's own log level.
+    std::fprintf(stderr, "%s\n", msg.c_str());
   }
 }
 

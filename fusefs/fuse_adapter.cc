@@ -15,12 +15,12 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
-#include <list>
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <list>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -757,8 +757,7 @@ struct FuseServer::Impl {
         if (!(buf.flags & FUSE_BUF_IS_FD) && buf.size >= sizeof(fuse_in_header)) {
           const auto* in = static_cast<const fuse_in_header*>(buf.mem);
           if ((in->unique & kResendBit) && resent.fetch_add(1) < 10) {
-            spdlog::info("fuse: answering a request the kernel sent again (opcode {})",
-                         in->opcode);
+            spdlog::info("fuse: answering a request the kernel sent again (opcode {})", in->opcode);
           }
         }
         fuse_session_process_buf(se, &buf);

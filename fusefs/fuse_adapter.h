@@ -54,9 +54,9 @@ Status UnmountFuse(const std::string& mountpoint);
 // (FileSystem::Restore, done by the caller), asks the kernel to send again
 // what its predecessor left unanswered (Resend), and serves (Run).
 //
-// The loop is imgfs's own, not fuse_session_loop_mt: a fixed pool of
-// cfg.max_threads workers, each reading and handling one request at a time,
-// which Stop() ends without losing a request (one read but not handled stays
+// The loop is imgfs's own, not fuse_session_loop_mt: workers that each read
+// and handle one request at a time, grown and shrunk as libfuse's are (up to
+// cfg.max_threads, at most cfg.max_idle_threads waiting), which Stop() ends without losing a request (one read but not handled stays
 // with the kernel, which a successor's Resend queues again). Clone fds are
 // not used: a clone's requests die with the process that holds it.
 //

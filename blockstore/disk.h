@@ -130,6 +130,16 @@ class Disk {
   // caller reopens the disk read-only instead); OK for a read-only handle.
   virtual Status StopWriting() { return Status::NotSupported("stop writing in place"); }
 
+  // Makes a read-only handle writable in place, as if opened again with
+  // OpenMode::kReadWriteStandby (the write lock is taken now when it is
+  // free, else at the first write), without a second open: a migration's
+  // destination qemu opens its disk read-only while it waits and for
+  // writing when it takes over, and that open is in the VM's downtime. OK
+  // for a handle already writable. NotSupported when the backend cannot
+  // (the caller opens the disk again); a handle that StopWriting made
+  // read-only cannot.
+  virtual Status StartWriting() { return Status::NotSupported("start writing in place"); }
+
   // Reads `length` bytes at `offset` (within size()) into buffers of the
   // disk's choosing; `done` as for the async forms above. The default
   // allocates one buffer and calls ReadAsync; rbd hands over the buffers

@@ -49,6 +49,10 @@ struct Connection {
   std::string pool;
   std::string ns;
   std::string where;  // "pool" or "pool/ns", for messages and locations
+  // Lock owners that are dead earlier servers of this mount
+  // (DiskBackend::SetDeadLockOwners): an open for writing breaks their lock.
+  std::mutex dead_mu;
+  std::vector<std::string> dead_owners;  // GUARDED_BY(dead_mu)
 
   ~Connection() {
     if (io) rados_ioctx_destroy(io);
@@ -270,13 +274,19 @@ struct LocalParent {
 struct HeaderWatch : public librbd::UpdateWatchCtx {
   std::atomic<bool> size_changed{false};
   std::atomic<bool> overlap_changed{false};
+  std::atomic<bool> info_changed{false};  // RbdDisk::FillInfo reads the header again
   std::optional<uint64_t> handle;
 
   void handle_notify() override {
     size_changed.store(true);
     overlap_changed.store(true);
+    info_changed.store(true);
   }
 };
+
+// How old the bytes a disk owns (DiskInfo::owned_bytes, st_blocks through
+// the mount) may be before FillInfo counts them again, in the background.
+constexpr auto kUsageRefresh = std::chrono::seconds(1);
 
 std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* images,
                                              librbd::Image& img, const std::string& name);
@@ -290,11 +300,44 @@ constexpr auto kHandOverPoll = std::chrono::milliseconds(5);
 
 class RbdDisk;
 
-// The disks a backend has open for writing, by RBD image name: Info of such
-// a disk reads from its open image (its header is watched, so librbd keeps
-// it current) instead of opening the image again, which costs several round
-// trips (qemu stats its disk file when it activates or inactivates it in a
-// live migration). A disk leaves it first thing in its destructor.
+// Breaks the lock on `img` when its owner is a dead earlier server of this
+// mount (SetDeadLockOwners; docs/rbd.md, "A server replaced"). librbd
+// blocklists the owner's client before it breaks the lock
+// (rbd_blocklist_on_break_lock), so nothing that client sent can land
+// after this. True when the lock was broken.
+bool BreakDeadOwner(Connection& conn, librbd::Image& img, const std::string& name) {
+  std::vector<std::string> dead;
+  {
+    std::lock_guard lock(conn.dead_mu);
+    dead = conn.dead_owners;
+  }
+  if (dead.empty()) return false;
+  rbd_lock_mode_t mode{};
+  std::list<std::string> owners;
+  if (img.lock_get_owners(&mode, &owners) < 0) return false;
+  for (const std::string& owner : owners) {
+    if (std::find(dead.begin(), dead.end(), owner) == dead.end()) continue;
+    int r = img.lock_break(mode, owner);
+    if (r < 0 && r != -ENOENT) {
+      spdlog::error("{}: breaking the lock of dead server {}: {}", conn.where + "/" + name, owner,
+                    std::strerror(-r));
+      return false;
+    }
+    spdlog::warn("{}: broke the lock of {} (an earlier server of this mount, dead; its client "
+                 "is blocklisted)",
+                 conn.where + "/" + name, owner);
+    return true;
+  }
+  return false;
+}
+
+// The disks a backend has open with a writable librbd handle (every open
+// disk, unless the cluster refused such a handle), by RBD image name: Info
+// of such a disk reads from its open image (its header is watched, so
+// librbd keeps it current) instead of opening the image again, which costs
+// several round trips (qemu stats and looks up its disk file when it
+// activates or inactivates it in a live migration, inside the VM's
+// downtime). A disk leaves it first thing in its destructor.
 struct OpenDisks {
   std::mutex mu;
   std::unordered_multimap<std::string, const RbdDisk*> by_name;  // GUARDED_BY(mu)
@@ -323,21 +366,25 @@ class RbdDisk : public Disk {
  public:
   // `held`: the exclusive lock was taken by the open (writable disks);
   // a writable disk without it is in standby (OpenMode::kReadWriteStandby).
+  // `rw_handle`: librbd opened the image for writing (every writable disk,
+  // and read-only ones that StartWriting may make writable).
   RbdDisk(std::shared_ptr<Connection> conn, ImageSource* images, DiskRef ref, std::string name,
-          std::unique_ptr<librbd::Image> image, bool writable, bool held, uint64_t size)
+          std::unique_ptr<librbd::Image> image, bool writable, bool rw_handle, bool held,
+          uint64_t size)
       : conn_(std::move(conn)),
         images_(images),
         ref_(std::move(ref)),
         name_(std::move(name)),
         image_(std::move(image)),
+        rw_handle_(rw_handle),
         writable_(writable),
         size_(size),
         held_(held) {}
 
-  // Starts the header watch (writable disks) and, with the lock held, the
-  // local parent reads.
+  // Starts the header watch (writable librbd handles: librbd watches the
+  // header of no other) and, with the lock held, the local parent reads.
   Status Init() {
-    if (!writable_) return Status::OK();
+    if (!rw_handle_) return Status::OK();
     uint64_t handle = 0;
     if (int r = image_->update_watch(&watch_, &handle); r < 0) {
       return Err(r, "rbd: watching the header of " + Where());
@@ -392,8 +439,8 @@ class RbdDisk : public Disk {
   }
   bool writable() const override { return writable_.load(); }
 
-  // Joins the backend's OpenDisks (writable disks only: their header is
-  // watched).
+  // Joins the backend's OpenDisks (writable librbd handles only: their
+  // header is watched).
   void Register(std::shared_ptr<OpenDisks> reg) {
     std::lock_guard lock(reg->mu);
     reg->by_name.emplace(name_, this);
@@ -404,42 +451,30 @@ class RbdDisk : public Disk {
   // the caller's. Called with OpenDisks::mu held.
   Status FillInfo(DiskInfo* info) const {
     info->size = size();
-    librbd::linked_image_spec_t parent;
-    librbd::snap_spec_t snap;
-    int r = image_->get_parent(&parent, &snap);
-    if (r == 0) {
-      if (parent.image_name.starts_with(kBasePrefix)) {
-        auto id = ImageId::FromHex(
-            std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
-        if (id.ok()) info->parent = *id;
-      }
-    } else if (r != -ENOENT) {
-      return Err(r, "rbd: parent of " + Where());
+    std::lock_guard lock(info_mu_);
+    auto now = std::chrono::steady_clock::now();
+    if (!info_valid_ || watch_.info_changed.exchange(false)) {
+      info_valid_ = false;
+      RETURN_IF_ERROR(ReadInfo(info->size, &info_));
+      info_valid_ = true;
+      usage_at_ = now;
+    } else if (now - usage_at_ >= kUsageRefresh) {
+      usage_at_ = now;
+      RefreshUsage(info->size);
     }
-    uint64_t owned = 0;
-    // (librbd asserts on an empty range.)
-    r = info->size == 0 ? 0
-                        : image_->diff_iterate2(
-                              nullptr, 0, info->size, false, true,
-                              [](uint64_t, size_t len, int exists, void* arg) {
-                                if (exists) *static_cast<uint64_t*>(arg) += len;
-                                return 0;
-                              },
-                              &owned);
-    if (r < 0) return Err(r, "rbd: usage of " + Where());
-    info->owned_bytes = owned;
+    info->parent = info_.parent;
+    info->attrs = info_.attrs;
+    info->owned_bytes = info_.owned_bytes;
     timespec ts{};
     if (image_->get_modify_timestamp(&ts) == 0) {
       info->mtime_ns = int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
     }
-    ASSIGN_OR_RETURN(info->attrs, ParseAttrs([&](const char* key) -> Result<std::string> {
-                       std::string v;
-                       int r2 = image_->metadata_get(key, &v);
-                       if (r2 < 0) return Err(r2, std::string("rbd: reading metadata ") + key);
-                       return v;
-                     }));
     return Status::OK();
   }
+
+  // After a change of the header made through another handle of this
+  // backend (SetAttrs): the next FillInfo reads it again.
+  void InfoChanged() const { watch_.info_changed.store(true); }
 
   // The migration source's last writer closed: let the lock go now (the
   // destination is waiting for it), keep the handle for reads. Under
@@ -449,6 +484,7 @@ class RbdDisk : public Disk {
   Status StopWriting() override {
     std::unique_lock lock(resize_mu_);
     std::lock_guard take(take_mu_);
+    stopped_ = true;
     if (!writable_.exchange(false)) return Status::OK();
     if (!held_.load()) return Status::OK();
     Status st;
@@ -458,6 +494,30 @@ class RbdDisk : public Disk {
     held_.store(false);
     if (r < 0 && st.ok()) st = Err(r, "rbd: releasing the lock of " + Where());
     return st;
+  }
+
+  // A migration's destination taking over (Disk::StartWriting): the open
+  // handle becomes writable, with the lock taken now if it is free (the
+  // source let it go when it stopped), else in standby until the first
+  // write (TakeLock). No second open of the image, which is what this
+  // saves: the destination's open for writing is in the VM's downtime.
+  Status StartWriting() override {
+    std::lock_guard take(take_mu_);
+    if (writable_.load()) return Status::OK();
+    if (!rw_handle_ || stopped_) return Disk::StartWriting();
+    BreakDeadOwner(*conn_, *image_, name_);
+    int r = image_->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
+    if (r == 0) {
+      watch_.size_changed = true;
+      held_.store(true, std::memory_order_release);
+      StartLocalReads();
+    } else if (r == -EROFS || r == -EBUSY || r == -EAGAIN) {
+      spdlog::info("{}: open for writing elsewhere; writable in standby", Where());
+    } else {
+      return Err(r, "rbd: locking " + Where());
+    }
+    writable_.store(true);
+    return Status::OK();
   }
 
   Status Read(uint64_t offset, MutableByteView buf) override {
@@ -649,6 +709,69 @@ class RbdDisk : public Disk {
 
  private:
   std::string Where() const { return conn_->where + "/" + name_; }
+
+  // FillInfo's figures from the image: parent, owned bytes, attributes.
+  // The header is read through librbd's copy (kept current by the watch);
+  // the usage and the attributes each cost round trips.
+  Status ReadInfo(uint64_t size, DiskInfo* info) const {
+    librbd::linked_image_spec_t parent;
+    librbd::snap_spec_t snap;
+    info->parent.reset();
+    int r = image_->get_parent(&parent, &snap);
+    if (r == 0) {
+      if (parent.image_name.starts_with(kBasePrefix)) {
+        auto id = ImageId::FromHex(
+            std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+        if (id.ok()) info->parent = *id;
+      }
+    } else if (r != -ENOENT) {
+      return Err(r, "rbd: parent of " + Where());
+    }
+    ASSIGN_OR_RETURN(info->owned_bytes, Usage(size));
+    ASSIGN_OR_RETURN(info->attrs, ParseAttrs([&](const char* key) -> Result<std::string> {
+                       std::string v;
+                       int r2 = image_->metadata_get(key, &v);
+                       if (r2 < 0) return Err(r2, std::string("rbd: reading metadata ") + key);
+                       return v;
+                     }));
+    return Status::OK();
+  }
+
+  // The bytes of the objects the image has (the object map: a round trip).
+  Result<uint64_t> Usage(uint64_t size) const {
+    uint64_t owned = 0;
+    // (librbd asserts on an empty range.)
+    int r = size == 0 ? 0
+                      : image_->diff_iterate2(
+                            nullptr, 0, size, false, true,
+                            [](uint64_t, size_t len, int exists, void* arg) {
+                              if (exists) *static_cast<uint64_t*>(arg) += len;
+                              return 0;
+                            },
+                            &owned);
+    if (r < 0) return Err(r, "rbd: usage of " + Where());
+    return owned;
+  }
+
+  // Counts the owned bytes again on a thread of its own (FillInfo answers
+  // with the last count meanwhile). Counted as a request in flight, so the
+  // destructor waits for it.
+  void RefreshUsage(uint64_t size) const {
+    auto* self = const_cast<RbdDisk*>(this);
+    {
+      std::lock_guard lock(self->inflight_mu_);
+      self->inflight_++;
+    }
+    std::thread([self, size] {
+      auto owned = self->Usage(size);
+      if (owned.ok()) {
+        std::lock_guard lock(self->info_mu_);
+        self->info_.owned_bytes = *owned;
+      }
+      self->Finished(0);
+    }).detach();
+  }
+
 
   LocalParent* Local() const { return local_ptr_.load(std::memory_order_acquire); }
 
@@ -845,13 +968,23 @@ class RbdDisk : public Disk {
   const DiskRef ref_;
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
-  std::atomic<bool> writable_;  // cleared once by StopWriting
+  const bool rw_handle_;        // librbd opened the image for writing
+  std::atomic<bool> writable_;  // set by StartWriting, cleared for good by StopWriting
+  bool stopped_ = false;        // GUARDED_BY(take_mu_); StopWriting ran
   std::shared_ptr<OpenDisks> open_disks_;  // set once by Register, before other threads see it
   mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   // Changed under resize_mu_ held exclusively, or held shared by size()
   // taking in another client's resize.
   mutable std::atomic<uint64_t> size_;
-  mutable HeaderWatch watch_;  // registered for writable disks
+  mutable HeaderWatch watch_;  // registered for writable librbd handles
+
+  // FillInfo's figures, read again after a header change (the parent and
+  // the attributes) or, in the background, a second after they were counted
+  // (the owned bytes).
+  mutable std::mutex info_mu_;
+  mutable bool info_valid_ = false;                          // GUARDED_BY(info_mu_)
+  mutable DiskInfo info_;                                    // GUARDED_BY(info_mu_)
+  mutable std::chrono::steady_clock::time_point usage_at_;  // GUARDED_BY(info_mu_)
 
   std::mutex take_mu_;           // serialises TakeLock
   std::atomic<bool> held_;       // the exclusive lock is ours (kept until destruction)
@@ -936,8 +1069,8 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   void SetDeadLockOwners(std::vector<std::string> owners) override {
-    std::lock_guard lock(dead_mu_);
-    dead_owners_ = std::move(owners);
+    std::lock_guard lock(conn_->dead_mu);
+    conn_->dead_owners = std::move(owners);
   }
 
   Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override {
@@ -1001,14 +1134,23 @@ class RbdDiskBackend : public DiskBackend {
     librados::IoCtx::from_rados_ioctx_t(conn_->io, io);
     auto img = std::make_unique<librbd::Image>();
     librbd::RBD rbd;
-    int r = rw ? rbd.open(io, *img, name.c_str())
-               : rbd.open_read_only(io, *img, name.c_str(), nullptr);
+    // A read-only disk gets a writable librbd handle too (no lock taken):
+    // its header is watched (it follows a resize made elsewhere) and
+    // StartWriting can make it writable without opening it again. A client
+    // the cluster lets only read gets a read-only handle.
+    bool rw_handle = true;
+    int r = rbd.open(io, *img, name.c_str());
+    if (!rw && (r == -EPERM || r == -EACCES || r == -EROFS)) {
+      rw_handle = false;
+      img = std::make_unique<librbd::Image>();
+      r = rbd.open_read_only(io, *img, name.c_str(), nullptr);
+    }
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: opening " + Where(name)), ref);
     bool held = false;
     if (rw) {
       // A lock a dead earlier server of this mount still holds is broken
       // first: asking its owner would wait for an answer that never comes.
-      BreakDeadOwner(*img, name);
+      BreakDeadOwner(*conn_, *img, name);
       r = img->lock_acquire(RBD_LOCK_MODE_EXCLUSIVE);
       if (r == -EROFS || r == -EBUSY || r == -EAGAIN) {
         if (mode != OpenMode::kReadWriteStandby) {
@@ -1023,41 +1165,11 @@ class RbdDiskBackend : public DiskBackend {
     }
     uint64_t size = 0;
     if (r = img->size(&size); r < 0) return Err(r, "rbd: size of " + Where(name));
-    auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw, held, size);
+    auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw,
+                                          rw_handle, held, size);
     RETURN_IF_ERROR(disk->Init());
-    if (rw) disk->Register(open_disks_);
+    if (rw_handle) disk->Register(open_disks_);
     return std::unique_ptr<Disk>(std::move(disk));
-  }
-
-  // Breaks the lock on `img` when its owner is a dead earlier server of this
-  // mount (SetDeadLockOwners; docs/rbd.md, "A server replaced"). librbd
-  // blocklists the owner's client before it breaks the lock
-  // (rbd_blocklist_on_break_lock), so nothing that client sent can land
-  // after this. True when the lock was broken.
-  bool BreakDeadOwner(librbd::Image& img, const std::string& name) {
-    std::vector<std::string> dead;
-    {
-      std::lock_guard lock(dead_mu_);
-      dead = dead_owners_;
-    }
-    if (dead.empty()) return false;
-    rbd_lock_mode_t mode{};
-    std::list<std::string> owners;
-    if (img.lock_get_owners(&mode, &owners) < 0) return false;
-    for (const std::string& owner : owners) {
-      if (std::find(dead.begin(), dead.end(), owner) == dead.end()) continue;
-      int r = img.lock_break(mode, owner);
-      if (r < 0 && r != -ENOENT) {
-        spdlog::error("{}: breaking the lock of dead server {}: {}", Where(name), owner,
-                      std::strerror(-r));
-        return false;
-      }
-      spdlog::warn("{}: broke the lock of {} (an earlier server of this mount, dead; its client "
-                   "is blocklisted)",
-                   Where(name), owner);
-      return true;
-    }
-    return false;
   }
 
   Status Remove(const DiskRef& ref) override {
@@ -1150,7 +1262,13 @@ class RbdDiskBackend : public DiskBackend {
     const std::string name = RbdDiskName(ref);
     auto img = OpenImage(*conn_, name, false);
     if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
-    return WriteAttrs(img->get(), name, attrs);
+    Status st = WriteAttrs(img->get(), name, attrs);
+    // This mount's open handles read them again (their watch may not hear
+    // of a metadata change).
+    std::lock_guard lock(open_disks_->mu);
+    auto [b, e] = open_disks_->by_name.equal_range(name);
+    for (auto it = b; it != e; ++it) it->second->InfoChanged();
+    return st;
   }
 
   Status CreateInstance(const std::string& instance) override {
@@ -1758,8 +1876,6 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   std::shared_ptr<Connection> conn_;  // constant after construction
-  std::mutex dead_mu_;
-  std::vector<std::string> dead_owners_;  // GUARDED_BY(dead_mu_)
   ImageSource* images_;               // constant after construction
   const std::shared_ptr<OpenDisks> open_disks_;
 };

@@ -259,6 +259,16 @@ Result<Entry> FileSystem::LookupDisk(const std::string& instance, std::string_vi
   return Entry{node->ino, *st};
 }
 
+bool FileSystem::HasOpenDisk(std::string_view instance) {
+  std::lock_guard lock(mu_);
+  for (const auto& [fh, h] : handles_) {
+    if (h->node->kind == NodeKind::kDisk && !h->node->removed && h->node->instance == instance) {
+      return true;
+    }
+  }
+  return false;
+}
+
 Result<Entry> FileSystem::Lookup(uint64_t parent, std::string_view name) {
   ASSIGN_OR_RETURN(auto p, GetNode(parent));
   std::shared_ptr<Node> node;
@@ -269,9 +279,15 @@ Result<Entry> FileSystem::Lookup(uint64_t parent, std::string_view name) {
         break;
       }
       if (!ValidateInstanceName(name).ok()) return Status::NotFound("no " + std::string(name));
-      ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
-      if (std::find(instances.begin(), instances.end(), name) == instances.end()) {
-        return Status::NotFound("no instance " + std::string(name));
+      // An instance with a disk open here exists (a disk open anywhere
+      // cannot be removed): no listing of the backend, which for rbd lists
+      // the pool. qemu looks its disk's path up again when a live migration
+      // stops or starts the VM, inside its downtime.
+      if (!HasOpenDisk(name)) {
+        ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
+        if (std::find(instances.begin(), instances.end(), name) == instances.end()) {
+          return Status::NotFound("no instance " + std::string(name));
+        }
       }
       node = NodeFor(InstanceKey(name), NodeKind::kInstance, std::string(name), "", {}, true);
       break;
@@ -937,9 +953,23 @@ void FileSystem::WaitIdle(const std::shared_ptr<Disk>& disk) {
 }
 
 Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
+  std::shared_ptr<Disk> cur;
   {
     std::lock_guard lock(of.mu);
     if (of.writable) return Status::OK();
+    cur = of.disk;
+  }
+  // In place when the backend can (rbd): a migration's destination opens
+  // its disk for writing inside the VM's downtime.
+  if (cur) {
+    Status st = cur->StartWriting();
+    cur.reset();
+    if (st.ok()) {
+      std::lock_guard lock(of.mu);
+      of.writable = true;
+      return Status::OK();
+    }
+    if (st.code() != Code::kNotSupported) return st;
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Disk> disk, disks_.Open(ref, OpenMode::kReadWriteStandby));
   std::shared_ptr<Disk> old;

@@ -290,6 +290,8 @@ class FileSystem {
   // lock, or in standby: OpenMode::kReadWriteStandby) unless it already is;
   // the read-only disk goes through WaitIdle.
   Status UpgradeToWritable(OpenFile& of, const DiskRef& ref);
+  // Whether a disk of `instance` is open through this file system.
+  bool HasOpenDisk(std::string_view instance);
   // The last handle open for writing was released while read-only ones
   // remain: the disk stops writing (Disk::StopWriting: flush, release the
   // backend's write lock, keep the handle for reads), or, where the backend

@@ -425,6 +425,63 @@ TEST_CASE("rbd: a writer in standby reads, is refused writes, and takes over whe
   REQUIRE_OK((*s3)->Flush());
 }
 
+TEST_CASE("rbd: a read-only disk becomes writable in place, for a migration destination",
+          "[rbd]") {
+  Namespace ns;
+  auto be = Backend(ns, nullptr);
+  auto other_host = Backend(ns, nullptr);
+  DiskCreateOptions co;
+  co.size = 4u << 20;
+  REQUIRE_OK(be->Create(kDisk, co));
+  auto w = be->Open(kDisk, OpenMode::kReadWrite);
+  REQUIRE(w.ok());
+  REQUIRE_OK((*w)->Write(0, Bytes(4096, 1)));
+  // The destination waits with its disk open read-only: no lock taken (the
+  // source keeps writing), writes refused.
+  auto ro = other_host->Open(kDisk, OpenMode::kReadOnly);
+  REQUIRE(ro.ok());
+  REQUIRE(!(*ro)->writable());
+  REQUIRE((*ro)->Write(0, Bytes(4096, 9)).code() == Code::kReadOnly);
+  REQUIRE_OK((*w)->Write(4096, Bytes(4096, 2)));
+  // The source grows the disk: the read-only handle follows (header watch),
+  // in size() and in the backend's Info, which answers from the open disk.
+  REQUIRE_OK((*w)->Resize(8u << 20, false));
+  for (int i = 0; i < 100 && (*ro)->size() != (8u << 20); i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE((*ro)->size() == (8u << 20));
+  REQUIRE(other_host->Info(kDisk)->size == (8u << 20));
+  // Made writable while the source still holds the lock: in standby, the
+  // write is Busy and lands nowhere.
+  REQUIRE_OK((*ro)->StartWriting());
+  REQUIRE((*ro)->writable());
+  REQUIRE((*ro)->Write(0, Bytes(4096, 9)).IsBusy());
+  // The source stops writing (qemu's inactivation): the destination's
+  // write takes the lock and sees every byte the source wrote.
+  REQUIRE_OK((*w)->StopWriting());
+  REQUIRE_OK((*ro)->Write(8192, Bytes(4096, 3)));
+  REQUIRE_OK((*ro)->Flush());
+  Bytes b(4096);
+  REQUIRE_OK((*ro)->Read(4096, b));
+  REQUIRE(b == Bytes(4096, 2));
+  // The source's handle, stopped, cannot be made writable again in place,
+  // and a new writer there is refused: the destination holds the lock.
+  REQUIRE((*w)->StartWriting().code() == Code::kNotSupported);
+  REQUIRE((*w)->Write(0, Bytes(4096, 9)).code() == Code::kReadOnly);
+  REQUIRE(be->Open(kDisk, OpenMode::kReadWrite).status().IsBusy());
+  w->reset();
+  // A read-only disk made writable while the lock is free takes it at once.
+  ro->reset();
+  auto ro2 = be->Open(kDisk, OpenMode::kReadOnly);
+  REQUIRE(ro2.ok());
+  REQUIRE_OK((*ro2)->StartWriting());
+  REQUIRE(other_host->Open(kDisk, OpenMode::kReadWrite).status().IsBusy());
+  REQUIRE_OK((*ro2)->Read(8192, b));
+  REQUIRE(b == Bytes(4096, 3));
+  REQUIRE_OK((*ro2)->Write(0, Bytes(4096, 4)));
+  REQUIRE_OK((*ro2)->Flush());
+}
+
 TEST_CASE("rbd: instances are disk prefixes plus markers of empty ones", "[rbd]") {
   Namespace ns;
   auto be = Backend(ns, nullptr);

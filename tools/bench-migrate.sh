@@ -96,7 +96,14 @@ work, hops, name, disks = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4
 class Qmp:
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX)
-        self.s.connect(path)
+        for _ in range(500):  # the socket file exists a moment before qemu listens
+            try:
+                self.s.connect(path)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.01)
+        else:
+            self.s.connect(path)
         self.r = self.s.makefile("r")
         self.w = self.s.makefile("w")
         self.events = []

@@ -27,7 +27,8 @@ mkdir -p "$M"
 MOUNT_PID="$(cat "$T/pid")"
 on_exit "unmount_imgfs '$M' '$MOUNT_PID'"
 server="$(mount_status "$M" server_pid)"
-grep -q "mounted at $M" "$log" || fail "nothing logged: $(cat "$log")"
+[[ -f "$log" ]] || fail "no log file"
+echo "a line before the rotation" >>"$log"  # notifempty: logrotate skips an empty log
 
 # The snippet, with its path pointed at this test's log directory.
 sed "s|^/var/log/imgfs/\*.log|$T/log/*.log|" "$IMGFS_SRC/tools/debian/imgfs.logrotate" >"$T/lr.conf"

@@ -53,7 +53,9 @@ expect_fail "stats --mount of a directory that is no mount" "$IMGFS" stats --mou
 expect_err_contains "no imgfs supervisor serves $T/plain"
 expect_fail "stats --mount of a missing path" "$IMGFS" stats --mount "$T/missing"
 expect_err_contains "$T/missing"
-[[ "$(j | jq -c .)" == "$(jq -c . <<<"$out")" ]] || fail "the figures changed"
+# (Free space moves with the rest of the machine: not compared.)
+figures='del(.chunk_backend.space, .disk_backend.space, .capacity_bytes, .available_bytes)'
+[[ "$(j | jq -c "$figures")" == "$(jq -c "$figures" <<<"$out")" ]] || fail "the figures changed"
 
 # --mount: the counters move by what was done through the mount.
 M="$T/mnt"

@@ -87,6 +87,7 @@ Status ChunkStore::Get(const ChunkId& id, Bytes* out) {
   }
   if (out->size() > chunk_size_ || Hash128(*out) != id) {
     out->clear();
+    verify_failures_.fetch_add(1, std::memory_order_relaxed);
     spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
     return Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id");
   }
@@ -96,11 +97,13 @@ Status ChunkStore::Get(const ChunkId& id, Bytes* out) {
 Status ChunkStore::Verify(const ChunkId& id, const Result<size_t>& read, ByteView data) {
   if (!read.ok()) {
     if (!read.status().IsInvalidArgument()) return read.status();
+    verify_failures_.fetch_add(1, std::memory_order_relaxed);
     std::string hex = id.Hex();
     spdlog::error("chunk {} is damaged: larger than the chunk size", hex);
     return Status::Corruption("chunk " + hex + " is damaged: larger than the chunk size");
   }
   if (Hash128(data.first(*read)) != id) {
+    verify_failures_.fetch_add(1, std::memory_order_relaxed);
     std::string hex = id.Hex();
     spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
     return Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id");
@@ -247,7 +250,11 @@ Status ChunkStore::ListIds(const std::function<Status(const ChunkId&)>& fn) {
 std::shared_ptr<const Bytes> ChunkStore::CacheLookup(const ChunkId& id) {
   std::lock_guard lock(cache_mu_);
   auto it = cache_index_.find(id);
-  if (it == cache_index_.end()) return nullptr;
+  if (it == cache_index_.end()) {
+    misses_.fetch_add(1, std::memory_order_relaxed);
+    return nullptr;
+  }
+  hits_.fetch_add(1, std::memory_order_relaxed);
   lru_.splice(lru_.begin(), lru_, it->second);
   return it->second->second;
 }
@@ -265,7 +272,21 @@ void ChunkStore::CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> dat
     cache_used_ -= last.second->size();
     cache_index_.erase(last.first);
     lru_.pop_back();
+    evictions_.fetch_add(1, std::memory_order_relaxed);
   }
+}
+
+ChunkStore::Counters ChunkStore::counters() const {
+  Counters c;
+  {
+    std::lock_guard lock(cache_mu_);
+    c.cache_used_bytes = cache_used_;
+  }
+  c.cache_hits = hits_.load(std::memory_order_relaxed);
+  c.cache_misses = misses_.load(std::memory_order_relaxed);
+  c.cache_evictions = evictions_.load(std::memory_order_relaxed);
+  c.verify_failures = verify_failures_.load(std::memory_order_relaxed);
+  return c;
 }
 
 void ChunkStore::DropFromCache(const ChunkId& id) {

@@ -20,6 +20,7 @@
 // which has its own mutex; atomicity of publication is the backend's.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -98,6 +99,16 @@ class ChunkStore {
   // `done`. On a dedup hit the comparison runs from the callback.
   void PutAsync(ByteView data, std::function<void(Result<PutResult>)> done);
 
+  // What the reads did since the store was opened (the mount's metrics).
+  struct Counters {
+    uint64_t cache_used_bytes = 0;
+    uint64_t cache_hits = 0;    // reads answered from the cache
+    uint64_t cache_misses = 0;  // reads that went to the backend
+    uint64_t cache_evictions = 0;
+    uint64_t verify_failures = 0;  // chunks read whose bytes did not match their id
+  };
+  Counters counters() const;
+
   Result<bool> Exists(const ChunkId& id);
   Status Remove(const ChunkId& id);
   Status ListIds(const std::function<Status(const ChunkId&)>& fn);
@@ -107,11 +118,12 @@ class ChunkStore {
   const uint32_t chunk_size_;
 
   // LRU cache of verified chunks, GUARDED_BY(cache_mu_).
-  std::mutex cache_mu_;
+  mutable std::mutex cache_mu_;
   const size_t cache_capacity_;
   size_t cache_used_ = 0;
   std::list<std::pair<ChunkId, std::shared_ptr<const Bytes>>> lru_;
   std::unordered_map<ChunkId, decltype(lru_)::iterator> cache_index_;
+  std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, verify_failures_{0};
   std::shared_ptr<const Bytes> CacheLookup(const ChunkId& id);
   void CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> data);
   // Checks `data` (as read from the backend) against `id`; Corruption if not.

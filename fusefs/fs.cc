@@ -27,6 +27,12 @@ std::string DiskKey(std::string_view instance, std::string_view disk) {
 }
 std::string ImageKey(const ImageId& id) { return "b/" + id.Hex(); }
 
+int64_t MonoNs() {  // for latencies
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -56,10 +62,11 @@ struct FileSystem::OpenFile {
   std::shared_ptr<ImageReader> image;  // constant after construction
   bool writable = false;               // GUARDED_BY(mu)
   uint32_t handles = 0;                // GUARDED_BY(FileSystem::mu_)
-  Status broken;  // constant after construction: why a restored handle could not be opened
-  uint32_t writers = 0;                // GUARDED_BY(FileSystem::mu_); handles open for writing
-  std::mutex grow_mu;                  // serialises growth of the disk
-  std::atomic<bool> dirty{false};      // written since the last successful flush
+  Status broken;         // constant after construction: why a restored handle could not be opened
+  uint32_t writers = 0;  // GUARDED_BY(FileSystem::mu_); handles open for writing
+  std::mutex grow_mu;    // serialises growth of the disk
+  std::atomic<bool> dirty{false};          // written since the last successful flush
+  std::shared_ptr<DiskCounters> counters;  // constant after construction; null for images
 
   Result<std::shared_ptr<Disk>> CurrentDisk() {
     std::lock_guard lock(mu);
@@ -854,6 +861,8 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
       of = std::make_shared<OpenFile>();
       of->disk = std::move(disk);
       of->writable = write;
+      of->counters = metrics_.Disk(ref.instance, ref.disk);
+      if (write) of->counters->lock_acquisitions.fetch_add(1, std::memory_order_relaxed);
       auto info = disks_.Info(ref);
       if (info.ok() && info->parent) {
         Status st = store_.TouchImage(*info->parent);
@@ -861,7 +870,15 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
           spdlog::warn("recording use of image {}: {}", info->parent->Hex(), st.ToString());
       }
     } else if (write) {
+      bool was_writable;
+      {
+        std::lock_guard lock(of->mu);
+        was_writable = of->writable;
+      }
       RETURN_IF_ERROR(UpgradeToWritable(*of, ref));
+      if (!was_writable && of->counters) {
+        of->counters->lock_acquisitions.fetch_add(1, std::memory_order_relaxed);
+      }
     }
     if (flags & O_TRUNC) {
       std::lock_guard grow(of->grow_mu);
@@ -1046,8 +1063,17 @@ void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, size_t size,
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, disk_size - offset));
   Disk* d = disk->get();
   d->ReadBuffersAsync(offset, n,
-                      [this, disk = std::move(*disk), done = std::move(done)](
-                          Result<ReadBuffers> data) mutable {
+                      [this, disk = std::move(*disk), done = std::move(done),
+                       c = (*h)->of->counters, n, t0 = MonoNs()](Result<ReadBuffers> data) mutable {
+                        if (c) {
+                          c->read_latency.Observe(MonoNs() - t0);
+                          c->reads.fetch_add(1, std::memory_order_relaxed);
+                          if (data.ok()) {
+                            c->read_bytes.fetch_add(n, std::memory_order_relaxed);
+                          } else {
+                            c->read_errors.fetch_add(1, std::memory_order_relaxed);
+                          }
+                        }
                         done(std::move(data));
                         DropDisk(std::move(disk));
                       });
@@ -1082,8 +1108,18 @@ void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCal
   Disk* d = disk->get();
   size_t n = data.size();
   d->WriteAsync(offset, data,
-                [this, disk = std::move(*disk), of = std::move(of), n,
+                [this, disk = std::move(*disk), of = std::move(of), n, t0 = MonoNs(),
                  done = std::move(done)](Status st) mutable {
+                  if (DiskCounters* c = of->counters.get()) {
+                    c->write_latency.Observe(MonoNs() - t0);
+                    c->writes.fetch_add(1, std::memory_order_relaxed);
+                    if (st.ok()) {
+                      c->write_bytes.fetch_add(n, std::memory_order_relaxed);
+                    } else {
+                      c->write_errors.fetch_add(1, std::memory_order_relaxed);
+                      if (st.IsBusy()) c->lock_losses.fetch_add(1, std::memory_order_relaxed);
+                    }
+                  }
                   if (st.ok()) {
                     of->dirty = true;
                     done(n);
@@ -1127,6 +1163,11 @@ void FileSystem::FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t
   d->DiscardAsync(offset, stop - offset,
                   [this, disk = std::move(*disk), of = std::move(of),
                    done = std::move(done)](Status st) mutable {
+                    if (DiskCounters* c = of->counters.get()) {
+                      c->discards.fetch_add(1, std::memory_order_relaxed);
+                      if (!st.ok()) c->discard_errors.fetch_add(1, std::memory_order_relaxed);
+                      if (st.IsBusy()) c->lock_losses.fetch_add(1, std::memory_order_relaxed);
+                    }
                     if (st.ok()) of->dirty = true;
                     done(st);
                     DropDisk(std::move(disk));
@@ -1173,6 +1214,16 @@ Result<std::optional<uint64_t>> FileSystem::Lseek(uint64_t fh, uint64_t offset, 
   return want_data ? std::optional<uint64_t>() : std::optional<uint64_t>(size);
 }
 
+namespace {
+void CountFlush(DiskCounters* c, const Status& st, int64_t t0) {
+  if (!c) return;
+  c->flush_latency.Observe(MonoNs() - t0);
+  c->flushes.fetch_add(1, std::memory_order_relaxed);
+  if (!st.ok()) c->flush_errors.fetch_add(1, std::memory_order_relaxed);
+  if (st.IsBusy()) c->lock_losses.fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
 void FileSystem::FlushAsync(uint64_t fh, StatusCallback done) {
   auto h = GetHandle(fh);
   if (!h.ok()) return done(h.status());
@@ -1182,8 +1233,9 @@ void FileSystem::FlushAsync(uint64_t fh, StatusCallback done) {
   auto disk = of->CurrentDisk();
   if (!disk.ok()) return done(disk.status());
   Disk* d = disk->get();
-  d->FlushAsync([this, disk = std::move(*disk), of = std::move(of),
+  d->FlushAsync([this, disk = std::move(*disk), of = std::move(of), t0 = MonoNs(),
                  done = std::move(done)](Status st) mutable {
+    CountFlush(of->counters.get(), st, t0);
     if (!st.ok()) of->dirty = true;
     done(st);
     DropDisk(std::move(disk));
@@ -1205,8 +1257,9 @@ void FileSystem::FsyncAsync(uint64_t fh, StatusCallback done) {
   if (!disk) return done(Status::IOError("the disk is closed (unmounting)"));
   of->dirty = false;
   Disk* d = disk.get();
-  d->FlushAsync([this, disk = std::move(disk), of = std::move(of),
+  d->FlushAsync([this, disk = std::move(disk), of = std::move(of), t0 = MonoNs(),
                  done = std::move(done)](Status st) mutable {
+    CountFlush(of->counters.get(), st, t0);
     if (!st.ok()) of->dirty = true;
     done(st);
     DropDisk(std::move(disk));
@@ -1348,8 +1401,8 @@ size_t FileSystem::Restore(const FsState& state) {
       why = r.status();
     }
     ++broken;
-    spdlog::error("file handle {} (inode {}) could not be opened again: {}; its requests fail",
-                  fh, open.ino, why.ToString());
+    spdlog::error("file handle {} (inode {}) could not be opened again: {}; its requests fail", fh,
+                  open.ino, why.ToString());
     auto h = std::make_shared<Handle>();
     if (node.ok()) {
       h->node = *node;
@@ -1360,8 +1413,10 @@ size_t FileSystem::Restore(const FsState& state) {
       h->node->removed = true;
     }
     h->of = std::make_shared<OpenFile>();
-    h->of->broken = Status::IOError("the file could not be opened again after the mount's "
-                                    "server was replaced: " + why.ToString());
+    h->of->broken = Status::IOError(
+        "the file could not be opened again after the mount's "
+        "server was replaced: " +
+        why.ToString());
     h->of->handles = 1;
     h->write = WantsWrite(open.flags);
     h->of->writers = h->write ? 1 : 0;

@@ -48,6 +48,7 @@
 #include "blockstore/image.h"
 #include "blockstore/status.h"
 #include "cache/store.h"
+#include "fusefs/metrics.h"
 
 namespace imgfs::fusefs {
 
@@ -247,6 +248,9 @@ class FileSystem {
   FsState Snapshot();
   size_t Restore(const FsState& state);
 
+  // The mount's live counters (docs/operations.md, "Metrics").
+  MountMetrics& metrics() { return metrics_; }
+
   // For tests: how many inodes the kernel holds and how many files are open.
   size_t InodeCountForTest();
   size_t OpenFileCountForTest();
@@ -312,6 +316,7 @@ class FileSystem {
   DiskBackend& disks_;
   const FsOptions opts_;
   const int64_t mount_time_ns_;
+  MountMetrics metrics_;
 
   std::mutex ns_mu_;
   std::mutex mu_;                                     // after ns_mu_

@@ -43,6 +43,9 @@ void RegisterDiskCommands(Cli& cli);   // disk ...
 void RegisterMountCommand(Cli& cli);   // mount
 void RegisterServeCommands(Cli& cli);  // __serve, __supervise (hidden: run by mount)
 
+// imgfs(1) in roff, from `app`'s subcommands and options (tools/man.cc).
+void PrintManPage(const CLI::App& app, const std::string& version);
+
 // The store directory the options name.
 std::string StorePath(const GlobalOptions& g);
 // Opens the store the options name (with the clear "run imgfs init" error).

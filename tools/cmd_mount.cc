@@ -8,13 +8,17 @@
 // the child becomes the supervisor and reports through a pipe.
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <climits>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -45,6 +49,26 @@ Result<std::string> Absolute(const std::string& path, const char* what) {
   char buf[PATH_MAX];
   if (!realpath(path.c_str(), buf)) return Status::FromErrno(errno, std::string(what) + " " + path);
   return std::string(buf);
+}
+
+// Tells systemd (a Type=notify service: imgfs-mount@.service) that the mount
+// serves: one datagram to $NOTIFY_SOCKET, as sd_notify(3) sends it.
+void NotifySystemd(const std::string& what) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (!path || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  size_t len = std::strlen(path);
+  if (len >= sizeof addr.sun_path) return;
+  std::memcpy(addr.sun_path, path, len);
+  if (path[0] == '@') addr.sun_path[0] = '\0';  // abstract
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  if (sendto(fd, what.data(), what.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr),
+             static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len)) < 0) {
+    spdlog::warn("cannot notify systemd on {}: {}", path, std::strerror(errno));
+  }
+  close(fd);
 }
 
 // `imgfs mount --upgrade|--status MOUNTPOINT`: asks the mount's supervisor.
@@ -115,7 +139,9 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
   fusefs::FsOptions fso;
   StoreOptions so;
   std::pair<int, int> crash_loop{cfg.crash_loop.deaths, cfg.crash_loop.seconds};
-  if (Status s = ParseMountOptions(args.options, &fso, &cfg.fuse, &so, &crash_loop); !s.ok()) {
+  MetricsOptions metrics;
+  if (Status s = ParseMountOptions(args.options, &fso, &cfg.fuse, &so, &crash_loop, &metrics);
+      !s.ok()) {
     return Outcome{s};
   }
   cfg.crash_loop = CrashLoopRule{crash_loop.first, crash_loop.second};
@@ -126,6 +152,7 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
   if (!exe.ok()) return Outcome{exe.status()};
   cfg.exe = *exe;
   cfg.pid_file = args.pid_file;
+  if (!args.foreground) cfg.log_file = args.log_file;
   cfg.server_args = {"--store", *store_path};
   if (g.quiet) cfg.server_args.push_back("-q");
   for (int i = 0; i < g.verbose; ++i) cfg.server_args.push_back("-v");
@@ -139,7 +166,10 @@ Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
 
   if (args.foreground) {
     Status first;
-    int rc = RunSupervisor(cfg, [&](const Status& s) { first = s; });
+    int rc = RunSupervisor(cfg, [&](const Status& s) {
+      first = s;
+      if (s.ok()) NotifySystemd("READY=1");
+    });
     if (!first.ok()) return Outcome{first};
     return Outcome{Status::OK(), rc};
   }
@@ -197,7 +227,9 @@ void RegisterMountCommand(Cli& cli) {
                    "crash_loop=DEATHS/SECONDS (default 5/30: then requests fail with EIO), "
                    "max_threads=N, max_write=N, max_background=N, splice_read, "
                    "splice_write, splice_move, writeback_cache, entry_timeout=S, "
-                   "attr_timeout=S, pid_file=PATH, log_file=PATH, and libfuse's (e.g. "
+                   "attr_timeout=S, pid_file=PATH, log_file=PATH, metrics=[HOST:]PORT "
+                   "(Prometheus /metrics; HOST defaults to 127.0.0.1), metrics_file=PATH "
+                   "(written every metrics_interval=S seconds, default 15), and libfuse's (e.g. "
                    "max_read=N); fstab's defaults, auto, noauto, nofail, _netdev, x-* are "
                    "ignored")
       ->allow_extra_args(false);

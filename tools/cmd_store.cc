@@ -1,4 +1,6 @@
 // imgfs init | stats | fsck | gc
+#include <climits>
+#include <cstdlib>
 #include <iostream>
 
 #include "blockstore/rbd_disk.h"
@@ -6,6 +8,8 @@
 #include "cache/fsck.h"
 #include "cache/gc.h"
 #include "tools/cli.h"
+#include "tools/metrics_export.h"
+#include "tools/supervisor.h"
 
 namespace imgfs::cli {
 
@@ -60,50 +64,143 @@ Outcome RunInit(const GlobalOptions& g, const InitArgs& a) {
   return {};
 }
 
-Outcome RunStats(const GlobalOptions& g) {
+// The store's figures: what its images hold and what that costs.
+Outcome RunStoreStats(const GlobalOptions& g) {
   auto store = OpenStore(g);
   if (!store.ok()) return {store.status()};
-  auto images = (*store)->ListImages();
+  Store& st = **store;
+  auto images = st.ListImages();
   if (!images.ok()) return {images.status()};
   uint64_t logical = 0, data = 0;
   for (const auto& r : *images) {
     logical += r.size;
     data += r.data_bytes;
   }
-  uint64_t chunks = 0, chunk_bytes = 0;
-  Bytes buf;
-  (void)buf;
-  Status s = (*store)->chunks().ListIds([&](const ChunkId&) {
+  uint64_t chunks = 0;
+  Status s = st.chunks().ListIds([&](const ChunkId&) {
     ++chunks;
     return Status::OK();
   });
   if (!s.ok()) return {s};
-  chunk_bytes = chunks * (*store)->config().chunk_size;  // upper bound: last chunks may be short
-  auto disks = (*store)->disks().List("");
+  // An upper bound: the last chunk of an image may be short.
+  uint64_t chunk_bytes = chunks * st.config().chunk_size;
+  auto disks = st.disks().List("");
   if (!disks.ok()) return {disks.status()};
-  auto space = (*store)->backend().Space();
+  uint64_t disk_bytes = 0, disk_owned = 0;
+  for (const DiskRef& ref : *disks) {
+    auto info = st.disks().Info(ref);
+    if (!info.ok()) continue;  // removed meanwhile
+    disk_bytes += info->size;
+    disk_owned += info->owned_bytes;
+  }
+  double dedup = chunk_bytes > 0 ? static_cast<double>(data) / static_cast<double>(chunk_bytes) : 0;
+  auto chunk_space = st.backend().Space();
+  auto disk_space = st.disks().Space();
+  auto space_json = [](const Result<SpaceInfo>& sp) {
+    if (!sp.ok()) return nlohmann::json(nullptr);
+    return nlohmann::json{{"capacity_bytes", sp->capacity_bytes},
+                          {"available_bytes", sp->available_bytes}};
+  };
   if (g.json) {
-    nlohmann::json j = {{"images", images->size()},       {"image_bytes", logical},
-                        {"image_data_bytes", data},       {"chunks", chunks},
-                        {"chunk_bytes_max", chunk_bytes}, {"disks", disks->size()}};
-    if (space.ok()) {
-      j["capacity_bytes"] = space->capacity_bytes;
-      j["available_bytes"] = space->available_bytes;
+    nlohmann::json j = {{"store", st.path()},
+                        {"chunk_size", st.config().chunk_size},
+                        {"images", images->size()},
+                        {"image_bytes", logical},
+                        {"image_data_bytes", data},
+                        {"chunks", chunks},
+                        {"chunk_bytes_max", chunk_bytes},
+                        {"dedup_ratio", dedup},
+                        {"disks", disks->size()},
+                        {"disk_bytes", disk_bytes},
+                        {"disk_owned_bytes", disk_owned},
+                        {"chunk_backend", {{"kind", st.config().chunks}}},
+                        {"disk_backend", {{"kind", st.config().disks}}}};
+    j["chunk_backend"]["space"] = space_json(chunk_space);
+    j["disk_backend"]["space"] = space_json(disk_space);
+    if (chunk_space.ok()) {  // the keys of earlier versions
+      j["capacity_bytes"] = chunk_space->capacity_bytes;
+      j["available_bytes"] = chunk_space->available_bytes;
     }
     PrintJson(j);
-  } else {
-    std::cout << "images:      " << images->size() << " (" << FormatSizeHuman(logical)
-              << " virtual, " << FormatSizeHuman(data) << " of data)\n"
-              << "chunks:      " << chunks << " (at most " << FormatSizeHuman(chunk_bytes) << ")\n"
-              << "disks:       " << disks->size() << "\n";
-    if (data > 0 && chunk_bytes > 0) {
-      std::printf("dedup ratio: %.2f (image data / stored chunks, at least)\n",
-                  static_cast<double>(data) / static_cast<double>(chunk_bytes));
+    return {};
+  }
+  std::cout << "store:         " << st.path() << " (chunk size "
+            << FormatSize(st.config().chunk_size) << ")\n"
+            << "images:        " << images->size() << " (" << FormatSizeHuman(logical)
+            << " virtual, " << FormatSizeHuman(data) << " of data)\n"
+            << "chunks:        " << chunks << " (at most " << FormatSizeHuman(chunk_bytes) << ")\n";
+  if (chunk_bytes > 0) {
+    std::printf("dedup ratio:   %.2f (image data / stored chunks, at least)\n", dedup);
+  }
+  std::cout << "disks:         " << disks->size() << " (" << FormatSizeHuman(disk_bytes)
+            << " virtual, " << FormatSizeHuman(disk_owned) << " written by the disks)\n";
+  auto space_line = [](const std::string& what, const std::string& kind,
+                       const Result<SpaceInfo>& sp) {
+    std::cout << what << kind;
+    if (sp.ok()) {
+      std::cout << ": " << FormatSizeHuman(sp->available_bytes) << " free of "
+                << FormatSizeHuman(sp->capacity_bytes);
     }
-    if (space.ok()) {
-      std::cout << "space:       " << FormatSizeHuman(space->available_bytes) << " free of "
-                << FormatSizeHuman(space->capacity_bytes) << "\n";
-    }
+    std::cout << "\n";
+  };
+  space_line("chunk backend: ", st.config().chunks, chunk_space);
+  space_line("disk backend:  ", st.config().disks, disk_space);
+  return {};
+}
+
+// A running mount's counters: the supervisor's, then its server's.
+Outcome RunMountStats(const GlobalOptions& g, const std::string& mount) {
+  char buf[PATH_MAX];
+  if (!realpath(mount.c_str(), buf)) return {Status::FromErrno(errno, "mount point " + mount)};
+  std::string mountpoint = buf;
+  auto answer = AskSupervisor(mountpoint, "status");
+  if (!answer.ok()) return {answer.status()};
+  if (!answer->starts_with("ok ")) {
+    return {Status::IOError("the supervisor of " + mountpoint + " answered: " + *answer)};
+  }
+  auto sup = nlohmann::json::parse(answer->substr(3), nullptr, false);
+  if (sup.is_discarded()) return {Status::IOError("the supervisor's answer is not JSON")};
+  pid_t server = sup.value("server_pid", 0);
+  if (server <= 0 || sup.value("state", "") != "serving") {
+    return {Status::Unavailable("no server serves " + mountpoint + " (state " +
+                                sup.value("state", "?") + ")")};
+  }
+  auto text = AskServer(server, "json");
+  if (!text.ok()) return {text.status()};
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return {Status::IOError("server pid " + std::to_string(server) + " answered no JSON")};
+  }
+  // The supervisor's figures are current; the server's copy is from its start.
+  for (const char* k : {"supervisor_pid", "server_pid", "restarts", "upgrades", "state"}) {
+    if (sup.contains(k)) j[k] = sup[k];
+  }
+  if (g.json) {
+    PrintJson(j);
+    return {};
+  }
+  std::cout << "mount:       " << mountpoint << " (" << j.value("state", "") << ", server pid "
+            << j.value("server_pid", 0) << ", supervisor pid " << j.value("supervisor_pid", 0)
+            << ")\n"
+            << "restarts:    " << j.value("restarts", 0) << "\n"
+            << "upgrades:    " << j.value("upgrades", 0) << "\n";
+  if (j.contains("cache")) {
+    const auto& c = j["cache"];
+    std::cout << "chunk cache: " << FormatSizeHuman(c.value("used_bytes", uint64_t{0})) << " of "
+              << FormatSizeHuman(c.value("capacity_bytes", uint64_t{0})) << ", "
+              << c.value("hits", uint64_t{0}) << " hits, " << c.value("misses", uint64_t{0})
+              << " misses, " << c.value("evictions", uint64_t{0}) << " evictions, "
+              << c.value("verify_failures", uint64_t{0}) << " verification failures\n";
+  }
+  for (const auto& d : j.value("disks", nlohmann::json::array())) {
+    auto n = [&](const char* k) { return d.value(k, uint64_t{0}); };
+    std::cout << "disk " << d.value("instance", "") << "/" << d.value("disk", "") << ": "
+              << n("reads") << " reads (" << FormatSizeHuman(n("read_bytes")) << "), "
+              << n("writes") << " writes (" << FormatSizeHuman(n("write_bytes")) << "), "
+              << n("flushes") << " flushes, " << n("discards") << " discards, "
+              << n("read_errors") + n("write_errors") + n("flush_errors") + n("discard_errors")
+              << " errors, " << n("lock_acquisitions") << " lock acquisitions, " << n("lock_losses")
+              << " lock losses\n";
   }
   return {};
 }
@@ -235,10 +332,20 @@ void RegisterStoreCommands(Cli& cli) {
   init->add_option("--keyring", args->keyring, "Ceph keyring file");
   init->add_option("--ceph-timeout", args->ceph_timeout,
                    "Seconds before a Ceph cluster that does not answer is an error (default: 20)");
-  init->callback([&cli, args] { cli.action = [&cli, args] { return RunInit(cli.global, *args); }; });
+  init->callback(
+      [&cli, args] { cli.action = [&cli, args] { return RunInit(cli.global, *args); }; });
 
-  auto* stats = cli.app.add_subcommand("stats", "Show what the store holds and saves");
-  stats->callback([&cli] { cli.action = [&cli] { return RunStats(cli.global); }; });
+  auto mount = std::make_shared<std::string>();
+  auto* stats = cli.app.add_subcommand(
+      "stats", "Show what the store holds and saves, or with --mount a running mount's counters");
+  stats->add_option("--mount", *mount,
+                    "A mount point: the live counters of the mount there (per disk I/O, chunk "
+                    "cache, restarts and upgrades) instead of the store's figures");
+  stats->callback([&cli, mount] {
+    cli.action = [&cli, mount] {
+      return mount->empty() ? RunStoreStats(cli.global) : RunMountStats(cli.global, *mount);
+    };
+  });
 
   auto* fsck = cli.app.add_subcommand(
       "fsck", "Check the whole store (exit 0 clean, 1 problems found, 3 could not check)");

@@ -99,13 +99,20 @@ int main(int argc, char** argv) {
   cli.app.add_flag("--json", cli.global.json, "Machine-readable output on stdout");
   cli.app.add_flag("-v,--verbose", cli.global.verbose, "More logging on stderr (repeat for debug)");
   cli.app.add_flag("-q,--quiet", cli.global.quiet, "Only errors on stderr");
-  cli.app.set_version_flag("--version", "imgfs 0.1");
+  cli.app.set_version_flag("--version", "imgfs " IMGFS_VERSION);
 
   RegisterStoreCommands(cli);
   RegisterImageCommands(cli);
   RegisterDiskCommands(cli);
   RegisterMountCommand(cli);
   RegisterServeCommands(cli);
+  // The manual page (tools/package.sh), from everything registered above.
+  cli.app.add_subcommand("__man", "Print imgfs(1) in roff")->group("")->callback([&cli] {
+    cli.action = [&cli] {
+      PrintManPage(cli.app, "imgfs " IMGFS_VERSION);
+      return Outcome{};
+    };
+  });
 
   // mount(8) with an /etc/fstab line "STORE MOUNTPOINT fuse.imgfs OPTIONS"
   // runs mount.fuse3, which runs "imgfs STORE MOUNTPOINT -o OPTIONS": that is

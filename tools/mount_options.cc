@@ -26,7 +26,9 @@ Result<uint32_t> ParseU32(const std::string& key, const std::string& value) {
 
 Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOptions* fs,
                          fusefs::FuseConfig* fuse, StoreOptions* store,
-                         std::pair<int, int>* crash_loop) {
+                         std::pair<int, int>* crash_loop, MetricsOptions* metrics) {
+  MetricsOptions unused;
+  if (!metrics) metrics = &unused;
   for (const auto& list : lists) {
     std::stringstream ss(list);
     std::string opt;
@@ -53,6 +55,33 @@ Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOption
                                          "' (DEATHS/SECONDS, such as 5/30)");
         }
         if (crash_loop) *crash_loop = {deaths, seconds};
+      } else if (key == "metrics") {
+        std::string host = "127.0.0.1", port = value;
+        if (auto colon = value.rfind(':'); colon != std::string::npos) {
+          host = value.substr(0, colon);
+          port = value.substr(colon + 1);
+        }
+        char* end = nullptr;
+        long p = std::strtol(port.c_str(), &end, 10);
+        if (host.empty() || port.empty() || *end || p < 1 || p > 65535) {
+          return Status::InvalidArgument("bad value for -o metrics: '" + value +
+                                         "' ([HOST:]PORT, such as 127.0.0.1:9477)");
+        }
+        metrics->listen = host + ":" + port;
+      } else if (key == "metrics_file") {
+        if (value.empty() || value[0] != '/') {
+          return Status::InvalidArgument("bad value for -o metrics_file: '" + value +
+                                         "' (an absolute path)");
+        }
+        metrics->file = value;
+      } else if (key == "metrics_interval") {
+        char* end = nullptr;
+        long n = std::strtol(value.c_str(), &end, 10);
+        if (value.empty() || *end || n < 1 || n > 86400) {
+          return Status::InvalidArgument("bad value for -o metrics_interval: '" + value +
+                                         "' (seconds, 1 to 86400)");
+        }
+        metrics->interval_s = static_cast<int>(n);
       } else if (key == "allow_shrink") {
         fs->allow_shrink = true;
       } else if (key == "direct_io") {
@@ -111,6 +140,13 @@ void RedirectStdio(const std::string& log_file) {
   if (err >= 0) dup2(err, STDERR_FILENO);
   if (err >= 0 && err != null) close(err);
   if (null > STDERR_FILENO) close(null);
+}
+
+void ReopenLog(const std::string& log_file) {
+  int fd = open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (fd < 0) return;
+  dup2(fd, STDERR_FILENO);
+  close(fd);
 }
 
 std::string FsNameFor(const std::string& store_path) {

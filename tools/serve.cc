@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <optional>
 #include <thread>
 
@@ -33,6 +34,7 @@
 #include "fusefs/fuse_adapter.h"
 #include "fusefs/takeover.h"
 #include "tools/cli.h"
+#include "tools/metrics_export.h"
 #include "tools/mount_options.h"
 #include "tools/supervisor.h"
 
@@ -50,12 +52,17 @@ struct ServeArgs {
   std::optional<std::string> detach;  // --detach LOG: once serving, stderr to LOG ("": none)
 };
 
+uint64_t EnvCount(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::strtoull(v, nullptr, 10) : 0;
+}
+
 int Serve(const GlobalOptions& g, const ServeArgs& a) {
   // Stop signals go to one thread that waits for them; blocked before any
   // other thread exists (librados starts many), so none of those gets one.
   sigset_t stop;
   sigemptyset(&stop);
-  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stop, s);
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaddset(&stop, s);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   signal(SIGPIPE, SIG_IGN);
   for (int fd : {a.fuse_fd, a.state_fd, a.ctl_fd}) fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -79,11 +86,17 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
   fc.fsname = FsNameFor(store_path);
   fc.debug = a.debug;
   StoreOptions so;
-  if (Status s = ParseMountOptions(a.options, &fso, &fc, &so); !s.ok()) return fail(s);
+  MetricsOptions mo;
+  if (Status s = ParseMountOptions(a.options, &fso, &fc, &so, nullptr, &mo); !s.ok()) {
+    return fail(s);
+  }
   auto store = Store::Open(store_path, {}, so);
   if (!store.ok()) return fail(store.status());
   spdlog::info("chunk cache: {}", FormatSizeHuman((*store)->chunks().cache_bytes()));
   fusefs::FileSystem fs(**store, fso);
+  fs.metrics().SetChunkStore(&(*store)->chunks());
+  fs.metrics().SetInfo(
+      {a.mountpoint, EnvCount("IMGFS_MOUNT_RESTARTS"), EnvCount("IMGFS_MOUNT_UPGRADES")});
   auto server = fusefs::FuseServer::Create(fs, fc, a.fuse_fd);
   if (!server.ok()) return fail(server.status());
 
@@ -126,10 +139,20 @@ int Serve(const GlobalOptions& g, const ServeArgs& a) {
       getpid(), loaded->fs.inos.size(), loaded->fs.opens.size(), broken, loaded->fs.dirs.size(), ms,
       resent ? "; asked the kernel to resend" : "");
 
+  // After "go": during an upgrade the old server has exited by now, so the
+  // metrics port is free.
+  MetricsExport exporter(fs.metrics(), mo);
+  exporter.Start();
+
   fusefs::FuseServer* srv = server->get();
-  std::thread([stop, srv] {
+  std::string log_file = a.detach.value_or("");
+  std::thread([stop, srv, log_file] {
     int sig = 0;
-    while (sigwait(&stop, &sig) != 0) {
+    for (;;) {
+      if (sigwait(&stop, &sig) != 0) continue;
+      if (sig != SIGUSR1) break;
+      if (!log_file.empty()) ReopenLog(log_file);  // logrotate (the supervisor passes it on)
+      spdlog::info("server pid {}: SIGUSR1: reopened the log", getpid());
     }
     spdlog::info("server pid {}: {}: stopping", getpid(), strsignal(sig));
     srv->Stop();

@@ -9,11 +9,12 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 
 build_pkgs=(cmake ninja-build g++ pkg-config
   libfuse3-dev fuse3 librbd-dev librados-dev libradospp-dev libxxhash-dev libspdlog-dev
-  catch2 libcli11-dev nlohmann-json3-dev qemu-utils)
+  catch2 libcli11-dev nlohmann-json3-dev qemu-utils libcivetweb-dev dpkg-dev)
 test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
   e2fsprogs xfsprogs util-linux qemu-block-extra jq
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  cpio fdisk strace)
+  cpio fdisk strace
+  lintian systemd socat logrotate groff-base bsdextrautils prometheus curl iproute2)
 
 missing=()
 for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do

@@ -24,6 +24,7 @@
 #include <optional>
 
 #include "blockstore/log.h"
+#include "tools/mount_options.h"
 
 extern char** environ;
 
@@ -170,7 +171,7 @@ class Supervisor {
   void ReExec(const std::string& exe);
   int Finish();
 
-  std::string mountpoint_, pid_file_;
+  std::string mountpoint_, pid_file_, log_file_;
   std::vector<std::string> server_args_;
   int fuse_fd_ = -1, state_fd_ = -1, listen_fd_ = -1, sig_fd_ = -1;
   Server cur_;         // the serving server (or the one starting to serve)
@@ -183,6 +184,7 @@ class Supervisor {
   CrashLoopRule crash_loop_;     // this many deaths this close: stop restarting
   std::deque<Clock::time_point> deaths_;
   int restarts_ = 0;
+  int upgrades_ = 0;      // upgrades that took over
   bool failing_ = false;  // crash loop: requests get EIO
   bool stopping_ = false;
   bool served_ = false;  // a server has served (the first start is over)
@@ -193,6 +195,7 @@ class Supervisor {
 Supervisor::Supervisor(const SupervisorConfig& cfg, int fuse_fd)
     : mountpoint_(cfg.fuse.mountpoint),
       pid_file_(cfg.pid_file),
+      log_file_(cfg.log_file),
       server_args_(cfg.server_args),
       fuse_fd_(fuse_fd),
       crash_loop_(cfg.crash_loop) {
@@ -202,6 +205,7 @@ Supervisor::Supervisor(const SupervisorConfig& cfg, int fuse_fd)
 Supervisor::Supervisor(const json& j)
     : mountpoint_(j.at("mountpoint")),
       pid_file_(j.at("pid_file")),
+      log_file_(j.value("log_file", "")),
       server_args_(j.at("server_args").get<std::vector<std::string>>()),
       fuse_fd_(j.at("fuse_fd")),
       state_fd_(j.at("state_fd")),
@@ -209,6 +213,7 @@ Supervisor::Supervisor(const json& j)
       client_(j.at("client_fd")),
       crash_loop_{j.at("crash_loop_deaths"), j.at("crash_loop_seconds")},
       restarts_(j.at("restarts")),
+      upgrades_(j.value("upgrades", 0)),
       served_(true) {
   cur_.pid = j.at("server_pid");
   cur_.ctl = j.at("server_ctl");
@@ -226,7 +231,7 @@ Status Supervisor::Listen() {
   // SIGHUP (nohup) stays ignored.
   sigset_t set;
   sigemptyset(&set);
-  for (int s : {SIGCHLD, SIGTERM, SIGINT}) sigaddset(&set, s);
+  for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGUSR1}) sigaddset(&set, s);
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   struct sigaction hup {};
@@ -283,6 +288,10 @@ Status Supervisor::Spawn(Server* s, int exe_fd, const std::string& exe_path, boo
     sigprocmask(SIG_SETMASK, &none, nullptr);
     signal(SIGPIPE, SIG_DFL);
     for (int fd : {fuse_fd_, state_fd_, sv[1], exe_fd}) SetCloexec(fd, false);
+    // What the server's metrics report of the supervisor (an environment
+    // variable, which a binary that does not know it ignores).
+    setenv("IMGFS_MOUNT_RESTARTS", std::to_string(restarts_).c_str(), 1);
+    setenv("IMGFS_MOUNT_UPGRADES", std::to_string(upgrades_ + (s == &next_ ? 1 : 0)).c_str(), 1);
     syscall(SYS_execveat, exe_fd, "", argv.data(), environ, AT_EMPTY_PATH);
     std::string msg = "fail cannot run " + exe + ": " + std::strerror(errno);
     Send(sv[1], msg);
@@ -513,6 +522,7 @@ void Supervisor::StartUpgrade(int conn, const std::string& path) {
 void Supervisor::FinishUpgrade() {
   if (next_.serving) {
     spdlog::info("supervisor: server pid {} ({}) took over", next_.pid, next_.exe);
+    ++upgrades_;
     if (cur_.exe_fd >= 0 && cur_.exe_fd != next_.exe_fd) close(cur_.exe_fd);
     cur_ = next_;
     next_ = Server{};
@@ -571,6 +581,7 @@ void Supervisor::OnClient(int conn) {
               {"server_pid", cur_.pid},
               {"server_binary", cur_.exe},
               {"restarts", restarts_},
+              {"upgrades", upgrades_},
               {"state", failing_       ? "failing"
                         : cur_.serving ? "serving"
                                        : "starting"}};
@@ -594,12 +605,14 @@ void Supervisor::BeginStop(const char* why) {
 void Supervisor::ReExec(const std::string& exe) {
   json j = {{"mountpoint", mountpoint_},
             {"pid_file", pid_file_},
+            {"log_file", log_file_},
             {"server_args", server_args_},
             {"fuse_fd", fuse_fd_},
             {"state_fd", state_fd_},
             {"listen_fd", listen_fd_},
             {"client_fd", client_},
             {"restarts", restarts_},
+            {"upgrades", upgrades_},
             {"server_pid", cur_.pid},
             {"crash_loop_deaths", crash_loop_.deaths},
             {"crash_loop_seconds", crash_loop_.seconds},
@@ -659,6 +672,11 @@ int Supervisor::Loop() {
       while (read(sig_fd_, &si, sizeof si) == sizeof si) {
         if (si.ssi_signo == SIGCHLD) {
           Reap();
+        } else if (si.ssi_signo == SIGUSR1) {
+          // logrotate moved the log: write to a new file, and so does the server.
+          if (!log_file_.empty()) ReopenLog(log_file_);
+          spdlog::info("supervisor: SIGUSR1: reopened the log");
+          if (cur_.pid && cur_.serving) kill(cur_.pid, SIGUSR1);
         } else {
           BeginStop(strsignal(static_cast<int>(si.ssi_signo)));
         }

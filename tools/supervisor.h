@@ -33,13 +33,15 @@ struct SupervisorConfig {
   std::string exe;                       // the imgfs binary servers run
   std::vector<std::string> server_args;  // its arguments, from --store to __serve's options
   std::string pid_file;                  // the supervisor's pid, removed at exit (may be empty)
+  std::string log_file;  // where stderr goes once the mount is ready (reopened on SIGUSR1)
   CrashLoopRule crash_loop;
 };
 
 // Mounts, starts the first server, calls `ready` once with OK when it serves
 // (or with the error that stopped it: nothing is left mounted then), and
 // supervises until the mount ends (unmount, or SIGTERM/SIGINT/SIGHUP: the
-// server flushes and exits, then the supervisor unmounts). Returns the exit
+// server flushes and exits, then the supervisor unmounts). SIGUSR1 reopens
+// the log file (logrotate) and is passed on to the serving server. Returns the exit
 // status: 0, or 1 when the first server failed or the last one's flush did.
 int RunSupervisor(const SupervisorConfig& cfg, const std::function<void(const Status&)>& ready);
 

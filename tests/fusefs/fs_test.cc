@@ -647,3 +647,80 @@ TEST_CASE("concurrent opens, I/O, listings and releases keep every write", "[fus
   fs.Release(o->fh);
   CHECK(fs.Unlink(vm1, "disk").ok());
 }
+
+TEST_CASE("the mount's counters count what it served, per disk and in the chunk cache",
+          "[fusefs][metrics]") {
+  Fixture f;
+  f.CreateDisk("vm1", "disk");
+  FileSystem fs(*f.store, Opts());
+  fs.metrics().SetChunkStore(&f.store->chunks());
+  fs.metrics().SetInfo({"/m\"n\\", 2, 1});
+  auto o = fs.Open(DiskIno(fs), O_RDWR);
+  REQUIRE(o.ok());
+  Bytes data = RandomBytes(2 * kChunk, 3);
+  REQUIRE(fs.Write(o->fh, 0, data).ok());
+  Bytes buf(3 * kChunk);
+  REQUIRE(fs.Read(o->fh, 0, buf).ok());  // 2 written chunks, 1 from the image
+  REQUIRE(fs.Read(o->fh, 0, buf).ok());  // the image's chunk now from the cache
+  REQUIRE(fs.Fsync(o->fh).ok());
+  REQUIRE(fs.Fallocate(o->fh, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, kChunk).ok());
+
+  auto j = fs.metrics().ToJson();
+  CHECK(j["restarts"] == 2);
+  CHECK(j["upgrades"] == 1);
+  REQUIRE(j["disks"].size() == 1);
+  auto d = j["disks"][0];
+  CHECK(d["instance"] == "vm1");
+  CHECK(d["disk"] == "disk");
+  CHECK(d["writes"] == 1);
+  CHECK(d["write_bytes"] == 2 * kChunk);
+  CHECK(d["reads"] == 2);
+  CHECK(d["read_bytes"] == 6 * kChunk);
+  CHECK(d["flushes"] == 1);
+  CHECK(d["flush_errors"] == 0);
+  CHECK(d["discards"] == 1);
+  CHECK(d["lock_acquisitions"] == 1);
+  CHECK(d["write_latency"]["count"] == 1);
+  CHECK(d["read_latency"]["count"] == 2);
+  CHECK(j["cache"]["misses"].get<uint64_t>() >= 1);
+  CHECK(j["cache"]["used_bytes"].get<uint64_t>() >= kChunk);
+  CHECK(j["cache"]["verify_failures"] == 0);
+  // The chunk store's own reads: a miss, then a hit.
+  auto before = f.store->chunks().counters();
+  Bytes chunk(kChunk);
+  Bytes other = RandomBytes(kChunk, 99);
+  auto put = f.store->chunks().Put(other);
+  REQUIRE(put.ok());
+  REQUIRE(f.store->chunks().Read(put->id, chunk).ok());
+  REQUIRE(f.store->chunks().Read(put->id, chunk).ok());
+  auto after = f.store->chunks().counters();
+  CHECK(after.cache_misses == before.cache_misses + 1);
+  CHECK(after.cache_hits == before.cache_hits + 1);
+  CHECK(fs.metrics().ToJson()["cache"]["hits"] == after.cache_hits);
+
+  std::string text = fs.metrics().ToPrometheus();
+  std::string labels = R"(mountpoint="/m\"n\\",instance_name="vm1",disk="disk")";
+  CHECK(text.find("imgfs_disk_read_bytes_total{" + labels + "} " + std::to_string(6 * kChunk) +
+                  "\n") != std::string::npos);
+  CHECK(text.find("imgfs_disk_read_duration_seconds_bucket{" + labels + ",le=\"+Inf\"} 2\n") !=
+        std::string::npos);
+  CHECK(text.find("imgfs_disk_read_duration_seconds_count{" + labels + "} 2\n") !=
+        std::string::npos);
+  CHECK(text.find("imgfs_server_restarts_total{mountpoint=\"/m\\\"n\\\\\"} 2\n") !=
+        std::string::npos);
+  CHECK(text.find("# TYPE imgfs_disk_write_duration_seconds histogram\n") != std::string::npos);
+  fs.Release(o->fh);
+}
+
+TEST_CASE("latency histogram buckets are cumulative and end with +Inf", "[fusefs][metrics]") {
+  LatencyHistogram h;
+  h.Observe(50'000);          // 50 us: the first bucket (100 us)
+  h.Observe(2'000'000);       // 2 ms: the 2.5 ms bucket
+  h.Observe(60'000'000'000);  // 60 s: only +Inf
+  auto c = h.Cumulative();
+  CHECK(c.front() == 1);
+  CHECK(c[4] == 2);  // le 0.0025
+  CHECK(c[kLatencyBuckets.size() - 1] == 2);
+  CHECK(c.back() == 3);
+  CHECK(h.SumSeconds() == Approx(60.00205));
+}

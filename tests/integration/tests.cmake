@@ -59,3 +59,11 @@ set_tests_properties(integration/guest_libvirt integration/guest_libvirt@rbd
 imgfs_shell_test(migrate_rbd)
 imgfs_shell_test(migrate_two_writers)
 imgfs_shell_test(migrate_local)
+# The Debian package: built, installed with dpkg -i on this machine, used and
+# purged (also on failure). One dpkg at a time.
+imgfs_shell_test(package_deb)
+set_tests_properties(integration/package_deb PROPERTIES RESOURCE_LOCK dpkg LABELS "integration;package")
+# Operations: imgfs stats, the metrics, the log under logrotate.
+imgfs_shell_test(stats_cli)
+imgfs_shell_test(mount_metrics)
+imgfs_shell_test(mount_logrotate)

@@ -2,7 +2,6 @@
 
 #include <rados/librados.h>
 #include <rbd/librbd.h>
-#include <rbd/librbd.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -14,15 +13,19 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <functional>
 #include <list>
 #include <mutex>
 #include <optional>
 #include <random>
+#include <rbd/librbd.hpp>
 #include <set>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
-#include <functional>
+
+#include "blockstore/disk_util.h"
+#include "blockstore/units.h"
 
 namespace imgfs {
 namespace {
@@ -35,12 +38,26 @@ constexpr char kPublishedKey[] = "imgfs.published";
 constexpr uint64_t kFeatures = RBD_FEATURE_LAYERING | RBD_FEATURE_EXCLUSIVE_LOCK |
                                RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF |
                                RBD_FEATURE_DEEP_FLATTEN;
-constexpr uint64_t kMaxDiskSize = uint64_t{1} << 50;
+// librbd refuses an image with more objects than an object map holds
+// (cls_rbd's MAX_OBJECT_MAP_OBJECT_COUNT: 976.6 TiB with 4 MiB objects).
+// imgfs stops at 2^24 objects (64 TiB with 4 MiB objects, a 4 MiB object
+// map): the object map is written whole when a disk is created or grown
+// and read whole when it is opened for writing, which took 4 s at 64 TiB and
+// 11 s at 256 TiB on the test cluster, against the client's 20 s op timeout
+// (docs/rbd.md, "Disk sizes").
+constexpr uint64_t kLibrbdMaxObjects = 256'000'000;
+constexpr unsigned kMaxObjectsLog2 = 24;
 constexpr uint64_t kPublishRunBytes = 4u << 20;  // RBD's default object size
 constexpr size_t kPublishDepth = 16;
 constexpr int kPublishLockSeconds = 30;
 
 Status Err(int r, std::string_view what) { return Status::FromErrno(r, what); }
+
+DiskSizeLimit RbdSizeLimit(uint64_t object_size) {
+  uint64_t objects = std::min<uint64_t>(kLibrbdMaxObjects, uint64_t{1} << kMaxObjectsLog2);
+  return {objects * object_size, "2^" + std::to_string(kMaxObjectsLog2) + " RBD objects of " +
+                                     FormatSize(object_size) + ", imgfs's largest rbd disk"};
+}
 
 // One cluster connection and I/O context, shared by the backend and its disks.
 struct Connection {
@@ -324,12 +341,14 @@ class RbdDisk : public Disk {
   // `held`: the exclusive lock was taken by the open (writable disks);
   // a writable disk without it is in standby (OpenMode::kReadWriteStandby).
   RbdDisk(std::shared_ptr<Connection> conn, ImageSource* images, DiskRef ref, std::string name,
-          std::unique_ptr<librbd::Image> image, bool writable, bool held, uint64_t size)
+          std::unique_ptr<librbd::Image> image, bool writable, bool held, uint64_t size,
+          DiskSizeLimit limit)
       : conn_(std::move(conn)),
         images_(images),
         ref_(std::move(ref)),
         name_(std::move(name)),
         image_(std::move(image)),
+        limit_(std::move(limit)),
         writable_(writable),
         size_(size),
         held_(held) {}
@@ -409,8 +428,8 @@ class RbdDisk : public Disk {
     int r = image_->get_parent(&parent, &snap);
     if (r == 0) {
       if (parent.image_name.starts_with(kBasePrefix)) {
-        auto id = ImageId::FromHex(
-            std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+        auto id =
+            ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
         if (id.ok()) info->parent = *id;
       }
     } else if (r != -ENOENT) {
@@ -523,6 +542,9 @@ class RbdDisk : public Disk {
 
   Status Resize(uint64_t new_size, bool allow_shrink) override {
     RETURN_IF_ERROR(CheckWritable());
+    if (new_size > limit_.max_bytes) {
+      return disk_util::SizeError("disk " + ref_.ToString(), new_size, limit_);
+    }
     uint64_t cur = size();  // as set elsewhere, if it was
     if (new_size == cur) return Status::OK();
     RETURN_IF_ERROR(TakeLock());
@@ -534,10 +556,6 @@ class RbdDisk : public Disk {
       return Status::PermissionDenied("disk " + ref_.ToString() + ": shrinking from " +
                                       std::to_string(cur) + " to " + std::to_string(new_size) +
                                       " bytes is refused");
-    }
-    if (new_size > kMaxDiskSize) {
-      return Status::InvalidArgument("disk " + ref_.ToString() + ": size " +
-                                     std::to_string(new_size) + " is over the 1 PiB limit");
     }
     // A shrink lowers the parent overlap (librbd does the same): what is
     // regrown beyond it reads zeros, not the parent. librbd copies up the
@@ -572,12 +590,11 @@ class RbdDisk : public Disk {
   }
 
   void ReadAsync(uint64_t offset, MutableByteView buf, Callback done) override {
-    ReadBuffersAsync(offset, buf.size(),
-                     [buf, done = std::move(done)](Result<ReadBuffers> data) {
-                       if (!data.ok()) return done(data.status());
-                       data->CopyTo(buf);
-                       done(Status::OK());
-                     });
+    ReadBuffersAsync(offset, buf.size(), [buf, done = std::move(done)](Result<ReadBuffers> data) {
+      if (!data.ok()) return done(data.status());
+      data->CopyTo(buf);
+      done(Status::OK());
+    });
   }
 
   // librbd's C++ API reads into a bufferlist: its buffers are the ones the
@@ -727,7 +744,8 @@ class RbdDisk : public Disk {
     auto* check = new HeaderCheck{this};
     rados_completion_t c = nullptr;
     int r = rados_aio_create_completion2(check, &HeaderChecked, &c);
-    if (r == 0) r = rados_aio_stat(conn_->io, local.header_oid.c_str(), c, &check->size, &check->mtime);
+    if (r == 0)
+      r = rados_aio_stat(conn_->io, local.header_oid.c_str(), c, &check->size, &check->mtime);
     if (r < 0) {
       if (c) rados_aio_release(c);
       delete check;
@@ -773,7 +791,8 @@ class RbdDisk : public Disk {
   }
 
   Status CheckWritable() const {
-    if (!writable_.load()) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+    if (!writable_.load())
+      return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
     return Status::OK();
   }
 
@@ -821,7 +840,6 @@ class RbdDisk : public Disk {
     if (--inflight_ == 0) inflight_cv_.notify_all();
   }
 
-
   static std::vector<Extent> MergeClip(std::vector<Extent> in, uint64_t offset, uint64_t length) {
     std::sort(in.begin(), in.end(),
               [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
@@ -845,16 +863,17 @@ class RbdDisk : public Disk {
   const DiskRef ref_;
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
-  std::atomic<bool> writable_;  // cleared once by StopWriting
-  std::shared_ptr<OpenDisks> open_disks_;  // set once by Register, before other threads see it
-  mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
+  const DiskSizeLimit limit_;                   // what Resize accepts
+  std::atomic<bool> writable_;                  // cleared once by StopWriting
+  std::shared_ptr<OpenDisks> open_disks_;       // set once by Register, before other threads see it
+  mutable std::shared_mutex resize_mu_;         // I/O shared, Resize exclusive
   // Changed under resize_mu_ held exclusively, or held shared by size()
   // taking in another client's resize.
   mutable std::atomic<uint64_t> size_;
   mutable HeaderWatch watch_;  // registered for writable disks
 
-  std::mutex take_mu_;           // serialises TakeLock
-  std::atomic<bool> held_;       // the exclusive lock is ours (kept until destruction)
+  std::mutex take_mu_;      // serialises TakeLock
+  std::atomic<bool> held_;  // the exclusive lock is ours (kept until destruction)
   // Null: every read goes to the cluster. Set once, under take_mu_ or in
   // Init, when the lock is held; local_ptr_ is what readers load.
   std::unique_ptr<LocalParent> local_;
@@ -876,8 +895,8 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
   librbd::linked_image_spec_t parent;
   librbd::snap_spec_t snap;
   if (img.get_parent(&parent, &snap) < 0) return nullptr;  // -ENOENT: not a clone
-  if (parent.pool_name != conn.pool || parent.pool_namespace != conn.ns ||
-      parent.trash || snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
+  if (parent.pool_name != conn.pool || parent.pool_namespace != conn.ns || parent.trash ||
+      snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
     return nullptr;
   }
   auto id = ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
@@ -920,6 +939,24 @@ class RbdDiskBackend : public DiskBackend {
 
   std::string Describe() const override { return "rbd:" + conn_->where; }
 
+  // New images take the object size of rbd_default_order (4 MiB unless the
+  // Ceph configuration says otherwise); clones take their parent's, which
+  // imgfs published with the same default.
+  Result<DiskSizeLimit> MaxDiskSize(uint32_t chunk_size) override {
+    (void)chunk_size;
+    return RbdSizeLimit(DefaultObjectSize());
+  }
+
+  uint64_t DefaultObjectSize() const {
+    char buf[32] = {};
+    int order = 22;
+    if (rados_conf_get(conn_->cluster, "rbd_default_order", buf, sizeof buf) == 0) {
+      int o = std::atoi(buf);
+      if (o >= 12 && o <= 26) order = o;
+    }
+    return uint64_t{1} << order;
+  }
+
   // librbd names a lock's owner by its client's address ("IP:PORT/NONCE",
   // the nonce random per client instance); rados_getaddrs gives this
   // client's, as "[v2:IP:PORT/NONCE,...]" or "v2:IP:PORT/NONCE".
@@ -943,9 +980,9 @@ class RbdDiskBackend : public DiskBackend {
   Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
-    if (opts.size && *opts.size > kMaxDiskSize) {
-      return Status::InvalidArgument("disk size " + std::to_string(*opts.size) +
-                                     " is over the 1 PiB limit");
+    const DiskSizeLimit limit = RbdSizeLimit(DefaultObjectSize());
+    if (opts.size && *opts.size > limit.max_bytes) {
+      return disk_util::SizeError("disk " + ref.ToString(), *opts.size, limit);
     }
     {
       rbd_image_t img = nullptr;
@@ -967,6 +1004,8 @@ class RbdDiskBackend : public DiskBackend {
       if (!images_) return Status::NotSupported("this rbd backend has no image source");
       ASSIGN_OR_RETURN(ImageGeometry geometry, images_->GetGeometry(*opts.image));
       size = opts.size.value_or(geometry.size);
+      if (size > limit.max_bytes)
+        return disk_util::SizeError("disk " + ref.ToString(), size, limit);
       if (size < geometry.size) {
         return Status::InvalidArgument("disk size " + std::to_string(size) +
                                        " is smaller than the image " + opts.image->Hex() + " (" +
@@ -1001,8 +1040,8 @@ class RbdDiskBackend : public DiskBackend {
     librados::IoCtx::from_rados_ioctx_t(conn_->io, io);
     auto img = std::make_unique<librbd::Image>();
     librbd::RBD rbd;
-    int r = rw ? rbd.open(io, *img, name.c_str())
-               : rbd.open_read_only(io, *img, name.c_str(), nullptr);
+    int r =
+        rw ? rbd.open(io, *img, name.c_str()) : rbd.open_read_only(io, *img, name.c_str(), nullptr);
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: opening " + Where(name)), ref);
     bool held = false;
     if (rw) {
@@ -1021,9 +1060,10 @@ class RbdDiskBackend : public DiskBackend {
         held = true;
       }
     }
-    uint64_t size = 0;
-    if (r = img->size(&size); r < 0) return Err(r, "rbd: size of " + Where(name));
-    auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw, held, size);
+    librbd::image_info_t info{};
+    if (r = img->stat(info, sizeof info); r < 0) return Err(r, "rbd: size of " + Where(name));
+    auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw, held,
+                                          info.size, RbdSizeLimit(info.obj_size));
     RETURN_IF_ERROR(disk->Init());
     if (rw) disk->Register(open_disks_);
     return std::unique_ptr<Disk>(std::move(disk));
@@ -1052,9 +1092,10 @@ class RbdDiskBackend : public DiskBackend {
                       std::strerror(-r));
         return false;
       }
-      spdlog::warn("{}: broke the lock of {} (an earlier server of this mount, dead; its client "
-                   "is blocklisted)",
-                   Where(name), owner);
+      spdlog::warn(
+          "{}: broke the lock of {} (an earlier server of this mount, dead; its client "
+          "is blocklisted)",
+          Where(name), owner);
       return true;
     }
     return false;
@@ -1760,7 +1801,7 @@ class RbdDiskBackend : public DiskBackend {
   std::shared_ptr<Connection> conn_;  // constant after construction
   std::mutex dead_mu_;
   std::vector<std::string> dead_owners_;  // GUARDED_BY(dead_mu_)
-  ImageSource* images_;               // constant after construction
+  ImageSource* images_;                   // constant after construction
   const std::shared_ptr<OpenDisks> open_disks_;
 };
 

@@ -38,6 +38,7 @@ enum class Code : uint8_t {
   kNotEmpty,
   kUnavailable,  // a remote service cannot be reached; a retry may help
   kTimedOut,     // a bounded wait ran out; a retry may help
+  kTooLarge,     // a size beyond what the backend can hold (EFBIG)
 };
 
 std::string_view CodeName(Code code);
@@ -68,6 +69,7 @@ class [[nodiscard]] Status {
   static Status NotEmpty(std::string msg) { return Status(Code::kNotEmpty, std::move(msg)); }
   static Status Unavailable(std::string msg) { return Status(Code::kUnavailable, std::move(msg)); }
   static Status TimedOut(std::string msg) { return Status(Code::kTimedOut, std::move(msg)); }
+  static Status TooLarge(std::string msg) { return Status(Code::kTooLarge, std::move(msg)); }
 
   // Translates an errno value (positive or negative, as librados returns them)
   // into a Status whose message is "context: strerror(err)".
@@ -85,6 +87,7 @@ class [[nodiscard]] Status {
   bool IsBusy() const { return code_ == Code::kBusy; }
   bool IsNoSpace() const { return code_ == Code::kNoSpace; }
   bool IsPermissionDenied() const { return code_ == Code::kPermissionDenied; }
+  bool IsTooLarge() const { return code_ == Code::kTooLarge; }
   // Whether trying the same call again may succeed.
   bool IsRetryable() const { return code_ == Code::kUnavailable || code_ == Code::kTimedOut; }
 
@@ -110,7 +113,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -136,10 +139,10 @@ class [[nodiscard]] Result {
 #define IMGFS_CONCAT_(a, b) IMGFS_CONCAT_INNER_(a, b)
 
 // Returns the status of `expr` from the calling function when it is not OK.
-#define RETURN_IF_ERROR(expr)                            \
-  do {                                                   \
-    ::imgfs::Status imgfs_status_ = (expr);              \
-    if (!imgfs_status_.ok()) return imgfs_status_;       \
+#define RETURN_IF_ERROR(expr)                      \
+  do {                                             \
+    ::imgfs::Status imgfs_status_ = (expr);        \
+    if (!imgfs_status_.ok()) return imgfs_status_; \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, ResultExpr())` declares x from the value, or

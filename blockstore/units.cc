@@ -51,12 +51,24 @@ Result<uint64_t> ParseSize(std::string_view text) {
   int shift = 0;
   if (!suffix.empty()) {
     switch (std::toupper(static_cast<unsigned char>(suffix[0]))) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      case 'T': shift = 40; break;
-      case 'P': shift = 50; break;
-      case 'B': shift = 0; break;
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      case 'T':
+        shift = 40;
+        break;
+      case 'P':
+        shift = 50;
+        break;
+      case 'B':
+        shift = 0;
+        break;
       default:
         return Status::InvalidArgument("invalid size " + Quote(text) +
                                        ": unknown suffix; use K, M, G or T (powers of 1024)");
@@ -85,6 +97,17 @@ std::string FormatSize(uint64_t bytes) {
     if (bytes % unit == 0) return std::to_string(bytes / unit) + kUnits[i];
   }
   return std::to_string(bytes);
+}
+
+std::string FormatSizeExact(uint64_t bytes) {
+  for (int shift : {50, 40, 30, 20, 10}) {
+    uint64_t unit = uint64_t{1} << shift;
+    if (bytes % unit == 0) return FormatSize(bytes);
+    if (bytes > UINT64_MAX - unit) continue;
+    uint64_t up = (bytes / unit + 1) * unit;
+    if (up - bytes <= (unit >> 10)) return FormatSize(up) + " - " + FormatSize(up - bytes);
+  }
+  return FormatSize(bytes);
 }
 
 std::string FormatSizeHuman(uint64_t bytes) {

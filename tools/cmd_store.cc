@@ -82,6 +82,8 @@ Outcome RunStats(const GlobalOptions& g) {
   auto disks = (*store)->disks().List("");
   if (!disks.ok()) return {disks.status()};
   auto space = (*store)->backend().Space();
+  // The limit of a disk made from an image (blank disks' may be higher).
+  auto limit = (*store)->disks().MaxDiskSize((*store)->config().chunk_size);
   if (g.json) {
     nlohmann::json j = {{"images", images->size()},       {"image_bytes", logical},
                         {"image_data_bytes", data},       {"chunks", chunks},
@@ -90,6 +92,7 @@ Outcome RunStats(const GlobalOptions& g) {
       j["capacity_bytes"] = space->capacity_bytes;
       j["available_bytes"] = space->available_bytes;
     }
+    if (limit.ok()) j["max_disk_bytes"] = limit->max_bytes;
     PrintJson(j);
   } else {
     std::cout << "images:      " << images->size() << " (" << FormatSizeHuman(logical)
@@ -103,6 +106,10 @@ Outcome RunStats(const GlobalOptions& g) {
     if (space.ok()) {
       std::cout << "space:       " << FormatSizeHuman(space->available_bytes) << " free of "
                 << FormatSizeHuman(space->capacity_bytes) << "\n";
+    }
+    if (limit.ok()) {
+      std::cout << "largest disk: " << FormatSizeExact(limit->max_bytes) << " (" << limit->reason
+                << ")\n";
     }
   }
   return {};
@@ -235,7 +242,8 @@ void RegisterStoreCommands(Cli& cli) {
   init->add_option("--keyring", args->keyring, "Ceph keyring file");
   init->add_option("--ceph-timeout", args->ceph_timeout,
                    "Seconds before a Ceph cluster that does not answer is an error (default: 20)");
-  init->callback([&cli, args] { cli.action = [&cli, args] { return RunInit(cli.global, *args); }; });
+  init->callback(
+      [&cli, args] { cli.action = [&cli, args] { return RunInit(cli.global, *args); }; });
 
   auto* stats = cli.app.add_subcommand("stats", "Show what the store holds and saves");
   stats->callback([&cli] { cli.action = [&cli] { return RunStats(cli.global); }; });

@@ -16,8 +16,9 @@ namespace imgfs::testing {
 // destruction.
 class TempDir {
  public:
-  TempDir() {
-    const char* base = getenv("TMPDIR");
+  // Under `base`, else $TMPDIR, else /tmp.
+  explicit TempDir(const char* base = nullptr) {
+    if (!base) base = getenv("TMPDIR");
     std::string tmpl = std::string(base && *base ? base : "/tmp") + "/imgfs-test-XXXXXX";
     if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
     path_ = tmpl;

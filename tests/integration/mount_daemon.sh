@@ -14,6 +14,18 @@ mountpoint -q "$M" && fail "a failed mount left a mount behind"
 # Background: returns once mounted; SIGTERM flushes and unmounts.
 mount_imgfs "$M"
 mountpoint -q "$M" || fail "not mounted after imgfs mount returned"
+# A second mount at the same place, of this store or another, is refused
+# (nothing stacks over the first), and says which store is mounted there.
+expect_fail "a second mount" "$IMGFS" mount "$M"
+expect_err_contains "$M is already a mount of the imgfs store $STORE"
+IMGFS_STORE="$T/other" "$IMGFS" init >/dev/null
+expect_fail "another store's mount" env IMGFS_STORE="$T/other" "$IMGFS" mount -f "$M"
+expect_err_contains "already a mount of the imgfs store $STORE"
+expect_fail "the fstab form" "$IMGFS" "$T/other" "$M" -o allow_shrink
+expect_err_contains "already a mount of the imgfs store $STORE"
+[[ "$(grep -c " $M fuse.imgfs " <(awk '{ print " " $5 " " $(NF-2) " " }' /proc/self/mountinfo))" -eq 1 ]] ||
+  fail "mounts stacked at $M: $(grep " $M " /proc/self/mountinfo)"
+kill -0 "$MOUNT_PID" || fail "the first mount's supervisor went away"
 df -B1 "$M" | tail -1 | awk '{ exit !($2 > 0) }' || fail "statfs reports no capacity: $(df -B1 "$M")"
 mkdir "$M/vm1"
 head -c 1M /dev/urandom >"$T/data"

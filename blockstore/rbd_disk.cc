@@ -2,6 +2,7 @@
 
 #include <rados/librados.h>
 #include <rbd/librbd.h>
+#include <rbd/librbd.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -13,16 +14,15 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
-#include <functional>
 #include <list>
 #include <mutex>
 #include <optional>
 #include <random>
-#include <rbd/librbd.hpp>
 #include <set>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
+#include <functional>
 
 #include "blockstore/disk_util.h"
 #include "blockstore/units.h"
@@ -428,8 +428,8 @@ class RbdDisk : public Disk {
     int r = image_->get_parent(&parent, &snap);
     if (r == 0) {
       if (parent.image_name.starts_with(kBasePrefix)) {
-        auto id =
-            ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+        auto id = ImageId::FromHex(
+            std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
         if (id.ok()) info->parent = *id;
       }
     } else if (r != -ENOENT) {
@@ -590,11 +590,12 @@ class RbdDisk : public Disk {
   }
 
   void ReadAsync(uint64_t offset, MutableByteView buf, Callback done) override {
-    ReadBuffersAsync(offset, buf.size(), [buf, done = std::move(done)](Result<ReadBuffers> data) {
-      if (!data.ok()) return done(data.status());
-      data->CopyTo(buf);
-      done(Status::OK());
-    });
+    ReadBuffersAsync(offset, buf.size(),
+                     [buf, done = std::move(done)](Result<ReadBuffers> data) {
+                       if (!data.ok()) return done(data.status());
+                       data->CopyTo(buf);
+                       done(Status::OK());
+                     });
   }
 
   // librbd's C++ API reads into a bufferlist: its buffers are the ones the
@@ -744,8 +745,7 @@ class RbdDisk : public Disk {
     auto* check = new HeaderCheck{this};
     rados_completion_t c = nullptr;
     int r = rados_aio_create_completion2(check, &HeaderChecked, &c);
-    if (r == 0)
-      r = rados_aio_stat(conn_->io, local.header_oid.c_str(), c, &check->size, &check->mtime);
+    if (r == 0) r = rados_aio_stat(conn_->io, local.header_oid.c_str(), c, &check->size, &check->mtime);
     if (r < 0) {
       if (c) rados_aio_release(c);
       delete check;
@@ -791,8 +791,7 @@ class RbdDisk : public Disk {
   }
 
   Status CheckWritable() const {
-    if (!writable_.load())
-      return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+    if (!writable_.load()) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
     return Status::OK();
   }
 
@@ -840,6 +839,7 @@ class RbdDisk : public Disk {
     if (--inflight_ == 0) inflight_cv_.notify_all();
   }
 
+
   static std::vector<Extent> MergeClip(std::vector<Extent> in, uint64_t offset, uint64_t length) {
     std::sort(in.begin(), in.end(),
               [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
@@ -864,16 +864,16 @@ class RbdDisk : public Disk {
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
   const DiskSizeLimit limit_;                   // what Resize accepts
-  std::atomic<bool> writable_;                  // cleared once by StopWriting
-  std::shared_ptr<OpenDisks> open_disks_;       // set once by Register, before other threads see it
-  mutable std::shared_mutex resize_mu_;         // I/O shared, Resize exclusive
+  std::atomic<bool> writable_;  // cleared once by StopWriting
+  std::shared_ptr<OpenDisks> open_disks_;  // set once by Register, before other threads see it
+  mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   // Changed under resize_mu_ held exclusively, or held shared by size()
   // taking in another client's resize.
   mutable std::atomic<uint64_t> size_;
   mutable HeaderWatch watch_;  // registered for writable disks
 
-  std::mutex take_mu_;      // serialises TakeLock
-  std::atomic<bool> held_;  // the exclusive lock is ours (kept until destruction)
+  std::mutex take_mu_;           // serialises TakeLock
+  std::atomic<bool> held_;       // the exclusive lock is ours (kept until destruction)
   // Null: every read goes to the cluster. Set once, under take_mu_ or in
   // Init, when the lock is held; local_ptr_ is what readers load.
   std::unique_ptr<LocalParent> local_;
@@ -895,8 +895,8 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
   librbd::linked_image_spec_t parent;
   librbd::snap_spec_t snap;
   if (img.get_parent(&parent, &snap) < 0) return nullptr;  // -ENOENT: not a clone
-  if (parent.pool_name != conn.pool || parent.pool_namespace != conn.ns || parent.trash ||
-      snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
+  if (parent.pool_name != conn.pool || parent.pool_namespace != conn.ns ||
+      parent.trash || snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
     return nullptr;
   }
   auto id = ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
@@ -1040,8 +1040,8 @@ class RbdDiskBackend : public DiskBackend {
     librados::IoCtx::from_rados_ioctx_t(conn_->io, io);
     auto img = std::make_unique<librbd::Image>();
     librbd::RBD rbd;
-    int r =
-        rw ? rbd.open(io, *img, name.c_str()) : rbd.open_read_only(io, *img, name.c_str(), nullptr);
+    int r = rw ? rbd.open(io, *img, name.c_str())
+               : rbd.open_read_only(io, *img, name.c_str(), nullptr);
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: opening " + Where(name)), ref);
     bool held = false;
     if (rw) {
@@ -1092,10 +1092,9 @@ class RbdDiskBackend : public DiskBackend {
                       std::strerror(-r));
         return false;
       }
-      spdlog::warn(
-          "{}: broke the lock of {} (an earlier server of this mount, dead; its client "
-          "is blocklisted)",
-          Where(name), owner);
+      spdlog::warn("{}: broke the lock of {} (an earlier server of this mount, dead; its client "
+                   "is blocklisted)",
+                   Where(name), owner);
       return true;
     }
     return false;
@@ -1801,7 +1800,7 @@ class RbdDiskBackend : public DiskBackend {
   std::shared_ptr<Connection> conn_;  // constant after construction
   std::mutex dead_mu_;
   std::vector<std::string> dead_owners_;  // GUARDED_BY(dead_mu_)
-  ImageSource* images_;                   // constant after construction
+  ImageSource* images_;               // constant after construction
   const std::shared_ptr<OpenDisks> open_disks_;
 };
 

@@ -113,7 +113,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -139,10 +139,10 @@ class [[nodiscard]] Result {
 #define IMGFS_CONCAT_(a, b) IMGFS_CONCAT_INNER_(a, b)
 
 // Returns the status of `expr` from the calling function when it is not OK.
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::imgfs::Status imgfs_status_ = (expr);        \
-    if (!imgfs_status_.ok()) return imgfs_status_; \
+#define RETURN_IF_ERROR(expr)                            \
+  do {                                                   \
+    ::imgfs::Status imgfs_status_ = (expr);              \
+    if (!imgfs_status_.ok()) return imgfs_status_;       \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, ResultExpr())` declares x from the value, or

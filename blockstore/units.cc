@@ -51,24 +51,12 @@ Result<uint64_t> ParseSize(std::string_view text) {
   int shift = 0;
   if (!suffix.empty()) {
     switch (std::toupper(static_cast<unsigned char>(suffix[0]))) {
-      case 'K':
-        shift = 10;
-        break;
-      case 'M':
-        shift = 20;
-        break;
-      case 'G':
-        shift = 30;
-        break;
-      case 'T':
-        shift = 40;
-        break;
-      case 'P':
-        shift = 50;
-        break;
-      case 'B':
-        shift = 0;
-        break;
+      case 'K': shift = 10; break;
+      case 'M': shift = 20; break;
+      case 'G': shift = 30; break;
+      case 'T': shift = 40; break;
+      case 'P': shift = 50; break;
+      case 'B': shift = 0; break;
       default:
         return Status::InvalidArgument("invalid size " + Quote(text) +
                                        ": unknown suffix; use K, M, G or T (powers of 1024)");

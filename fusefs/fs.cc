@@ -56,10 +56,10 @@ struct FileSystem::OpenFile {
   std::shared_ptr<ImageReader> image;  // constant after construction
   bool writable = false;               // GUARDED_BY(mu)
   uint32_t handles = 0;                // GUARDED_BY(FileSystem::mu_)
-  Status broken;         // constant after construction: why a restored handle could not be opened
-  uint32_t writers = 0;  // GUARDED_BY(FileSystem::mu_); handles open for writing
-  std::mutex grow_mu;    // serialises growth of the disk
-  std::atomic<bool> dirty{false};  // written since the last successful flush
+  Status broken;  // constant after construction: why a restored handle could not be opened
+  uint32_t writers = 0;                // GUARDED_BY(FileSystem::mu_); handles open for writing
+  std::mutex grow_mu;                  // serialises growth of the disk
+  std::atomic<bool> dirty{false};      // written since the last successful flush
 
   Result<std::shared_ptr<Disk>> CurrentDisk() {
     std::lock_guard lock(mu);
@@ -1015,12 +1015,12 @@ void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, size_t size,
   if (offset >= disk_size) return done(ReadBuffers{});
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, disk_size - offset));
   Disk* d = disk->get();
-  d->ReadBuffersAsync(
-      offset, n,
-      [this, disk = std::move(*disk), done = std::move(done)](Result<ReadBuffers> data) mutable {
-        done(std::move(data));
-        DropDisk(std::move(disk));
-      });
+  d->ReadBuffersAsync(offset, n,
+                      [this, disk = std::move(*disk), done = std::move(done)](
+                          Result<ReadBuffers> data) mutable {
+                        done(std::move(data));
+                        DropDisk(std::move(disk));
+                      });
 }
 
 Status FileSystem::GrowTo(OpenFile& of, uint64_t end) {
@@ -1318,8 +1318,8 @@ size_t FileSystem::Restore(const FsState& state) {
       why = r.status();
     }
     ++broken;
-    spdlog::error("file handle {} (inode {}) could not be opened again: {}; its requests fail", fh,
-                  open.ino, why.ToString());
+    spdlog::error("file handle {} (inode {}) could not be opened again: {}; its requests fail",
+                  fh, open.ino, why.ToString());
     auto h = std::make_shared<Handle>();
     if (node.ok()) {
       h->node = *node;
@@ -1330,10 +1330,8 @@ size_t FileSystem::Restore(const FsState& state) {
       h->node->removed = true;
     }
     h->of = std::make_shared<OpenFile>();
-    h->of->broken = Status::IOError(
-        "the file could not be opened again after the mount's "
-        "server was replaced: " +
-        why.ToString());
+    h->of->broken = Status::IOError("the file could not be opened again after the mount's "
+                                    "server was replaced: " + why.ToString());
     h->of->handles = 1;
     h->write = WantsWrite(open.flags);
     h->of->writers = h->write ? 1 : 0;

@@ -242,8 +242,7 @@ void RegisterStoreCommands(Cli& cli) {
   init->add_option("--keyring", args->keyring, "Ceph keyring file");
   init->add_option("--ceph-timeout", args->ceph_timeout,
                    "Seconds before a Ceph cluster that does not answer is an error (default: 20)");
-  init->callback(
-      [&cli, args] { cli.action = [&cli, args] { return RunInit(cli.global, *args); }; });
+  init->callback([&cli, args] { cli.action = [&cli, args] { return RunInit(cli.global, *args); }; });
 
   auto* stats = cli.app.add_subcommand("stats", "Show what the store holds and saves");
   stats->callback([&cli] { cli.action = [&cli] { return RunStats(cli.global); }; });

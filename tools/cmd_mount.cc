@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -85,6 +86,12 @@ Outcome AskMount(const GlobalOptions& g, const MountArgs& a, const std::string& 
   return Outcome{};
 }
 
+Status DeadMount(const std::string& mountpoint) {
+  return Status::Unavailable("mount point " + mountpoint + " is a mount whose server is gone (" +
+                             std::strerror(ENOTCONN) + "): clear it with 'fusermount3 -u -z " +
+                             mountpoint + "'");
+}
+
 // A mount point that already holds an imgfs mount is refused: a second
 // mount would stack over the first, hiding it from new opens while what has
 // it open goes on through it, and fusermount3 -u would remove only the top
@@ -93,6 +100,8 @@ Status CheckNotMounted(const std::string& mountpoint) {
   auto info = ReadFile("/proc/self/mountinfo");
   if (!info.ok()) return Status::OK();  // no /proc: libfuse mounts as before
   if (auto store = ImgfsMountAt(*info, mountpoint)) {
+    struct statfs sf {};
+    if (statfs(mountpoint.c_str(), &sf) != 0 && errno == ENOTCONN) return DeadMount(mountpoint);
     return Status::AlreadyExists(mountpoint + " is already a mount of the imgfs store " + *store +
                                  " (unmount it first; 'imgfs mount --upgrade " + mountpoint +
                                  "' replaces its server)");
@@ -103,12 +112,7 @@ Status CheckNotMounted(const std::string& mountpoint) {
 Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
   char resolved[PATH_MAX];
   if (!realpath(a.mountpoint.c_str(), resolved) && errno == ENOTCONN) {
-    return Outcome{Status::Unavailable("mount point " + a.mountpoint +
-                                       " is a mount whose server is gone (" +
-                                       std::strerror(ENOTCONN) +
-                                       "): clear it with "
-                                       "'fusermount3 -u -z " +
-                                       a.mountpoint + "'")};
+    return Outcome{DeadMount(a.mountpoint)};
   }
   auto mountpoint = Absolute(a.mountpoint, "mount point");
   if (!mountpoint.ok()) return Outcome{mountpoint.status()};

@@ -52,4 +52,17 @@ cmp -i 4:4 -n $((1048576 - 4)) "$T/data" "$M/vm1/disk" || fail "data lost across
 kill -INT "$fg"
 wait "$fg" || fail "foreground mount exited non-zero: $(cat "$T/fg.log")"
 mountpoint -q "$M" && fail "still mounted after SIGINT"
+
+# A mount whose supervisor and server were both killed is dead: mounting
+# there again is refused with the way to clear it, not stacked over it.
+mount_imgfs "$M"
+server="$("$IMGFS" --json mount --status "$M" | jq .server_pid)"
+kill -9 "$MOUNT_PID" "$server"
+tail --pid="$server" -f /dev/null
+expect_fail "a mount over a dead one" "$IMGFS" mount "$M"
+expect_err_contains "server is gone"
+expect_err_contains "fusermount3 -u -z $M"
+fusermount3 -u -z "$M"
+mount_imgfs "$M"
+[[ -f "$M/vm1/disk" ]] || fail "no disk after mounting again"
 echo "mount_daemon: ok"

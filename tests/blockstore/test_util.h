@@ -16,9 +16,8 @@ namespace imgfs::testing {
 // destruction.
 class TempDir {
  public:
-  // Under `base`, else $TMPDIR, else /tmp.
-  explicit TempDir(const char* base = nullptr) {
-    if (!base) base = getenv("TMPDIR");
+  TempDir() {
+    const char* base = getenv("TMPDIR");
     std::string tmpl = std::string(base && *base ? base : "/tmp") + "/imgfs-test-XXXXXX";
     if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
     path_ = tmpl;

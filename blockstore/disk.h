@@ -158,6 +158,12 @@ struct PublishedImage {
   std::vector<std::string> clones;  // "pool[/ns]/name" of every clone (complete ones only)
 };
 
+// The largest size a backend can hold for a disk, and what sets it.
+struct DiskSizeLimit {
+  uint64_t max_bytes = 0;
+  std::string reason;  // "the largest file ext4 allows in /var/lib/imgfs/disks"
+};
+
 struct DiskCreateOptions {
   std::optional<ImageId> image;  // parent; nullopt for a blank disk
   std::optional<uint64_t> size;  // default: the image's size; required if blank
@@ -186,6 +192,14 @@ class DiskBackend {
   // when it is open for writing; PermissionDenied for a refused shrink.
   virtual Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) = 0;
   virtual Status SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) = 0;
+
+  // The largest size this backend can hold for a disk whose allocation unit
+  // is `chunk_size` (a clone's is its image's chunk size, a blank disk's
+  // kBlankDiskChunkSize). Create, Resize and an open Disk's Resize refuse
+  // a larger size with TooLarge (the mount's EFBIG) and change nothing. Not
+  // OK only when the backend cannot find out (local: the probe of its file
+  // system failed). docs/operations.md, "Disk sizes", has the limits.
+  virtual Result<DiskSizeLimit> MaxDiskSize(uint32_t chunk_size) = 0;
 
   // Instances: directories that hold disks. An instance exists while it has
   // disks or after CreateInstance (AlreadyExists if it exists). One made only

@@ -9,6 +9,7 @@
 
 #include "blockstore/disk.h"
 #include "blockstore/image.h"
+#include "blockstore/units.h"
 
 namespace imgfs::disk_util {
 
@@ -58,6 +59,14 @@ inline Status RangeError(const char* op, uint64_t offset, uint64_t length, const
   return Status::InvalidArgument(std::string(op) + " of " + std::to_string(length) + " bytes at " +
                                  std::to_string(offset) + " is beyond the end of disk " +
                                  ref.ToString() + " (" + std::to_string(size) + " bytes)");
+}
+
+// The TooLarge error of a size beyond `limit`, for `what` ("disk i1/d").
+inline Status SizeError(const std::string& what, uint64_t size, const DiskSizeLimit& limit) {
+  return Status::TooLarge(what + ": size " + FormatSizeExact(size) + " (" + std::to_string(size) +
+                          " bytes) is more than this store's disks can hold: at most " +
+                          FormatSizeExact(limit.max_bytes) + " (" +
+                          std::to_string(limit.max_bytes) + " bytes, " + limit.reason + ")");
 }
 
 }  // namespace imgfs::disk_util

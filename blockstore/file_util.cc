@@ -1,10 +1,13 @@
 #include "blockstore/file_util.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <random>
 
 namespace imgfs {
@@ -117,6 +120,69 @@ Status MakeDirs(const std::string& path) {
     return Status::FromErrno(errno, "mkdir " + path);
   }
   return Status::OK();
+}
+
+namespace {
+
+std::string FsTypeName(const std::string& dir) {
+  struct statfs sf {};
+  if (::statfs(dir.c_str(), &sf) != 0) return "unknown";
+  switch (static_cast<unsigned long>(sf.f_type)) {
+    case EXT4_SUPER_MAGIC:
+      return "ext4";
+    case XFS_SUPER_MAGIC:
+      return "xfs";
+    case BTRFS_SUPER_MAGIC:
+      return "btrfs";
+    case TMPFS_MAGIC:
+      return "tmpfs";
+    default:
+      break;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(sf.f_type));
+  return buf;
+}
+
+// An unnamed file in `dir`, gone with its descriptor.
+Result<UniqueFd> OpenScratchFile(const std::string& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (fd.valid()) return fd;
+  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+    return Status::FromErrno(errno, "create a file in " + dir);
+  }
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::string path =
+      dir + "/.size-probe." + std::to_string(::getpid()) + "." + std::to_string(rng());
+  fd = UniqueFd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::FromErrno(errno, "create " + path);
+  ::unlink(path.c_str());
+  return fd;
+}
+
+}  // namespace
+
+Result<FileSizeLimit> ProbeFileSizeLimit(const std::string& dir, uint64_t ceiling) {
+  constexpr uint64_t kUnit = 4096;
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenScratchFile(dir));
+  auto fits = [&](uint64_t units) -> Result<bool> {
+    if (::ftruncate(fd.get(), static_cast<off_t>(units * kUnit)) == 0) return true;
+    if (errno == EFBIG || errno == EINVAL) return false;
+    return Status::FromErrno(errno, "truncate a file in " + dir);
+  };
+  // Binary search over whole 4 KiB units: `lo` fits, `hi` does not.
+  uint64_t lo = 0, hi = ceiling / kUnit;
+  ASSIGN_OR_RETURN(bool all, fits(hi));
+  if (all) {
+    lo = hi;
+  } else {
+    while (hi - lo > 1) {
+      uint64_t mid = lo + (hi - lo) / 2;
+      ASSIGN_OR_RETURN(bool ok, fits(mid));
+      (ok ? lo : hi) = mid;
+    }
+  }
+  return FileSizeLimit{lo * kUnit, FsTypeName(dir)};
 }
 
 }  // namespace imgfs

@@ -35,6 +35,21 @@ Status FsyncDir(const std::string& dir);
 // mkdir -p with mode 0755. OK when it already exists as a directory.
 Status MakeDirs(const std::string& path);
 
+// The largest size a file in `dir` can have, as its file system says when
+// asked for it: the size up to which ftruncate(2) of a new file in `dir`
+// succeeds (EFBIG beyond; the same limit, s_maxbytes, bounds pwrite(2) and
+// fallocate(2)), rounded down to 4 KiB and at most `ceiling`. pathconf's
+// _PC_FILESIZEBITS cannot tell: it says 64 on ext4, whose files end at
+// 16 TiB - 4 KiB with 4 KiB blocks. The file is unnamed (O_TMPFILE; a named
+// one removed at once where that is lacking) and stays sparse: a few dozen
+// ftruncate calls, no data. `fs_type` names the file system for messages:
+// "ext4" (also ext2/ext3), "xfs", "btrfs", "tmpfs", else its statfs magic.
+struct FileSizeLimit {
+  uint64_t max_size = 0;
+  std::string fs_type;
+};
+Result<FileSizeLimit> ProbeFileSizeLimit(const std::string& dir, uint64_t ceiling);
+
 // A file descriptor closed on destruction.
 class UniqueFd {
  public:

@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <shared_mutex>
 #include <unordered_map>
@@ -298,10 +299,11 @@ class AtomicBitmap {
 class LocalDisk final : public Disk {
  public:
   LocalDisk(DiskRef ref, std::string dir, bool writable, Meta meta, UniqueFd lock, UniqueFd data,
-            UniqueFd bitmap, std::shared_ptr<ImageReader> parent)
+            UniqueFd bitmap, std::shared_ptr<ImageReader> parent, DiskSizeLimit limit)
       : ref_(std::move(ref)),
         dir_(std::move(dir)),
         writable_(writable),
+        limit_(std::move(limit)),
         chunk_size_(meta.chunk_size),
         chunk_shift_(static_cast<unsigned>(__builtin_ctz(meta.chunk_size))),
         lock_(std::move(lock)),
@@ -385,6 +387,7 @@ class LocalDisk final : public Disk {
   const DiskRef ref_;
   const std::string dir_;
   const bool writable_;
+  const DiskSizeLimit limit_;  // what Resize accepts (writable disks)
   const uint32_t chunk_size_;
   const unsigned chunk_shift_;
   UniqueFd lock_;       // holds the flock while open for writing
@@ -707,10 +710,8 @@ Status LocalDisk::Trim(uint64_t size) {
 
 Status LocalDisk::Resize(uint64_t new_size, bool allow_shrink) {
   if (!writable_) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
-  if (new_size > kMaxDiskSize) {
-    return Status::InvalidArgument("size " + std::to_string(new_size) +
-                                   " is larger than the largest disk (" +
-                                   FormatSizeHuman(kMaxDiskSize) + ")");
+  if (new_size > limit_.max_bytes) {
+    return disk_util::SizeError("disk " + ref_.ToString(), new_size, limit_);
   }
   std::unique_lock lock(resize_mu_);
   uint64_t old_size = size_.load(std::memory_order_relaxed);
@@ -792,6 +793,7 @@ class LocalBackend final : public DiskBackend {
   Result<DiskInfo> Info(const DiskRef& ref) override;
   Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) override;
   Status SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) override;
+  Result<DiskSizeLimit> MaxDiskSize(uint32_t chunk_size) override;
   Status CreateInstance(const std::string& instance) override;
   Status RemoveInstance(const std::string& instance) override;
   Result<std::vector<std::string>> ListInstances() override;
@@ -820,6 +822,10 @@ class LocalBackend final : public DiskBackend {
   const std::string root_;
   ImageSource* const images_;
   std::atomic<uint64_t> counter_{0};
+  std::mutex probe_mu_;
+  // The file system's largest file, probed on first need (only a success is
+  // kept). GUARDED_BY(probe_mu_).
+  std::optional<FileSizeLimit> fs_limit_;
 };
 
 Status ValidateRef(const DiskRef& ref) {
@@ -852,6 +858,32 @@ Status LocalBackend::Init() {
     if (!ec2 && now - t > std::chrono::hours(1)) (void)RemoveTree(e.path().string());
   }
   return Status::OK();
+}
+
+// The file system is asked on first need, not at `imgfs init`: the store's
+// directory may move to another file system (docs/operations.md, "Disk
+// sizes").
+Result<DiskSizeLimit> LocalBackend::MaxDiskSize(uint32_t chunk_size) {
+  FileSizeLimit fs;
+  {
+    std::lock_guard lock(probe_mu_);
+    if (!fs_limit_) {
+      auto probed = ProbeFileSizeLimit(root_ + "/.tmp", kMaxDiskSize);
+      if (!probed.ok()) return probed.status().WithContext("finding the largest disk size");
+      fs_limit_ = *probed;
+    }
+    fs = *fs_limit_;
+  }
+  DiskSizeLimit limit{kMaxDiskSize, "imgfs's largest local disk"};
+  uint64_t by_map = uint64_t{chunk_size} << kMaxDiskChunksLog2;
+  if (by_map < limit.max_bytes) {
+    limit = {by_map, "2^" + std::to_string(kMaxDiskChunksLog2) + " chunks of " +
+                         FormatSize(chunk_size) + ", the most a local disk's allocation map holds"};
+  }
+  if (fs.max_size < limit.max_bytes) {
+    limit = {fs.max_size, "the largest file " + fs.fs_type + " allows in " + root_};
+  }
+  return limit;
 }
 
 std::string LocalBackend::UniqueName(const char* prefix) {
@@ -906,10 +938,9 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
     m.size = *opts.size;
     m.chunk_size = kBlankDiskChunkSize;
   }
-  if (m.size > kMaxDiskSize) {
-    return Status::InvalidArgument("size " + std::to_string(m.size) +
-                                   " is larger than the largest disk (" +
-                                   FormatSizeHuman(kMaxDiskSize) + ")");
+  ASSIGN_OR_RETURN(DiskSizeLimit limit, MaxDiskSize(m.chunk_size));
+  if (m.size > limit.max_bytes) {
+    return disk_util::SizeError("disk " + ref.ToString(), m.size, limit);
   }
   struct stat st;
   if (::stat(DiskDir(ref).c_str(), &st) == 0) {
@@ -955,6 +986,10 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
       return Status::NotFound("disk " + ref.ToString() + " does not exist");
     return meta.status();
   }
+  DiskSizeLimit limit;
+  if (rw) {
+    ASSIGN_OR_RETURN(limit, MaxDiskSize(meta->chunk_size));
+  }
   int flags = rw ? O_RDWR : O_RDONLY;
   ASSIGN_OR_RETURN(UniqueFd data, OpenFile(dir + "/" + kDataFile, flags));
   ASSIGN_OR_RETURN(UniqueFd bitmap, OpenFile(dir + "/" + kBitmapFile, flags));
@@ -993,7 +1028,7 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
     }
   }
   auto disk = std::make_unique<LocalDisk>(ref, dir, rw, *meta, std::move(lock), std::move(data),
-                                          std::move(bitmap), std::move(parent));
+                                          std::move(bitmap), std::move(parent), std::move(limit));
   if (journal.valid()) disk->SetJournal(std::move(journal), journal_path);
   RETURN_IF_ERROR(disk->Load());
   return std::unique_ptr<Disk>(std::move(disk));
@@ -1199,6 +1234,11 @@ Status LocalBackend::Check(const DiskRef& ref, std::vector<std::string>* problem
     if (meta.status().IsNotFound()) return Status::OK();  // removed meanwhile
     problem(meta.status().message());
     return Status::OK();
+  }
+  if (auto limit = MaxDiskSize(meta->chunk_size); limit.ok() && meta->size > limit->max_bytes) {
+    problem("its size, " + FormatSizeExact(meta->size) + ", is more than this store can hold (" +
+            FormatSizeExact(limit->max_bytes) + ", " + limit->reason +
+            "): writes beyond that fail");
   }
   for (const char* f : {kDataFile, kLockFile}) {
     struct stat st;

@@ -4,6 +4,8 @@
 
 #include <cstring>
 
+#include "blockstore/units.h"
+
 namespace imgfs {
 namespace {
 
@@ -70,15 +72,21 @@ Status Bad(const std::string& why) { return Status::Corruption("bad manifest: " 
 
 }  // namespace
 
+Status CheckImageSize(uint64_t size, uint32_t chunk_size) {
+  RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
+  uint64_t count = ChunkCount(size, chunk_size);
+  if (count <= kMaxManifestChunks) return Status::OK();
+  uint64_t max = kMaxManifestChunks * chunk_size;
+  return Status::TooLarge("an image of " + FormatSizeExact(size) + " (" + std::to_string(size) +
+                          " bytes) is more than a store with " + FormatSize(chunk_size) +
+                          " chunks can hold: at most " + FormatSizeExact(max) + " (2^26 chunks " +
+                          "in a manifest; a store made with a larger --chunk-size holds more)");
+}
+
 Status Manifest::Validate() const {
   RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
   uint64_t count = ChunkCount(size, chunk_size);
-  if (count > kMaxManifestChunks) {
-    return Status::InvalidArgument("image of " + std::to_string(size) + " bytes has " +
-                                   std::to_string(count) + " chunks, more than the " +
-                                   std::to_string(kMaxManifestChunks) +
-                                   " a manifest may hold; use a larger chunk size");
-  }
+  RETURN_IF_ERROR(CheckImageSize(size, chunk_size));
   if (chunks.size() != count) {
     return Status::InvalidArgument("manifest lists " + std::to_string(chunks.size()) +
                                    " chunks for " + std::to_string(size) + " bytes, expected " +

@@ -19,13 +19,18 @@ namespace imgfs {
 // what a (possibly hostile) manifest can make Decode allocate (1 GiB).
 inline constexpr uint64_t kMaxManifestChunks = uint64_t{1} << 26;
 
+// TooLarge, saying so, when an image of `size` bytes needs more chunks of
+// `chunk_size` than a manifest may hold; else OK.
+Status CheckImageSize(uint64_t size, uint32_t chunk_size);
+
 struct Manifest {
   uint64_t size = 0;            // image size in bytes
   uint32_t chunk_size = 0;      // bytes per chunk; the last chunk may be short
   std::vector<ChunkId> chunks;  // ceil(size / chunk_size) ids, holes included
 
   // OK when chunk_size is valid, chunks.size() == ceil(size / chunk_size) and
-  // that is at most kMaxManifestChunks; else InvalidArgument.
+  // that is at most kMaxManifestChunks; else InvalidArgument (TooLarge for
+  // the chunk count).
   Status Validate() const;
   // The canonical encoding. Only meaningful for a manifest that validates.
   Bytes Encode() const;

@@ -36,6 +36,8 @@ struct MemDiskState {
 
 class MemBackend;
 
+DiskSizeLimit MemLimit() { return {kMaxDiskSize, "imgfs's largest disk"}; }
+
 class MemDisk final : public Disk {
  public:
   MemDisk(MemBackend* backend, DiskRef ref, std::shared_ptr<MemDiskState> st, bool writable)
@@ -89,9 +91,7 @@ class MemDisk final : public Disk {
   Status Resize(uint64_t new_size, bool allow_shrink) override {
     if (!writable_) return ReadOnly();
     if (new_size > kMaxDiskSize) {
-      return Status::InvalidArgument("size " + std::to_string(new_size) +
-                                     " is larger than the largest disk (" +
-                                     FormatSizeHuman(kMaxDiskSize) + ")");
+      return disk_util::SizeError("disk " + ref_.ToString(), new_size, MemLimit());
     }
     std::unique_lock lock(st_->mu);
     if (new_size < st_->size && !allow_shrink) {
@@ -220,9 +220,7 @@ class MemBackend final : public DiskBackend {
       st->chunk_size = kBlankDiskChunkSize;
     }
     if (st->size > kMaxDiskSize) {
-      return Status::InvalidArgument("size " + std::to_string(st->size) +
-                                     " is larger than the largest disk (" +
-                                     FormatSizeHuman(kMaxDiskSize) + ")");
+      return disk_util::SizeError("disk " + ref.ToString(), st->size, MemLimit());
     }
     st->mtime_ns = NowNs();
     std::lock_guard lock(mu_);
@@ -294,6 +292,11 @@ class MemBackend final : public DiskBackend {
   Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) override {
     ASSIGN_OR_RETURN(auto disk, Open(ref, OpenMode::kReadWrite));
     return disk->Resize(new_size, allow_shrink);
+  }
+
+  Result<DiskSizeLimit> MaxDiskSize(uint32_t chunk_size) override {
+    (void)chunk_size;
+    return MemLimit();
   }
 
   Status SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) override {

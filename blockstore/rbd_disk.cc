@@ -24,6 +24,9 @@
 #include <unordered_map>
 #include <functional>
 
+#include "blockstore/disk_util.h"
+#include "blockstore/units.h"
+
 namespace imgfs {
 namespace {
 
@@ -35,12 +38,26 @@ constexpr char kPublishedKey[] = "imgfs.published";
 constexpr uint64_t kFeatures = RBD_FEATURE_LAYERING | RBD_FEATURE_EXCLUSIVE_LOCK |
                                RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF |
                                RBD_FEATURE_DEEP_FLATTEN;
-constexpr uint64_t kMaxDiskSize = uint64_t{1} << 50;
+// librbd refuses an image with more objects than an object map holds
+// (cls_rbd's MAX_OBJECT_MAP_OBJECT_COUNT: 976.6 TiB with 4 MiB objects).
+// imgfs stops at 2^24 objects (64 TiB with 4 MiB objects, a 4 MiB object
+// map): the object map is written whole when a disk is created or grown
+// and read whole when it is opened for writing, which took 4 s at 64 TiB and
+// 11 s at 256 TiB on the test cluster, against the client's 20 s op timeout
+// (docs/rbd.md, "Disk sizes").
+constexpr uint64_t kLibrbdMaxObjects = 256'000'000;
+constexpr unsigned kMaxObjectsLog2 = 24;
 constexpr uint64_t kPublishRunBytes = 4u << 20;  // RBD's default object size
 constexpr size_t kPublishDepth = 16;
 constexpr int kPublishLockSeconds = 30;
 
 Status Err(int r, std::string_view what) { return Status::FromErrno(r, what); }
+
+DiskSizeLimit RbdSizeLimit(uint64_t object_size) {
+  uint64_t objects = std::min<uint64_t>(kLibrbdMaxObjects, uint64_t{1} << kMaxObjectsLog2);
+  return {objects * object_size, "2^" + std::to_string(kMaxObjectsLog2) + " RBD objects of " +
+                                     FormatSize(object_size) + ", imgfs's largest rbd disk"};
+}
 
 // One cluster connection and I/O context, shared by the backend and its disks.
 struct Connection {
@@ -370,12 +387,13 @@ class RbdDisk : public Disk {
   // and read-only ones that StartWriting may make writable).
   RbdDisk(std::shared_ptr<Connection> conn, ImageSource* images, DiskRef ref, std::string name,
           std::unique_ptr<librbd::Image> image, bool writable, bool rw_handle, bool held,
-          uint64_t size)
+          uint64_t size, DiskSizeLimit limit)
       : conn_(std::move(conn)),
         images_(images),
         ref_(std::move(ref)),
         name_(std::move(name)),
         image_(std::move(image)),
+        limit_(std::move(limit)),
         rw_handle_(rw_handle),
         writable_(writable),
         size_(size),
@@ -583,6 +601,9 @@ class RbdDisk : public Disk {
 
   Status Resize(uint64_t new_size, bool allow_shrink) override {
     RETURN_IF_ERROR(CheckWritable());
+    if (new_size > limit_.max_bytes) {
+      return disk_util::SizeError("disk " + ref_.ToString(), new_size, limit_);
+    }
     uint64_t cur = size();  // as set elsewhere, if it was
     if (new_size == cur) return Status::OK();
     RETURN_IF_ERROR(TakeLock());
@@ -594,10 +615,6 @@ class RbdDisk : public Disk {
       return Status::PermissionDenied("disk " + ref_.ToString() + ": shrinking from " +
                                       std::to_string(cur) + " to " + std::to_string(new_size) +
                                       " bytes is refused");
-    }
-    if (new_size > kMaxDiskSize) {
-      return Status::InvalidArgument("disk " + ref_.ToString() + ": size " +
-                                     std::to_string(new_size) + " is over the 1 PiB limit");
     }
     // A shrink lowers the parent overlap (librbd does the same): what is
     // regrown beyond it reads zeros, not the parent. librbd copies up the
@@ -968,6 +985,7 @@ class RbdDisk : public Disk {
   const DiskRef ref_;
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
+  const DiskSizeLimit limit_;                   // what Resize accepts
   const bool rw_handle_;        // librbd opened the image for writing
   std::atomic<bool> writable_;  // set by StartWriting, cleared for good by StopWriting
   bool stopped_ = false;        // GUARDED_BY(take_mu_); StopWriting ran
@@ -1053,6 +1071,24 @@ class RbdDiskBackend : public DiskBackend {
 
   std::string Describe() const override { return "rbd:" + conn_->where; }
 
+  // New images take the object size of rbd_default_order (4 MiB unless the
+  // Ceph configuration says otherwise); clones take their parent's, which
+  // imgfs published with the same default.
+  Result<DiskSizeLimit> MaxDiskSize(uint32_t chunk_size) override {
+    (void)chunk_size;
+    return RbdSizeLimit(DefaultObjectSize());
+  }
+
+  uint64_t DefaultObjectSize() const {
+    char buf[32] = {};
+    int order = 22;
+    if (rados_conf_get(conn_->cluster, "rbd_default_order", buf, sizeof buf) == 0) {
+      int o = std::atoi(buf);
+      if (o >= 12 && o <= 26) order = o;
+    }
+    return uint64_t{1} << order;
+  }
+
   // librbd names a lock's owner by its client's address ("IP:PORT/NONCE",
   // the nonce random per client instance); rados_getaddrs gives this
   // client's, as "[v2:IP:PORT/NONCE,...]" or "v2:IP:PORT/NONCE".
@@ -1076,9 +1112,9 @@ class RbdDiskBackend : public DiskBackend {
   Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
-    if (opts.size && *opts.size > kMaxDiskSize) {
-      return Status::InvalidArgument("disk size " + std::to_string(*opts.size) +
-                                     " is over the 1 PiB limit");
+    const DiskSizeLimit limit = RbdSizeLimit(DefaultObjectSize());
+    if (opts.size && *opts.size > limit.max_bytes) {
+      return disk_util::SizeError("disk " + ref.ToString(), *opts.size, limit);
     }
     {
       rbd_image_t img = nullptr;
@@ -1100,6 +1136,8 @@ class RbdDiskBackend : public DiskBackend {
       if (!images_) return Status::NotSupported("this rbd backend has no image source");
       ASSIGN_OR_RETURN(ImageGeometry geometry, images_->GetGeometry(*opts.image));
       size = opts.size.value_or(geometry.size);
+      if (size > limit.max_bytes)
+        return disk_util::SizeError("disk " + ref.ToString(), size, limit);
       if (size < geometry.size) {
         return Status::InvalidArgument("disk size " + std::to_string(size) +
                                        " is smaller than the image " + opts.image->Hex() + " (" +
@@ -1163,10 +1201,10 @@ class RbdDiskBackend : public DiskBackend {
         held = true;
       }
     }
-    uint64_t size = 0;
-    if (r = img->size(&size); r < 0) return Err(r, "rbd: size of " + Where(name));
+    librbd::image_info_t info{};
+    if (r = img->stat(info, sizeof info); r < 0) return Err(r, "rbd: size of " + Where(name));
     auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw,
-                                          rw_handle, held, size);
+                                          rw_handle, held, info.size, RbdSizeLimit(info.obj_size));
     RETURN_IF_ERROR(disk->Init());
     if (rw_handle) disk->Register(open_disks_);
     return std::unique_ptr<Disk>(std::move(disk));

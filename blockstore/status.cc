@@ -21,6 +21,7 @@ std::string_view CodeName(Code code) {
     case Code::kNotEmpty: return "NotEmpty";
     case Code::kUnavailable: return "Unavailable";
     case Code::kTimedOut: return "TimedOut";
+    case Code::kTooLarge: return "TooLarge";
   }
   return "Unknown";
 }
@@ -37,8 +38,8 @@ Status Status::FromErrno(int err, std::string_view context) {
     case EINVAL:
     case ENAMETOOLONG:
     case ERANGE:
-    case EFBIG:
       return InvalidArgument(std::move(msg));
+    case EFBIG: return TooLarge(std::move(msg));
     case EBUSY:
     case ETXTBSY:
     case EWOULDBLOCK:
@@ -82,6 +83,7 @@ int Status::ToErrno() const {
     case Code::kNotEmpty: return ENOTEMPTY;
     case Code::kUnavailable: return EIO;
     case Code::kTimedOut: return ETIMEDOUT;
+    case Code::kTooLarge: return EFBIG;
   }
   return EIO;
 }

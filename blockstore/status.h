@@ -38,6 +38,7 @@ enum class Code : uint8_t {
   kNotEmpty,
   kUnavailable,  // a remote service cannot be reached; a retry may help
   kTimedOut,     // a bounded wait ran out; a retry may help
+  kTooLarge,     // a size beyond what the backend can hold (EFBIG)
 };
 
 std::string_view CodeName(Code code);
@@ -68,6 +69,7 @@ class [[nodiscard]] Status {
   static Status NotEmpty(std::string msg) { return Status(Code::kNotEmpty, std::move(msg)); }
   static Status Unavailable(std::string msg) { return Status(Code::kUnavailable, std::move(msg)); }
   static Status TimedOut(std::string msg) { return Status(Code::kTimedOut, std::move(msg)); }
+  static Status TooLarge(std::string msg) { return Status(Code::kTooLarge, std::move(msg)); }
 
   // Translates an errno value (positive or negative, as librados returns them)
   // into a Status whose message is "context: strerror(err)".
@@ -85,6 +87,7 @@ class [[nodiscard]] Status {
   bool IsBusy() const { return code_ == Code::kBusy; }
   bool IsNoSpace() const { return code_ == Code::kNoSpace; }
   bool IsPermissionDenied() const { return code_ == Code::kPermissionDenied; }
+  bool IsTooLarge() const { return code_ == Code::kTooLarge; }
   // Whether trying the same call again may succeed.
   bool IsRetryable() const { return code_ == Code::kUnavailable || code_ == Code::kTimedOut; }
 

@@ -87,6 +87,17 @@ std::string FormatSize(uint64_t bytes) {
   return std::to_string(bytes);
 }
 
+std::string FormatSizeExact(uint64_t bytes) {
+  for (int shift : {50, 40, 30, 20, 10}) {
+    uint64_t unit = uint64_t{1} << shift;
+    if (bytes % unit == 0) return FormatSize(bytes);
+    if (bytes > UINT64_MAX - unit) continue;
+    uint64_t up = (bytes / unit + 1) * unit;
+    if (up - bytes <= (unit >> 10)) return FormatSize(up) + " - " + FormatSize(up - bytes);
+  }
+  return FormatSize(bytes);
+}
+
 std::string FormatSizeHuman(uint64_t bytes) {
   static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   if (bytes < 1024) return std::to_string(bytes) + " B";

@@ -22,6 +22,11 @@ Result<uint64_t> ParseSize(std::string_view text);
 // "1000"), so that ParseSize(FormatSize(n)) == n.
 std::string FormatSize(uint64_t bytes);
 
+// Prints a size exactly and briefly: as FormatSize when a unit divides it
+// ("1P"), as a unit multiple less a small rest when that is close ("16T - 4K",
+// ext4's largest file), else in bytes.
+std::string FormatSizeExact(uint64_t bytes);
+
 // Prints a size for people: "1.5 GiB", "512 B".
 std::string FormatSizeHuman(uint64_t bytes);
 

@@ -285,6 +285,7 @@ Result<ImportResult> ImportRawFdLocked(Store& store, int fd, bool seekable, uint
   PutWindow window(chunks, PutWindowSize(cs, threads), &m);
 
   if (seekable) {
+    RETURN_IF_ERROR(CheckImageSize(size, m.chunk_size));
     m.size = size;
     m.chunks.assign((size + cs - 1) / cs, ChunkId::Hole());
     // The chunks that hold data; chunks wholly inside holes stay holes.
@@ -364,6 +365,11 @@ Result<ImportResult> ImportRawFdLocked(Store& store, int fd, bool seekable, uint
         window.Release(buf);
         break;
       }
+      if (Status big = CheckImageSize(m.size + *n, m.chunk_size); !big.ok()) {
+        window.Release(buf);
+        window.Fail(big.WithContext("the input stream is longer"));
+        break;
+      }
       m.size += *n;
       window.Put(buf, *n, slot++, /*grow=*/true);
       if (options.progress) options.progress(m.size, 0);
@@ -438,6 +444,9 @@ Result<ImportResult> ImportImage(Store& store, const std::string& source,
   if (!probe.valid()) return Status::FromErrno(errno, "cannot open '" + source + "'");
 
   ASSIGN_OR_RETURN(SourceInfo info, Inspect(source, options.format, options.cancel));
+  RETURN_IF_ERROR(
+      CheckImageSize(info.format == "raw" ? static_cast<uint64_t>(st.st_size) : info.virtual_size,
+                     static_cast<uint32_t>(store.chunks().chunk_size())));
   if (info.format == "raw") {
     uint64_t size = static_cast<uint64_t>(st.st_size);
     auto r = ImportRawFdLocked(store, probe.get(), true, size, options, gc_lock.get());

@@ -1098,7 +1098,7 @@ void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCal
   auto file = GetWritableFile(fh);
   if (!file.ok()) return done(file.status());
   std::shared_ptr<OpenFile> of = std::move(*file);
-  if (offset + data.size() < offset) return done(Status::InvalidArgument("write past 2^64"));
+  if (offset + data.size() < offset) return done(Status::TooLarge("write past 2^64"));
   auto disk = of->CurrentDisk();
   if (!disk.ok()) return done(disk.status());
   if (offset + data.size() > (*disk)->size()) {

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "blockstore/file_util.h"
 #include "blockstore/units.h"
 #include "fusefs/fs.h"
 #include "fusefs/fuse_adapter.h"
@@ -107,10 +109,38 @@ Outcome AskMount(const GlobalOptions& g, const MountArgs& a, const std::string& 
   return Outcome{};
 }
 
+Status DeadMount(const std::string& mountpoint) {
+  return Status::Unavailable("mount point " + mountpoint + " is a mount whose server is gone (" +
+                             std::strerror(ENOTCONN) + "): clear it with 'fusermount3 -u -z " +
+                             mountpoint + "'");
+}
+
+// A mount point that already holds an imgfs mount is refused: a second
+// mount would stack over the first, hiding it from new opens while what has
+// it open goes on through it, and fusermount3 -u would remove only the top
+// one (docs/operations.md, "The mount").
+Status CheckNotMounted(const std::string& mountpoint) {
+  auto info = ReadFile("/proc/self/mountinfo");
+  if (!info.ok()) return Status::OK();  // no /proc: libfuse mounts as before
+  if (auto store = ImgfsMountAt(*info, mountpoint)) {
+    struct statfs sf {};
+    if (statfs(mountpoint.c_str(), &sf) != 0 && errno == ENOTCONN) return DeadMount(mountpoint);
+    return Status::AlreadyExists(mountpoint + " is already a mount of the imgfs store " + *store +
+                                 " (unmount it first; 'imgfs mount --upgrade " + mountpoint +
+                                 "' replaces its server)");
+  }
+  return Status::OK();
+}
+
 Outcome RunMount(const GlobalOptions& g, const MountArgs& a) {
+  char resolved[PATH_MAX];
+  if (!realpath(a.mountpoint.c_str(), resolved) && errno == ENOTCONN) {
+    return Outcome{DeadMount(a.mountpoint)};
+  }
   auto mountpoint = Absolute(a.mountpoint, "mount point");
   if (!mountpoint.ok()) return Outcome{mountpoint.status()};
   if (a.upgrade || a.status) return AskMount(g, a, *mountpoint);
+  if (Status s = CheckNotMounted(*mountpoint); !s.ok()) return Outcome{s};
   struct stat st {};
   if (stat(mountpoint->c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return Outcome{Status::InvalidArgument("mount point " + *mountpoint + " is not a directory")};

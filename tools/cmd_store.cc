@@ -101,6 +101,8 @@ Outcome RunStoreStats(const GlobalOptions& g) {
     return nlohmann::json{{"capacity_bytes", sp->capacity_bytes},
                           {"available_bytes", sp->available_bytes}};
   };
+  // The limit of a disk made from an image (blank disks' may be higher).
+  auto limit = st.disks().MaxDiskSize(st.config().chunk_size);
   if (g.json) {
     nlohmann::json j = {{"store", st.path()},
                         {"chunk_size", st.config().chunk_size},
@@ -121,6 +123,7 @@ Outcome RunStoreStats(const GlobalOptions& g) {
       j["capacity_bytes"] = chunk_space->capacity_bytes;
       j["available_bytes"] = chunk_space->available_bytes;
     }
+    if (limit.ok()) j["max_disk_bytes"] = limit->max_bytes;
     PrintJson(j);
     return {};
   }
@@ -145,6 +148,10 @@ Outcome RunStoreStats(const GlobalOptions& g) {
   };
   space_line("chunk backend: ", st.config().chunks, chunk_space);
   space_line("disk backend:  ", st.config().disks, disk_space);
+  if (limit.ok()) {
+    std::cout << "largest disk:  " << FormatSizeExact(limit->max_bytes) << " (" << limit->reason
+              << ")\n";
+  }
   return {};
 }
 

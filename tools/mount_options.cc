@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <string_view>
 
 #include "blockstore/units.h"
 
@@ -147,6 +148,47 @@ void ReopenLog(const std::string& log_file) {
   if (fd < 0) return;
   dup2(fd, STDERR_FILENO);
   close(fd);
+}
+
+namespace {
+
+// mountinfo writes space, tab, newline and backslash as \ooo (octal).
+std::string UnescapeMountField(std::string_view f) {
+  std::string out;
+  for (size_t i = 0; i < f.size(); ++i) {
+    auto octal = [&](size_t k, char hi) { return f[k] >= '0' && f[k] <= hi; };
+    if (f[i] == '\\' && i + 3 < f.size() && octal(i + 1, '3') && octal(i + 2, '7') &&
+        octal(i + 3, '7')) {
+      out += static_cast<char>((f[i + 1] - '0') * 64 + (f[i + 2] - '0') * 8 + (f[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += f[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::string> ImgfsMountAt(const std::string& mountinfo,
+                                        const std::string& mountpoint) {
+  std::istringstream lines(mountinfo);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point, word;
+    if (!(fields >> id >> parent >> dev >> root >> point)) continue;
+    while (fields >> word && word != "-") {
+    }
+    std::string fstype, source;
+    if (word != "-" || !(fields >> fstype >> source)) continue;
+    if (fstype != "fuse.imgfs" || UnescapeMountField(point) != mountpoint) continue;
+    std::string store = UnescapeMountField(source);
+    if (store.starts_with("imgfs:")) store = store.substr(6);
+    return store;
+  }
+  return std::nullopt;
 }
 
 std::string FsNameFor(const std::string& store_path) {

@@ -2,6 +2,7 @@
 // the command and for each server the supervisor starts.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +31,12 @@ Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOption
 
 // The FUSE file system name for a store ("imgfs:" + path, ',' and '\\' escaped).
 std::string FsNameFor(const std::string& store_path);
+
+// The store of an imgfs mount at `mountpoint` (an absolute path without
+// symlinks), from `mountinfo` (/proc/self/mountinfo's text): the source of
+// the first fuse.imgfs mount there without its "imgfs:" prefix, or nullopt.
+std::optional<std::string> ImgfsMountAt(const std::string& mountinfo,
+                                        const std::string& mountpoint);
 
 // Detaches a daemon's standard streams: stdin and stdout to /dev/null,
 // stderr appended to `log_file` (to /dev/null when empty).

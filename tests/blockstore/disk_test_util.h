@@ -21,11 +21,12 @@
 
 namespace imgfs::testing {
 
-// A fresh directory under $TMPDIR (or /tmp), removed with everything in it.
+// A fresh directory under `base`, else $TMPDIR (or /tmp), removed with
+// everything in it.
 class TempDir {
  public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
+  explicit TempDir(const char* base = nullptr) {
+    if (!base) base = std::getenv("TMPDIR");
     std::string tmpl = std::string(base && *base ? base : "/tmp") + "/imgfs-test.XXXXXX";
     path_ = ::mkdtemp(tmpl.data()) ? tmpl : std::string();
   }

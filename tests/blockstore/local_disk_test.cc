@@ -1,8 +1,10 @@
 // Tests of the "local" disk backend beyond the conformance suite: its on-disk
 // format, locking across processes, space, and crash safety (SIGKILL).
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -130,6 +132,60 @@ TEST_CASE("Local disk: on-disk format", "[disk][local]") {
   CHECK(j["parent_overlap"] == 50 * KiB);
   bm = ReadFile(dir + "/bitmap");
   CHECK(static_cast<uint8_t>((*bm)[4096]) == 0x04);  // chunk 2 still holds [32K, 48K)
+}
+
+TEST_CASE("Local disk: the largest size is the file system's largest file", "[disk][local]") {
+  constexpr uint64_t kCeiling = 1ull << 50;
+  // tmpfs takes files up to 8 EiB, so the ceiling.
+  struct statfs sf {};
+  if (::statfs("/dev/shm", &sf) == 0 && sf.f_type == TMPFS_MAGIC) {
+    auto shm = ProbeFileSizeLimit("/dev/shm", kCeiling);
+    REQUIRE(shm.ok());
+    CHECK(shm->max_size == kCeiling);
+    CHECK(shm->fs_type == "tmpfs");
+    // There the allocation map's 2^34 chunks are the limit for small chunks.
+    TempDir dir("/dev/shm");
+    TestImages images{16 * 1024};
+    auto backend = CreateDiskBackend("local", dir.path(), &images);
+    REQUIRE(backend.ok());
+    auto small = (*backend)->MaxDiskSize(4096);
+    REQUIRE(small.ok());
+    CHECK(small->max_bytes == 64ull << 40);
+    CHECK(small->reason.find("allocation map") != std::string::npos);
+    auto big = (*backend)->MaxDiskSize(64 * 1024);
+    REQUIRE(big.ok());
+    CHECK(big->max_bytes == kCeiling);
+    DiskCreateOptions o;
+    o.size = kCeiling;
+    REQUIRE((*backend)->Create(Ref("pib"), o).ok());
+    o.size = kCeiling + 4096;
+    CHECK((*backend)->Create(Ref("over"), o).IsTooLarge());
+  }
+  // ext4 with 4 KiB blocks ends files at 16 TiB - 4 KiB although
+  // pathconf(_PC_FILESIZEBITS) says 64.
+  Local l;
+  REQUIRE(::statfs(l.dir.path().c_str(), &sf) == 0);
+  auto probed = ProbeFileSizeLimit(l.dir.path(), kCeiling);
+  REQUIRE(probed.ok());
+  if (sf.f_type == EXT4_SUPER_MAGIC && sf.f_bsize == 4096) {
+    CHECK(probed->fs_type == "ext4");
+    CHECK(probed->max_size == (16ull << 40) - 4096);
+    auto limit = l.backend->MaxDiskSize(64 * 1024);
+    REQUIRE(limit.ok());
+    CHECK(limit->max_bytes == (16ull << 40) - 4096);
+    CHECK(limit->reason.find("ext4") != std::string::npos);
+    DiskCreateOptions o;
+    o.size = 16ull << 40;
+    Status s = l.backend->Create(Ref("d"), o);
+    CHECK(s.IsTooLarge());
+    CHECK(s.message().find("at most 16T - 4K (17592186040320 bytes, the largest file ext4 "
+                           "allows in ") != std::string::npos);
+  }
+  // Nothing is left behind by the probe.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(l.dir.path() + "/disks/.tmp", ec)) {
+    FAIL("left in .tmp: " << e.path());
+  }
 }
 
 TEST_CASE("Local disk: damaged or unknown metadata is refused", "[disk][local]") {

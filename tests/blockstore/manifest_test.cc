@@ -82,7 +82,16 @@ TEST_CASE("manifest: Validate refuses inconsistent manifests", "[manifest]") {
   m.chunk_size = 4096;
   m.size = (kMaxManifestChunks + 1) * 4096;
   m.chunks.clear();
-  CHECK(m.Validate().IsInvalidArgument());
+  CHECK(m.Validate().IsTooLarge());
+}
+
+TEST_CASE("manifest: the largest image is 2^26 chunks", "[manifest]") {
+  CHECK(CheckImageSize(kMaxManifestChunks * 65536, 65536).ok());
+  Status s = CheckImageSize(kMaxManifestChunks * 65536 + 1, 65536);
+  CHECK(s.IsTooLarge());
+  CHECK(s.message().find("at most 4T") != std::string::npos);
+  CHECK(CheckImageSize(kMaxManifestChunks * (4u << 20), 4u << 20).ok());
+  CHECK(CheckImageSize(~uint64_t{0}, 4096).IsTooLarge());
 }
 
 TEST_CASE("manifest: every truncation is rejected with Corruption", "[manifest]") {

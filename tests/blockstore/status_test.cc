@@ -30,10 +30,11 @@ TEST_CASE("Status: errno mapping used by the FUSE layer", "[status]") {
   CHECK(Status::ReadOnly("").ToErrno() == EROFS);
   CHECK(Status::NotEmpty("").ToErrno() == ENOTEMPTY);
   CHECK(Status::NotSupported("").ToErrno() == EOPNOTSUPP);
+  CHECK(Status::TooLarge("").ToErrno() == EFBIG);
 }
 
 TEST_CASE("Status: FromErrno round trips the common errnos", "[status]") {
-  for (int e : {ENOENT, EEXIST, EINVAL, EBUSY, ENOSPC, EPERM, EROFS, ENOTEMPTY, EIO}) {
+  for (int e : {ENOENT, EEXIST, EINVAL, EBUSY, ENOSPC, EPERM, EROFS, ENOTEMPTY, EIO, EFBIG}) {
     Status s = Status::FromErrno(e, "open /x");
     CHECK(s.ToErrno() == e);
     CHECK(s.message().rfind("open /x: ", 0) == 0);

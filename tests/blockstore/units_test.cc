@@ -43,6 +43,11 @@ TEST_CASE("FormatSize prints in the form ParseSize reads", "[units]") {
   for (uint64_t v : {1ull, 1000ull, 4096ull, 123456789ull, 5ull << 40, ~0ull}) {
     CHECK(*ParseSize(FormatSize(v)) == v);
   }
+  CHECK(FormatSizeExact(1ull << 50) == "1P");
+  CHECK(FormatSizeExact((16ull << 40) - 4096) == "16T - 4K");
+  CHECK(FormatSizeExact((1ull << 20) - 512) == "1M - 512");
+  CHECK(FormatSizeExact(1000000) == "1000000");
+  CHECK(FormatSizeExact(UINT64_MAX) == FormatSize(UINT64_MAX));
   CHECK(FormatSizeHuman(1536) == "1.5 KiB");
   CHECK(FormatSizeHuman(10) == "10 B");
 }

@@ -73,6 +73,28 @@ expect_fail "ls of a missing instance" "$IMGFS" disk ls vm9
 expect_err_contains "does not exist"
 expect_fail "create over an existing disk" "$IMGFS" disk create vm1/disk --blank --size 1G
 expect_err_contains "already exists"
+# Sizes the store cannot hold: beyond imgfs's 1 PiB everywhere, and on ext4
+# (4 KiB blocks) anything past its largest file, 16 TiB - 4 KiB.
+expect_fail "create beyond the largest disk" "$IMGFS" disk create vm3/disk --blank --size 2P
+expect_err_contains "more than this store's disks can hold: at most"
+expect_fail "clone beyond the largest disk" "$IMGFS" disk create vm3/disk --image base --size 2P
+expect_fail "resize beyond the largest disk" "$IMGFS" disk resize vm1/disk 2P
+expect_err_contains "more than this store's disks can hold"
+if [[ "$(stat -f -c %T "$STORE")" == ext2/ext3 && "$(stat -f -c %S "$STORE")" == 4096 ]]; then
+  max=$(((16 << 40) - 4096))
+  [[ "$("$IMGFS" --json stats | jq .max_disk_bytes)" == "$max" ]] ||
+    fail "stats: $("$IMGFS" --json stats)"
+  "$IMGFS" stats | grep -qx "largest disk:  16T - 4K (the largest file ext4 allows in $STORE/disks)" ||
+    fail "stats: $("$IMGFS" stats)"
+  expect_fail "a 1P disk on ext4" "$IMGFS" disk create vm3/disk --blank --size 1P
+  expect_err_contains "disk vm3/disk: size 1P (1125899906842624 bytes) is more than this store's disks can hold: at most 16T - 4K ($max bytes, the largest file ext4 allows in $STORE/disks)"
+  expect_fail "a 16T disk on ext4" "$IMGFS" disk create vm3/disk --blank --size 16T
+  expect_fail "resize to 1P on ext4" "$IMGFS" disk resize vm1/disk 1P
+  expect_err_contains "at most 16T - 4K"
+  expect_fail "resize to 16T on ext4" "$IMGFS" disk resize vm1/disk 16T
+fi
+[[ "$("$IMGFS" --json disk info vm1/disk | jq .size)" == $((20 << 30)) ]] ||
+  fail "a refused resize changed the size"
 [[ "$("$IMGFS" --json disk info vm1/disk | jq .size)" == $((20 << 30)) ]] || fail "refused create changed the disk"
 expect_fail "shrink" "$IMGFS" disk resize vm1/disk 1G
 expect_err_contains "refused"

@@ -49,6 +49,16 @@ blk="$(e2e_qmp "$T/vm1.qmp" query-block | jq -c '.[] | select(.device == "disk0"
 [[ "$("$IMGFS" --json disk info vm1/disk | jq -r .size)" -eq $((3 << 30)) ]] ||
   fail "disk info after block_resize: $("$IMGFS" --json disk info vm1/disk)"
 
+# block_resize to a size the backend cannot hold fails (the mount's EFBIG
+# reaches qemu as its truncate's error) and changes nothing.
+max="$("$IMGFS" --json stats | jq .max_disk_bytes)"
+err="$( (e2e_qmp "$T/vm1.qmp" block_resize "{\"device\": \"disk0\", \"size\": $((max + 4096))}") 2>&1)" &&
+  fail "block_resize beyond the largest disk ($max bytes) succeeded"
+[[ "$err" == *"File too large"* ]] || fail "block_resize beyond the largest disk: $err"
+[[ "$(stat -c %s "$D")" -eq $((3 << 30)) ]] || fail "a refused block_resize changed the size"
+[[ "$(e2e_qmp "$T/vm1.qmp" query-status | jq -r .status)" == prelaunch ]] ||
+  fail "qemu is not in the state it was after a refused block_resize"
+
 # A second qemu writing the same disk is refused by qemu's image locking.
 if qemu_start vm2; then
   e2e_stop_pid "$QEMU_PID"

@@ -191,6 +191,18 @@ done
 id_k=$("$IMGFS" --store "$s5" image import k.img --name k) || fail "import after kill -9 failed"
 "$IMGFS" --store "$s5" image verify "$id_k" >/dev/null || fail "re-import after kill is damaged"
 
+# --- an image larger than a manifest holds (2^26 chunks: 4 TiB at 64 KiB) ----
+# Refused before anything is read or converted, the store unchanged.
+before="$(snapshot)"
+truncate -s 5T huge.raw
+expect_fail "a 5T raw image" "$IMGFS" image import huge.raw --name huge
+expect_err_contains "an image of 5T (5497558138880 bytes) is more than a store with 64K chunks can hold: at most 4T"
+qemu-img create -q -f qcow2 huge.qcow2 5T
+expect_fail "a 5T qcow2 image" "$IMGFS" image import huge.qcow2 --name huge
+expect_err_contains "at most 4T"
+[[ "$(snapshot)" == "$before" ]] || fail "a refused import changed the store"
+rm -f huge.raw huge.qcow2
+
 # --- rm ---------------------------------------------------------------------------
 "$IMGFS" image rm "$id_sparse"
 expect_fail "rm twice" "$IMGFS" image rm "$id_sparse"

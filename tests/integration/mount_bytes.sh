@@ -44,6 +44,20 @@ cmp -i "$size:0" -n 1048576 "$M/vm1/disk" /dev/zero || fail "the grown area does
 [[ "$("$IMGFS" --json disk info vm1/disk)" == *"$((20 << 30))"* ]] \
   || fail "disk info does not show the grown size"
 
+# A size the backend cannot hold is EFBIG, whichever way it is asked for,
+# and changes nothing (tests/integration/disk_limits.sh tries the limits).
+max="$("$IMGFS" --json stats | jq .max_disk_bytes)"
+[[ "$max" =~ ^[0-9]+$ ]] || fail "stats shows no largest disk: $("$IMGFS" --json stats)"
+expect_errno "truncate beyond the largest disk" "File too large" truncate -s $((max + 4096)) "$M/vm1/disk"
+expect_errno "fallocate beyond it" "File too large" fallocate -l $((max + 4096)) "$M/vm1/disk"
+expect_errno "a write beyond it" "File too large" \
+  dd if=/dev/zero of="$M/vm1/disk" bs=4096 count=1 seek=$((max / 4096)) conv=notrunc status=none
+expect_errno "truncate to 2P" "File too large" truncate -s 2P "$M/vm1/disk"
+[[ "$(stat -c %s "$M/vm1/disk")" -eq $((20 << 30)) ]] || fail "a refused grow changed the size"
+[[ "$("$IMGFS" --json disk info vm1/disk | jq .size)" -eq $((20 << 30)) ]] ||
+  fail "a refused grow changed the disk: $("$IMGFS" --json disk info vm1/disk)"
+grep -q "File too large\|TooLarge" "$T/mount.log" && fail "refusals logged as errors: $(cat "$T/mount.log")"
+
 # With -o allow_shrink a shrink works.
 unmount_imgfs "$M" "$MOUNT_PID"
 mount_imgfs "$M" -o allow_shrink

@@ -14,6 +14,18 @@ mountpoint -q "$M" && fail "a failed mount left a mount behind"
 # Background: returns once mounted; SIGTERM flushes and unmounts.
 mount_imgfs "$M"
 mountpoint -q "$M" || fail "not mounted after imgfs mount returned"
+# A second mount at the same place, of this store or another, is refused
+# (nothing stacks over the first), and says which store is mounted there.
+expect_fail "a second mount" "$IMGFS" mount "$M"
+expect_err_contains "$M is already a mount of the imgfs store $STORE"
+IMGFS_STORE="$T/other" "$IMGFS" init >/dev/null
+expect_fail "another store's mount" env IMGFS_STORE="$T/other" "$IMGFS" mount -f "$M"
+expect_err_contains "already a mount of the imgfs store $STORE"
+expect_fail "the fstab form" "$IMGFS" "$T/other" "$M" -o allow_shrink
+expect_err_contains "already a mount of the imgfs store $STORE"
+[[ "$(grep -c " $M fuse.imgfs " <(awk '{ print " " $5 " " $(NF-2) " " }' /proc/self/mountinfo))" -eq 1 ]] ||
+  fail "mounts stacked at $M: $(grep " $M " /proc/self/mountinfo)"
+kill -0 "$MOUNT_PID" || fail "the first mount's supervisor went away"
 df -B1 "$M" | tail -1 | awk '{ exit !($2 > 0) }' || fail "statfs reports no capacity: $(df -B1 "$M")"
 mkdir "$M/vm1"
 head -c 1M /dev/urandom >"$T/data"
@@ -40,4 +52,17 @@ cmp -i 4:4 -n $((1048576 - 4)) "$T/data" "$M/vm1/disk" || fail "data lost across
 kill -INT "$fg"
 wait "$fg" || fail "foreground mount exited non-zero: $(cat "$T/fg.log")"
 mountpoint -q "$M" && fail "still mounted after SIGINT"
+
+# A mount whose supervisor and server were both killed is dead: mounting
+# there again is refused with the way to clear it, not stacked over it.
+mount_imgfs "$M"
+server="$("$IMGFS" --json mount --status "$M" | jq .server_pid)"
+kill -9 "$MOUNT_PID" "$server"
+tail --pid="$server" -f /dev/null
+expect_fail "a mount over a dead one" "$IMGFS" mount "$M"
+expect_err_contains "server is gone"
+expect_err_contains "fusermount3 -u -z $M"
+fusermount3 -u -z "$M"
+mount_imgfs "$M"
+[[ -f "$M/vm1/disk" ]] || fail "no disk after mounting again"
 echo "mount_daemon: ok"

@@ -59,6 +59,11 @@ on_exit "stop_by_pidfile '$T/pid2' '$M'"
 mount --fstab "$T/fstab" "$M"
 mountpoint -q "$M" || fail "not mounted from the fstab line"
 pid="$(cat "$T/pid2")"
+# Mounting it again is refused, naming the store; the first mount goes on.
+if mount --fstab "$T/fstab" "$M" 2>"$T/err"; then fail "a second mount over the first succeeded"; fi
+grep -q "already a mount of the imgfs store $STORE" "$T/err" || fail "unclear error: $(cat "$T/err")"
+[[ "$(findmnt -n -o TARGET "$M" | wc -l)" -eq 1 ]] || fail "mounts stacked at $M: $(findmnt "$M")"
+kill -0 "$pid" || fail "the first mount's daemon went away"
 echo data | dd of="$M/vm1/disk" bs=4k conv=notrunc,fsync status=none
 # shrink is refused without allow_shrink
 if truncate -s 1M "$M/vm1/disk" 2>/dev/null; then fail "shrink allowed without allow_shrink"; fi

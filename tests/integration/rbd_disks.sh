@@ -78,6 +78,17 @@ grep -q "rbd:$P/i1_disk" "$T/dinfo" || fail "disk info lacks the location: $(cat
 [[ "$(rbdc info --format json "$P/i1_disk" | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')" \
   -eq $((20 << 30)) ]] || fail "resize did not reach RBD"
 expect_fail "shrink" "$IMGFS" disk resize i1/disk 1G
+# Sizes past the largest rbd disk (2^24 objects of 4 MiB: 64T) are refused
+# before the cluster is asked (librbd itself would take up to 976T).
+images_before="$(rbdc ls "$P" | sort)"
+expect_fail "a disk past the largest" "$IMGFS" disk create i1/big --blank --size $(((64 << 40) + 4096))
+expect_err_contains "at most 64T (70368744177664 bytes, 2^24 RBD objects of 4M"
+expect_fail "a 1P clone" "$IMGFS" disk create i1/big --image sample --size 1P
+expect_fail "resize to 1P" "$IMGFS" disk resize i1/disk 1P
+expect_err_contains "at most 64T"
+[[ "$(rbdc ls "$P" | sort)" == "$images_before" ]] || fail "a refused size changed the pool"
+[[ "$(rbdc info --format json "$P/i1_disk" | jq .size)" -eq $((20 << 30)) ]] ||
+  fail "a refused resize changed the disk"
 expect_fail "image rm of a used image" "$IMGFS" image rm sample
 expect_err_contains "in use"
 rbdc info "$P/imgfs.base.$id" >/dev/null || fail "the base went away"

@@ -17,6 +17,8 @@ imgfs_shell_test(gc_rbd)
 imgfs_shell_test(rados_sharing)
 imgfs_shell_test(rados_faults)
 imgfs_shell_test(disk_cli)
+# The largest disk on ext4, xfs, tmpfs and rbd, end to end.
+imgfs_shell_test(disk_limits)
 # The rbd disk backend: its own test, and the mount tests over rbd disks.
 imgfs_shell_test(rbd_disks)
 imgfs_shell_test_rbd(mount_bytes)

@@ -62,7 +62,7 @@ for i in $(seq 10); do
   kill_server "$M"
 done
 touch "$stop"
-wait "$qpid" || fail "qemu-io failed: $(grep -v '^[0-9]' "$T/q.out" | grep -iv 'wrote\|^read' | head -5)"
+wait "$qpid" || fail "qemu-io failed: $(sed 's/^\(qemu-io> \)*//' "$T/q.out" | grep -v '^[0-9]' | grep -iv '^wrote\|^read\|^$' | head -5)"
 grep -qiE 'fail|error|verification' "$T/q.out" && fail "qemu-io: $(grep -iE 'fail|error|verification' "$T/q.out" | head -3)"
 writes="$(grep -c '^qemu-io> wrote\|^wrote' "$T/q.out" || true)"
 ((writes > 10)) || fail "qemu-io wrote only $writes times"

@@ -1507,8 +1507,15 @@ class RbdDiskBackend : public DiskBackend {
   Result<std::string> CheckPublished(const ImageId& id) override {
     const std::string base = RbdBaseName(id);
     const std::string location = "rbd:" + Where(base) + "@" + kSnap;
-    ASSIGN_OR_RETURN(bool published, IsPublished(base));  // Corruption says why
-    if (!published) return Status::NotFound("published base " + location + " is missing");
+    auto published = IsPublished(base);
+    if (published.status().IsCorruption()) {
+      // Says why; clones use it, so "remove it" is no advice here.
+      std::string why = published.status().message();
+      if (why.ends_with("; remove it")) why.resize(why.size() - std::strlen("; remove it"));
+      return Status::Corruption(why);
+    }
+    RETURN_IF_ERROR(published.status());
+    if (!*published) return Status::NotFound("published base " + location + " is missing");
     return location;
   }
 

@@ -230,7 +230,7 @@ Outcome RunInfo(const GlobalOptions& g, const std::string& disk) {
   }
   if (!in_store) {
     parent += base && base->ok() ? " (held by another store; published base present in the pool)"
-              : base              ? " (not in this store, and its published base is missing)"
+              : base              ? " (not in this store; its published base has a problem, below)"
                                   : " (missing from this store)";
   }
   char mode[8];

@@ -197,6 +197,23 @@ has_base "$C" && fail "image rm left C's base"
 s1 gc --min-age 0 >"$T/gc1.out"
 check_cluster "after s1's gc"
 
+# --- a published base that is no longer a complete publication (its mark
+# removed by hand): fsck fails on every store, naming the disk -----------------------
+rbdc image-meta remove "$P/imgfs.base.$X" imgfs.published
+for s in s1 s2 s3; do
+  rc=0
+  $s fsck >"$T/fsck.out" 2>&1 || rc=$?
+  ((rc == 1)) || fail "$s fsck exit $rc with X's base unmarked: $(cat "$T/fsck.out")"
+  grep -q "^problem: disk vm3/disk: parent image $X: .*not a complete imgfs publication" \
+    "$T/fsck.out" || fail "$s fsck does not name vm3/disk: $(cat "$T/fsck.out")"
+done
+grep -q "^base: *PROBLEM: .*not a complete imgfs publication" <<<"$(s1 disk info vm3/disk)" ||
+  fail "s1 disk info vm3/disk: $(s1 disk info vm3/disk)"
+grep -q "^parent: *$X (not in this store; its published base has a problem, below)$" \
+  <<<"$(s1 disk info vm3/disk)" || fail "s1 disk info vm3/disk: $(s1 disk info vm3/disk)"
+rbdc image-meta set "$P/imgfs.base.$X" imgfs.published 1
+for s in s1 s2 s3; do $s fsck >/dev/null || fail "$s fsck after X's mark came back"; done
+
 # --- a published base removed by hand: fsck on every store fails naming the
 # disk ----------------------------------------------------------------------------------
 # librbd refuses to unprotect a snapshot with clones; an operator who forces it
@@ -213,9 +230,9 @@ le() {  # VALUE BYTES: little-endian bytes as printf escapes
   for ((i = 0; i < $2; i++)); do out+=$(printf '\\x%02x' $(((v >> (8 * i)) & 255))); done
   printf '%s' "$out"
 }
-# cls_rbd's key of a parent snapshot: pool id, namespace, image id, snapshot id.
-printf "$(le "$pool_id" 8)$(le ${#ns} 4)%s$(le ${#base_id} 4)%s$(le "$snap_id" 8)" \
-  "$ns" "$base_id" >"$T/child.key"
+# cls_rbd's key of a parent snapshot in the namespace's rbd_children: pool id,
+# image id, snapshot id.
+printf "$(le "$pool_id" 8)$(le ${#base_id} 4)%s$(le "$snap_id" 8)" "$base_id" >"$T/child.key"
 rados_pool() {
   rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
     -p "${P%%/*}" -N "$ns" "$@"

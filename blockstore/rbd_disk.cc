@@ -1623,13 +1623,14 @@ class RbdDiskBackend : public DiskBackend {
     int64_t pool = 0;
     std::string ns, parent_id;
     uint64_t snap = 0;
-    if (!d.Int(&version) || !d.Int(&compat) || !d.Int(&length) || !d.Int(&pool) ||
-        !d.String(&ns) || !d.String(&parent_id) || !d.Int(&snap)) {
+    if (!d.Int(&version) || !d.Int(&compat) || !d.Int(&length) || !d.Int(&pool) || !d.String(&ns) ||
+        !d.String(&parent_id) || !d.Int(&snap)) {
       return Status::Corruption("rbd: the parent of " + Where(name) + " cannot be decoded");
     }
     if (pool != rados_ioctx_get_id(conn_->io) || ns != conn_->ns) {
-      return "its parent (pool id " + std::to_string(pool) + (ns.empty() ? "" : ", namespace " + ns) +
-             ", RBD image id " + parent_id + ") is missing";
+      return "its parent (pool id " + std::to_string(pool) +
+             (ns.empty() ? "" : ", namespace " + ns) + ", RBD image id " + parent_id +
+             ") is missing";
     }
     auto parent = OmapValue(conn_->io, "rbd_directory", "id_" + parent_id);
     if (parent.status().IsNotFound()) {

@@ -215,9 +215,9 @@ Outcome RunInfo(const GlobalOptions& g, const std::string& disk) {
     j["parent_names"] = names;
     if (info->parent) j["parent_in_store"] = in_store;
     if (base) {
-      j["parent_base"] = base->ok() ? nlohmann::json{{"location", **base}, {"present", true}}
-                                    : nlohmann::json{{"present", false},
-                                                     {"problem", base->status().message()}};
+      j["parent_base"] =
+          base->ok() ? nlohmann::json{{"location", **base}, {"present", true}}
+                     : nlohmann::json{{"present", false}, {"problem", base->status().message()}};
     }
     PrintJson(j);
     return {};
@@ -230,8 +230,8 @@ Outcome RunInfo(const GlobalOptions& g, const std::string& disk) {
   }
   if (!in_store) {
     parent += base && base->ok() ? " (held by another store; published base present in the pool)"
-              : base              ? " (not in this store; its published base has a problem, below)"
-                                  : " (missing from this store)";
+              : base             ? " (not in this store; its published base has a problem, below)"
+                                 : " (missing from this store)";
   }
   char mode[8];
   std::snprintf(mode, sizeof mode, "%04o", info->attrs.mode);

@@ -216,7 +216,8 @@ Outcome RunFsck(const GlobalOptions& g) {
       std::cout << " (" << r->disks_parent_elsewhere
                 << " with a parent held by another store; published base present in the pool)";
     }
-    std::cout << ": " << (r->clean() ? "clean" : std::to_string(r->problems.size()) + " problems") << "\n";
+    std::cout << ": " << (r->clean() ? "clean" : std::to_string(r->problems.size()) + " problems")
+              << "\n";
   }
   if (!r->clean()) {
     return {Status::Corruption("fsck found " + std::to_string(r->problems.size()) + " problem(s)"),

@@ -197,15 +197,19 @@ has_base "$C" && fail "image rm left C's base"
 s1 gc --min-age 0 >"$T/gc1.out"
 check_cluster "after s1's gc"
 
+# fsck_fails STORE PATTERN: fsck exits 1 with one problem, matching PATTERN.
+fsck_fails() {
+  local rc=0
+  $1 fsck >"$T/fsck.out" 2>&1 || rc=$?
+  ((rc == 1)) || fail "$1 fsck exit $rc: $(cat "$T/fsck.out")"
+  grep -q "$2" "$T/fsck.out" || fail "$1 fsck does not say '$2': $(cat "$T/fsck.out")"
+  [[ "$(grep -c '^problem:' "$T/fsck.out")" == 1 ]] || fail "$1 fsck: $(cat "$T/fsck.out")"
+}
 # --- a published base that is no longer a complete publication (its mark
 # removed by hand): fsck fails on every store, naming the disk -----------------------
 rbdc image-meta remove "$P/imgfs.base.$X" imgfs.published
 for s in s1 s2 s3; do
-  rc=0
-  $s fsck >"$T/fsck.out" 2>&1 || rc=$?
-  ((rc == 1)) || fail "$s fsck exit $rc with X's base unmarked: $(cat "$T/fsck.out")"
-  grep -q "^problem: disk vm3/disk: parent image $X: .*not a complete imgfs publication" \
-    "$T/fsck.out" || fail "$s fsck does not name vm3/disk: $(cat "$T/fsck.out")"
+  fsck_fails $s "^problem: disk vm3/disk: parent image $X: .*not a complete imgfs publication"
 done
 grep -q "^base: *PROBLEM: .*not a complete imgfs publication" <<<"$(s1 disk info vm3/disk)" ||
   fail "s1 disk info vm3/disk: $(s1 disk info vm3/disk)"
@@ -243,12 +247,7 @@ rados_pool rmomapkey rbd_children --omap-key-file "$T/child.key"
 rbdc snap unprotect "$P/imgfs.base.$D@base"
 rbdc snap rm --no-progress "$P/imgfs.base.$D@base" >/dev/null
 for s in s1 s2 s3; do
-  rc=0
-  $s fsck >"$T/fsck.out" 2>&1 || rc=$?
-  ((rc == 1)) || fail "$s fsck exit $rc with D's base removed: $(cat "$T/fsck.out")"
-  grep -q "^problem: disk vm7/disk: .*published base rbd:$P/imgfs.base.$D@base, was removed" \
-    "$T/fsck.out" || fail "$s fsck does not name vm7/disk: $(cat "$T/fsck.out")"
-  [[ "$(grep -c '^problem:' "$T/fsck.out")" == 1 ]] || fail "$s fsck: $(cat "$T/fsck.out")"
+  fsck_fails $s "^problem: disk vm7/disk: .*published base rbd:$P/imgfs.base.$D@base, was removed"
   grep -q "^vm7/disk .*cannot be opened" <<<"$($s disk ls)" || fail "$s disk ls: $($s disk ls)"
   expect_fail "$s disk info vm7/disk" $s disk info vm7/disk
   expect_err_contains "imgfs.base.$D@base, was removed"

@@ -1604,7 +1604,7 @@ class RbdDiskBackend : public DiskBackend {
   // Why the RBD image `name`, which exists, cannot be opened: its parent,
   // from the "parent" key of its header (cls_rbd's encoding: version, compat,
   // length, pool id, namespace, image id, snapshot id, overlap). NotFound
-  // when `name` is not an image.
+  // when `name` is not an image or has no parent.
   Result<std::string> MissingParent(const std::string& name) {
     char buf[256];
     int n = rados_read(conn_->io, ("rbd_id." + name).c_str(), buf, sizeof buf, 0);
@@ -1615,7 +1615,9 @@ class RbdDiskBackend : public DiskBackend {
       return Status::Corruption("rbd: rbd_id." + name + " does not hold an image id");
     }
     auto spec = OmapValue(conn_->io, "rbd_header." + image_id, "parent");
-    if (spec.status().IsNotFound()) return std::string("it has no parent (librbd: not found)");
+    if (spec.status().IsNotFound()) {
+      return Status::NotFound("rbd: " + Where(name) + " has no parent");  // not that, then
+    }
     RETURN_IF_ERROR(spec.status());
     Decoder d{*spec};
     uint8_t version = 0, compat = 0;

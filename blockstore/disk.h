@@ -230,6 +230,17 @@ class DiskBackend {
     (void)id;
     return Status::NotFound("not published");
   }
+  // The published form of image `id` that clones of it need (rbd: the
+  // snapshot imgfs.base.<id>@base in the pool, protected and marked): its
+  // location when it is present and complete; NotFound naming it when it is
+  // gone; Corruption when it is not a complete publication. NotSupported for
+  // backends that publish nothing (their disks read parents from the store).
+  // A store sharing its disk pool checks with this the parents of disks made
+  // by other stores (docs/rbd.md, "Stores sharing a pool").
+  virtual Result<std::string> CheckPublished(const ImageId& id) {
+    (void)id;
+    return Status::NotSupported("this disk backend publishes no images");
+  }
   // Removes half-done publications whose publisher is gone (skipping those
   // still being written); returns their locations. Leaves complete ones.
   virtual Result<std::vector<std::string>> RemoveAbandonedPublications(bool dry_run) {

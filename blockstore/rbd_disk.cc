@@ -141,6 +141,57 @@ Result<std::vector<std::string>> ListImageNames(Connection& c) {
   }
 }
 
+// The value of omap key `key` of object `oid`; NotFound when the object or
+// the key is missing.
+Result<std::string> OmapValue(rados_ioctx_t io, const std::string& oid, const std::string& key) {
+  rados_read_op_t op = rados_create_read_op();
+  rados_omap_iter_t it = nullptr;
+  int rval = 0;
+  const char* keys[] = {key.c_str()};
+  size_t key_lens[] = {key.size()};
+  rados_read_op_omap_get_vals_by_keys2(op, keys, 1, key_lens, &it, &rval);
+  int r = rados_read_op_operate(op, io, oid.c_str(), 0);
+  rados_release_read_op(op);
+  if (r == 0 && rval < 0) r = rval;
+  if (r < 0) {
+    if (it) rados_omap_get_end(it);
+    if (r == -ENOENT) return Status::NotFound("rados: no object " + oid);
+    return Err(r, "rados: reading " + oid);
+  }
+  std::optional<std::string> value;
+  char* k = nullptr;
+  char* v = nullptr;
+  size_t klen = 0, vlen = 0;
+  while (rados_omap_get_next2(it, &k, &v, &klen, &vlen) == 0 && k) {
+    if (std::string_view(k, klen) == key) value.emplace(v, vlen);
+  }
+  rados_omap_get_end(it);
+  if (!value) return Status::NotFound("rados: no key " + key + " in " + oid);
+  return *value;
+}
+
+// Ceph's encodings, as librbd stores them: little-endian integers, strings
+// as a 32-bit length and the bytes. Fails (false) past the end.
+struct Decoder {
+  std::string_view in;
+  template <typename T>
+  bool Int(T* out) {
+    if (in.size() < sizeof(T)) return false;
+    T v = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) v |= T(uint8_t(in[i])) << (8 * i);
+    *out = v;
+    in.remove_prefix(sizeof(T));
+    return true;
+  }
+  bool String(std::string* out) {
+    uint32_t n = 0;
+    if (!Int(&n) || in.size() < n) return false;
+    out->assign(in.substr(0, n));
+    in.remove_prefix(n);
+    return true;
+  }
+};
+
 // "<instance>_<disk>" back to a DiskRef, or nullopt for other images.
 std::optional<DiskRef> ParseDiskName(std::string_view name) {
   size_t us = name.find('_');
@@ -1213,7 +1264,10 @@ class RbdDiskBackend : public DiskBackend {
   Status Remove(const DiskRef& ref) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
-    RETURN_IF_ERROR(CheckNotInUse(ref, name));
+    Status in_use = CheckNotInUse(ref, name);
+    // A disk whose parent is gone cannot be opened by anyone: not in use.
+    if (in_use.IsNotFound() && MissingParent(name).ok()) in_use = Status::OK();
+    RETURN_IF_ERROR(in_use);
     int r = rbd_remove(conn_->io, name.c_str());
     if (r == -EBUSY) return InUse(ref);
     if (r < 0) return NotFoundAsDisk(Err(r, "rbd: removing " + Where(name)), ref);
@@ -1246,7 +1300,7 @@ class RbdDiskBackend : public DiskBackend {
       }
     }
     auto img = OpenImage(*conn_, name, true);
-    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    if (!img.ok()) return NotOpened(img.status(), ref, name);
     DiskInfo info;
     info.ref = ref;
     info.location = "rbd:" + Where(name);
@@ -1399,11 +1453,21 @@ class RbdDiskBackend : public DiskBackend {
     return s;
   }
 
+  // NotFoundAsDisk, except for a disk that exists but cannot be opened
+  // because its parent is gone (MissingParent): NotFound saying so.
+  Status NotOpened(const Status& s, const DiskRef& ref, const std::string& name) {
+    if (!s.IsNotFound()) return s;
+    auto why = MissingParent(name);
+    if (!why.ok()) return NotFoundAsDisk(s, ref);
+    return Status::NotFound("disk " + ref.ToString() + " cannot be opened: " + *why +
+                            " (RBD image " + Where(name) + ")");
+  }
+
   // Busy when some client has the image open for writing (it watches the
   // header); read-only opens do not watch.
   Status CheckNotInUse(const DiskRef& ref, const std::string& name) {
     auto img = OpenImage(*conn_, name, true);
-    if (!img.ok()) return NotFoundAsDisk(img.status(), ref);
+    if (!img.ok()) return NotOpened(img.status(), ref, name);
     ASSIGN_OR_RETURN(size_t watchers, CountWatchers(img->get()));
     if (watchers > 0) return InUse(ref);
     return Status::OK();
@@ -1596,6 +1660,37 @@ class RbdDiskBackend : public DiskBackend {
     return out;
   }
 
+  Result<std::string> CheckPublished(const ImageId& id) override {
+    const std::string base = RbdBaseName(id);
+    const std::string location = "rbd:" + Where(base) + "@" + kSnap;
+    auto published = IsPublished(base);
+    if (published.status().IsCorruption()) {
+      // Says why; clones use it, so "remove it" is no advice here.
+      std::string why = published.status().message();
+      if (why.ends_with("; remove it")) why.resize(why.size() - std::strlen("; remove it"));
+      return Status::Corruption(why);
+    }
+    RETURN_IF_ERROR(published.status());
+    if (!*published) return Status::NotFound("published base " + location + " is missing");
+    return location;
+  }
+
+  // A disk the pool lists but librbd cannot open (NotFound) lost its parent:
+  // a published base removed by hand behind librbd's back (its clone
+  // records edited). Says which parent, read from the disk's header.
+  Status Check(const DiskRef& ref, std::vector<std::string>* problems) override {
+    RETURN_IF_ERROR(ValidateRef(ref));
+    const std::string name = RbdDiskName(ref);
+    auto img = OpenImage(*conn_, name, true);
+    if (img.ok() || !img.status().IsNotFound()) return Status::OK();  // fsck's Info said it
+    auto why = MissingParent(name);
+    if (why.status().IsNotFound()) return Status::OK();  // no such disk (removed meanwhile)
+    RETURN_IF_ERROR(why.status());
+    problems->push_back("disk " + ref.ToString() + ": RBD image " + Where(name) +
+                        " cannot be opened: " + *why);
+    return Status::OK();
+  }
+
   Status Unpublish(const ImageId& id) override {
     const std::string cookie = RandomHex();
     ASSIGN_OR_RETURN(bool locked, LockPublication(id, cookie, /*shared=*/false, /*wait=*/true));
@@ -1660,6 +1755,54 @@ class RbdDiskBackend : public DiskBackend {
       rbd_linked_image_spec_list_cleanup(specs.data(), n);
       return out;
     }
+  }
+
+  // Why the RBD image `name`, which exists, cannot be opened: its parent,
+  // from the "parent" key of its header (cls_rbd's encoding: version, compat,
+  // length, pool id, namespace, image id, snapshot id, overlap). NotFound
+  // when `name` is not an image or has no parent.
+  Result<std::string> MissingParent(const std::string& name) {
+    char buf[256];
+    int n = rados_read(conn_->io, ("rbd_id." + name).c_str(), buf, sizeof buf, 0);
+    if (n == -ENOENT) return Status::NotFound("no image " + Where(name));
+    if (n < 0) return Err(n, "rados: reading rbd_id." + name);
+    std::string image_id;
+    if (!Decoder{std::string_view(buf, size_t(n))}.String(&image_id)) {
+      return Status::Corruption("rbd: rbd_id." + name + " does not hold an image id");
+    }
+    auto spec = OmapValue(conn_->io, "rbd_header." + image_id, "parent");
+    if (spec.status().IsNotFound()) {
+      return Status::NotFound("rbd: " + Where(name) + " has no parent");  // not that, then
+    }
+    RETURN_IF_ERROR(spec.status());
+    Decoder d{*spec};
+    uint8_t version = 0, compat = 0;
+    uint32_t length = 0;
+    int64_t pool = 0;
+    std::string ns, parent_id;
+    uint64_t snap = 0;
+    if (!d.Int(&version) || !d.Int(&compat) || !d.Int(&length) || !d.Int(&pool) || !d.String(&ns) ||
+        !d.String(&parent_id) || !d.Int(&snap)) {
+      return Status::Corruption("rbd: the parent of " + Where(name) + " cannot be decoded");
+    }
+    if (pool != rados_ioctx_get_id(conn_->io) || ns != conn_->ns) {
+      return "its parent (pool id " + std::to_string(pool) +
+             (ns.empty() ? "" : ", namespace " + ns) + ", RBD image id " + parent_id +
+             ") is missing";
+    }
+    auto parent = OmapValue(conn_->io, "rbd_directory", "id_" + parent_id);
+    if (parent.status().IsNotFound()) {
+      return "its parent image (RBD image id " + parent_id + ") was removed from the pool";
+    }
+    RETURN_IF_ERROR(parent.status());
+    std::string parent_name;
+    if (!Decoder{*parent}.String(&parent_name)) parent_name = "id " + parent_id;
+    if (parent_name.starts_with(kBasePrefix)) {
+      return "its parent, the published base rbd:" + Where(parent_name) + "@" + kSnap +
+             ", was removed (snapshot id " + std::to_string(snap) + " is gone)";
+    }
+    return "its parent snapshot " + Where(parent_name) + "@(id " + std::to_string(snap) +
+           ") is missing";
   }
 
   // Allocated bytes of an image, in whole objects (fast with fast-diff).

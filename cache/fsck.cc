@@ -1,5 +1,6 @@
 #include "cache/fsck.h"
 
+#include <unordered_map>
 #include <unordered_set>
 
 namespace imgfs {
@@ -88,18 +89,46 @@ Result<FsckReport> CheckStore(Store& store) {
     r.orphans.push_back(std::to_string(orphan_chunks) + " chunks are referenced by no image");
   }
 
+  // A disk's parent (docs/rbd.md, "Stores sharing a pool"): on a backend
+  // that publishes images (rbd), what the disk needs is the published base
+  // in the pool, which any store sharing the pool may have made; whether
+  // this store holds the image too does not matter. On the others (local),
+  // the disk reads its parent from this store.
+  std::unordered_map<ImageId, Result<std::string>> published;
+  auto check_published = [&](const ImageId& id) -> const Result<std::string>& {
+    auto it = published.find(id);
+    if (it == published.end()) it = published.emplace(id, store.disks().CheckPublished(id)).first;
+    return it->second;
+  };
   ASSIGN_OR_RETURN(auto disks, store.disks().List(""));
   for (const auto& d : disks) {
     ++r.disks;
     auto info = store.disks().Info(d);
     if (!info.ok()) {
       if (info.status().IsRetryable()) return info.status();
-      r.problems.push_back("disk " + d.ToString() + ": " + info.status().message());
+      // The backend may know why (rbd: a disk whose parent was removed).
+      size_t known = r.problems.size();
+      RETURN_IF_ERROR(store.disks().Check(d, &r.problems));
+      if (r.problems.size() == known) {
+        r.problems.push_back("disk " + d.ToString() + ": " + info.status().message());
+      }
       continue;
     }
-    if (info->parent && !images.count(*info->parent)) {
-      r.problems.push_back("disk " + d.ToString() + ": parent image " + info->parent->Hex() +
-                           " is missing");
+    if (info->parent) {
+      const ImageId& parent = *info->parent;
+      const auto& base = check_published(parent);
+      if (base.status().code() == Code::kNotSupported) {
+        if (!images.count(parent)) {
+          r.problems.push_back("disk " + d.ToString() + ": parent image " + parent.Hex() +
+                               " is missing");
+        }
+      } else if (!base.ok()) {
+        if (base.status().IsRetryable()) return base.status();
+        r.problems.push_back("disk " + d.ToString() + ": parent image " + parent.Hex() + ": " +
+                             base.status().message());
+      } else if (!images.count(parent)) {
+        ++r.disks_parent_elsewhere;
+      }
     }
     Status s = store.disks().Check(d, &r.problems);
     if (!s.ok()) return s;

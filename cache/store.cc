@@ -451,7 +451,7 @@ Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
     return held.WithContext("disk " + ref.ToString() + " not created");
   }
   if (opts.image) {
-    Status rec = StoreId().status();
+    Status rec = RecordDiskBackend();
     if (rec.ok()) {
       rec = backend().PutRecord(UseKey(*opts.image, *StoreId(), ref), ref.ToString(),
                                 RecordCondition::Any());
@@ -515,12 +515,34 @@ std::optional<UseRecord> ParseUseKey(std::string_view key) {
 }
 }  // namespace
 
+Status Store::RecordDiskBackend() {
+  ASSIGN_OR_RETURN(std::string me, StoreId());
+  return backend().PutRecord("stores/" + me, disks_->Describe(), RecordCondition::Any());
+}
+
 Result<std::unordered_map<ImageId, std::vector<std::string>>> Store::UsesByOtherStores() {
   ASSIGN_OR_RETURN(std::string me, StoreId());
+  // A store whose disks are in this store's RBD pool (and namespace) made
+  // disks that this store lists itself, as they are now: its records of
+  // them add nothing but stale entries (docs/rbd.md, "Stores sharing a
+  // pool"). Stores that never said where their disks are count as before.
+  const std::string pool = disks_->Describe();
+  std::map<std::string, bool> same_pool;  // store id -> its disks are in `pool`
+  auto in_my_pool = [&](const std::string& store) -> Result<bool> {
+    if (!pool.starts_with("rbd:")) return false;
+    auto it = same_pool.find(store);
+    if (it != same_pool.end()) return it->second;
+    std::string where;
+    Status s = backend().GetRecord("stores/" + store, &where);
+    if (!s.ok() && !s.IsNotFound()) return s;
+    return same_pool[store] = s.ok() && where == pool;
+  };
   std::unordered_map<ImageId, std::vector<std::string>> out;
-  RETURN_IF_ERROR(backend().ListRecords("uses/", [&](std::string_view key) {
+  RETURN_IF_ERROR(backend().ListRecords("uses/", [&](std::string_view key) -> Status {
     auto u = ParseUseKey(key);
-    if (u && u->store != me) out[u->image].push_back(u->store + ":" + u->ref.ToString());
+    if (!u || u->store == me) return Status::OK();
+    ASSIGN_OR_RETURN(bool skip, in_my_pool(u->store));
+    if (!skip) out[u->image].push_back(u->store + ":" + u->ref.ToString());
     return Status::OK();
   }));
   return out;
@@ -552,6 +574,7 @@ Status Store::ReconcileUses(bool dry_run) {
     return Status::OK();
   }));
   if (dry_run) return Status::OK();
+  RETURN_IF_ERROR(RecordDiskBackend());
   for (const auto& key : stale) {
     Status s = backend().RemoveRecord(key, RecordCondition::Any());
     if (!s.ok() && !s.IsNotFound()) return s;

@@ -152,8 +152,14 @@ class Store : public ImageSource {
   // a record outlives its disk until then: the safe direction.
   Result<std::string> StoreId();
   // Image -> "<store id>:<instance>/<disk>" of the use records of stores
-  // other than this one.
+  // other than this one, except stores whose disks are in this store's RBD
+  // pool (RecordDiskBackend).
   Result<std::unordered_map<ImageId, std::vector<std::string>>> UsesByOtherStores();
+  // Writes the record "stores/<store id>": where this store's disks are (the
+  // disk backend's Describe(), e.g. "rbd:POOL/NS"). A store with disks in
+  // the same RBD pool lists those disks itself, and so skips this store's use
+  // records (UsesByOtherStores): they would only add stale entries.
+  Status RecordDiskBackend();
   // Drops this store's records of disks that are gone or have another
   // parent, and adds those missing for its disks. Changes nothing if dry_run.
   Status ReconcileUses(bool dry_run);

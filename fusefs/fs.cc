@@ -334,7 +334,7 @@ Result<uint64_t> FileSystem::ParentDataBytes(const ImageId& image) {
       return it->second;
     }
   }
-  ASSIGN_OR_RETURN(ImageRecord rec, store_.GetImage(image));
+  ASSIGN_OR_RETURN(ImageRecord rec, store_.ReadImageRecord(image));
   std::lock_guard lock(mu_);
   parent_data_bytes_[image] = rec.data_bytes;
   return rec.data_bytes;
@@ -866,7 +866,8 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
       auto info = disks_.Info(ref);
       if (info.ok() && info->parent) {
         Status st = store_.TouchImage(*info->parent);
-        if (!st.ok())
+        // NotFound: a disk of another store sharing the pool (docs/rbd.md).
+        if (!st.ok() && !st.IsNotFound())
           spdlog::warn("recording use of image {}: {}", info->parent->Hex(), st.ToString());
       }
     } else if (write) {

@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <ctime>
 #include <iostream>
+#include <optional>
+#include <unordered_map>
 
 #include "blockstore/names.h"
 #include "blockstore/units.h"
@@ -84,6 +86,26 @@ Outcome RunCreate(const GlobalOptions& g, const CreateArgs& a) {
   return {};
 }
 
+// Whether this store holds each parent image: on a pool shared by several
+// stores, a disk may be a clone of an image that only another store holds
+// (docs/rbd.md, "Stores sharing a pool").
+class ParentsInStore {
+ public:
+  explicit ParentsInStore(Store& store) : store_(store) {}
+  Result<bool> Holds(const ImageId& id) {
+    auto it = known_.find(id);
+    if (it != known_.end()) return it->second;
+    auto rec = store_.ReadImageRecord(id);
+    if (!rec.ok() && !rec.status().IsNotFound()) return rec.status();
+    known_.emplace(id, rec.ok());
+    return rec.ok();
+  }
+
+ private:
+  Store& store_;
+  std::unordered_map<ImageId, bool> known_;
+};
+
 Outcome RunLs(const GlobalOptions& g, const std::string& instance) {
   if (!instance.empty()) {
     Status s = ValidateInstanceName(instance);
@@ -93,24 +115,71 @@ Outcome RunLs(const GlobalOptions& g, const std::string& instance) {
   if (!store.ok()) return {store.status()};
   auto disks = (*store)->disks().List(instance);
   if (!disks.ok()) return {disks.status()};
-  std::vector<DiskInfo> infos;
+  struct Row {
+    DiskInfo info;
+    bool parent_in_store = true;
+    std::string broken;  // why the disk cannot be opened (backend's Check)
+  };
+  std::vector<Row> rows;
+  ParentsInStore parents(**store);
   for (const auto& ref : *disks) {
     auto info = (*store)->disks().Info(ref);
-    if (info.status().IsNotFound()) continue;  // removed meanwhile
+    if (info.status().IsNotFound()) {
+      // Removed meanwhile, or in the pool but not openable (its parent gone).
+      std::vector<std::string> problems;
+      Status s = (*store)->disks().Check(ref, &problems);
+      if (!s.ok()) return {s};
+      if (problems.empty()) continue;
+      Row row;
+      row.info.ref = ref;
+      row.broken = info.status().message();
+      rows.push_back(std::move(row));
+      continue;
+    }
     if (!info.ok()) return {info.status()};
-    infos.push_back(std::move(info).value());
+    Row row;
+    row.info = std::move(info).value();
+    if (row.info.parent) {
+      auto held = parents.Holds(*row.info.parent);
+      if (!held.ok()) return {held.status()};
+      row.parent_in_store = *held;
+    }
+    rows.push_back(std::move(row));
   }
   if (g.json) {
     nlohmann::json arr = nlohmann::json::array();
-    for (const auto& i : infos) arr.push_back(InfoJson(i));
+    for (const auto& r : rows) {
+      if (!r.broken.empty()) {
+        arr.push_back({{"disk", r.info.ref.ToString()}, {"error", r.broken}});
+        continue;
+      }
+      nlohmann::json j = InfoJson(r.info);
+      if (r.info.parent) j["parent_in_store"] = r.parent_in_store;
+      arr.push_back(std::move(j));
+    }
     PrintJson(arr);
     return {};
   }
   std::printf("%-40s  %10s  %10s  %s\n", "DISK", "SIZE", "OWNED", "PARENT");
-  for (const auto& i : infos) {
+  bool elsewhere = false;
+  for (const auto& r : rows) {
+    const DiskInfo& i = r.info;
+    if (!r.broken.empty()) {
+      std::printf("%-40s  %10s  %10s  %s\n", i.ref.ToString().c_str(), "?", "?",
+                  "? (cannot be opened; see imgfs disk info)");
+      continue;
+    }
+    std::string parent = i.parent ? i.parent->Hex() : "-";
+    if (i.parent && !r.parent_in_store) {
+      parent += " *";
+      elsewhere = true;
+    }
     std::printf("%-40s  %10s  %10s  %s\n", i.ref.ToString().c_str(),
                 FormatSizeHuman(i.size).c_str(), FormatSizeHuman(i.owned_bytes).c_str(),
-                i.parent ? i.parent->Hex().c_str() : "-");
+                parent.c_str());
+  }
+  if (elsewhere) {
+    std::printf("* parent image not in this store (another store sharing the pool holds it)\n");
   }
   return {};
 }
@@ -123,13 +192,33 @@ Outcome RunInfo(const GlobalOptions& g, const std::string& disk) {
   auto info = (*store)->disks().Info(*ref);
   if (!info.ok()) return {info.status()};
   std::vector<std::string> names;
+  bool in_store = true;
+  // The published base the disk reads (rbd), whichever store published it.
+  std::optional<Result<std::string>> base;
   if (info->parent) {
     auto rec = (*store)->GetImage(*info->parent);
-    if (rec.ok()) names = rec->names;
+    if (rec.ok()) {
+      names = rec->names;
+    } else if (rec.status().IsNotFound()) {
+      in_store = false;
+    } else {
+      return {rec.status()};
+    }
+    auto published = (*store)->disks().CheckPublished(*info->parent);
+    if (published.status().code() != Code::kNotSupported) {
+      if (published.status().IsRetryable()) return {published.status()};
+      base = std::move(published);
+    }
   }
   if (g.json) {
     nlohmann::json j = InfoJson(*info);
     j["parent_names"] = names;
+    if (info->parent) j["parent_in_store"] = in_store;
+    if (base) {
+      j["parent_base"] =
+          base->ok() ? nlohmann::json{{"location", **base}, {"present", true}}
+                     : nlohmann::json{{"present", false}, {"problem", base->status().message()}};
+    }
     PrintJson(j);
     return {};
   }
@@ -139,13 +228,23 @@ Outcome RunInfo(const GlobalOptions& g, const std::string& disk) {
     for (size_t k = 0; k < names.size(); ++k) parent += (k ? ", " : "") + names[k];
     parent += ")";
   }
+  if (!in_store) {
+    parent += base && base->ok() ? " (held by another store; published base present in the pool)"
+              : base             ? " (not in this store; its published base has a problem, below)"
+                                 : " (missing from this store)";
+  }
   char mode[8];
   std::snprintf(mode, sizeof mode, "%04o", info->attrs.mode);
   std::cout << "disk:       " << info->ref.ToString() << "\n"
             << "size:       " << FormatSizeHuman(info->size) << " (" << info->size << " bytes)\n"
             << "owned:      " << FormatSizeHuman(info->owned_bytes) << "\n"
-            << "parent:     " << parent << "\n"
-            << "mode:       " << mode << "  uid " << info->attrs.uid << "  gid " << info->attrs.gid
+            << "parent:     " << parent << "\n";
+  if (base) {
+    std::cout << "base:       "
+              << (base->ok() ? **base + " (present)" : "PROBLEM: " + base->status().message())
+              << "\n";
+  }
+  std::cout << "mode:       " << mode << "  uid " << info->attrs.uid << "  gid " << info->attrs.gid
             << "\n"
             << "modified:   " << FormatTimeNs(info->mtime_ns) << "\n"
             << "location:   " << info->location << "\n";

@@ -307,6 +307,7 @@ Outcome RunFsck(const GlobalOptions& g) {
                {"manifests", r->manifests},
                {"chunks", r->chunks},
                {"disks", r->disks},
+               {"disks_parent_elsewhere", r->disks_parent_elsewhere},
                {"names", r->names},
                {"problems", r->problems},
                {"orphans", r->orphans}});
@@ -314,8 +315,13 @@ Outcome RunFsck(const GlobalOptions& g) {
     for (const auto& p : r->problems) std::cout << "problem: " << p << "\n";
     for (const auto& p : r->orphans) std::cout << "orphan: " << p << " (imgfs gc removes it)\n";
     std::cout << r->images << " images, " << r->manifests << " manifests, " << r->chunks
-              << " chunks, " << r->names << " names, " << r->disks << " disks: "
-              << (r->clean() ? "clean" : std::to_string(r->problems.size()) + " problems") << "\n";
+              << " chunks, " << r->names << " names, " << r->disks << " disks";
+    if (r->disks_parent_elsewhere) {
+      std::cout << " (" << r->disks_parent_elsewhere
+                << " with a parent held by another store; published base present in the pool)";
+    }
+    std::cout << ": " << (r->clean() ? "clean" : std::to_string(r->problems.size()) + " problems")
+              << "\n";
   }
   if (!r->clean()) {
     return {Status::Corruption("fsck found " + std::to_string(r->problems.size()) + " problem(s)"),

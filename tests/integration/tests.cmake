@@ -21,6 +21,8 @@ imgfs_shell_test(disk_cli)
 imgfs_shell_test(disk_limits)
 # The rbd disk backend: its own test, and the mount tests over rbd disks.
 imgfs_shell_test(rbd_disks)
+# Three stores on one pool: every command from every store (docs/rbd.md).
+imgfs_shell_test(rbd_hosts)
 imgfs_shell_test_rbd(mount_bytes)
 imgfs_shell_test_rbd(mount_qemu)
 imgfs_shell_test_rbd(mount_names)

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -139,6 +140,11 @@ class Disk {
   // (the caller opens the disk again); a handle that StopWriting made
   // read-only cannot.
   virtual Status StartWriting() { return Status::NotSupported("start writing in place"); }
+
+  // Where to count the bytes of reads served from the local store instead
+  // of the disk's backend (rbd: a clone's parent, docs/rbd.md); backends
+  // that have no such reads ignore it. Set before the disk is shared.
+  virtual void SetLocalReadCounter(std::shared_ptr<std::atomic<uint64_t>> bytes) { (void)bytes; }
 
   // Reads `length` bytes at `offset` (within size()) into buffers of the
   // disk's choosing; `done` as for the async forms above. The default

@@ -589,6 +589,10 @@ class RbdDisk : public Disk {
     return Status::OK();
   }
 
+  void SetLocalReadCounter(std::shared_ptr<std::atomic<uint64_t>> bytes) override {
+    local_read_bytes_ = std::move(bytes);
+  }
+
   Status Read(uint64_t offset, MutableByteView buf) override {
     std::shared_lock lock(resize_mu_);
     RETURN_IF_ERROR(CheckRange(offset, buf.size()));
@@ -957,7 +961,10 @@ class RbdDisk : public Disk {
   // is never returned: the cluster has the same bytes).
   bool ReadLocal(uint64_t offset, MutableByteView buf) {
     Status st = Local()->image->Read(offset, buf);
-    if (st.ok()) return true;
+    if (st.ok()) {
+      if (local_read_bytes_) local_read_bytes_->fetch_add(buf.size(), std::memory_order_relaxed);
+      return true;
+    }
     spdlog::warn("{}: reading the parent's bytes locally failed, reading them from the cluster: {}",
                  Where(), st.ToString());
     return false;
@@ -1061,6 +1068,9 @@ class RbdDisk : public Disk {
   // Init, when the lock is held; local_ptr_ is what readers load.
   std::unique_ptr<LocalParent> local_;
   std::atomic<LocalParent*> local_ptr_{nullptr};
+  // Bytes read from local_ (SetLocalReadCounter); set before other threads
+  // see the disk.
+  std::shared_ptr<std::atomic<uint64_t>> local_read_bytes_;
 
   std::mutex inflight_mu_;
   std::condition_variable inflight_cv_;

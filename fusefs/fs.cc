@@ -266,6 +266,17 @@ Result<Entry> FileSystem::LookupDisk(const std::string& instance, std::string_vi
   return Entry{node->ino, *st};
 }
 
+namespace {
+
+// A disk's reads from the local store count in its DiskCounters.
+void CountLocalReads(Disk& disk, const std::shared_ptr<DiskCounters>& counters) {
+  if (!counters) return;
+  disk.SetLocalReadCounter(
+      std::shared_ptr<std::atomic<uint64_t>>(counters, &counters->local_parent_read_bytes));
+}
+
+}  // namespace
+
 bool FileSystem::HasOpenDisk(std::string_view instance) {
   std::lock_guard lock(mu_);
   for (const auto& [fh, h] : handles_) {
@@ -859,9 +870,10 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
       ASSIGN_OR_RETURN(auto disk,
                        disks_.Open(ref, write ? OpenMode::kReadWriteStandby : OpenMode::kReadOnly));
       of = std::make_shared<OpenFile>();
+      of->counters = metrics_.Disk(ref.instance, ref.disk);
+      CountLocalReads(*disk, of->counters);
       of->disk = std::move(disk);
       of->writable = write;
-      of->counters = metrics_.Disk(ref.instance, ref.disk);
       if (write) of->counters->lock_acquisitions.fetch_add(1, std::memory_order_relaxed);
       auto info = disks_.Info(ref);
       if (info.ok() && info->parent) {
@@ -990,6 +1002,7 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
     if (st.code() != Code::kNotSupported) return st;
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Disk> disk, disks_.Open(ref, OpenMode::kReadWriteStandby));
+  CountLocalReads(*disk, of.counters);
   std::shared_ptr<Disk> old;
   {
     std::lock_guard lock(of.mu);
@@ -1027,6 +1040,7 @@ void FileSystem::DowngradeToReadOnly(OpenFile& of, const DiskRef& ref) {
                  ref.ToString(), disk.status().ToString());
     return;
   }
+  CountLocalReads(**disk, of.counters);
   std::shared_ptr<Disk> old;
   {
     std::lock_guard lock(of.mu);

@@ -80,6 +80,9 @@ const std::vector<DiskCounterDef>& DiskCounterDefs() {
       {"lock_losses", "imgfs_disk_lock_losses_total",
        "Requests refused because another client holds the disk's lock.",
        &DiskCounters::lock_losses},
+      {"local_parent_read_bytes", "imgfs_disk_local_parent_read_bytes_total",
+       "Bytes of a clone's parent read from the local image store instead of the cluster (rbd).",
+       &DiskCounters::local_parent_read_bytes},
   };
   return defs;
 }

@@ -48,6 +48,9 @@ struct DiskCounters {
   // another client holds it (Busy: the lock went to a live migration's
   // destination, or was never had).
   std::atomic<uint64_t> lock_acquisitions{0}, lock_losses{0};
+  // Bytes of reads served from the local store instead of the disk's
+  // backend (rbd: a clone's parent).
+  std::atomic<uint64_t> local_parent_read_bytes{0};
   LatencyHistogram read_latency, write_latency, flush_latency;
 };
 

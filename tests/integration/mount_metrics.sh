@@ -3,6 +3,8 @@
 # textfile collector). Scraped while fio runs; the byte counters move by
 # exactly what fio did (O_DIRECT: no page cache between them); the output
 # passes `promtool check metrics`. Bad values fail the mount with one line.
+# On rbd (@rbd), the reads of the clone's parent from the local store are
+# counted: fio's reads of the objects it did not write.
 source "$(dirname "$0")/lib.sh"
 for c in fio promtool curl ss; do command -v "$c" >/dev/null || fail "$c is missing (tools/setup.sh)"; done
 MIB=$((1 << 20))
@@ -46,7 +48,9 @@ metric() {
     '$1 == n { v = $2 } END { print v + 0 }' "$2"
 }
 
-# fio writes 16 MiB then reads 32 MiB, O_DIRECT, while the test scrapes.
+# fio writes 16 MiB then reads 32 MiB, O_DIRECT, while the test scrapes. The
+# read job opens the file for writing too (rw=rw, no writes), as a VM does:
+# on rbd the disk then holds its lock and reads its parent's bytes locally.
 cat >"$T/job.fio" <<EOF
 [global]
 filename=$M/vm1/disk
@@ -59,7 +63,8 @@ size=16M
 fsync_on_close=1
 [read]
 stonewall
-rw=read
+rw=rw
+rwmixread=100
 size=32M
 EOF
 fio --output-format=json --output="$T/fio.json" "$T/job.fio" &
@@ -82,6 +87,13 @@ d_r=$(($(metric imgfs_disk_read_bytes_total "$T/m1") - $(metric imgfs_disk_read_
 ((d_w == wrote)) || fail "written bytes moved by $d_w, fio wrote $wrote"
 ((d_r == read)) || fail "read bytes moved by $d_r, fio read $read"
 (($(metric imgfs_disk_writes_total "$T/m1") >= 256)) || fail "writes: $(grep writes_total "$T/m1")"
+# The parent's bytes read locally: none on a local disk (not counted there);
+# on rbd the 16 MiB fio read beyond what it wrote (4 objects of 4 MiB the
+# clone does not have).
+d_l=$(($(metric imgfs_disk_local_parent_read_bytes_total "$T/m1") - $(metric imgfs_disk_local_parent_read_bytes_total "$T/m0")))
+want_l=0
+[[ "${IMGFS_TEST_DISKS:-}" == rbd ]] && want_l=$((16 * MIB))
+((d_l == want_l)) || fail "local parent read bytes moved by $d_l, not $want_l"
 (($(metric imgfs_disk_flushes_total "$T/m1") >= 1)) || fail "no flush: $(grep flushes "$T/m1")"
 [[ "$(metric imgfs_disk_flush_errors_total "$T/m1")" == 0 ]] || fail "flush errors"
 [[ "$(metric imgfs_disk_write_duration_seconds_count "$T/m1")" == \

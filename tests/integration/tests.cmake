@@ -70,4 +70,5 @@ set_tests_properties(integration/package_deb PROPERTIES RESOURCE_LOCK dpkg LABEL
 # Operations: imgfs stats, the metrics, the log under logrotate.
 imgfs_shell_test(stats_cli)
 imgfs_shell_test(mount_metrics)
+imgfs_shell_test_rbd(mount_metrics)
 imgfs_shell_test(mount_logrotate)

@@ -121,6 +121,17 @@ class Qmp:
             elif "return" in m:
                 return m["return"]
 
+started = []  # every qemu this run starts, stopped by pid when it ends, also on failure
+
+def stop_all():
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+import atexit
+atexit.register(stop_all)
+
 def start(tag, disk, incoming):
     sock = f"{work}/{tag}.qmp"
     args = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-nodefaults", "-display", "none",
@@ -130,6 +141,7 @@ def start(tag, disk, incoming):
         args += ["-incoming", "defer"]
     out = open(f"{work}/{tag}.out", "w")
     p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    started.append(p)
     while not os.path.exists(sock):
         if p.poll() is not None:
             sys.exit(f"{tag}: qemu did not start: {open(f'{work}/{tag}.out').read()}")

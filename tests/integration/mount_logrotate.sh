@@ -12,7 +12,8 @@ fi
 source "$(dirname "$0")/lib.sh"
 command -v logrotate >/dev/null || fail "logrotate is missing (tools/setup.sh)"
 # Only this namespace's copies of other mounts go; their owners see nothing.
-findmnt -rn -t fuse.imgfs -o TARGET | while read -r m; do
+# (findmnt exits 1 when there is none.)
+{ findmnt -rn -t fuse.imgfs -o TARGET || true; } | while read -r m; do
   umount -l "$(printf '%b' "$m")" || true
 done
 [[ -z "$(findmnt -rn -t fuse.imgfs)" ]] || fail "other imgfs mounts are still visible"

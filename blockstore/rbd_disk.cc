@@ -1235,11 +1235,16 @@ class RbdDiskBackend : public DiskBackend {
     librbd::RBD rbd;
     // A read-only disk gets a writable librbd handle too (no lock taken):
     // its header is watched (it follows a resize made elsewhere) and
-    // StartWriting can make it writable without opening it again. A client
-    // the cluster lets only read gets a read-only handle.
+    // StartWriting can make it writable without opening it again. If that
+    // open fails (a client the cluster lets only read; a writable open,
+    // which registers a watch, timing out on a cluster just back from a
+    // stall: seen once, ETIMEDOUT, in guest_flush@rbd), a read-only handle
+    // as before.
     bool rw_handle = true;
     int r = rbd.open(io, *img, name.c_str());
-    if (!rw && (r == -EPERM || r == -EACCES || r == -EROFS)) {
+    if (!rw && r < 0 && r != -ENOENT) {
+      spdlog::debug("{}: a writable handle for a read-only open failed ({}); opening read-only",
+                    Where(name), std::strerror(-r));
       rw_handle = false;
       img = std::make_unique<librbd::Image>();
       r = rbd.open_read_only(io, *img, name.c_str(), nullptr);

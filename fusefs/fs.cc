@@ -364,8 +364,10 @@ Result<struct stat> FileSystem::StatDisk(const Node& node) {
   uint64_t size = info.size;
   if (of) {
     // A disk open for writing knows its size best (it follows resizes made
-    // elsewhere through the backend's header watch); a read-only handle may
-    // not hear of another host's resize (rbd), so the store's answer stands.
+    // elsewhere through the backend's header watch). For a read-only handle
+    // the store's answer stands: rbd answers it from the open, watched
+    // handle anyway, except when the cluster gave only a read-only librbd
+    // handle, which hears of no resize (docs/rbd.md, "Disks").
     std::lock_guard lock(of->mu);
     if (of->disk && of->writable) size = of->disk->size();
   }

@@ -2,9 +2,9 @@
 //
 // A disk is named INSTANCE/DISK and is either a clone of a stored image (its
 // parent) or blank. Implementations, chosen by the store's configuration:
-//   - "local": an overlay in the store directory (DESIGN.md §4);
+//   - "local": an overlay in the store directory (docs/design.md §4);
 //   - "mem":   in memory, for unit tests;
-//   - "rbd:POOL": an RBD clone of the image published into POOL (DESIGN.md §5).
+//   - "rbd:POOL": an RBD clone of the image published into POOL (docs/design.md §5).
 //
 // Semantics every implementation keeps (checked by tests/blockstore/
 // disk_conformance_test.cc):

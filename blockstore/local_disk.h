@@ -1,4 +1,4 @@
-// Private to blockstore/: the "local" disk backend (DESIGN.md §4), copy-on-write
+// Private to blockstore/: the "local" disk backend (docs/design.md §4), copy-on-write
 // overlays in a directory. Its on-disk format is documented in docs/formats.md
 // ("Local disks").
 #pragma once

@@ -1,4 +1,4 @@
-// Validation of user-supplied names (DESIGN.md §10).
+// Validation of user-supplied names (docs/design.md §10).
 //
 // Every name: 1 to 128 bytes, no '/', not "." and no "..", no control bytes
 // (0x00-0x1f, 0x7f). Instance names also may not contain '_' (RBD disks are

@@ -1,4 +1,4 @@
-// Private to blockstore/: the "rbd:POOL[/NAMESPACE]" disk backend (DESIGN.md §5).
+// Private to blockstore/: the "rbd:POOL[/NAMESPACE]" disk backend (docs/design.md §5).
 //
 // Names in the pool (and namespace):
 //   imgfs.base.<image id>            an image published once per content, with

@@ -2,7 +2,7 @@
 // and open files, over a Store. The libfuse adapter (fuse_adapter.h) turns
 // each FUSE request into one call here; unit tests call it directly.
 //
-// Namespace (DESIGN.md §6):
+// Namespace (docs/design.md §6):
 //   /                       root (inode 1)
 //   /_base/                 read-only directory of images
 //   /_base/<image id>       read-only file: the raw bytes of an image

@@ -3,7 +3,7 @@
 # vary by machine):
 #   - `imgfs disk create` + `imgfs disk resize` (grow) from a 1 GiB image and
 #     from a 64 GiB sparse image, rounds interleaved: the target ratio is ~1.0
-#     (both are O(1), DESIGN.md §9: neither reads the image's manifest, only
+#     (both are O(1), docs/design.md §9: neither reads the image's manifest, only
 #     its record);
 #   - 4 KiB random reads and writes through the library (tests/bench/
 #     disk_bench.cc) against the same operations on a plain file.

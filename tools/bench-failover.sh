@@ -8,7 +8,7 @@
 #     O_DIRECT) during 5 hot upgrades, against the same fio run without
 #     upgrades in the same run;
 #   - with IMGFS_BASELINE_BIN (an imgfs without the supervisor, e.g. built
-#     from the commit before it): the four fio jobs of DESIGN.md §9 through a
+#     from the commit before it): the four fio jobs of docs/design.md §9 through a
 #     mount of this build against the same jobs through a mount of that one.
 # Environment: IMGFS_BENCH_RUNTIME (seconds per fio job, default 10),
 # IMGFS_BENCH_DIR (default /tmp).

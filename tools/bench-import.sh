@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Import benchmark (DESIGN.md §9): `imgfs image import` of a raw file of
+# Import benchmark (docs/design.md §9): `imgfs image import` of a raw file of
 # unique data against `cp` of the same file, and a re-import of identical
 # content against `cp` again, in the same run, printed as speed ratios
 # (cp time / import time; higher is better). Targets: >= 0.7 and >= 2.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RBD benchmarks, side by side with librbd alone in the same run (ratios;
 # absolute numbers vary by machine and load):
-#   1. the four fio jobs of DESIGN.md §9 with --ioengine=libaio --iodepth=DEPTH
+#   1. the four fio jobs of docs/design.md §9 with --ioengine=libaio --iodepth=DEPTH
 #      on an rbd disk through the mount (a clone of a MIB image of random
 #      data, so reads hit the base and writes copy up) against
 #      `rbd bench --io-threads DEPTH` with the same I/O size and pattern on a

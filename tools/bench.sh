@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark entry point: one command prints the whole table.
 #
-# First the four fio jobs of DESIGN.md §9 (one job each, --direct=1) on a
+# First the four fio jobs of docs/design.md §9 (one job each, --direct=1) on a
 # 512 MiB disk made from an image of random data (reads hit the base, writes
 # copy up), through the mount, side by side with the same job on a plain
 # local file in the same run; prints each ratio and its target. Then runs

@@ -15,7 +15,7 @@ TEST_CASE("Names: valid instance, disk and image names", "[names]") {
   CHECK(ValidateImageName(std::string(128, 'x')).ok());
 }
 
-TEST_CASE("Names: every rule of DESIGN.md §10 is enforced", "[names]") {
+TEST_CASE("Names: every rule of docs/design.md §10 is enforced", "[names]") {
   for (auto* f : {&ValidateInstanceName, &ValidateDiskName, &ValidateImageName}) {
     CHECK((*f)("").IsInvalidArgument());
     CHECK((*f)("a/b").IsInvalidArgument());

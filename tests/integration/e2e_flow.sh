@@ -1,4 +1,4 @@
-# The whole flow of DESIGN.md §1 with real tools, on the disk backend that
+# The whole flow of docs/design.md §1 with real tools, on the disk backend that
 # IMGFS_TEST_DISKS names (local or rbd): a GPT disk with an ext4 partition and
 # one with an xfs partition, as qcow2 images; import; disk create; mount;
 # truncate +1 GiB (nova's resize); growpart on the disk file (the GPT backup

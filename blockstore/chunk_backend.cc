@@ -1,12 +1,11 @@
 #include "blockstore/chunk_backend.h"
 
-#include <condition_variable>
 #include <map>
-#include <mutex>
 
 #include "blockstore/backend_util.h"
 #include "blockstore/dir_backend.h"
 #include "blockstore/mem_backend.h"
+#include "blockstore/mutex.h"
 #include "blockstore/names.h"
 #include "blockstore/rados_backend.h"
 
@@ -95,14 +94,23 @@ namespace {
 
 // In-process locks of the default ChunkBackend::Lock, keyed by backend and name.
 struct ProcessLocks {
-  std::mutex mu;
-  std::condition_variable cv;
+  Mutex mu;
+  CondVar cv;
   struct State {
     int shared = 0;
     bool exclusive = false;
   };
-  std::map<std::pair<const void*, std::string>, State> held;  // GUARDED_BY(mu)
+  std::map<std::pair<const void*, std::string>, State> held GUARDED_BY(mu);
 };
+
+// Whether `key` can be taken in `mode` now.
+bool IsFree(const ProcessLocks& l, const std::pair<const void*, std::string>& key, LockMode mode)
+    REQUIRES(l.mu) {
+  auto it = l.held.find(key);
+  if (it == l.held.end()) return true;
+  return mode == LockMode::kShared ? !it->second.exclusive
+                                   : !it->second.exclusive && it->second.shared == 0;
+}
 
 ProcessLocks& Locks() {
   static ProcessLocks* locks = new ProcessLocks;  // never destroyed: used until exit
@@ -116,7 +124,7 @@ class ProcessLock : public BackendLock {
   ~ProcessLock() override {
     ProcessLocks& l = Locks();
     {
-      std::lock_guard lock(l.mu);
+      MutexLock lock(l.mu);
       auto it = l.held.find(key_);
       if (mode_ == LockMode::kShared) {
         --it->second.shared;
@@ -125,7 +133,7 @@ class ProcessLock : public BackendLock {
       }
       if (it->second.shared == 0 && !it->second.exclusive) l.held.erase(it);
     }
-    l.cv.notify_all();
+    l.cv.NotifyAll();
   }
   Status Check() const override { return Status::OK(); }
 
@@ -140,20 +148,14 @@ Result<std::unique_ptr<BackendLock>> ChunkBackend::Lock(std::string_view name, L
                                                         const std::function<void()>& waiting) {
   ProcessLocks& l = Locks();
   std::pair<const void*, std::string> key{this, std::string(name)};
-  std::unique_lock lock(l.mu);
-  auto free = [&] {
-    auto it = l.held.find(key);
-    if (it == l.held.end()) return true;
-    return mode == LockMode::kShared ? !it->second.exclusive
-                                     : !it->second.exclusive && it->second.shared == 0;
-  };
-  if (!free()) {
+  MutexLock lock(l.mu);
+  if (!IsFree(l, key, mode)) {
     if (waiting) {
-      lock.unlock();
+      lock.Unlock();
       waiting();
-      lock.lock();
+      lock.Lock();
     }
-    l.cv.wait(lock, free);
+    while (!IsFree(l, key, mode)) l.cv.Wait(l.mu);
   }
   auto& st = l.held[key];
   if (mode == LockMode::kShared) {

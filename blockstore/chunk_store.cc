@@ -248,7 +248,7 @@ Status ChunkStore::ListIds(const std::function<Status(const ChunkId&)>& fn) {
 }
 
 std::shared_ptr<const Bytes> ChunkStore::CacheLookup(const ChunkId& id) {
-  std::lock_guard lock(cache_mu_);
+  MutexLock lock(cache_mu_);
   auto it = cache_index_.find(id);
   if (it == cache_index_.end()) {
     misses_.fetch_add(1, std::memory_order_relaxed);
@@ -262,7 +262,7 @@ std::shared_ptr<const Bytes> ChunkStore::CacheLookup(const ChunkId& id) {
 void ChunkStore::CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> data) {
   size_t size = data->size();
   if (size > cache_capacity_) return;
-  std::lock_guard lock(cache_mu_);
+  MutexLock lock(cache_mu_);
   if (cache_index_.count(id) != 0) return;
   lru_.emplace_front(id, std::move(data));
   cache_index_[id] = lru_.begin();
@@ -279,7 +279,7 @@ void ChunkStore::CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> dat
 ChunkStore::Counters ChunkStore::counters() const {
   Counters c;
   {
-    std::lock_guard lock(cache_mu_);
+    MutexLock lock(cache_mu_);
     c.cache_used_bytes = cache_used_;
   }
   c.cache_hits = hits_.load(std::memory_order_relaxed);
@@ -290,7 +290,7 @@ ChunkStore::Counters ChunkStore::counters() const {
 }
 
 void ChunkStore::DropFromCache(const ChunkId& id) {
-  std::lock_guard lock(cache_mu_);
+  MutexLock lock(cache_mu_);
   auto it = cache_index_.find(id);
   if (it == cache_index_.end()) return;
   cache_used_ -= it->second->second->size();

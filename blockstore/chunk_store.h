@@ -24,11 +24,11 @@
 #include <cstdint>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <unordered_map>
 
 #include "blockstore/chunk_backend.h"
 #include "blockstore/hash.h"
+#include "blockstore/mutex.h"
 #include "blockstore/status.h"
 
 namespace imgfs {
@@ -117,12 +117,12 @@ class ChunkStore {
   std::shared_ptr<ChunkBackend> backend_;  // constant after construction
   const uint32_t chunk_size_;
 
-  // LRU cache of verified chunks, GUARDED_BY(cache_mu_).
-  mutable std::mutex cache_mu_;
+  // LRU cache of verified chunks.
+  mutable Mutex cache_mu_;
   const size_t cache_capacity_;
-  size_t cache_used_ = 0;
-  std::list<std::pair<ChunkId, std::shared_ptr<const Bytes>>> lru_;
-  std::unordered_map<ChunkId, decltype(lru_)::iterator> cache_index_;
+  size_t cache_used_ GUARDED_BY(cache_mu_) = 0;
+  std::list<std::pair<ChunkId, std::shared_ptr<const Bytes>>> lru_ GUARDED_BY(cache_mu_);
+  std::unordered_map<ChunkId, decltype(lru_)::iterator> cache_index_ GUARDED_BY(cache_mu_);
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, verify_failures_{0};
   std::shared_ptr<const Bytes> CacheLookup(const ChunkId& id);
   void CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> data);

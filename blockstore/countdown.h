@@ -1,9 +1,9 @@
 // Waiting for a known number of asynchronous completions.
 #pragma once
 
-#include <condition_variable>
 #include <cstddef>
-#include <mutex>
+
+#include "blockstore/mutex.h"
 
 namespace imgfs {
 
@@ -16,19 +16,19 @@ class Countdown {
   explicit Countdown(size_t n) : n_(n) {}
   Countdown(const Countdown&) = delete;
   Countdown& operator=(const Countdown&) = delete;
-  void CountDown() {
-    std::lock_guard lock(mu_);
-    if (--n_ == 0) cv_.notify_all();
+  void CountDown() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    if (--n_ == 0) cv_.NotifyAll();
   }
-  void Wait() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [this] { return n_ == 0; });
+  void Wait() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    while (n_ != 0) cv_.Wait(mu_);
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  size_t n_;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  CondVar cv_;
+  size_t n_ GUARDED_BY(mu_);
 };
 
 }  // namespace imgfs

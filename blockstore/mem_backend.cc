@@ -10,9 +10,9 @@ namespace imgfs {
 
 std::shared_ptr<MemChunkBackend> MemChunkBackend::Get(const std::string& name) {
   if (name.empty()) return std::make_shared<MemChunkBackend>();
-  static std::mutex mu;
+  static Mutex mu;
   static std::map<std::string, std::shared_ptr<MemChunkBackend>> named;
-  std::lock_guard lock(mu);
+  MutexLock lock(mu);
   auto& slot = named[name];
   if (!slot) slot = std::make_shared<MemChunkBackend>(name);
   return slot;
@@ -27,7 +27,7 @@ Status Missing(ObjectKind kind, std::string_view id) {
 Status MemChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteView data) {
   RETURN_IF_ERROR(ValidateObjectId(id));
   auto copy = std::make_shared<const Bytes>(data.begin(), data.end());
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
   auto [it, inserted] = Objects(kind).try_emplace(std::string(id), std::move(copy));
   if (!inserted) {
     return Status::AlreadyExists(std::string(ObjectKindName(kind)) + " " + std::string(id) +
@@ -39,7 +39,7 @@ Status MemChunkBackend::PutIfAbsent(ObjectKind kind, std::string_view id, ByteVi
 
 Status MemChunkBackend::Get(ObjectKind kind, std::string_view id, Bytes* out) {
   RETURN_IF_ERROR(ValidateObjectId(id));
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   auto it = Objects(kind).find(id);
   if (it == Objects(kind).end()) return Missing(kind, id);
   out->assign(it->second->begin(), it->second->end());
@@ -48,7 +48,7 @@ Status MemChunkBackend::Get(ObjectKind kind, std::string_view id, Bytes* out) {
 
 Result<size_t> MemChunkBackend::Read(ObjectKind kind, std::string_view id, MutableByteView buf) {
   RETURN_IF_ERROR(ValidateObjectId(id));
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   auto it = Objects(kind).find(id);
   if (it == Objects(kind).end()) return Missing(kind, id);
   const Bytes& data = *it->second;
@@ -63,13 +63,13 @@ Result<size_t> MemChunkBackend::Read(ObjectKind kind, std::string_view id, Mutab
 
 Result<bool> MemChunkBackend::Exists(ObjectKind kind, std::string_view id) {
   RETURN_IF_ERROR(ValidateObjectId(id));
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   return Objects(kind).find(id) != Objects(kind).end();
 }
 
 Status MemChunkBackend::Remove(ObjectKind kind, std::string_view id) {
   RETURN_IF_ERROR(ValidateObjectId(id));
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
   auto it = Objects(kind).find(id);
   if (it == Objects(kind).end()) return Missing(kind, id);
   used_bytes_ -= it->second->size();
@@ -81,7 +81,7 @@ Status MemChunkBackend::List(ObjectKind kind,
                              const std::function<Status(std::string_view id)>& fn) {
   std::vector<std::string> ids;
   {
-    std::shared_lock lock(mu_);
+    ReaderLock lock(mu_);
     ids.reserve(Objects(kind).size());
     for (const auto& [id, data] : Objects(kind)) ids.push_back(id);
   }
@@ -91,7 +91,7 @@ Status MemChunkBackend::List(ObjectKind kind,
 
 Status MemChunkBackend::GetRecord(std::string_view key, std::string* value) {
   RETURN_IF_ERROR(ValidateRecordKey(key));
-  std::lock_guard lock(records_mu_);
+  MutexLock lock(records_mu_);
   auto it = records_.find(key);
   if (it == records_.end()) return Status::NotFound("no record '" + std::string(key) + "'");
   *value = it->second;
@@ -101,7 +101,7 @@ Status MemChunkBackend::GetRecord(std::string_view key, std::string* value) {
 Status MemChunkBackend::PutRecord(std::string_view key, std::string_view value,
                                   const RecordCondition& cond) {
   RETURN_IF_ERROR(ValidateRecordKey(key));
-  std::lock_guard lock(records_mu_);
+  MutexLock lock(records_mu_);
   auto it = records_.find(key);
   RETURN_IF_ERROR(CheckPutCondition(key, it == records_.end() ? nullptr : &it->second, cond));
   records_[std::string(key)] = std::string(value);
@@ -110,7 +110,7 @@ Status MemChunkBackend::PutRecord(std::string_view key, std::string_view value,
 
 Status MemChunkBackend::RemoveRecord(std::string_view key, const RecordCondition& cond) {
   RETURN_IF_ERROR(ValidateRecordKey(key));
-  std::lock_guard lock(records_mu_);
+  MutexLock lock(records_mu_);
   auto it = records_.find(key);
   RETURN_IF_ERROR(CheckRemoveCondition(key, it == records_.end() ? nullptr : &it->second, cond));
   records_.erase(it);
@@ -121,7 +121,7 @@ Status MemChunkBackend::ListRecords(std::string_view prefix,
                                     const std::function<Status(std::string_view key)>& fn) {
   std::vector<std::string> keys;
   {
-    std::lock_guard lock(records_mu_);
+    MutexLock lock(records_mu_);
     for (auto it = records_.lower_bound(prefix);
          it != records_.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
       keys.push_back(it->first);
@@ -138,14 +138,14 @@ Result<SpaceInfo> MemChunkBackend::Space() {
   long avail = sysconf(_SC_AVPHYS_PAGES);
   if (page > 0 && pages > 0) info.capacity_bytes = uint64_t(page) * uint64_t(pages);
   if (page > 0 && avail > 0) info.available_bytes = uint64_t(page) * uint64_t(avail);
-  std::shared_lock lock(mu_);
+  ReaderLock lock(mu_);
   info.used_bytes = used_bytes_;
   return info;
 }
 
 void MemChunkBackend::OverwriteForTest(ObjectKind kind, std::string_view id, ByteView data) {
   auto copy = std::make_shared<const Bytes>(data.begin(), data.end());
-  std::unique_lock lock(mu_);
+  WriterLock lock(mu_);
   auto& slot = Objects(kind)[std::string(id)];
   if (slot) used_bytes_ -= slot->size();
   used_bytes_ += data.size();

@@ -10,11 +10,10 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
 #include <string>
 
 #include "blockstore/chunk_backend.h"
+#include "blockstore/mutex.h"
 
 namespace imgfs {
 
@@ -47,14 +46,16 @@ class MemChunkBackend : public ChunkBackend {
 
  private:
   using ObjectMap = std::map<std::string, std::shared_ptr<const Bytes>, std::less<>>;
-  ObjectMap& Objects(ObjectKind kind) { return objects_[static_cast<int>(kind)]; }
+  ObjectMap& Objects(ObjectKind kind) REQUIRES_SHARED(mu_) {
+    return objects_[static_cast<int>(kind)];
+  }
 
   const std::string name_;
-  std::shared_mutex mu_;
-  ObjectMap objects_[2];     // GUARDED_BY(mu_)
-  uint64_t used_bytes_ = 0;  // GUARDED_BY(mu_)
-  std::mutex records_mu_;
-  std::map<std::string, std::string, std::less<>> records_;  // GUARDED_BY(records_mu_)
+  SharedMutex mu_;
+  ObjectMap objects_[2] GUARDED_BY(mu_);
+  uint64_t used_bytes_ GUARDED_BY(mu_) = 0;
+  Mutex records_mu_;
+  std::map<std::string, std::string, std::less<>> records_ GUARDED_BY(records_mu_);
 };
 
 }  // namespace imgfs

@@ -4,11 +4,10 @@
 #include <chrono>
 #include <cstring>
 #include <map>
-#include <mutex>
-#include <shared_mutex>
 
 #include "blockstore/disk_util.h"
 #include "blockstore/local_disk.h"
+#include "blockstore/mutex.h"
 #include "blockstore/units.h"
 
 namespace imgfs {
@@ -21,17 +20,17 @@ int64_t NowNs() {
 }
 
 struct MemDiskState {
-  std::shared_mutex mu;  // guards everything below except open_rw
-  uint64_t size = 0;
-  uint32_t chunk_size = 0;
-  std::optional<ImageId> parent_id;
-  std::shared_ptr<ImageReader> parent;
-  uint64_t overlap = 0;
+  SharedMutex mu;
+  uint64_t size GUARDED_BY(mu) = 0;
+  uint32_t chunk_size GUARDED_BY(mu) = 0;
+  std::optional<ImageId> parent_id GUARDED_BY(mu);
+  std::shared_ptr<ImageReader> parent GUARDED_BY(mu);
+  uint64_t overlap GUARDED_BY(mu) = 0;
   // Owned chunks, each chunk_size bytes, or empty for an owned all-zero chunk.
-  std::map<uint64_t, Bytes> chunks;
-  DiskAttrs attrs;
-  int64_t mtime_ns = 0;
-  bool open_rw = false;  // guarded by the backend's mutex
+  std::map<uint64_t, Bytes> chunks GUARDED_BY(mu);
+  DiskAttrs attrs GUARDED_BY(mu);
+  int64_t mtime_ns GUARDED_BY(mu) = 0;
+  bool open_rw = false;  // guarded by the backend's mutex (MemBackend::mu_)
 };
 
 class MemBackend;
@@ -46,13 +45,13 @@ class MemDisk final : public Disk {
 
   const DiskRef& ref() const override { return ref_; }
   uint64_t size() const override {
-    std::shared_lock lock(st_->mu);
+    ReaderLock lock(st_->mu);
     return st_->size;
   }
   bool writable() const override { return writable_; }
 
   Status Read(uint64_t offset, MutableByteView buf) override {
-    std::shared_lock lock(st_->mu);
+    ReaderLock lock(st_->mu);
     if (offset > st_->size || buf.size() > st_->size - offset) {
       return disk_util::RangeError("read", offset, buf.size(), ref_, st_->size);
     }
@@ -93,7 +92,7 @@ class MemDisk final : public Disk {
     if (new_size > kMaxDiskSize) {
       return disk_util::SizeError("disk " + ref_.ToString(), new_size, MemLimit());
     }
-    std::unique_lock lock(st_->mu);
+    WriterLock lock(st_->mu);
     if (new_size < st_->size && !allow_shrink) {
       return Status::PermissionDenied(
           "shrinking disk " + ref_.ToString() + " from " + std::to_string(st_->size) + " to " +
@@ -114,7 +113,7 @@ class MemDisk final : public Disk {
   }
 
   Result<std::vector<Extent>> Allocated(uint64_t offset, uint64_t length) override {
-    std::shared_lock lock(st_->mu);
+    ReaderLock lock(st_->mu);
     std::vector<Extent> out;
     if (offset >= st_->size) return out;
     uint64_t end = offset + std::min(length, st_->size - offset);
@@ -141,7 +140,7 @@ class MemDisk final : public Disk {
   // Writes `data` (or zeros when null) at [offset, offset+len).
   Status Modify(uint64_t offset, uint64_t len, const uint8_t* data, const char* op) {
     if (!writable_) return ReadOnly();
-    std::unique_lock lock(st_->mu);
+    WriterLock lock(st_->mu);
     if (offset > st_->size || len > st_->size - offset) {
       return disk_util::RangeError(op, offset, len, ref_, st_->size);
     }
@@ -198,6 +197,7 @@ class MemBackend final : public DiskBackend {
   Status Create(const DiskRef& ref, const DiskCreateOptions& opts) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     auto st = std::make_shared<MemDiskState>();
+    WriterLock init(st->mu);  // not shared yet; held so the analysis sees every field written under it
     st->attrs = opts.attrs;
     st->attrs.mode &= 07777;
     if (opts.image) {
@@ -223,7 +223,7 @@ class MemBackend final : public DiskBackend {
       return disk_util::SizeError("disk " + ref.ToString(), st->size, MemLimit());
     }
     st->mtime_ns = NowNs();
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto& inst = instances_[ref.instance];
     if (!inst.disks.emplace(ref.disk, st).second) {
       return Status::AlreadyExists("disk " + ref.ToString() + " already exists");
@@ -233,7 +233,7 @@ class MemBackend final : public DiskBackend {
 
   Result<std::unique_ptr<Disk>> Open(const DiskRef& ref, OpenMode mode) override {
     RETURN_IF_ERROR(ValidateRef(ref));
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     ASSIGN_OR_RETURN(auto st, Find(ref));
     bool rw = mode != OpenMode::kReadOnly;
     if (rw) {
@@ -245,7 +245,7 @@ class MemBackend final : public DiskBackend {
 
   Status Remove(const DiskRef& ref) override {
     RETURN_IF_ERROR(ValidateRef(ref));
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     ASSIGN_OR_RETURN(auto st, Find(ref));
     if (st->open_rw) return InUse(ref);
     auto& inst = instances_[ref.instance];
@@ -257,7 +257,7 @@ class MemBackend final : public DiskBackend {
   Status Rename(const DiskRef& from, const DiskRef& to) override {
     RETURN_IF_ERROR(ValidateRef(from));
     RETURN_IF_ERROR(ValidateRef(to));
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     ASSIGN_OR_RETURN(auto st, Find(from));
     if (st->open_rw) return InUse(from);
     auto& dst = instances_[to.instance];
@@ -274,10 +274,10 @@ class MemBackend final : public DiskBackend {
     RETURN_IF_ERROR(ValidateRef(ref));
     std::shared_ptr<MemDiskState> st;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ASSIGN_OR_RETURN(st, Find(ref));
     }
-    std::shared_lock lock(st->mu);
+    ReaderLock lock(st->mu);
     DiskInfo info;
     info.ref = ref;
     info.size = st->size;
@@ -303,10 +303,10 @@ class MemBackend final : public DiskBackend {
     RETURN_IF_ERROR(ValidateRef(ref));
     std::shared_ptr<MemDiskState> st;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ASSIGN_OR_RETURN(st, Find(ref));
     }
-    std::unique_lock lock(st->mu);
+    WriterLock lock(st->mu);
     st->attrs = attrs;
     st->attrs.mode &= 07777;
     return Status::OK();
@@ -314,7 +314,7 @@ class MemBackend final : public DiskBackend {
 
   Status CreateInstance(const std::string& instance) override {
     RETURN_IF_ERROR(ValidateInstanceName(instance));
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (instances_.count(instance)) {
       return Status::AlreadyExists("instance " + instance + " already exists");
     }
@@ -324,7 +324,7 @@ class MemBackend final : public DiskBackend {
 
   Status RemoveInstance(const std::string& instance) override {
     RETURN_IF_ERROR(ValidateInstanceName(instance));
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = instances_.find(instance);
     if (it == instances_.end()) return Status::NotFound("instance " + instance + " does not exist");
     if (!it->second.disks.empty())
@@ -334,14 +334,14 @@ class MemBackend final : public DiskBackend {
   }
 
   Result<std::vector<std::string>> ListInstances() override {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     std::vector<std::string> out;
     for (const auto& [name, inst] : instances_) out.push_back(name);
     return out;
   }
 
   Result<std::vector<DiskRef>> List(const std::string& instance) override {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     std::vector<DiskRef> out;
     if (!instance.empty()) {
       RETURN_IF_ERROR(ValidateInstanceName(instance));
@@ -357,11 +357,11 @@ class MemBackend final : public DiskBackend {
   }
 
   Result<SpaceInfo> Space() override {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     SpaceInfo info;
     for (const auto& [name, inst] : instances_) {
       for (const auto& [disk, st] : inst.disks) {
-        std::shared_lock l(st->mu);
+        ReaderLock l(st->mu);
         for (const auto& [c, data] : st->chunks) info.used_bytes += data.size();
       }
     }
@@ -371,7 +371,7 @@ class MemBackend final : public DiskBackend {
   }
 
   void Close(const std::shared_ptr<MemDiskState>& st) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     st->open_rw = false;
   }
 
@@ -388,7 +388,7 @@ class MemBackend final : public DiskBackend {
   static Status InUse(const DiskRef& ref) {
     return Status::Busy("disk " + ref.ToString() + " is in use (open for writing)");
   }
-  Result<std::shared_ptr<MemDiskState>> Find(const DiskRef& ref) {
+  Result<std::shared_ptr<MemDiskState>> Find(const DiskRef& ref) REQUIRES(mu_) {
     auto it = instances_.find(ref.instance);
     if (it != instances_.end()) {
       auto d = it->second.disks.find(ref.disk);
@@ -398,8 +398,8 @@ class MemBackend final : public DiskBackend {
   }
 
   ImageSource* const images_;
-  std::mutex mu_;
-  std::map<std::string, Instance> instances_;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  std::map<std::string, Instance> instances_ GUARDED_BY(mu_);
 };
 
 MemDisk::~MemDisk() {

@@ -5,11 +5,9 @@
 
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -17,6 +15,7 @@
 #include <vector>
 
 #include "blockstore/backend_util.h"
+#include "blockstore/mutex.h"
 
 namespace imgfs {
 namespace {
@@ -49,38 +48,38 @@ class CallbackPool {
   }
   ~CallbackPool() {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       stop_ = true;
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
     for (auto& t : threads_) t.join();
   }
-  void Post(std::function<void()> fn) {
+  void Post(std::function<void()> fn) EXCLUDES(mu_) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       queue_.push_back(std::move(fn));
     }
-    cv_.notify_one();
+    cv_.NotifyOne();
   }
 
  private:
-  void Run() {
-    std::unique_lock lock(mu_);
+  void Run() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     for (;;) {
-      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      while (!stop_ && queue_.empty()) cv_.Wait(mu_);
       if (queue_.empty()) return;
       auto fn = std::move(queue_.front());
       queue_.pop_front();
-      lock.unlock();
+      lock.Unlock();
       fn();
-      lock.lock();
+      lock.Lock();
     }
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;  // GUARDED_BY(mu_)
-  bool stop_ = false;                        // GUARDED_BY(mu_)
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<std::function<void()>> queue_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
 
@@ -104,16 +103,16 @@ class RadosLease : public BackendLock {
   }
   ~RadosLease() override {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       stop_ = true;
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
     thread_.join();
     (void)rados_unlock(io_, oid_.c_str(), kLockName, cookie_.c_str());
   }
 
-  Status Check() const override {
-    std::lock_guard lock(mu_);
+  Status Check() const override EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     if (lost_.ok() && std::chrono::steady_clock::now() + margin_ >= valid_until_) {
       lost_ =
           Status::Unavailable("the lease on RADOS lock " + oid_ + " could not be renewed in time" +
@@ -145,16 +144,16 @@ class RadosLease : public BackendLock {
     return std::string("imgfs on ") + host + " pid " + std::to_string(::getpid());
   }
 
-  void Renew() {
-    std::unique_lock lock(mu_);
+  void Renew() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     auto next = std::chrono::steady_clock::now() + lease_ / 4;
     while (!stop_) {
-      if (cv_.wait_until(lock, next, [this] { return stop_; })) return;
-      if (!lost_.ok()) return;
-      lock.unlock();
+      while (!stop_ && std::chrono::steady_clock::now() < next) cv_.WaitUntil(mu_, next);
+      if (stop_ || !lost_.ok()) return;
+      lock.Unlock();
       auto sent = std::chrono::steady_clock::now();
       int r = Take(io_, oid_, cookie_, mode_, lease_, LIBRADOS_LOCK_FLAG_MUST_RENEW);
-      lock.lock();
+      lock.Lock();
       if (r == 0) {
         valid_until_ = sent + lease_;
         last_error_.clear();
@@ -177,12 +176,12 @@ class RadosLease : public BackendLock {
   const std::chrono::seconds lease_;
   const std::chrono::steady_clock::duration margin_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::chrono::steady_clock::time_point valid_until_;  // GUARDED_BY(mu_)
-  mutable Status lost_;                                // GUARDED_BY(mu_)
-  std::string last_error_;                             // GUARDED_BY(mu_)
-  bool stop_ = false;                                  // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::chrono::steady_clock::time_point valid_until_ GUARDED_BY(mu_);
+  mutable Status lost_ GUARDED_BY(mu_);
+  std::string last_error_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 
@@ -201,8 +200,8 @@ class RadosBackend final : public ChunkBackend {
 
   ~RadosBackend() override {
     {
-      std::unique_lock lock(inflight_mu_);
-      inflight_cv_.wait(lock, [this] { return inflight_ == 0; });
+      MutexLock lock(inflight_mu_);
+      while (inflight_ != 0) inflight_cv_.Wait(inflight_mu_);
     }
     rados_ioctx_destroy(io_);
     rados_shutdown(cluster_);
@@ -599,13 +598,13 @@ class RadosBackend final : public ChunkBackend {
     return st.got;
   }
 
-  void BeginAio() {
-    std::lock_guard lock(inflight_mu_);
+  void BeginAio() EXCLUDES(inflight_mu_) {
+    MutexLock lock(inflight_mu_);
     ++inflight_;
   }
-  void EndAio() {
-    std::lock_guard lock(inflight_mu_);
-    if (--inflight_ == 0) inflight_cv_.notify_all();
+  void EndAio() EXCLUDES(inflight_mu_) {
+    MutexLock lock(inflight_mu_);
+    if (--inflight_ == 0) inflight_cv_.NotifyAll();
   }
 
   static void OnReadComplete(rados_completion_t comp, void* arg) {
@@ -680,9 +679,9 @@ class RadosBackend final : public ChunkBackend {
   const std::string client_;
   const uint64_t max_write_bytes_;
 
-  std::mutex inflight_mu_;
-  std::condition_variable inflight_cv_;
-  uint64_t inflight_ = 0;  // GUARDED_BY(inflight_mu_): async calls whose done has not returned
+  Mutex inflight_mu_;
+  CondVar inflight_cv_;
+  uint64_t inflight_ GUARDED_BY(inflight_mu_) = 0;  // async calls whose done has not returned
 
   CallbackPool callbacks_;  // last: its threads stop before the members above go
 };

@@ -7,15 +7,14 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdlib>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
 #include "blockstore/file_util.h"
 #include "blockstore/hash.h"
+#include "blockstore/mutex.h"
 #include "blockstore/names.h"
 #include "blockstore/units.h"
 #include "cache/process.h"
@@ -139,9 +138,9 @@ class PutWindow {
   }
 
   // A free buffer, waiting for one; nullptr once a put has failed.
-  Bytes* Acquire() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return !free_.empty() || !error_.ok(); });
+  Bytes* Acquire() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    while (free_.empty() && error_.ok()) cv_.Wait(mu_);
     if (!error_.ok()) return nullptr;
     Bytes* b = free_.back();
     free_.pop_back();
@@ -151,15 +150,15 @@ class PutWindow {
   // Puts (*buf)[0, len) and stores its id in chunk slot `slot`; the buffer
   // comes back to the pool when the put completes. When `grow`, the slot is
   // appended to the manifest first (streams, whose size is unknown).
-  void Put(Bytes* buf, size_t len, size_t slot, bool grow = false) {
+  void Put(Bytes* buf, size_t len, size_t slot, bool grow = false) EXCLUDES(mu_) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (grow) manifest_->chunks.resize(slot + 1, ChunkId::Hole());
       ++in_flight_;
     }
     store_.PutAsync(ByteView(buf->data(), len),
                     [this, buf, len, slot](Result<ChunkStore::PutResult> r) {
-                      std::lock_guard lock(mu_);
+                      MutexLock lock(mu_);
                       if (r.ok()) {
                         manifest_->chunks[slot] = r->id;
                         if (r->stored) new_bytes_ += len;
@@ -169,37 +168,37 @@ class PutWindow {
                       }
                       free_.push_back(buf);
                       --in_flight_;
-                      cv_.notify_all();
+                      cv_.NotifyAll();
                     });
   }
 
   // Returns a buffer not handed to Put.
-  void Release(Bytes* buf) {
-    std::lock_guard lock(mu_);
+  void Release(Bytes* buf) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     free_.push_back(buf);
-    cv_.notify_all();
+    cv_.NotifyAll();
   }
 
-  void Fail(Status s) {
-    std::lock_guard lock(mu_);
+  void Fail(Status s) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     if (error_.ok()) error_ = std::move(s);
-    cv_.notify_all();
+    cv_.NotifyAll();
   }
 
-  bool failed() {
-    std::lock_guard lock(mu_);
+  bool failed() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return !error_.ok();
   }
 
-  uint64_t done_bytes() {
-    std::lock_guard lock(mu_);
+  uint64_t done_bytes() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return done_bytes_;
   }
 
   // Waits for every put started; the first error, if any.
-  Status Finish(uint64_t* new_bytes) {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return in_flight_ == 0; });
+  Status Finish(uint64_t* new_bytes) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    while (in_flight_ != 0) cv_.Wait(mu_);
     *new_bytes = new_bytes_;
     return error_;
   }
@@ -208,12 +207,13 @@ class PutWindow {
   ChunkStore& store_;
   Manifest* manifest_;
   std::vector<Bytes> buffers_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Bytes*> free_;  // GUARDED_BY(mu_), as everything below
-  size_t in_flight_ = 0;
-  uint64_t new_bytes_ = 0, done_bytes_ = 0;
-  Status error_;
+  Mutex mu_;
+  CondVar cv_;
+  std::vector<Bytes*> free_ GUARDED_BY(mu_);
+  size_t in_flight_ GUARDED_BY(mu_) = 0;
+  uint64_t new_bytes_ GUARDED_BY(mu_) = 0;
+  uint64_t done_bytes_ GUARDED_BY(mu_) = 0;
+  Status error_ GUARDED_BY(mu_);
 };
 
 // Puts in flight at once: 32 chunks, at most 64 MiB of buffers, at least one

@@ -33,14 +33,14 @@ double LatencyHistogram::SumSeconds() const {
 
 std::shared_ptr<DiskCounters> MountMetrics::Disk(const std::string& instance,
                                                  const std::string& disk) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto& c = disks_[{instance, disk}];
   if (!c) c = std::make_shared<DiskCounters>();
   return c;
 }
 
 void MountMetrics::SetInfo(MountInfo info) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   info_ = std::move(info);
 }
 
@@ -131,7 +131,7 @@ std::string Number(double v) {
 }  // namespace
 
 nlohmann::json MountMetrics::ToJson() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   nlohmann::json j = {{"mountpoint", info_.mountpoint},
                       {"server_pid", getpid()},
                       {"restarts", info_.restarts},
@@ -160,7 +160,7 @@ nlohmann::json MountMetrics::ToJson() const {
 }
 
 std::string MountMetrics::ToPrometheus() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::string out;
   std::string mount = "mountpoint=\"" + Label(info_.mountpoint) + "\"";
   auto head = [&](const char* name, const char* type, const char* help) {

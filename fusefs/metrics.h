@@ -14,11 +14,11 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "blockstore/chunk_store.h"
+#include "blockstore/mutex.h"
 
 namespace imgfs::fusefs {
 
@@ -79,10 +79,10 @@ class MountMetrics {
   std::string ToPrometheus() const;
 
  private:
-  mutable std::mutex mu_;
-  std::map<std::pair<std::string, std::string>, std::shared_ptr<DiskCounters>>
-      disks_;                           // GUARDED_BY(mu_)
-  MountInfo info_;                      // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<DiskCounters>> disks_
+      GUARDED_BY(mu_);
+  MountInfo info_ GUARDED_BY(mu_);
   const ChunkStore* chunks_ = nullptr;  // set before serving
 };
 

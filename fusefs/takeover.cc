@@ -132,7 +132,7 @@ Status WriteState(int fd, const TakeoverState& st) {
 }
 
 Status StateLog::Append(const std::string& line) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::string l = line + "\n";
   Status s = WriteFull(fd_, ByteView(reinterpret_cast<const uint8_t*>(l.data()), l.size()),
                        std::nullopt, "recording the mount's state");
@@ -144,7 +144,7 @@ Status StateLog::Append(const std::string& line) {
 }
 
 Status StateLog::status() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return status_;
 }
 

@@ -23,10 +23,10 @@
 #pragma once
 
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "blockstore/mutex.h"
 #include "blockstore/status.h"
 #include "fusefs/fs.h"
 
@@ -73,9 +73,9 @@ class StateLog : public StateSink {
 
  private:
   Status Append(const std::string& line);
-  std::mutex mu_;
+  Mutex mu_;
   const int fd_;
-  Status status_;  // GUARDED_BY(mu_)
+  Status status_ GUARDED_BY(mu_);
 };
 
 }  // namespace imgfs::fusefs

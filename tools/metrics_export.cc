@@ -73,10 +73,10 @@ void MetricsExport::Start() {
 
 MetricsExport::~MetricsExport() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   if (listen_fd_ >= 0) shutdown(listen_fd_, SHUT_RDWR);  // wakes accept
   for (std::thread* t : {&stats_thread_, &file_thread_, &http_thread_}) {
     if (t->joinable()) t->join();
@@ -139,23 +139,23 @@ Status MetricsExport::WriteFile() {
 
 void MetricsExport::FileLoop() {
   bool warned = false;
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   for (;;) {
     bool last = stop_;
-    lock.unlock();
+    lock.Unlock();
     Status s = WriteFile();
     if (!s.ok() && !warned) spdlog::error("server: {}", s.ToString());
     warned = !s.ok();
-    lock.lock();
+    lock.Lock();
     if (last) return;
-    cv_.wait_for(lock, std::chrono::seconds(options_.interval_s));
+    cv_.WaitFor(mu_, std::chrono::seconds(options_.interval_s));
   }
 }
 
 void MetricsExport::HttpLoop() {
   const char* opts[] = {"listening_ports", options_.listen.c_str(), "num_threads", "2", nullptr};
   bool warned = false;
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   while (!stop_) {
     mg_callbacks cb{};
     mg_context* ctx = mg_start(&cb, nullptr, opts);
@@ -169,7 +169,7 @@ void MetricsExport::HttpLoop() {
       spdlog::error("server: cannot serve metrics on {}; trying again every 5 s", options_.listen);
     }
     warned = true;
-    cv_.wait_for(lock, std::chrono::seconds(5));
+    cv_.WaitFor(mu_, std::chrono::seconds(5));
   }
 }
 

@@ -11,12 +11,11 @@
 
 #include <sys/types.h>
 
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
+#include "blockstore/mutex.h"
 #include "blockstore/status.h"
 #include "fusefs/metrics.h"
 #include "tools/mount_options.h"
@@ -47,10 +46,10 @@ class MetricsExport {
   fusefs::MountMetrics& metrics_;
   const MetricsOptions options_;
   int listen_fd_ = -1;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;           // GUARDED_BY(mu_)
-  mg_context* http_ = nullptr;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  CondVar cv_;
+  bool stop_ GUARDED_BY(mu_) = false;
+  mg_context* http_ GUARDED_BY(mu_) = nullptr;
   std::thread stats_thread_, file_thread_, http_thread_;
 };
 

@@ -14,7 +14,8 @@ test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
   e2fsprogs xfsprogs util-linux qemu-block-extra jq
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   cpio fdisk strace
-  lintian systemd socat logrotate groff-base bsdextrautils prometheus curl iproute2)
+  lintian systemd socat logrotate groff-base bsdextrautils prometheus curl iproute2
+  clang)
 
 missing=()
 for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do

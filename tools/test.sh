@@ -8,6 +8,16 @@ build="${IMGFS_BUILD_DIR:-$here/build}"
 
 "$here/tools/setup.sh" || { echo "test: setup or build failed" >&2; exit 1; }
 
+# Clang's thread-safety analysis of the lock annotations (docs/architecture.md,
+# "Locks"): a second build with clang, where every finding is an error.
+clang_build="${IMGFS_CLANG_BUILD_DIR:-$here/build-clang}"
+if [[ ! -f "$clang_build/build.ninja" ]]; then
+  CC=clang CXX=clang++ cmake -S "$here" -B "$clang_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+    -DIMGFS_BUILD_TESTS=OFF >/dev/null || { echo "test: clang configure failed" >&2; exit 1; }
+fi
+cmake --build "$clang_build" --target imgfs -- --quiet ||
+  { echo "test: the clang build (thread-safety analysis) failed" >&2; exit 1; }
+
 cleanup() {
   if [[ -n "${IMGFS_CEPH_DIR:-}" && -x "$here/tools/ceph-cluster.sh" ]]; then
     "$here/tools/ceph-cluster.sh" stop "$IMGFS_CEPH_DIR" || true

@@ -15,7 +15,7 @@ test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   cpio fdisk strace
   lintian systemd socat logrotate groff-base bsdextrautils prometheus curl iproute2
-  clang)
+  clang-16)
 
 missing=()
 for p in "${build_pkgs[@]}" "${test_pkgs[@]}"; do

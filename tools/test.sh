@@ -12,7 +12,7 @@ build="${IMGFS_BUILD_DIR:-$here/build}"
 # "Locks"): a second build with clang, where every finding is an error.
 clang_build="${IMGFS_CLANG_BUILD_DIR:-$here/build-clang}"
 if [[ ! -f "$clang_build/build.ninja" ]]; then
-  CC=clang CXX=clang++ cmake -S "$here" -B "$clang_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  CC=clang-16 CXX=clang++-16 cmake -S "$here" -B "$clang_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
     -DIMGFS_BUILD_TESTS=OFF >/dev/null || { echo "test: clang configure failed" >&2; exit 1; }
 fi
 cmake --build "$clang_build" --target imgfs -- --quiet ||

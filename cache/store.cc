@@ -408,7 +408,7 @@ Status Store::RemoveImage(const ImageId& id) {
   Status s = backend().RemoveRecord(ImageKey(id), RecordCondition::Any());
   if (s.IsNotFound()) return Status::OK();
   {
-    std::lock_guard lock(readers_mu_);
+    MutexLock lock(readers_mu_);
     readers_.erase(id);
   }
   return s;
@@ -472,7 +472,7 @@ std::string Store::UseKey(const ImageId& id, const std::string& store_id, const 
 }
 
 Result<std::string> Store::StoreId() {
-  std::lock_guard lock(store_id_mu_);
+  MutexLock lock(store_id_mu_);
   if (!store_id_.empty()) return store_id_;
   const std::string path = path_ + "/store-id";
   auto text = ReadFile(path);
@@ -601,13 +601,13 @@ Result<ImageGeometry> Store::GetGeometry(const ImageId& id) {
 
 Result<std::shared_ptr<ImageReader>> Store::OpenImage(const ImageId& id) {
   {
-    std::lock_guard lock(readers_mu_);
+    MutexLock lock(readers_mu_);
     auto it = readers_.find(id);
     if (it != readers_.end()) return it->second;
   }
   ASSIGN_OR_RETURN(Manifest m, GetManifest(backend(), id));
   auto reader = std::make_shared<ImageReader>(chunks_, id, std::move(m));
-  std::lock_guard lock(readers_mu_);
+  MutexLock lock(readers_mu_);
   readers_.emplace(id, reader);
   return reader;
 }

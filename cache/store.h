@@ -23,7 +23,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -34,6 +33,7 @@
 #include "blockstore/disk.h"
 #include "blockstore/image.h"
 #include "blockstore/manifest.h"
+#include "blockstore/mutex.h"
 #include "blockstore/status.h"
 
 namespace imgfs {
@@ -180,8 +180,8 @@ class Store : public ImageSource {
   Result<std::map<std::string, std::vector<std::string>>> NamesByImage();
   static std::string UseKey(const ImageId& id, const std::string& store_id, const DiskRef& ref);
 
-  std::mutex store_id_mu_;
-  std::string store_id_;  // GUARDED_BY(store_id_mu_); empty until read
+  Mutex store_id_mu_;
+  std::string store_id_ GUARDED_BY(store_id_mu_);  // empty until read
 
   std::string path_;
   StoreConfig config_;
@@ -189,10 +189,10 @@ class Store : public ImageSource {
   std::shared_ptr<ChunkStore> chunks_;
   std::unique_ptr<DiskBackend> disks_;
 
-  std::mutex readers_mu_;
-  // Open images, GUARDED_BY(readers_mu_). Manifests are immutable, so a
-  // reader stays valid for as long as anyone holds it.
-  std::unordered_map<ImageId, std::shared_ptr<ImageReader>> readers_;
+  Mutex readers_mu_;
+  // Open images. Manifests are immutable, so a reader stays valid for as long
+  // as anyone holds it.
+  std::unordered_map<ImageId, std::shared_ptr<ImageReader>> readers_ GUARDED_BY(readers_mu_);
 };
 
 }  // namespace imgfs

@@ -243,7 +243,11 @@ if [[ "$only" != local ]]; then
         b="$(qbench -f raw -i native "${args[@]}" "$work/rb/mnt/bench/$name.$n")"
       fi
       line "$name" "$base" "$a" "$b"
+      # Room in the cluster for the next job.
       IMGFS_STORE="$work/ra/store" "$imgfs" disk rm "bench/$name.$n.ref" >/dev/null 2>&1 || true
+      IMGFS_STORE="$work/ra/store" "$imgfs" disk rm "bench/$name.$n" >/dev/null 2>&1 || true
+      [[ -n "$b_bin" ]] && { IMGFS_STORE="$work/rb/store" "$b_bin" disk rm "bench/$name.$n" \
+        >/dev/null 2>&1 || true; }
     done
   done
   unmount_all

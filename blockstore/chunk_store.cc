@@ -4,9 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
-#include <utility>
 
 namespace imgfs {
 
@@ -173,78 +171,15 @@ const SharedChunk& EmptyChunk() {
 }
 }  // namespace
 
-namespace {
-// Reads of a chunk in flight in ReadShared, so that the misses of one chunk
-// that come together (a guest's 4 KiB reads at queue depth 16 fall 16 to a
-// 64 KiB chunk) read and verify it once: the first reads, the others wait
-// for its result. Keyed by store and chunk; an entry lives only while its
-// read does. (Here rather than in ChunkStore, so that the header, which
-// most of the tree includes, stays as it is.)
-struct ChunkRead {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;  // GUARDED_BY(mu)
-  Result<SharedChunk> result = Status::IOError("chunk read abandoned");
-};
-struct ChunkReadKeyHash {
-  size_t operator()(const std::pair<const ChunkStore*, ChunkId>& k) const {
-    return std::hash<ChunkId>()(k.second) ^ std::hash<const void*>()(k.first);
-  }
-};
-std::mutex g_reads_mu;
-std::unordered_map<std::pair<const ChunkStore*, ChunkId>, std::shared_ptr<ChunkRead>,
-                   ChunkReadKeyHash>
-    g_reads;  // GUARDED_BY(g_reads_mu)
-}  // namespace
-
 Result<SharedChunk> ChunkStore::ReadShared(const ChunkId& id) {
   if (id.IsHole()) return EmptyChunk();
   if (auto cached = CacheLookup(id)) return cached;
-  auto read_verified = [&]() -> Result<SharedChunk> {
-    auto data = std::make_shared<Bytes>(chunk_size_);
-    auto r = backend_->Read(ObjectKind::kChunk, id.Hex(), MutableByteView(*data));
-    RETURN_IF_ERROR(Verify(id, r, *data));
-    data->resize(*r);
-    return SharedChunk(std::move(data));
-  };
-  if (cache_capacity_ == 0) return read_verified();  // nothing to share the bytes through
-  std::shared_ptr<ChunkRead> read;
-  bool first = false;
-  {
-    std::lock_guard lock(g_reads_mu);
-    auto& slot = g_reads[{this, id}];
-    if (!slot) {
-      slot = std::make_shared<ChunkRead>();
-      first = true;
-    }
-    read = slot;
-  }
-  if (!first) {
-    std::unique_lock lock(read->mu);
-    read->cv.wait(lock, [&] { return read->done; });
-    return read->result;
-  }
-  // The first: reads, caches, then wakes the others (also when it throws).
-  struct Finish {
-    const ChunkStore* store;
-    const ChunkId& id;
-    ChunkRead& read;
-    ~Finish() {
-      {
-        std::lock_guard lock(g_reads_mu);
-        g_reads.erase({store, id});
-      }
-      {
-        std::lock_guard lock(read.mu);
-        read.done = true;
-      }
-      read.cv.notify_all();
-    }
-  } finish{this, id, *read};
-  Result<SharedChunk> chunk = read_verified();
-  if (chunk.ok()) CacheInsert(id, *chunk);
-  std::lock_guard lock(read->mu);
-  read->result = chunk;
+  auto data = std::make_shared<Bytes>(chunk_size_);
+  auto r = backend_->Read(ObjectKind::kChunk, id.Hex(), MutableByteView(*data));
+  RETURN_IF_ERROR(Verify(id, r, *data));
+  data->resize(*r);
+  SharedChunk chunk = std::move(data);
+  if (cache_capacity_ > 0) CacheInsert(id, chunk);
   return chunk;
 }
 

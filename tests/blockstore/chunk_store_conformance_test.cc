@@ -516,39 +516,6 @@ TEST_CASE("chunk store: the read cache holds verified chunks up to its size", "[
   CHECK(store.ReadShared(ids[5]).status().IsCorruption());
 }
 
-TEST_CASE("chunk store: concurrent reads of one chunk read and verify it once", "[chunk_store]") {
-  FOR_EACH_BACKEND(h);
-  ChunkStore store(h->Open(), kChunk, 4 * kChunk);
-  Bytes data = RandomBytes(kChunk, 350);
-  ChunkId id = store.Put(data)->id;
-  Bytes bad_data = RandomBytes(kChunk, 351);
-  ChunkId bad = store.Put(bad_data)->id;
-  h->Damage(ObjectKind::kChunk, bad.Hex(), RandomBytes(kChunk, 352));
-  // 8 threads read each chunk at once: every one gets the one verified copy
-  // (the same buffer), and of the damaged chunk every one gets Corruption.
-  constexpr int kThreads = 8;
-  std::atomic<int> ready{0};
-  std::vector<Result<SharedChunk>> good(kThreads, Status::IOError("not read"));
-  std::vector<Result<SharedChunk>> damaged(kThreads, Status::IOError("not read"));
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      ready.fetch_add(1);
-      while (ready.load() < kThreads) {
-      }
-      good[t] = store.ReadShared(id);
-      damaged[t] = store.ReadShared(bad);
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (int t = 0; t < kThreads; ++t) {
-    REQUIRE(good[t].ok());
-    CHECK(**good[t] == data);
-    CHECK(good[t]->get() == good[0]->get());
-    CHECK(damaged[t].status().IsCorruption());
-  }
-}
-
 TEST_CASE("chunk store: a disabled cache re-reads and re-verifies every time", "[chunk_store]") {
   FOR_EACH_BACKEND(h);
   ChunkStore store(h->Open(), kChunk, 0);

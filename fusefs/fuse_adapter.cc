@@ -1002,11 +1002,14 @@ Status FuseServer::Run(bool* unmounted) {
   lock.unlock();
   for (auto& w : s.workers) w.thread.join();
   s.workers.clear();
-  // libfuse's io_uring threads: fuse_session_loop on an ended session only
-  // stops them (each answers the request at hand first, see CtxOf).
-  if (s.io_uring) (void)fuse_session_loop(s.se);
   *unmounted = !s.stop_requested;
   Status st = s.ctx.fs->Shutdown();
+  // libfuse's io_uring threads, once the disks are idle (an asynchronous
+  // completion replies through its ring): fuse_session_loop on an ended
+  // session only stops them; each answers the request at hand first (CtxOf).
+  // Requests they take meanwhile find the disks closed: a hot upgrade or
+  // a restart over io_uring is not seamless (docs/performance.md).
+  if (s.io_uring) (void)fuse_session_loop(s.se);
   if (!st.ok()) return st;
   if (int err = s.loop_error; err != 0) return Status::FromErrno(err, "fuse session loop");
   return Status::OK();

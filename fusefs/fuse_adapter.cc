@@ -100,6 +100,17 @@ constexpr bool kHasIoUring = false;
 #endif
 constexpr const char* kUringParam = "/sys/module/fuse/parameters/enable_uring";
 
+// The kernel's setting (Y or N), or "unreadable".
+std::string UringParam() {
+  std::string param = "unreadable";
+  if (FILE* f = std::fopen(kUringParam, "r")) {
+    char v[8] = {};
+    if (std::fgets(v, sizeof v, f)) param = std::string(v, strcspn(v, "\n"));
+    std::fclose(f);
+  }
+  return param;
+}
+
 Ctx& CtxOf(fuse_req_t req) {
 #ifdef FUSE_CAP_OVER_IO_URING
   // libfuse ends its io_uring threads with pthread_cancel, which would unwind
@@ -271,12 +282,7 @@ void OnInit(void* userdata, fuse_conn_info* conn) {
   want(FUSE_CAP_WRITEBACK_CACHE, cfg.writeback_cache);
 #ifdef FUSE_CAP_OVER_IO_URING
   if (cfg.io_uring && !(conn->capable_ext & FUSE_CAP_OVER_IO_URING)) {
-    std::string param = "unreadable";
-    if (FILE* f = std::fopen(kUringParam, "r")) {
-      char v[8] = {};
-      if (std::fgets(v, sizeof v, f)) param = std::string(v, strcspn(v, "\n"));
-      std::fclose(f);
-    }
+    std::string param = UringParam();
     spdlog::warn(
         "fuse: -o io_uring: the kernel did not offer FUSE over io_uring ({} is {}; as root, "
         "echo Y > {} before mounting): requests go through /dev/fuse",
@@ -987,6 +993,16 @@ Status FuseServer::Run(bool* unmounted) {
   sigaddset(&wake, kWakeSignal);
   pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);
 
+  // Said again here, where the mount's log file has it (Negotiate's
+  // messages go to the terminal of `imgfs mount`).
+  if (s.ctx.cfg.io_uring && s.io_uring) {
+    spdlog::info("fuse: serving over io_uring");
+  } else if (s.ctx.cfg.io_uring) {
+    spdlog::warn(
+        "fuse: -o io_uring is not in use (the kernel did not grant it when the mount began; {} "
+        "is {} now): requests go through /dev/fuse",
+        kUringParam, UringParam());
+  }
   std::unique_lock lock(s.mu);
   s.StartWorkerLocked();
   s.cv.wait(lock, [&] { return fuse_session_exited(s.se) || s.stop_requested || s.running == 0; });

@@ -34,10 +34,12 @@ param=/sys/module/fuse/parameters/enable_uring
 was="$(cat "$param")"
 on_exit "echo '$was' >'$param'"
 
-# serve_and_check LOG: mounts with -o io_uring, logging to LOG, writes 1 MiB
+# serve_and_check LOG: mounts with -o io_uring, logging to LOG (-v: the
+# info messages too; the terminal's to LOG.err), writes 1 MiB
 # and 4 KiB pieces with O_DIRECT and reads them back; leaves it unmounted.
 serve_and_check() {
-  "$IMGFS" mount "$M" -o io_uring --pid-file "$T/pid" --log-file "$1" || fail "mount failed"
+  "$IMGFS" -v mount "$M" -o io_uring --pid-file "$T/pid" --log-file "$1" 2>"$1.err" ||
+    fail "mount failed: $(cat "$1.err")"
   local pid
   pid="$(cat "$T/pid")"
   on_exit "unmount_imgfs '$M' '$pid'"
@@ -54,14 +56,18 @@ serve_and_check() {
 
 echo N >"$param"
 serve_and_check "$T/log-off"
-grep -q "the kernel did not offer FUSE over io_uring ($param is N" "$T/log-off" ||
+# On the terminal of `imgfs mount`, and in the mount's log.
+grep -q "the kernel did not offer FUSE over io_uring ($param is N" "$T/log-off.err" ||
+  fail "imgfs mount does not say io_uring was not granted: $(cat "$T/log-off.err")"
+grep -q "io_uring is not in use (the kernel did not grant it.*$param is N now" "$T/log-off" ||
   fail "the log does not say io_uring was not granted: $(cat "$T/log-off")"
-! grep -q "serving over io_uring" "$T/log-off" || fail "the log claims io_uring while it is off"
+! grep -q "serving over io_uring" "$T/log-off" "$T/log-off.err" ||
+  fail "the log claims io_uring while it is off"
 
 echo Y >"$param"
 serve_and_check "$T/log-on"
 grep -q "serving over io_uring" "$T/log-on" ||
-  fail "the log does not say it serves over io_uring: $(cat "$T/log-on")"
+  fail "the log does not say it serves over io_uring: $(cat "$T/log-on" "$T/log-on.err")"
 
 # What was written over io_uring is there after a remount without it.
 mount_imgfs "$M"

@@ -172,31 +172,63 @@ echo "# $(date -u +%FT%TZ) $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg),
   "$mib MiB disk; imgfs $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?')" \
   "${IMGFS_BENCH_MOUNT_OPTS:+-o $IMGFS_BENCH_MOUNT_OPTS}${b_bin:+; B: $b_bin ${b_opts:+-o $b_opts}}"
 
+# local_baseline ID ARGS... -> ops/s of nova's local path: qemu on a fresh
+# qcow2 overlay whose backing file is the raw image.
+local_baseline() {
+  shift
+  qemu-img create -q -f qcow2 -b "$work/random.raw" -F raw "$work/overlay.qcow2"
+  qbench -f qcow2 -i native "$@" "$work/overlay.qcow2"
+  rm -f "$work/overlay.qcow2"
+}
+# rbd_baseline ID ARGS... -> ops/s of qemu's rbd driver on a twin: a disk of
+# the same store, so a clone of the same base snapshot in the same pool.
+rbd_baseline() {
+  local id="$1"
+  shift
+  IMGFS_STORE="$work/ra/store" "$imgfs" disk create "bench/$id.ref" --image bench >/dev/null
+  local spec="rbd:$IMGFS_CEPH_POOL/$ns/bench_$id.ref:id=$IMGFS_CEPH_ID"
+  qbench -f raw "$@" "$spec:conf=$IMGFS_CEPH_CONF:keyring=$IMGFS_CEPH_KEYRING"
+  IMGFS_STORE="$work/ra/store" "$imgfs" disk rm "bench/$id.ref" >/dev/null 2>&1 || true
+}
+
+# run_jobs BACKEND A_DIR B_DIR: every selected job, nova's path then the
+# mount (then B), on fresh disks, one row each.
+run_jobs() {
+  local backend="$1" adir="$2" bdir="$3" n=0 rep j name size w r count_local count_rbd count
+  local base a b
+  local -a args
+  for ((rep = 0; rep < repeat; rep++)); do
+    for j in "${jobs[@]}"; do
+      read -r name size w r count_local count_rbd <<<"$j"
+      selected "$name" || continue
+      count="$count_local"
+      [[ "$backend" == rbd ]] && count="$count_rbd"
+      count=$(awk -v c="$count" -v s="$scale" 'BEGIN { printf "%d", c * s }')
+      read -r -a args <<<"$(job_args "$name" "$size" "$w" "$r" "$count")"
+      n=$((n + 1))
+      base="$("${backend}_baseline" "$name.$n" "${args[@]}")"
+      IMGFS_STORE="$adir/store" "$imgfs" disk create "bench/$name.$n" --image bench >/dev/null
+      a="$(qbench -f raw -i native "${args[@]}" "$adir/mnt/bench/$name.$n")"
+      b=""
+      if [[ -n "$b_bin" ]]; then
+        IMGFS_STORE="$bdir/store" "$b_bin" disk create "bench/$name.$n" --image bench >/dev/null
+        b="$(qbench -f raw -i native "${args[@]}" "$bdir/mnt/bench/$name.$n")"
+      fi
+      line "$name" "$base" "$a" "$b"
+      # Room for the next job (the cluster's memory, the store's disk).
+      IMGFS_STORE="$adir/store" "$imgfs" disk rm "bench/$name.$n" >/dev/null 2>&1 || true
+      if [[ -n "$b_bin" ]]; then
+        IMGFS_STORE="$bdir/store" "$b_bin" disk rm "bench/$name.$n" >/dev/null 2>&1 || true
+      fi
+    done
+  done
+}
+
 if [[ "$only" != rbd ]]; then
   mount_store "$imgfs" "${IMGFS_BENCH_MOUNT_OPTS:-}" "$work/a"
   [[ -n "$b_bin" ]] && mount_store "$b_bin" "$b_opts" "$work/b"
   header local "qcow2+raw"
-  n=0
-  for ((rep = 0; rep < repeat; rep++)); do
-    for j in "${jobs[@]}"; do
-      read -r name size w r count _ <<<"$j"
-      selected "$name" || continue
-      count=$(awk -v c="$count" -v s="$scale" 'BEGIN { printf "%d", c * s }')
-      read -r -a args <<<"$(job_args "$name" "$size" "$w" "$r" "$count")"
-      n=$((n + 1))
-      qemu-img create -q -f qcow2 -b "$work/random.raw" -F raw "$work/overlay.qcow2"
-      IMGFS_STORE="$work/a/store" "$imgfs" disk create "bench/$name.$n" --image bench >/dev/null
-      base="$(qbench -f qcow2 -i native "${args[@]}" "$work/overlay.qcow2")"
-      a="$(qbench -f raw -i native "${args[@]}" "$work/a/mnt/bench/$name.$n")"
-      b=""
-      if [[ -n "$b_bin" ]]; then
-        IMGFS_STORE="$work/b/store" "$b_bin" disk create "bench/$name.$n" --image bench >/dev/null
-        b="$(qbench -f raw -i native "${args[@]}" "$work/b/mnt/bench/$name.$n")"
-      fi
-      line "$name" "$base" "$a" "$b"
-      rm -f "$work/overlay.qcow2"
-    done
-  done
+  run_jobs local "$work/a" "$work/b"
   unmount_all
 fi
 
@@ -221,34 +253,6 @@ if [[ "$only" != local ]]; then
   ns="$(cat "$work/ra.ns")"
   [[ -n "$b_bin" ]] && rbd_store "$b_bin" "$b_opts" "$work/rb"
   header rbd "qemu rbd"
-  n=0
-  for ((rep = 0; rep < repeat; rep++)); do
-    for j in "${jobs[@]}"; do
-      read -r name size w r _ count <<<"$j"
-      selected "$name" || continue
-      count=$(awk -v c="$count" -v s="$scale" 'BEGIN { printf "%d", c * s }')
-      read -r -a args <<<"$(job_args "$name" "$size" "$w" "$r" "$count")"
-      n=$((n + 1))
-      # The twin: a disk of the same store, so a clone of the same base
-      # snapshot in the same pool, opened by qemu's rbd driver.
-      IMGFS_STORE="$work/ra/store" "$imgfs" disk create "bench/$name.$n" --image bench >/dev/null
-      IMGFS_STORE="$work/ra/store" "$imgfs" disk create "bench/$name.$n.ref" --image bench >/dev/null
-      spec="rbd:$IMGFS_CEPH_POOL/$ns/bench_$name.$n.ref:id=$IMGFS_CEPH_ID"
-      spec+=":conf=$IMGFS_CEPH_CONF:keyring=$IMGFS_CEPH_KEYRING"
-      base="$(qbench -f raw "${args[@]}" "$spec")"
-      a="$(qbench -f raw -i native "${args[@]}" "$work/ra/mnt/bench/$name.$n")"
-      b=""
-      if [[ -n "$b_bin" ]]; then
-        IMGFS_STORE="$work/rb/store" "$b_bin" disk create "bench/$name.$n" --image bench >/dev/null
-        b="$(qbench -f raw -i native "${args[@]}" "$work/rb/mnt/bench/$name.$n")"
-      fi
-      line "$name" "$base" "$a" "$b"
-      # Room in the cluster for the next job.
-      IMGFS_STORE="$work/ra/store" "$imgfs" disk rm "bench/$name.$n.ref" >/dev/null 2>&1 || true
-      IMGFS_STORE="$work/ra/store" "$imgfs" disk rm "bench/$name.$n" >/dev/null 2>&1 || true
-      [[ -n "$b_bin" ]] && { IMGFS_STORE="$work/rb/store" "$b_bin" disk rm "bench/$name.$n" \
-        >/dev/null 2>&1 || true; }
-    done
-  done
+  run_jobs rbd "$work/ra" "$work/rb"
   unmount_all
 fi

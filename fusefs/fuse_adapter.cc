@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -35,6 +36,12 @@ struct Ctx {
   FuseConfig cfg;
   bool capture = false;  // Negotiate: keep what libfuse writes instead of sending it
   std::string captured;
+  // Negotiate of a connection's first server: called with the INIT answer
+  // when libfuse writes it; sends it (after recording it) and returns false
+  // when it could not. libfuse wakes its io_uring threads right after this
+  // write, and the kernel takes their registration only once it has the
+  // answer.
+  std::function<bool(const std::string&)> send_init;
 };
 
 // libfuse's own messages: collected while mounting (to put into the error a
@@ -86,7 +93,39 @@ class LogCapture {
   std::string text_;
 };
 
-Ctx& CtxOf(fuse_req_t req) { return *static_cast<Ctx*>(fuse_req_userdata(req)); }
+#ifdef FUSE_CAP_OVER_IO_URING
+constexpr bool kHasIoUring = true;
+#else
+constexpr bool kHasIoUring = false;
+#endif
+constexpr const char* kUringParam = "/sys/module/fuse/parameters/enable_uring";
+
+// The kernel's setting (Y or N), or "unreadable".
+std::string UringParam() {
+  std::string param = "unreadable";
+  if (FILE* f = std::fopen(kUringParam, "r")) {
+    char v[8] = {};
+    if (std::fgets(v, sizeof v, f)) param = std::string(v, strcspn(v, "\n"));
+    std::fclose(f);
+  }
+  return param;
+}
+
+Ctx& CtxOf(fuse_req_t req) {
+#ifdef FUSE_CAP_OVER_IO_URING
+  // libfuse ends its io_uring threads with pthread_cancel, which would unwind
+  // a handler at its next system call: they finish the request at hand
+  // instead, and leave when they see the session end.
+  if (fuse_req_is_uring(req)) {
+    thread_local bool uncancellable = [] {
+      pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, nullptr);
+      return true;
+    }();
+    (void)uncancellable;
+  }
+#endif
+  return *static_cast<Ctx*>(fuse_req_userdata(req));
+}
 FileSystem& Fs(fuse_req_t req) { return *CtxOf(req).fs; }
 
 // Replies to one request, at most once; Handle() replies EIO if the body did not.
@@ -241,6 +280,15 @@ void OnInit(void* userdata, fuse_conn_info* conn) {
   want(FUSE_CAP_SPLICE_WRITE, cfg.splice_write);
   want(FUSE_CAP_SPLICE_MOVE, cfg.splice_move);
   want(FUSE_CAP_WRITEBACK_CACHE, cfg.writeback_cache);
+#ifdef FUSE_CAP_OVER_IO_URING
+  if (cfg.io_uring && !(conn->capable_ext & FUSE_CAP_OVER_IO_URING)) {
+    std::string param = UringParam();
+    spdlog::warn(
+        "fuse: -o io_uring: the kernel did not offer FUSE over io_uring ({} is {}; as root, "
+        "echo Y > {} before mounting): requests go through /dev/fuse",
+        kUringParam, param, kUringParam);
+  }
+#endif
   spdlog::info("fuse: protocol {}.{}, max_write {}, max_background {}, want {:#x}",
                conn->proto_major, conn->proto_minor, conn->max_write, conn->max_background,
                conn->want);
@@ -567,6 +615,7 @@ const fuse_lowlevel_ops kOps = {
 namespace {
 
 // Protocol facts not in Debian 12's <linux/fuse.h> (7.38).
+constexpr uint64_t kOverIoUring = uint64_t{1} << 41;  // FUSE_OVER_IO_URING, in INIT's flags2
 constexpr int32_t kNotifyResend = 7;  // FUSE_NOTIFY_RESEND, protocol 7.40 (Linux 6.9)
 constexpr uint32_t kResendMinor = 40;
 constexpr uint64_t kResendBit = uint64_t{1} << 63;  // FUSE_UNIQUE_RESEND: set on resent requests
@@ -581,6 +630,7 @@ ssize_t IoWritev(int fd, struct iovec* iov, int count, void* userdata) {
       ctx.captured.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
       n += static_cast<ssize_t>(iov[i].iov_len);
     }
+    if (ctx.send_init && !ctx.send_init(ctx.captured)) return -1;
     return n;
   }
   return writev(fd, iov, count);
@@ -609,6 +659,15 @@ fuse_session* NewSession(Ctx* ctx, const FuseConfig& cfg, std::string* error) {
   std::string opts = MountOptions(cfg);
   std::vector<std::string> argv_s = {"imgfs", "-o", opts};
   if (cfg.debug) argv_s.push_back("-d");
+  if (cfg.io_uring) {
+    if (!kHasIoUring) {
+      *error = "-o io_uring needs imgfs built against libfuse 3.18 or later (this one has " +
+               std::to_string(fuse_version() / 100) + "." + std::to_string(fuse_version() % 100) +
+               "; docs/performance.md, \"FUSE over io_uring\")";
+      return nullptr;
+    }
+    argv_s.insert(argv_s.end(), {"-o", "io_uring"});
+  }
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
@@ -623,7 +682,7 @@ fuse_session* NewSession(Ctx* ctx, const FuseConfig& cfg, std::string* error) {
 }  // namespace
 
 Result<int> MountFuse(const FuseConfig& cfg) {
-  Ctx ctx{nullptr, cfg, false, {}};
+  Ctx ctx{nullptr, cfg, false, {}, nullptr};
   std::string error;
   fuse_session* se = NewSession(&ctx, cfg, &error);
   if (!se) return Status::InvalidArgument(error);
@@ -672,6 +731,7 @@ struct FuseServer::Impl {
   int fd = -1;  // owned by se
   uint32_t kernel_minor = 0;
   std::string init_reply;  // what the connection's INIT was answered with
+  bool io_uring = false;   // the connection serves over io_uring (libfuse's ring threads)
 
   struct Worker {
     std::thread thread;
@@ -837,8 +897,31 @@ Result<InitRecord> FuseServer::Negotiate(const std::optional<InitRecord>& record
   fb.size = copy.size();
   s.ctx.captured.clear();
   s.ctx.capture = true;
+  // The first server records the answer and sends it from within libfuse's
+  // write of it (Ctx::send_init); a successor only compares it.
+  Status sent = Status::OK();
+  bool send_called = false;
+  if (!recorded) {
+    s.ctx.send_init = [&](const std::string& reply) {
+      send_called = true;
+      if (reply.size() < sizeof(fuse_out_header) ||
+          reinterpret_cast<const fuse_out_header*>(reply.data())->error != 0) {
+        return false;  // refused below
+      }
+      rec.reply = reply;
+      sent = persist(rec);
+      if (!sent.ok()) return false;
+      ssize_t n;
+      do {
+        n = write(s.fd, reply.data(), reply.size());
+      } while (n < 0 && errno == EINTR);
+      if (n < 0) sent = Status::FromErrno(errno, "answering FUSE_INIT");
+      return sent.ok();
+    };
+  }
   fuse_session_process_buf(s.se, &fb);
   s.ctx.capture = false;
+  s.ctx.send_init = nullptr;
   rec.reply = std::move(s.ctx.captured);
   if (rec.reply.size() < sizeof(fuse_out_header)) {
     return Status::IOError("libfuse did not answer FUSE_INIT");
@@ -855,12 +938,23 @@ Result<InitRecord> FuseServer::Negotiate(const std::optional<InitRecord>& record
           "started the mount (other options or another libfuse); it cannot take it over");
     }
   } else {
-    RETURN_IF_ERROR(persist(rec));
-    ssize_t n;
-    do {
-      n = write(s.fd, rec.reply.data(), rec.reply.size());
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) return Status::FromErrno(errno, "answering FUSE_INIT");
+    if (!send_called) return Status::IOError("libfuse did not answer FUSE_INIT");
+    RETURN_IF_ERROR(sent);
+  }
+  if (s.ctx.cfg.io_uring) {
+    uint32_t flags2 = 0;
+    constexpr size_t kFlags2At = sizeof(fuse_out_header) + offsetof(fuse_init_out, flags2);
+    if (rec.reply.size() >= kFlags2At + sizeof flags2) {
+      std::memcpy(&flags2, rec.reply.data() + kFlags2At, sizeof flags2);
+    }
+    s.io_uring = (uint64_t{flags2} << 32) & kOverIoUring;
+    if (s.io_uring) {
+      spdlog::info("fuse: serving over io_uring (one queue per CPU, libfuse's ring threads)");
+    } else {
+      spdlog::warn(
+          "fuse: -o io_uring was asked for and is not in use; requests go through "
+          "/dev/fuse (see the messages above)");
+    }
   }
   s.init_reply = rec.reply;
   return rec;
@@ -899,6 +993,16 @@ Status FuseServer::Run(bool* unmounted) {
   sigaddset(&wake, kWakeSignal);
   pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);
 
+  // Said again here, where the mount's log file has it (Negotiate's
+  // messages go to the terminal of `imgfs mount`).
+  if (s.ctx.cfg.io_uring && s.io_uring) {
+    spdlog::info("fuse: serving over io_uring");
+  } else if (s.ctx.cfg.io_uring) {
+    spdlog::warn(
+        "fuse: -o io_uring is not in use (the kernel did not grant it when the mount began; {} "
+        "is {} now): requests go through /dev/fuse",
+        kUringParam, UringParam());
+  }
   std::unique_lock lock(s.mu);
   s.StartWorkerLocked();
   s.cv.wait(lock, [&] { return fuse_session_exited(s.se) || s.stop_requested || s.running == 0; });
@@ -916,6 +1020,12 @@ Status FuseServer::Run(bool* unmounted) {
   s.workers.clear();
   *unmounted = !s.stop_requested;
   Status st = s.ctx.fs->Shutdown();
+  // libfuse's io_uring threads, once the disks are idle (an asynchronous
+  // completion replies through its ring): fuse_session_loop on an ended
+  // session only stops them; each answers the request at hand first (CtxOf).
+  // Requests they take meanwhile find the disks closed: a hot upgrade or
+  // a restart over io_uring is not seamless (docs/performance.md).
+  if (s.io_uring) (void)fuse_session_loop(s.se);
   if (!st.ok()) return st;
   if (int err = s.loop_error; err != 0) return Status::FromErrno(err, "fuse session loop");
   return Status::OK();

@@ -32,8 +32,17 @@ struct FuseConfig {
   bool splice_write = false;
   bool splice_move = false;
   bool writeback_cache = false;
+  // FUSE over io_uring (-o io_uring): requests come on io_uring queues, one
+  // per CPU, served by libfuse's ring threads, instead of reads of
+  // /dev/fuse. Needs libfuse >= 3.18 (FuseHasIoUring) and a kernel that
+  // grants it (/sys/module/fuse/parameters/enable_uring); otherwise logged,
+  // and the mount serves through /dev/fuse (docs/performance.md).
+  bool io_uring = false;
   std::vector<std::string> extra_options;  // passed to libfuse as -o (e.g. max_read=N)
 };
+
+// Whether this build's libfuse can serve FUSE over io_uring (>= 3.18).
+bool FuseHasIoUring();
 
 // Mounts a FUSE file system at cfg.mountpoint with cfg's mount options
 // (fsname, allow_other, extra_options; default_permissions always) and

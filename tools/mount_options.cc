@@ -101,6 +101,8 @@ Status ParseMountOptions(const std::vector<std::string>& lists, fusefs::FsOption
         fuse->splice_move = true;
       } else if (key == "writeback_cache") {
         fuse->writeback_cache = true;
+      } else if (key == "io_uring") {
+        fuse->io_uring = true;
       } else if (key == "max_threads") {
         ASSIGN_OR_RETURN(fuse->max_threads, ParseU32(key, value));
       } else if (key == "max_idle_threads") {

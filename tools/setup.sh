@@ -9,7 +9,8 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 
 build_pkgs=(cmake ninja-build g++ pkg-config
   libfuse3-dev fuse3 librbd-dev librados-dev libradospp-dev libxxhash-dev libspdlog-dev
-  catch2 libcli11-dev nlohmann-json3-dev qemu-utils libcivetweb-dev dpkg-dev)
+  catch2 libcli11-dev nlohmann-json3-dev qemu-utils libcivetweb-dev dpkg-dev
+  meson liburing-dev libnuma-dev)
 test_pkgs=(ceph-mon ceph-osd ceph-mgr ceph-common fio cloud-guest-utils gdisk
   e2fsprogs xfsprogs util-linux qemu-block-extra jq
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
@@ -31,6 +32,12 @@ if ((${#missing[@]})); then
 fi
 
 [[ "${1:-}" == "--no-build" ]] && exit 0
+
+# The pinned libfuse 3.18 (third_party/; FUSE over io_uring, -o io_uring)
+# when the system's is older: .ci/run's second build links against it.
+if ! pkg-config --atleast-version=3.18 fuse3; then
+  "$here/third_party/build-libfuse.sh" "${IMGFS_LIBFUSE_DIR:-$here/build-libfuse}"
+fi
 
 build="${IMGFS_BUILD_DIR:-$here/build}"
 if [[ ! -f "$build/build.ninja" ]]; then

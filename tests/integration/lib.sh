@@ -83,7 +83,9 @@ mount_imgfs() {
   local mnt="$1"; shift
   mkdir -p "$mnt"
   local pidf="$T/mount.$RANDOM.pid"
-  if ! "$IMGFS" mount "$mnt" --pid-file "$pidf" --log-file "$T/mount.log" "$@"; then
+  # IMGFS_TEST_MOUNT_OPTS: -o options for every mount (.ci/run: io_uring).
+  if ! "$IMGFS" mount "$mnt" --pid-file "$pidf" --log-file "$T/mount.log" \
+    ${IMGFS_TEST_MOUNT_OPTS:+-o "$IMGFS_TEST_MOUNT_OPTS"} "$@"; then
     cat "$T/mount.log" >&2 2>/dev/null || true
     fail "imgfs mount $mnt failed"
   fi

@@ -503,8 +503,8 @@ class LocalDisk final : public Disk {
   Status ReadOwned(uint64_t pos, MutableByteView buf);
   // With block b's stripe held: reads it into `out` and checks it. A
   // mismatch is Corruption (EIO), logged, unless a writer in another process
-  // has b's region dirty (read-only handles).
-  Status ReadBlockChecked(uint64_t b, uint8_t* out);
+  // has b's region dirty (read-only handles). fsck does not log.
+  Status ReadBlockChecked(uint64_t b, uint8_t* out, bool log = true);
   // Writes `src` (null: zeros) at [pos, pos + len) of owned chunks, and their
   // checksums.
   Status WriteOwned(uint64_t pos, uint64_t len, const uint8_t* src);
@@ -588,7 +588,8 @@ class LocalDisk final : public Disk {
   // Checksums (docs/formats.md, "Checksums"). Invalid: a version 1 disk
   // opened read-only, which is not verified.
   UniqueFd csum_;
-  uint32_t csum_flags_ = 0;  // constant after Load
+  uint32_t csum_flags_ = 0;   // constant after Load
+  bool csum_loaded_ = false;  // its header was read: it may be written
   // A block's data and checksum change together under its stripe.
   std::array<std::mutex, kBlockStripes> block_mu_;
   struct Region {
@@ -657,6 +658,7 @@ Status LocalDisk::Load() {
   if (csum_.valid()) {
     ASSIGN_OR_RETURN(CsumHeader h, ReadCsumHeader(csum_.get(), CsumPath()));
     csum_flags_ = h.flags;
+    csum_loaded_ = true;
     if (writable_) {
       if (h.all_dirty || !h.dirty.empty()) RETURN_IF_ERROR(RecoverSums());
     } else {
@@ -704,7 +706,7 @@ bool LocalDisk::RegionDirtyOnDisk(uint64_t b) {
   return all_dirty_ || dirty_.count(r);
 }
 
-Status LocalDisk::ReadBlockChecked(uint64_t b, uint8_t* out) {
+Status LocalDisk::ReadBlockChecked(uint64_t b, uint8_t* out, bool log) {
   RETURN_IF_ERROR(
       PreadFull(data_.get(), MutableByteView(out, kBlockBytes), b << kBlockShift, DataPath()));
   uint64_t want = 0;
@@ -712,10 +714,12 @@ Status LocalDisk::ReadBlockChecked(uint64_t b, uint8_t* out) {
   uint64_t got = BlockSum(out);
   if (got == want || (want == 0 && (csum_flags_ & kCsumLegacy))) return Status::OK();
   if (!writable_ && RegionDirtyOnDisk(b)) return Status::OK();
-  spdlog::error(
-      "disk {}: the 4 KiB block at offset {} does not match its checksum "
-      "(stored {:016x}, data {:016x}): read fails with EIO",
-      ref_.ToString(), b << kBlockShift, want, got);
+  if (log) {
+    spdlog::error(
+        "disk {}: the 4 KiB block at offset {} does not match its checksum "
+        "(stored {:016x}, data {:016x}): read fails with EIO",
+        ref_.ToString(), b << kBlockShift, want, got);
+  }
   return Status::Corruption("disk " + ref_.ToString() + ": the 4 KiB block at offset " +
                             std::to_string(b << kBlockShift) + " does not match its checksum");
 }
@@ -865,7 +869,7 @@ void LocalDisk::MarkIdleClean(uint64_t epoch) {
 }
 
 Status LocalDisk::MarkAllClean() {
-  if (!csum_.valid()) return Status::OK();
+  if (!csum_.valid() || !csum_loaded_) return Status::OK();
   std::lock_guard lock(dirty_mu_);
   dirty_.clear();
   return PersistDirtyLocked(/*sync=*/true);
@@ -916,7 +920,7 @@ Status LocalDisk::Verify(std::vector<std::string>* problems) {
       Status s;
       {
         std::lock_guard block_lock(block_mu_[b % kBlockStripes]);
-        s = ReadBlockChecked(b, block.data());
+        s = ReadBlockChecked(b, block.data(), /*log=*/false);
       }
       if (s.ok()) continue;
       if (!s.IsCorruption()) return s;
@@ -1164,20 +1168,24 @@ Status LocalDisk::ReplayJournal(uint64_t nchunks) {
 }
 
 Status LocalDisk::Trim(uint64_t size) {
+  // The owned chunk the new size cuts keeps its bit: the checksums of its
+  // blocks from the cut on must cover the zeros the truncation leaves (a
+  // later grow shows them).
   uint64_t last = size >> kBlockShift;
-  bool partial = csum_.valid() && (size & (kBlockBytes - 1)) && bits_.Test(size >> chunk_shift_);
-  if (partial) RETURN_IF_ERROR(BeginWrite(last, last + 1));
+  uint64_t stop = ChunkStart((size >> chunk_shift_) + 1) >> kBlockShift;
+  bool cut = csum_.valid() && (size & (chunk_size_ - 1)) && bits_.Test(size >> chunk_shift_);
+  if (cut) RETURN_IF_ERROR(BeginWrite(last, stop));
   if (::ftruncate(data_.get(), static_cast<off_t>(size)) != 0) {
-    if (partial) EndWrite(last, last + 1);
+    if (cut) EndWrite(last, stop);
     return Status::FromErrno(errno, "truncate " + DataPath());
   }
-  if (partial) {
-    // The cut block's checksum covers the bytes the truncation zeroed.
+  if (cut) {
+    std::vector<uint64_t> sums(stop - last, ZeroBlockSum());
     std::array<uint8_t, kBlockBytes> block;
     Status s = PreadFull(data_.get(), MutableByteView(block), last << kBlockShift, DataPath());
-    uint64_t sum = BlockSum(block.data());
-    if (s.ok()) s = WriteSums(last, 1, &sum);
-    EndWrite(last, last + 1);
+    sums[0] = BlockSum(block.data());
+    if (s.ok()) s = WriteSums(last, sums.size(), sums.data());
+    EndWrite(last, stop);
     RETURN_IF_ERROR(s);
   }
   uint64_t first = Chunks(size);

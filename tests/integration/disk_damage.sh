@@ -8,7 +8,7 @@ cd "$T"
 head -c 4M /dev/urandom >a.img
 "$IMGFS" image import a.img --name a >/dev/null
 "$IMGFS" disk create vm1/d --image a >/dev/null
-"$IMGFS" disk create vm1/e --size 1M >/dev/null
+"$IMGFS" disk create vm1/e --blank --size 1M >/dev/null
 dir="$STORE/disks/vm1/d"
 # flip FILE OFFSET: flips bit 4 of the byte at OFFSET.
 flip() {

@@ -887,11 +887,11 @@ Status LocalDisk::RecoverSums() {
     uint64_t cstart = ChunkStart(c);
     if (!s.ok() || cstart >= size) return;
     if (!h.all_dirty && !regions.count(cstart >> kRegionShift)) return;
-    uint64_t len = std::min<uint64_t>(chunk_size_, size - cstart);
-    s = PreadFull(data_.get(), MutableByteView(chunk.data(), len), cstart, DataPath());
+    // The whole chunk: past the disk's end the data file reads zeros.
+    s = PreadFull(data_.get(), MutableByteView(chunk), cstart, DataPath());
     if (!s.ok()) return;
-    SumsOf(ByteView(chunk.data(), len), sums.data());
-    s = WriteSums(cstart >> kBlockShift, CeilDiv(len, kBlockBytes), sums.data());
+    SumsOf(ByteView(chunk), sums.data());
+    s = WriteSums(cstart >> kBlockShift, sums.size(), sums.data());
     ++chunks;
   });
   RETURN_IF_ERROR(s);
@@ -977,11 +977,13 @@ Status LocalDisk::CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* 
   if (!data && !parent_data) return Status::OK();  // already reads as zeros
   // Nobody reads the chunk's data or checksums before its bit is set, so no
   // block stripe is needed; its region is dirty from before the first byte.
-  uint64_t b0 = cstart >> kBlockShift, b1 = CeilDiv(cend, kBlockBytes);
+  // Every block of an owned chunk has its checksum, also past the disk's end
+  // (zeros there: a grow shows them).
+  uint64_t b0 = cstart >> kBlockShift, b1 = ChunkStart(c + 1) >> kBlockShift;
   std::vector<uint64_t> sums;
   if (csum_.valid()) {
     RETURN_IF_ERROR(BeginWrite(b0, b1));
-    sums.resize(b1 - b0);
+    sums.resize(b1 - b0, ZeroBlockSum());
   }
   struct Done {
     LocalDisk* d;

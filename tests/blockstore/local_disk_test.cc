@@ -92,7 +92,7 @@ TEST_CASE("Local disk: on-disk format", "[disk][local]") {
   o.attrs = DiskAttrs{0600, 5, 6};
   REQUIRE(l.backend->Create(Ref("disk"), o).ok());
   std::string dir = l.DiskDir(Ref("disk"));
-  for (const char* f : {"meta.json", "data", "bitmap", "lock"}) {
+  for (const char* f : {"meta.json", "data", "bitmap", "lock", "csum"}) {
     INFO(f);
     CHECK(::access((dir + "/" + f).c_str(), F_OK) == 0);
   }
@@ -100,7 +100,7 @@ TEST_CASE("Local disk: on-disk format", "[disk][local]") {
   REQUIRE(text.ok());
   auto j = nlohmann::json::parse(*text);
   CHECK(j["format"] == "imgfs-local-disk");
-  CHECK(j["version"] == 1);
+  CHECK(j["version"] == 2);
   CHECK(j["size"] == 200 * KiB);
   CHECK(j["chunk_size"] == 16 * KiB);
   CHECK(j["parent"] == img->Hex());

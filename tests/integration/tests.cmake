@@ -11,6 +11,7 @@ imgfs_shell_test(mount_fstab)
 imgfs_shell_test(mount_failover)
 imgfs_shell_test(mount_upgrade)
 imgfs_shell_test(gc_damage)
+imgfs_shell_test(disk_damage)
 imgfs_shell_test(mount_cache)
 # -o io_uring: refused by a libfuse 3.14 build; served and logged by a 3.18 one.
 imgfs_shell_test(mount_io_uring)

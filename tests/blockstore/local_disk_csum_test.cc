@@ -1,0 +1,366 @@
+// Checksums of local disks' data (docs/formats.md, "Checksums"): a damaged
+// block reads as EIO and fsck names it; old disks keep working; a crash never
+// leaves a block and its checksum disagreeing.
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "blockstore/disk.h"
+#include "blockstore/file_util.h"
+#include "tests/blockstore/disk_test_util.h"
+
+using namespace imgfs;
+using namespace imgfs::testing;
+
+namespace {
+
+constexpr uint64_t KiB = 1024, MiB = 1024 * 1024;
+
+struct Local {
+  Local() { Reopen(); }
+  void Reopen() {
+    backend.reset();
+    auto r = CreateDiskBackend("local", dir.path(), &images);
+    REQUIRE(r.ok());
+    backend = std::move(r).value();
+  }
+  std::string DiskDir(const DiskRef& ref) const {
+    return dir.path() + "/disks/" + ref.instance + "/" + ref.disk;
+  }
+  std::unique_ptr<Disk> Open(const std::string& name, OpenMode mode = OpenMode::kReadWrite) {
+    auto d = backend->Open(DiskRef{"vm1", name}, mode);
+    INFO(d.status().ToString());
+    REQUIRE(d.ok());
+    return std::move(d).value();
+  }
+  std::vector<std::string> Check(const std::string& name) {
+    std::vector<std::string> problems;
+    REQUIRE(backend->Check(DiskRef{"vm1", name}, &problems).ok());
+    return problems;
+  }
+  TempDir dir;
+  TestImages images{64 * 1024};
+  std::unique_ptr<DiskBackend> backend;
+};
+
+DiskRef Ref(const std::string& disk) { return DiskRef{"vm1", disk}; }
+
+DiskCreateOptions Blank(uint64_t size) {
+  DiskCreateOptions o;
+  o.size = size;
+  return o;
+}
+
+// Flips one bit of `path` at `offset`.
+void FlipBit(const std::string& path, uint64_t offset, int bit = 3) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  uint8_t b = 0;
+  REQUIRE(::pread(fd, &b, 1, static_cast<off_t>(offset)) == 1);
+  b ^= static_cast<uint8_t>(1u << bit);
+  REQUIRE(::pwrite(fd, &b, 1, static_cast<off_t>(offset)) == 1);
+  ::close(fd);
+}
+
+uint32_t DirtyCount(const std::string& csum) {
+  auto text = ReadFile(csum);
+  REQUIRE(text.ok());
+  REQUIRE(text->size() >= 4096);
+  uint32_t n;
+  std::memcpy(&n, text->data() + 20, 4);
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("Local disk checksums: a flipped bit in the data is EIO and fsck names it",
+          "[disk][local][csum]") {
+  Local l;
+  std::mt19937_64 rng(TestSeed());
+  auto img = l.images.Add(RandomBytes(rng, MiB));
+  REQUIRE(img.ok());
+  DiskCreateOptions o;
+  o.image = *img;
+  REQUIRE(l.backend->Create(Ref("d"), o).ok());
+  Bytes data = RandomBytes(rng, 256 * KiB);
+  {
+    auto d = l.Open("d");
+    REQUIRE(d->Write(128 * KiB, ByteView(data)).ok());  // copy-ups of whole chunks
+    Bytes part = RandomBytes(rng, 1000);
+    REQUIRE(d->Write(600 * KiB + 77, ByteView(part)).ok());  // a copy-up of part of a chunk
+    REQUIRE(d->Flush().ok());
+  }
+  CHECK(l.Check("d").empty());
+
+  std::string path = l.DiskDir(Ref("d")) + "/data";
+  FlipBit(path, 200 * KiB + 5);
+  {
+    auto d = l.Open("d", OpenMode::kReadOnly);
+    Bytes buf(64 * KiB);
+    Status s = d->Read(192 * KiB, MutableByteView(buf));
+    CHECK(s.IsCorruption());
+    CHECK(s.ToErrno() == EIO);
+    CHECK(s.message().find("vm1/d") != std::string::npos);
+    CHECK(s.message().find("offset " + std::to_string(200 * KiB)) != std::string::npos);
+    // A read of one byte of the block fails too; its neighbours read.
+    Bytes one(1);
+    CHECK(d->Read(200 * KiB + 4000, MutableByteView(one)).IsCorruption());
+    Bytes next(4 * KiB);
+    REQUIRE(d->Read(204 * KiB, MutableByteView(next)).ok());
+    CHECK(std::memcmp(next.data(), data.data() + 76 * KiB, 4 * KiB) == 0);
+  }
+  auto problems = l.Check("d");
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("vm1/d") != std::string::npos);
+  CHECK(problems[0].find("offset " + std::to_string(200 * KiB)) != std::string::npos);
+
+  {
+    auto d = l.Open("d");
+    // A write of part of the damaged block does not make it look sound.
+    Bytes x(10, 0x5a);
+    CHECK(d->Write(200 * KiB + 100, ByteView(x)).IsCorruption());
+    // Rewriting the whole block does.
+    Bytes block(4 * KiB, 0x11);
+    REQUIRE(d->Write(200 * KiB, ByteView(block)).ok());
+    Bytes got(4 * KiB);
+    REQUIRE(d->Read(200 * KiB, MutableByteView(got)).ok());
+    CHECK(got == block);
+  }
+  CHECK(l.Check("d").empty());
+
+  // Many damaged blocks: fsck names 20 and counts the rest.
+  for (uint64_t b = 0; b < 30; ++b) FlipBit(path, 128 * KiB + b * 4 * KiB + 9);
+  problems = l.Check("d");
+  REQUIRE(problems.size() == 21);
+  CHECK(problems[20].find("10 more damaged") != std::string::npos);
+}
+
+TEST_CASE("Local disk checksums: a flipped bit in the checksum file is EIO",
+          "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("d"), Blank(MiB)).ok());
+  Bytes data(64 * KiB, 0x42);
+  {
+    auto d = l.Open("d");
+    REQUIRE(d->Write(0, ByteView(data)).ok());
+  }
+  std::string csum = l.DiskDir(Ref("d")) + "/csum";
+  FlipBit(csum, 4096 + 3 * 8 + 2);  // block 3's checksum
+  auto d = l.Open("d", OpenMode::kReadOnly);
+  Bytes buf(64 * KiB);
+  Status s = d->Read(0, MutableByteView(buf));
+  CHECK(s.IsCorruption());
+  CHECK(s.message().find("offset 12288") != std::string::npos);
+  auto problems = l.Check("d");
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("offset 12288") != std::string::npos);
+
+  // A damaged header is refused with a clear error; nothing is changed.
+  d.reset();
+  FlipBit(csum, 1);
+  auto before = ReadFile(csum);
+  CHECK(l.backend->Open(Ref("d"), OpenMode::kReadWrite).status().IsCorruption());
+  CHECK(*ReadFile(csum) == *before);
+  problems = l.Check("d");
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("bad magic") != std::string::npos);
+}
+
+TEST_CASE("Local disk checksums: unaligned writes, discards, shrink and grow stay consistent",
+          "[disk][local][csum]") {
+  Local l;
+  std::mt19937_64 rng(TestSeed());
+  auto img = l.images.Add(RandomBytes(rng, 2 * MiB + 1000));
+  REQUIRE(img.ok());
+  DiskCreateOptions o;
+  o.image = *img;
+  REQUIRE(l.backend->Create(Ref("d"), o).ok());
+  uint64_t size = 2 * MiB + 1000;
+  Bytes model(size);
+  {
+    auto d = l.Open("d");
+    REQUIRE(d->Read(0, MutableByteView(model)).ok());
+    for (int i = 0; i < 400; ++i) {
+      uint64_t off = rng() % size;
+      uint64_t len = std::min<uint64_t>(1 + rng() % (rng() % 4 ? 9000 : 200 * KiB), size - off);
+      if (rng() % 4 == 0) {
+        REQUIRE(d->Discard(off, len).ok());
+        std::memset(model.data() + off, 0, len);
+      } else {
+        Bytes x = RandomBytes(rng, len);
+        REQUIRE(d->Write(off, ByteView(x)).ok());
+        std::memcpy(model.data() + off, x.data(), len);
+      }
+      if (i % 50 == 0) REQUIRE(d->Flush().ok());
+    }
+    Bytes got(size);
+    REQUIRE(d->Read(0, MutableByteView(got)).ok());
+    CHECK(Diff(got, model).empty());
+    // Shrink into the middle of a block, then grow: the cut block reads.
+    REQUIRE(d->Resize(MiB + 100, true).ok());
+    REQUIRE(d->Resize(size, false).ok());
+    std::memset(model.data() + MiB + 100, 0, size - MiB - 100);
+    REQUIRE(d->Read(0, MutableByteView(got)).ok());
+    CHECK(Diff(got, model).empty());
+  }
+  CHECK(l.Check("d").empty());
+  auto d = l.Open("d", OpenMode::kReadOnly);
+  Bytes got(size);
+  REQUIRE(d->Read(0, MutableByteView(got)).ok());
+  CHECK(Diff(got, model).empty());
+}
+
+TEST_CASE("Local disk checksums: concurrent writes and reads of the same blocks never fail",
+          "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("d"), Blank(256 * KiB)).ok());
+  auto d = l.Open("d");
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(TestSeed() + t);
+      for (int i = 0; i < 3000 && !stop; ++i) {
+        uint64_t off = rng() % (256 * KiB - 8 * KiB);
+        uint64_t len = 1 + rng() % (8 * KiB);
+        Status s;
+        if (t % 2 == 0) {
+          Bytes x = RandomBytes(rng, len);
+          s = d->Write(off, ByteView(x));
+        } else {
+          Bytes x(len);
+          s = d->Read(off, MutableByteView(x));
+        }
+        if (!s.ok()) {
+          UNSCOPED_INFO(s.ToString());
+          ++failures;
+          stop = true;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failures == 0);
+  d.reset();
+  CHECK(l.Check("d").empty());
+}
+
+TEST_CASE("Local disk checksums: version 1 disks are read as before and upgraded on writing",
+          "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("old"), Blank(MiB)).ok());
+  Bytes a(100 * KiB, 0x61);
+  {
+    auto d = l.Open("old");
+    REQUIRE(d->Write(0, ByteView(a)).ok());
+  }
+  // Make it what imgfs before checksums wrote: version 1, no csum file.
+  std::string dir = l.DiskDir(Ref("old"));
+  auto j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
+  j["version"] = 1;
+  REQUIRE(WriteFileAtomic(dir + "/meta.json", j.dump(2) + "\n").ok());
+  REQUIRE(::unlink((dir + "/csum").c_str()) == 0);
+  FlipBit(dir + "/data", 10);  // undetectable on a version 1 disk
+  a[10] ^= 8;
+
+  {
+    auto d = l.Open("old", OpenMode::kReadOnly);
+    Bytes got(100 * KiB);
+    REQUIRE(d->Read(0, MutableByteView(got)).ok());
+    CHECK(got == a);
+  }
+  CHECK(::access((dir + "/csum").c_str(), F_OK) != 0);  // a reader changes nothing
+  CHECK(l.Check("old").empty());
+
+  Bytes b(8 * KiB, 0x62);
+  {
+    auto d = l.Open("old");  // upgrades
+    Bytes got(100 * KiB);
+    REQUIRE(d->Read(0, MutableByteView(got)).ok());
+    CHECK(got == a);
+    REQUIRE(d->Write(200 * KiB, ByteView(b)).ok());
+    REQUIRE(d->Write(50, ByteView(b.data(), 100)).ok());  // part of an old block
+  }
+  j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
+  CHECK(j["version"] == 2);
+  CHECK(l.Check("old").empty());
+  // Blocks written since the upgrade are verified; older ones are not.
+  FlipBit(dir + "/data", 200 * KiB + 1);
+  FlipBit(dir + "/data", 20 * KiB);
+  auto d = l.Open("old", OpenMode::kReadOnly);
+  Bytes got(4 * KiB);
+  CHECK(d->Read(200 * KiB, MutableByteView(got)).IsCorruption());
+  CHECK(d->Read(20 * KiB, MutableByteView(got)).ok());
+  CHECK(d->Read(0, MutableByteView(got)).ok());
+  auto problems = l.Check("old");
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("offset " + std::to_string(200 * KiB)) != std::string::npos);
+}
+
+TEST_CASE(
+    "Local disk checksums: a crash leaves the regions it wrote dirty, and they are "
+    "recomputed",
+    "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("d"), Blank(256 * MiB)).ok());
+  std::string dir = l.DiskDir(Ref("d"));
+  Bytes a(64 * KiB, 0x61);
+  {
+    auto d = l.Open("d");
+    REQUIRE(d->Write(0, ByteView(a)).ok());
+    REQUIRE(d->Write(100 * MiB, ByteView(a)).ok());
+    REQUIRE(d->Flush().ok());
+    CHECK(DirtyCount(dir + "/csum") == 2);  // regions 0 and 1, until idle or closed
+  }
+  CHECK(DirtyCount(dir + "/csum") == 0);  // a clean close
+
+  // A writer that dies between writing a block and its checksum (here: one
+  // that exits without closing after writing region 0; the data of a write
+  // that was never flushed is then changed behind its back, as a power cut
+  // may leave it).
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    auto d = l.backend->Open(Ref("d"), OpenMode::kReadWrite);
+    if (!d.ok()) ::_exit(10);
+    Bytes b(4 * KiB, 0x62);
+    if (!(*d)->Write(8 * KiB, ByteView(b)).ok()) ::_exit(11);
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  CHECK(DirtyCount(dir + "/csum") == 1);
+  FlipBit(dir + "/data", 8 * KiB + 7);       // a torn unflushed write: region 0 is dirty
+  FlipBit(dir + "/data", 100 * MiB + 4000);  // bit rot in region 1, which is clean
+
+  {
+    // A reader meanwhile does not fail on the dirty region.
+    auto d = l.Open("d", OpenMode::kReadOnly);
+    Bytes got(4 * KiB);
+    CHECK(d->Read(8 * KiB, MutableByteView(got)).ok());
+    CHECK(d->Read(100 * MiB, MutableByteView(got)).IsCorruption());
+  }
+  auto problems = l.Check("d");
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("offset " + std::to_string(100 * MiB)) != std::string::npos);
+  {
+    auto d = l.Open("d");  // recomputes region 0's checksums
+    CHECK(DirtyCount(dir + "/csum") == 0);
+    Bytes got(4 * KiB);
+    REQUIRE(d->Read(8 * KiB, MutableByteView(got)).ok());
+    Bytes want(4 * KiB, 0x62);
+    want[7] ^= 8;
+    CHECK(got == want);
+    CHECK(d->Read(100 * MiB, MutableByteView(got)).IsCorruption());
+  }
+}

@@ -22,9 +22,9 @@
 //     there).
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>

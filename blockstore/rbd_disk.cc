@@ -2,6 +2,7 @@
 
 #include <rados/librados.h>
 #include <rbd/librbd.h>
+#include <rbd/librbd.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -13,17 +14,16 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
-#include <functional>
 #include <list>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <random>
-#include <rbd/librbd.hpp>
 #include <set>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
+#include <functional>
 
 #include "blockstore/disk_util.h"
 #include "blockstore/units.h"
@@ -401,10 +401,9 @@ bool BreakDeadOwner(Connection& conn, librbd::Image& img, const std::string& nam
                     std::strerror(-r));
       return false;
     }
-    spdlog::warn(
-        "{}: broke the lock of {} (an earlier server of this mount, dead; its client "
-        "is blocklisted)",
-        conn.where + "/" + name, owner);
+    spdlog::warn("{}: broke the lock of {} (an earlier server of this mount, dead; its client "
+                 "is blocklisted)",
+                 conn.where + "/" + name, owner);
     return true;
   }
   return false;
@@ -715,11 +714,12 @@ class RbdDisk : public Disk {
   }
 
   void ReadAsync(uint64_t offset, MutableByteView buf, Callback done) override {
-    ReadBuffersAsync(offset, buf.size(), [buf, done = std::move(done)](Result<ReadBuffers> data) {
-      if (!data.ok()) return done(data.status());
-      data->CopyTo(buf);
-      done(Status::OK());
-    });
+    ReadBuffersAsync(offset, buf.size(),
+                     [buf, done = std::move(done)](Result<ReadBuffers> data) {
+                       if (!data.ok()) return done(data.status());
+                       data->CopyTo(buf);
+                       done(Status::OK());
+                     });
   }
 
   // librbd's C++ API reads into a bufferlist: its buffers are the ones the
@@ -802,8 +802,8 @@ class RbdDisk : public Disk {
     int r = image_->get_parent(&parent, &snap);
     if (r == 0) {
       if (parent.image_name.starts_with(kBasePrefix)) {
-        auto id =
-            ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
+        auto id = ImageId::FromHex(
+            std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
         if (id.ok()) info->parent = *id;
       }
     } else if (r != -ENOENT) {
@@ -853,6 +853,7 @@ class RbdDisk : public Disk {
       self->Finished(0);
     }).detach();
   }
+
 
   LocalParent* Local() const { return local_ptr_.load(std::memory_order_acquire); }
 
@@ -931,8 +932,7 @@ class RbdDisk : public Disk {
     auto* check = new HeaderCheck{this};
     rados_completion_t c = nullptr;
     int r = rados_aio_create_completion2(check, &HeaderChecked, &c);
-    if (r == 0)
-      r = rados_aio_stat(conn_->io, local.header_oid.c_str(), c, &check->size, &check->mtime);
+    if (r == 0) r = rados_aio_stat(conn_->io, local.header_oid.c_str(), c, &check->size, &check->mtime);
     if (r < 0) {
       if (c) rados_aio_release(c);
       delete check;
@@ -981,8 +981,7 @@ class RbdDisk : public Disk {
   }
 
   Status CheckWritable() const {
-    if (!writable_.load())
-      return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
+    if (!writable_.load()) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
     return Status::OK();
   }
 
@@ -1030,6 +1029,7 @@ class RbdDisk : public Disk {
     if (--inflight_ == 0) inflight_cv_.notify_all();
   }
 
+
   static std::vector<Extent> MergeClip(std::vector<Extent> in, uint64_t offset, uint64_t length) {
     std::sort(in.begin(), in.end(),
               [](const Extent& a, const Extent& b) { return a.offset < b.offset; });
@@ -1054,11 +1054,11 @@ class RbdDisk : public Disk {
   const std::string name_;
   const std::unique_ptr<librbd::Image> image_;  // closed on destruction
   const DiskSizeLimit limit_;                   // what Resize accepts
-  const bool rw_handle_;                        // librbd opened the image for writing
-  std::atomic<bool> writable_;             // set by StartWriting, cleared for good by StopWriting
-  bool stopped_ = false;                   // GUARDED_BY(take_mu_); StopWriting ran
+  const bool rw_handle_;        // librbd opened the image for writing
+  std::atomic<bool> writable_;  // set by StartWriting, cleared for good by StopWriting
+  bool stopped_ = false;        // GUARDED_BY(take_mu_); StopWriting ran
   std::shared_ptr<OpenDisks> open_disks_;  // set once by Register, before other threads see it
-  mutable std::shared_mutex resize_mu_;    // I/O shared, Resize exclusive
+  mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   // Changed under resize_mu_ held exclusively, or held shared by size()
   // taking in another client's resize.
   mutable std::atomic<uint64_t> size_;
@@ -1068,12 +1068,12 @@ class RbdDisk : public Disk {
   // the attributes) or, in the background, a second after they were counted
   // (the owned bytes).
   mutable std::mutex info_mu_;
-  mutable bool info_valid_ = false;                         // GUARDED_BY(info_mu_)
-  mutable DiskInfo info_;                                   // GUARDED_BY(info_mu_)
+  mutable bool info_valid_ = false;                          // GUARDED_BY(info_mu_)
+  mutable DiskInfo info_;                                    // GUARDED_BY(info_mu_)
   mutable std::chrono::steady_clock::time_point usage_at_;  // GUARDED_BY(info_mu_)
 
-  std::mutex take_mu_;      // serialises TakeLock
-  std::atomic<bool> held_;  // the exclusive lock is ours (kept until destruction)
+  std::mutex take_mu_;           // serialises TakeLock
+  std::atomic<bool> held_;       // the exclusive lock is ours (kept until destruction)
   // Null: every read goes to the cluster. Set once, under take_mu_ or in
   // Init, when the lock is held; local_ptr_ is what readers load.
   std::unique_ptr<LocalParent> local_;
@@ -1098,8 +1098,8 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
   librbd::linked_image_spec_t parent;
   librbd::snap_spec_t snap;
   if (img.get_parent(&parent, &snap) < 0) return nullptr;  // -ENOENT: not a clone
-  if (parent.pool_name != conn.pool || parent.pool_namespace != conn.ns || parent.trash ||
-      snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
+  if (parent.pool_name != conn.pool || parent.pool_namespace != conn.ns ||
+      parent.trash || snap.name != kSnap || !parent.image_name.starts_with(kBasePrefix)) {
     return nullptr;
   }
   auto id = ImageId::FromHex(std::string_view(parent.image_name).substr(std::strlen(kBasePrefix)));
@@ -1535,8 +1535,8 @@ class RbdDiskBackend : public DiskBackend {
     }
     librbd::image_info_t info{};
     if (r = img->stat(info, sizeof info); r < 0) return Err(r, "rbd: size of " + Where(name));
-    auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw, rw_handle,
-                                          held, info.size, RbdSizeLimit(info.obj_size));
+    auto disk = std::make_unique<RbdDisk>(conn_, images_, ref, name, std::move(img), rw,
+                                          rw_handle, held, info.size, RbdSizeLimit(info.obj_size));
     RETURN_IF_ERROR(disk->Init());
     if (rw_handle) disk->Register(open_disks_);
     return std::unique_ptr<Disk>(std::move(disk));

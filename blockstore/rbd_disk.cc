@@ -180,6 +180,39 @@ Result<std::string> OmapValue(rados_ioctx_t io, const std::string& oid, const st
   return *value;
 }
 
+// Calls `fn` with each omap key of object `oid` that begins with
+// `prefix`, in order, reading them a thousand at a time (a range of the
+// sorted keys: the cost grows with the keys that match, not with all). No
+// keys when the object does not exist.
+Status ForEachOmapKey(rados_ioctx_t io, const char* oid, const std::string& prefix,
+                      const std::function<void(const std::string&)>& fn) {
+  std::string after;
+  for (;;) {
+    rados_read_op_t op = rados_create_read_op();
+    rados_omap_iter_t it = nullptr;
+    unsigned char more = 0;
+    int prval = 0;
+    rados_read_op_omap_get_vals2(op, after.c_str(), prefix.c_str(), 1000, &it, &more, &prval);
+    int r = rados_read_op_operate(op, io, oid, 0);
+    rados_release_read_op(op);
+    if (r == 0 && prval < 0) r = prval;
+    if (r < 0) {
+      if (it) rados_omap_get_end(it);
+      if (r == -ENOENT) return Status::OK();
+      return Err(r, std::string("rados: reading the keys of ") + oid);
+    }
+    char* key = nullptr;
+    char* val = nullptr;
+    size_t key_len = 0, val_len = 0;
+    while (rados_omap_get_next2(it, &key, &val, &key_len, &val_len) == 0 && key) {
+      after.assign(key, key_len);
+      fn(after);
+    }
+    rados_omap_get_end(it);
+    if (!more) return Status::OK();
+  }
+}
+
 // Ceph's encodings, as librbd stores them: little-endian integers, strings
 // as a 32-bit length and the bytes. Fails (false) past the end.
 struct Decoder {
@@ -1971,36 +2004,12 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   // The pool's images whose names begin with `prefix`, read from the keys
-  // name_<name> of rbd_directory's omap (what rbd_list2 reads whole): a
-  // range of the sorted keys, so the cost does not grow with the pool.
+  // name_<name> of rbd_directory's omap (what rbd_list2 reads whole).
   Result<std::vector<std::string>> ImageNamesWithPrefix(const std::string& prefix) {
-    const std::string key_prefix = "name_" + prefix;
     std::vector<std::string> out;
-    std::string after;
-    for (;;) {
-      rados_read_op_t op = rados_create_read_op();
-      rados_omap_iter_t it = nullptr;
-      unsigned char more = 0;
-      int prval = 0;
-      rados_read_op_omap_get_vals2(op, after.c_str(), key_prefix.c_str(), 1000, &it, &more, &prval);
-      int r = rados_read_op_operate(op, conn_->io, "rbd_directory", 0);
-      rados_release_read_op(op);
-      if (r == 0 && prval < 0) r = prval;
-      if (r < 0) {
-        if (it) rados_omap_get_end(it);
-        if (r == -ENOENT) return out;  // no image ever made in this pool
-        return Err(r, "rados: listing images in " + conn_->where);
-      }
-      char* key = nullptr;
-      char* val = nullptr;
-      size_t key_len = 0, val_len = 0;
-      while (rados_omap_get_next2(it, &key, &val, &key_len, &val_len) == 0 && key) {
-        after.assign(key, key_len);
-        out.push_back(after.substr(5));
-      }
-      rados_omap_get_end(it);
-      if (!more) return out;
-    }
+    RETURN_IF_ERROR(ForEachOmapKey(conn_->io, "rbd_directory", "name_" + prefix,
+                                   [&](const std::string& key) { out.push_back(key.substr(5)); }));
+    return out;
   }
 
   // Busy when some client has the image open for writing (it watches the
@@ -2043,30 +2052,9 @@ class RbdDiskBackend : public DiskBackend {
 
   Result<std::set<std::string>> ReadInstanceMarkers() {
     std::set<std::string> out;
-    std::string after;
-    for (;;) {
-      rados_read_op_t op = rados_create_read_op();
-      rados_omap_iter_t it = nullptr;
-      unsigned char more = 0;
-      int prval = 0;
-      rados_read_op_omap_get_keys2(op, after.c_str(), 1000, &it, &more, &prval);
-      int r = rados_read_op_operate(op, conn_->io, kInstancesObject, 0);
-      rados_release_read_op(op);
-      if (r < 0 || prval < 0) {
-        if (it) rados_omap_get_end(it);
-        if (r == -ENOENT) return out;
-        return Err(r < 0 ? r : prval, "rados: listing instances in " + conn_->where);
-      }
-      char* key = nullptr;
-      char* val = nullptr;
-      size_t key_len = 0, val_len = 0;
-      while (rados_omap_get_next2(it, &key, &val, &key_len, &val_len) == 0 && key) {
-        after.assign(key, key_len);
-        out.insert(after);
-      }
-      rados_omap_get_end(it);
-      if (!more) return out;
-    }
+    RETURN_IF_ERROR(ForEachOmapKey(conn_->io, kInstancesObject, "",
+                                   [&](const std::string& key) { out.insert(key); }));
+    return out;
   }
 
   Status AddInstanceMarker(const std::string& instance) {

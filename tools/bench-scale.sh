@@ -141,7 +141,9 @@ measure "$((4 * n))"
 
 # 200 disks open for writing through one mount, each written once.
 mount_fs >/dev/null
-rss0="$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")"
+# The serving process, not the supervisor the pid file names.
+server="$("$imgfs" --json mount --status "$mnt" | jq -r .server_pid)"
+rss0="$(awk '/^VmRSS/ { print $2 }' "/proc/$server/status")"
 python3 - "$mnt" "$work/held" <<'EOF' &
 import os, sys, time
 mnt, flag = sys.argv[1], sys.argv[2]
@@ -155,7 +157,7 @@ time.sleep(3600)
 EOF
 holder=$!
 while [[ ! -e "$work/held" ]]; do sleep 0.5; done
-rss1="$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")"
+rss1="$(awk '/^VmRSS/ { print $2 }' "/proc/$server/status")"
 echo "200 disks open: RSS $((rss0 / 1024)) MiB -> $((rss1 / 1024)) MiB," \
   "$(awk -v a="$rss0" -v b="$rss1" 'BEGIN { printf "%.2f", (b - a) / 1024 / 200 }') MiB per disk"
 kill "$holder"

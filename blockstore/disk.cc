@@ -42,6 +42,13 @@ void Disk::DiscardAsync(uint64_t offset, uint64_t length, Callback done) {
 
 void Disk::FlushAsync(Callback done) { done(Flush()); }
 
+std::vector<Result<DiskInfo>> DiskBackend::InfoMany(const std::vector<DiskRef>& refs) {
+  std::vector<Result<DiskInfo>> out;
+  out.reserve(refs.size());
+  for (const DiskRef& ref : refs) out.push_back(Info(ref));
+  return out;
+}
+
 Result<std::unique_ptr<DiskBackend>> CreateDiskBackend(std::string_view spec,
                                                        const std::string& store_path,
                                                        ImageSource* images,

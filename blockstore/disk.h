@@ -194,6 +194,10 @@ class DiskBackend {
   // AlreadyExists when `to` exists.
   virtual Status Rename(const DiskRef& from, const DiskRef& to) = 0;
   virtual Result<DiskInfo> Info(const DiskRef& ref) = 0;
+  // Info of each of `refs`, in order (NotFound for one that is gone): what
+  // listings use. The default asks Info for each; rbd reads the headers of
+  // all of them in batches (docs/rbd.md, "Listing and lookup").
+  virtual std::vector<Result<DiskInfo>> InfoMany(const std::vector<DiskRef>& refs);
   // Resizes a disk that is not open (the command line's `disk resize`). Busy
   // when it is open for writing; PermissionDenied for a refused shrink.
   virtual Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) = 0;

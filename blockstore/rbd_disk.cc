@@ -15,6 +15,7 @@
 #include <ctime>
 #include <deque>
 #include <list>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -123,7 +124,8 @@ Result<std::string> GetMetadata(rbd_image_t img, const char* key) {
   return Status::IOError(std::string("rbd: metadata ") + key + " keeps growing");
 }
 
-Result<std::vector<std::string>> ListImageNames(Connection& c) {
+// The images of the pool (namespace): name and image id of each.
+Result<std::vector<std::pair<std::string, std::string>>> ListImageSpecs(Connection& c) {
   std::vector<rbd_image_spec_t> specs(64);
   for (;;) {
     size_t n = specs.size();
@@ -133,12 +135,20 @@ Result<std::vector<std::string>> ListImageNames(Connection& c) {
       continue;
     }
     if (r < 0) return Err(r, "rbd: listing images in " + c.where);
-    std::vector<std::string> names;
-    names.reserve(n);
-    for (size_t i = 0; i < n; i++) names.emplace_back(specs[i].name);
+    std::vector<std::pair<std::string, std::string>> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; i++) out.emplace_back(specs[i].name, specs[i].id);
     rbd_image_spec_list_cleanup(specs.data(), n);
-    return names;
+    return out;
   }
+}
+
+Result<std::vector<std::string>> ListImageNames(Connection& c) {
+  ASSIGN_OR_RETURN(auto specs, ListImageSpecs(c));
+  std::vector<std::string> names;
+  names.reserve(specs.size());
+  for (auto& [name, id] : specs) names.push_back(std::move(name));
+  return names;
 }
 
 // The value of omap key `key` of object `oid`; NotFound when the object or
@@ -168,6 +178,39 @@ Result<std::string> OmapValue(rados_ioctx_t io, const std::string& oid, const st
   rados_omap_get_end(it);
   if (!value) return Status::NotFound("rados: no key " + key + " in " + oid);
   return *value;
+}
+
+// Calls `fn` with each omap key of object `oid` that begins with
+// `prefix`, in order, reading them a thousand at a time (a range of the
+// sorted keys: the cost grows with the keys that match, not with all). No
+// keys when the object does not exist.
+Status ForEachOmapKey(rados_ioctx_t io, const char* oid, const std::string& prefix,
+                      const std::function<void(const std::string&)>& fn) {
+  std::string after;
+  for (;;) {
+    rados_read_op_t op = rados_create_read_op();
+    rados_omap_iter_t it = nullptr;
+    unsigned char more = 0;
+    int prval = 0;
+    rados_read_op_omap_get_vals2(op, after.c_str(), prefix.c_str(), 1000, &it, &more, &prval);
+    int r = rados_read_op_operate(op, io, oid, 0);
+    rados_release_read_op(op);
+    if (r == 0 && prval < 0) r = prval;
+    if (r < 0) {
+      if (it) rados_omap_get_end(it);
+      if (r == -ENOENT) return Status::OK();
+      return Err(r, std::string("rados: reading the keys of ") + oid);
+    }
+    char* key = nullptr;
+    char* val = nullptr;
+    size_t key_len = 0, val_len = 0;
+    while (rados_omap_get_next2(it, &key, &val, &key_len, &val_len) == 0 && key) {
+      after.assign(key, key_len);
+      fn(after);
+    }
+    rados_omap_get_end(it);
+    if (!more) return Status::OK();
+  }
 }
 
 // Ceph's encodings, as librbd stores them: little-endian integers, strings
@@ -1125,6 +1168,262 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
   return local;
 }
 
+// ---- Listing and lookup without opening images (docs/rbd.md, "Listing
+// and lookup") ----
+//
+// What DiskInfo needs of a disk is in RADOS objects that librbd keeps: the
+// header's omap (cls_rbd's keys: size, order, features, flags, parent,
+// modify_timestamp, metadata_<key>) and the object map (cls_rbd's
+// BitVector<2>, rbd_object_map.<id>). Opening an image costs an open of
+// librbd's image context (a watch-free open still reads the header in
+// several round trips, 20-30 ms here); these reads cost one round trip per
+// object and are issued many at a time.
+
+constexpr size_t kHeaderReadDepth = 128;          // reads in flight in a batch
+constexpr size_t kObjectMapFirstRead = 64 << 10;  // object maps up to 1 TiB of 4 MiB objects
+constexpr auto kParentCacheTime = std::chrono::seconds(30);
+
+// Asynchronous RADOS reads, each one read op on one object: omap values by
+// key, or the first bytes of the object. Run issues them, kHeaderReadDepth
+// at a time, and waits for all.
+class ReadBatch {
+ public:
+  struct Req {
+    std::string oid;
+    std::vector<std::string> keys;  // omap read when not empty
+    size_t len = 0;                 // else a read of `len` bytes
+    // Results: r < 0 is the error (-ENOENT: no such object).
+    int r = 0;
+    std::map<std::string, std::string> values;
+    std::string data;
+    // In flight.
+    rados_completion_t c = nullptr;
+    rados_read_op_t op = nullptr;
+    rados_omap_iter_t it = nullptr;
+    int prval = 0;
+    size_t bytes_read = 0;
+  };
+
+  explicit ReadBatch(rados_ioctx_t io) : io_(io) {}
+  ~ReadBatch() {
+    for (auto& q : reqs_) Reap(*q);
+  }
+
+  size_t AddOmap(std::string oid, std::vector<std::string> keys) {
+    auto q = std::make_unique<Req>();
+    q->oid = std::move(oid);
+    q->keys = std::move(keys);
+    reqs_.push_back(std::move(q));
+    return reqs_.size() - 1;
+  }
+  size_t AddRead(std::string oid, size_t len) {
+    auto q = std::make_unique<Req>();
+    q->oid = std::move(oid);
+    q->len = len;
+    reqs_.push_back(std::move(q));
+    return reqs_.size() - 1;
+  }
+  Req& operator[](size_t i) { return *reqs_[i]; }
+
+  void Run() {
+    std::deque<Req*> inflight;
+    for (auto& q : reqs_) {
+      if (q->c) continue;  // an earlier Run issued it
+      while (inflight.size() >= kHeaderReadDepth) {
+        Reap(*inflight.front());
+        inflight.pop_front();
+      }
+      Issue(*q);
+      if (q->c) inflight.push_back(q.get());
+    }
+    for (Req* q : inflight) Reap(*q);
+  }
+
+ private:
+  void Issue(Req& q) {
+    q.op = rados_create_read_op();
+    if (!q.keys.empty()) {
+      std::vector<const char*> keys;
+      std::vector<size_t> lens;
+      for (const auto& k : q.keys) {
+        keys.push_back(k.c_str());
+        lens.push_back(k.size());
+      }
+      rados_read_op_omap_get_vals_by_keys2(q.op, keys.data(), keys.size(), lens.data(), &q.it,
+                                           &q.prval);
+    } else {
+      q.data.resize(q.len);
+      rados_read_op_read(q.op, 0, q.len, q.data.data(), &q.bytes_read, &q.prval);
+    }
+    int r = rados_aio_create_completion2(nullptr, nullptr, &q.c);
+    if (r == 0) r = rados_aio_read_op_operate(q.op, io_, q.c, q.oid.c_str(), 0);
+    if (r < 0) {
+      if (q.c) rados_aio_release(q.c);
+      q.c = nullptr;
+      rados_release_read_op(q.op);
+      q.op = nullptr;
+      q.r = r;
+      q.len = 0;
+      q.keys.clear();
+    }
+  }
+
+  void Reap(Req& q) {
+    if (!q.c) return;
+    rados_aio_wait_for_complete(q.c);
+    int r = rados_aio_get_return_value(q.c);
+    rados_aio_release(q.c);
+    q.c = nullptr;
+    if (r == 0 && q.prval < 0) r = q.prval;
+    q.r = r;
+    if (!q.keys.empty()) {
+      if (r >= 0 && q.it) {
+        char* k = nullptr;
+        char* v = nullptr;
+        size_t klen = 0, vlen = 0;
+        while (rados_omap_get_next2(q.it, &k, &v, &klen, &vlen) == 0 && k) {
+          q.values.emplace(std::string(k, klen), std::string(v, vlen));
+        }
+      }
+      if (q.it) rados_omap_get_end(q.it);
+      q.it = nullptr;
+    } else {
+      q.data.resize(r >= 0 ? q.bytes_read : 0);
+    }
+    rados_release_read_op(q.op);
+    q.op = nullptr;
+  }
+
+  rados_ioctx_t io_;
+  std::vector<std::unique_ptr<Req>> reqs_;
+};
+
+// A clone's parent as cls_rbd's "parent" key holds it.
+struct ParentSpec {
+  int64_t pool = -1;
+  std::string ns;
+  std::string image_id;
+  uint64_t snap = 0;
+};
+
+// Decodes the "parent" key (cls_rbd_parent: version, compat, length, pool
+// id, namespace (version 2), image id, snapshot id, overlap).
+std::optional<ParentSpec> DecodeParent(std::string_view v) {
+  Decoder d{v};
+  uint8_t version = 0, compat = 0;
+  uint32_t length = 0;
+  ParentSpec p;
+  if (!d.Int(&version) || !d.Int(&compat) || !d.Int(&length) || !d.Int(&p.pool)) {
+    return std::nullopt;
+  }
+  if (version >= 2 && !d.String(&p.ns)) return std::nullopt;
+  if (!d.String(&p.image_id) || !d.Int(&p.snap)) return std::nullopt;
+  return p;
+}
+
+// The header keys HeaderInfo reads.
+const std::vector<std::string>& HeaderKeys() {
+  static const std::vector<std::string> keys = {"size",
+                                                "order",
+                                                "features",
+                                                "flags",
+                                                "parent",
+                                                "modify_timestamp",
+                                                "metadata_imgfs.mode",
+                                                "metadata_imgfs.uid",
+                                                "metadata_imgfs.gid"};
+  return keys;
+}
+
+// A disk's header, decoded; nullopt when it is not what the fast path
+// understands (then the image is opened instead).
+struct Header {
+  uint64_t size = 0;
+  uint64_t object_size = 0;
+  std::optional<ParentSpec> parent;
+  int64_t mtime_ns = 0;
+  DiskAttrs attrs;
+};
+
+std::optional<Header> DecodeHeader(const std::map<std::string, std::string>& kv, int64_t pool,
+                                   const std::string& ns) {
+  auto get = [&](const char* k) -> const std::string* {
+    auto it = kv.find(k);
+    return it == kv.end() ? nullptr : &it->second;
+  };
+  Header h;
+  uint8_t order = 0;
+  uint64_t features = 0, flags = 0;
+  const std::string* v = get("size");
+  if (!v || !Decoder{*v}.Int(&h.size)) return std::nullopt;
+  if (!(v = get("order")) || !Decoder{*v}.Int(&order) || order < 12 || order > 26) {
+    return std::nullopt;
+  }
+  h.object_size = uint64_t{1} << order;
+  if (!(v = get("features")) || !Decoder{*v}.Int(&features)) return std::nullopt;
+  if ((v = get("flags")) && !Decoder{*v}.Int(&flags)) return std::nullopt;
+  // The object map must be there and valid, objects not striped.
+  constexpr uint64_t kMaps = RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF;
+  if ((features & kMaps) != kMaps || (features & RBD_FEATURE_STRIPINGV2) ||
+      (flags & (RBD_FLAG_OBJECT_MAP_INVALID | RBD_FLAG_FAST_DIFF_INVALID))) {
+    return std::nullopt;
+  }
+  if ((v = get("parent"))) {
+    h.parent = DecodeParent(*v);
+    if (!h.parent) return std::nullopt;
+    if (h.parent->pool == -1) {
+      h.parent.reset();  // detached (flattened)
+    } else if (h.parent->pool != pool || h.parent->ns != ns) {
+      return std::nullopt;  // a parent elsewhere: librbd says what it is
+    }
+  }
+  if ((v = get("modify_timestamp"))) {
+    Decoder d{*v};
+    uint32_t sec = 0, nsec = 0;
+    if (d.Int(&sec) && d.Int(&nsec)) h.mtime_ns = int64_t{sec} * 1000000000 + nsec;
+  }
+  auto attrs = ParseAttrs([&](const char* key) -> Result<std::string> {
+    auto it = kv.find(std::string("metadata_") + key);
+    if (it == kv.end()) return Status::NotFound(key);
+    return it->second;
+  });
+  if (!attrs.ok()) return std::nullopt;
+  h.attrs = *attrs;
+  return h;
+}
+
+// The bytes of the objects an image has, from its object map (cls_rbd's
+// encoding: the header as a length-prefixed bufferlist holding version,
+// compat, length and the count of objects; then 2 bits an object, the first
+// object in the high bits of the first byte; then a footer). nullopt when
+// the map does not match the header, or `map` holds only its beginning
+// (`*need` says how many bytes to read then).
+std::optional<uint64_t> OwnedFromObjectMap(std::string_view map, uint64_t size,
+                                           uint64_t object_size, size_t* need) {
+  Decoder d{map};
+  uint32_t hlen = 0;
+  uint8_t version = 0, compat = 0;
+  uint32_t length = 0;
+  uint64_t count = 0;
+  if (!d.Int(&hlen) || hlen != 14 || !d.Int(&version) || !d.Int(&compat) || !d.Int(&length) ||
+      length != 8 || !d.Int(&count)) {
+    return std::nullopt;
+  }
+  if (count != (size + object_size - 1) / object_size) return std::nullopt;
+  const size_t bytes = static_cast<size_t>((count + 3) / 4);
+  if (d.in.size() < bytes) {
+    *need = 4 + hlen + bytes;
+    return std::nullopt;
+  }
+  uint64_t owned = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    uint8_t byte = static_cast<uint8_t>(d.in[i / 4]);
+    if (((byte >> (6 - 2 * (i % 4))) & 3) == 0) continue;  // OBJECT_NONEXISTENT
+    owned += std::min(object_size, size - i * object_size);
+  }
+  return owned;
+}
+
 class RbdDiskBackend : public DiskBackend {
  public:
   RbdDiskBackend(std::shared_ptr<Connection> conn, ImageSource* images)
@@ -1300,60 +1599,63 @@ class RbdDiskBackend : public DiskBackend {
     return Status::OK();
   }
 
+  // Without opening the image (docs/rbd.md, "Listing and lookup"): a disk
+  // open here answers from its open handle; any other from its header and
+  // object map, read directly: the image id (rbd_id.<name>), then header and
+  // object map together, then, the first time in kParentCacheTime, the
+  // parent's name and snapshot. An image the direct reads do not
+  // understand is opened instead.
   Result<DiskInfo> Info(const DiskRef& ref) override {
     RETURN_IF_ERROR(ValidateRef(ref));
     const std::string name = RbdDiskName(ref);
-    {
-      std::lock_guard lock(open_disks_->mu);
-      auto it = open_disks_->by_name.find(name);
-      if (it != open_disks_->by_name.end()) {
-        DiskInfo info;
-        info.ref = ref;
-        info.location = "rbd:" + Where(name);
-        RETURN_IF_ERROR(it->second->FillInfo(&info));
-        return info;
+    if (auto open = OpenDiskInfo(ref, name)) return std::move(*open);
+    char buf[256];
+    int n = rados_read(conn_->io, ("rbd_id." + name).c_str(), buf, sizeof buf, 0);
+    if (n == -ENOENT) return Status::NotFound("disk " + ref.ToString() + " not found");
+    if (n < 0) return Err(n, "rados: reading rbd_id." + name);
+    std::string id;
+    if (!Decoder{std::string_view(buf, size_t(n))}.String(&id)) return OpenedInfo(ref, name);
+    std::vector<Wanted> want{{ref, name, id}};
+    return std::move(HeaderInfos(want, {})[0]);
+  }
+
+  // One listing of the pool (rbd_list2 gives names and ids), then the
+  // headers and object maps of all disks in batches of asynchronous reads.
+  std::vector<Result<DiskInfo>> InfoMany(const std::vector<DiskRef>& refs) override {
+    std::vector<Result<DiskInfo>> out;
+    auto specs = ListImageSpecs(*conn_);
+    if (!specs.ok()) {
+      out.assign(refs.size(), specs.status());
+      return out;
+    }
+    std::unordered_map<std::string, std::string> id_of, name_of;
+    for (auto& [name, id] : *specs) {
+      name_of[id] = name;
+      id_of[name] = std::move(id);
+    }
+    std::vector<Wanted> want;
+    std::vector<size_t> where;
+    out.reserve(refs.size());
+    for (size_t i = 0; i < refs.size(); ++i) {
+      const DiskRef& ref = refs[i];
+      out.push_back(Status::NotFound("disk " + ref.ToString() + " not found"));
+      if (Status s = ValidateRef(ref); !s.ok()) {
+        out.back() = s;
+        continue;
       }
-    }
-    auto img = OpenImage(*conn_, name, true);
-    if (!img.ok()) return NotOpened(img.status(), ref, name);
-    DiskInfo info;
-    info.ref = ref;
-    info.location = "rbd:" + Where(name);
-    if (int r = rbd_get_size(img->get(), &info.size); r < 0) {
-      return Err(r, "rbd: size of " + Where(name));
-    }
-    rbd_linked_image_spec_t parent;
-    rbd_snap_spec_t snap;
-    int r = rbd_get_parent(img->get(), &parent, &snap);
-    if (r == 0) {
-      std::string_view pname = parent.image_name ? parent.image_name : "";
-      if (pname.starts_with(kBasePrefix)) {
-        auto id = ImageId::FromHex(pname.substr(std::strlen(kBasePrefix)));
-        if (id.ok()) info.parent = *id;
+      const std::string name = RbdDiskName(ref);
+      if (auto open = OpenDiskInfo(ref, name)) {
+        out.back() = std::move(*open);
+        continue;
       }
-      rbd_linked_image_spec_cleanup(&parent);
-      rbd_snap_spec_cleanup(&snap);
-    } else if (r != -ENOENT) {
-      return Err(r, "rbd: parent of " + Where(name));
+      auto it = id_of.find(name);
+      if (it == id_of.end()) continue;
+      want.push_back({ref, name, it->second});
+      where.push_back(i);
     }
-    uint64_t owned = 0;
-    // (librbd asserts on an empty range.)
-    r = info.size == 0 ? 0
-                       : rbd_diff_iterate2(
-                             img->get(), nullptr, 0, info.size, 0, 1,
-                             [](uint64_t, size_t len, int exists, void* arg) {
-                               if (exists) *static_cast<uint64_t*>(arg) += len;
-                               return 0;
-                             },
-                             &owned);
-    if (r < 0) return Err(r, "rbd: usage of " + Where(name));
-    info.owned_bytes = owned;
-    timespec ts{};
-    if (rbd_get_modify_timestamp(img->get(), &ts) == 0) {
-      info.mtime_ns = int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-    }
-    ASSIGN_OR_RETURN(info.attrs, ReadAttrs(img->get()));
-    return info;
+    auto got = HeaderInfos(want, name_of);
+    for (size_t j = 0; j < got.size(); ++j) out[where[j]] = std::move(got[j]);
+    return out;
   }
 
   Status Resize(const DiskRef& ref, uint64_t new_size, bool allow_shrink) override {
@@ -1412,7 +1714,10 @@ class RbdDiskBackend : public DiskBackend {
 
   Result<std::vector<DiskRef>> List(const std::string& instance) override {
     if (!instance.empty()) RETURN_IF_ERROR(ValidateInstanceName(instance));
-    ASSIGN_OR_RETURN(auto names, ListImageNames(*conn_));
+    // One instance: only its names, not the pool's (instance names have no
+    // "_", so "<instance>_" begins its disks' names and no other's).
+    ASSIGN_OR_RETURN(auto names, instance.empty() ? ListImageNames(*conn_)
+                                                  : ImageNamesWithPrefix(instance + "_"));
     std::vector<DiskRef> out;
     for (const auto& n : names) {
       auto ref = ParseDiskName(n);
@@ -1459,6 +1764,226 @@ class RbdDiskBackend : public DiskBackend {
 
   std::string Where(const std::string& name) const { return conn_->where + "/" + name; }
 
+  // A disk to answer Info for from its header: reference, RBD name, image id.
+  struct Wanted {
+    DiskRef ref;
+    std::string name;
+    std::string id;
+  };
+
+  // Info of a disk this backend has open (a writable librbd handle), or
+  // nullopt.
+  std::optional<Result<DiskInfo>> OpenDiskInfo(const DiskRef& ref, const std::string& name) {
+    std::lock_guard lock(open_disks_->mu);
+    auto it = open_disks_->by_name.find(name);
+    if (it == open_disks_->by_name.end()) return std::nullopt;
+    DiskInfo info;
+    info.ref = ref;
+    info.location = "rbd:" + Where(name);
+    Status s = it->second->FillInfo(&info);
+    if (!s.ok()) return Result<DiskInfo>(s);
+    return Result<DiskInfo>(std::move(info));
+  }
+
+  // Info of each disk of `want` from its header and object map, read in
+  // batches; `name_of` maps image ids of the pool to names (a listing's),
+  // for parents, which are otherwise looked up. A disk whose header is gone
+  // is NotFound; one whose header the direct reads do not understand, or
+  // whose parent is not simply there (removed, in the trash, a snapshot
+  // gone), is opened with librbd (OpenedInfo), which says what is wrong.
+  std::vector<Result<DiskInfo>> HeaderInfos(
+      const std::vector<Wanted>& want,
+      const std::unordered_map<std::string, std::string>& name_of) {
+    const int64_t pool = rados_ioctx_get_id(conn_->io);
+    ReadBatch batch(conn_->io);
+    for (const Wanted& w : want) {
+      batch.AddOmap("rbd_header." + w.id, HeaderKeys());
+      batch.AddRead("rbd_object_map." + w.id, kObjectMapFirstRead);
+    }
+    batch.Run();
+    std::vector<Result<DiskInfo>> out;
+    std::vector<std::optional<Header>> headers(want.size());
+    std::vector<bool> slow(want.size(), false);
+    for (size_t i = 0; i < want.size(); ++i) {
+      const Wanted& w = want[i];
+      out.push_back(Status::NotFound("disk " + w.ref.ToString() + " not found"));
+      auto& hq = batch[2 * i];
+      if (hq.r == -ENOENT || (hq.r >= 0 && hq.values.empty())) continue;  // removed meanwhile
+      if (hq.r < 0) {
+        out.back() = Err(hq.r, "rados: reading the header of " + Where(w.name));
+        continue;
+      }
+      headers[i] = DecodeHeader(hq.values, pool, conn_->ns);
+      if (!headers[i]) {
+        slow[i] = true;
+        continue;
+      }
+      const Header& h = *headers[i];
+      auto& mq = batch[2 * i + 1];
+      std::optional<uint64_t> owned;
+      if (h.size == 0) {
+        owned = 0;
+      } else if (mq.r >= 0) {
+        size_t need = 0;
+        owned = OwnedFromObjectMap(mq.data, h.size, h.object_size, &need);
+        if (!owned && need > mq.data.size() && mq.data.size() == kObjectMapFirstRead) {
+          std::string whole(need, '\0');
+          int r = rados_read(conn_->io, mq.oid.c_str(), whole.data(), whole.size(), 0);
+          if (r >= 0) {
+            whole.resize(size_t(r));
+            owned = OwnedFromObjectMap(whole, h.size, h.object_size, &need);
+          }
+        }
+      }
+      if (!owned) {
+        slow[i] = true;
+        continue;
+      }
+      DiskInfo info;
+      info.ref = w.ref;
+      info.location = "rbd:" + Where(w.name);
+      info.size = h.size;
+      info.owned_bytes = *owned;
+      info.attrs = h.attrs;
+      info.mtime_ns = h.mtime_ns;
+      out.back() = std::move(info);
+    }
+    // Parents: their names (imgfs.base.<image id>) and that the snapshot
+    // is there, once for each.
+    std::map<std::pair<std::string, uint64_t>, std::optional<ImageId>> parents;
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (out[i].ok() && headers[i]->parent) {
+        parents.emplace(std::make_pair(headers[i]->parent->image_id, headers[i]->parent->snap),
+                        std::nullopt);
+      }
+    }
+    std::set<std::pair<std::string, uint64_t>> bad = ResolveParents(&parents, name_of);
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (out[i].ok() && headers[i]->parent) {
+        auto key = std::make_pair(headers[i]->parent->image_id, headers[i]->parent->snap);
+        if (bad.contains(key)) {
+          slow[i] = true;
+        } else {
+          out[i]->parent = parents[key];
+        }
+      }
+      if (slow[i]) out[i] = OpenedInfo(want[i].ref, want[i].name);
+    }
+    return out;
+  }
+
+  // Fills in the ImageId of each parent (image id, snapshot id) of
+  // `parents` whose name is imgfs.base.<image id>; returns those that are
+  // not simply there (no name in the pool's directory, no such snapshot)
+  // or could not be read. Answers are kept for kParentCacheTime.
+  std::set<std::pair<std::string, uint64_t>> ResolveParents(
+      std::map<std::pair<std::string, uint64_t>, std::optional<ImageId>>* parents,
+      const std::unordered_map<std::string, std::string>& name_of) {
+    std::set<std::pair<std::string, uint64_t>> bad;
+    const auto now = std::chrono::steady_clock::now();
+    struct Ask {
+      std::pair<std::string, uint64_t> key;
+      std::optional<size_t> name_read;
+      size_t snap_read;
+      std::string name;
+    };
+    std::vector<Ask> asks;
+    ReadBatch batch(conn_->io);
+    {
+      std::lock_guard lock(parents_mu_);
+      for (auto& [key, id] : *parents) {
+        auto it = parent_cache_.find(key);
+        if (it != parent_cache_.end() && now - it->second.at < kParentCacheTime) {
+          id = it->second.id;
+          continue;
+        }
+        Ask a;
+        a.key = key;
+        if (auto n = name_of.find(key.first); n != name_of.end()) {
+          a.name = n->second;
+        } else {
+          a.name_read = batch.AddOmap("rbd_directory", {"id_" + key.first});
+        }
+        char snap_key[40];
+        std::snprintf(snap_key, sizeof snap_key, "snapshot_%016llx",
+                      static_cast<unsigned long long>(key.second));
+        a.snap_read = batch.AddOmap("rbd_header." + key.first, {snap_key});
+        asks.push_back(std::move(a));
+      }
+    }
+    if (asks.empty()) return bad;
+    batch.Run();
+    std::lock_guard lock(parents_mu_);
+    for (Ask& a : asks) {
+      if (a.name_read) {
+        auto& q = batch[*a.name_read];
+        auto v = q.values.find("id_" + a.key.first);
+        if (q.r < 0 || v == q.values.end() || !Decoder{v->second}.String(&a.name)) {
+          bad.insert(a.key);
+          continue;
+        }
+      }
+      auto& s = batch[a.snap_read];
+      if (s.r < 0 || s.values.empty()) {
+        bad.insert(a.key);
+        continue;
+      }
+      std::optional<ImageId> id;
+      if (a.name.starts_with(kBasePrefix)) {
+        auto parsed = ImageId::FromHex(std::string_view(a.name).substr(std::strlen(kBasePrefix)));
+        if (parsed.ok()) id = *parsed;
+      }
+      (*parents)[a.key] = id;
+      parent_cache_[a.key] = {id, now};
+    }
+    return bad;
+  }
+
+  // Info by opening the image with librbd (images the direct reads do not
+  // understand; and what is wrong with one that cannot be opened).
+  Result<DiskInfo> OpenedInfo(const DiskRef& ref, const std::string& name) {
+    auto img = OpenImage(*conn_, name, true);
+    if (!img.ok()) return NotOpened(img.status(), ref, name);
+    DiskInfo info;
+    info.ref = ref;
+    info.location = "rbd:" + Where(name);
+    if (int r = rbd_get_size(img->get(), &info.size); r < 0) {
+      return Err(r, "rbd: size of " + Where(name));
+    }
+    rbd_linked_image_spec_t parent;
+    rbd_snap_spec_t snap;
+    int r = rbd_get_parent(img->get(), &parent, &snap);
+    if (r == 0) {
+      std::string_view pname = parent.image_name ? parent.image_name : "";
+      if (pname.starts_with(kBasePrefix)) {
+        auto id = ImageId::FromHex(pname.substr(std::strlen(kBasePrefix)));
+        if (id.ok()) info.parent = *id;
+      }
+      rbd_linked_image_spec_cleanup(&parent);
+      rbd_snap_spec_cleanup(&snap);
+    } else if (r != -ENOENT) {
+      return Err(r, "rbd: parent of " + Where(name));
+    }
+    uint64_t owned = 0;
+    // (librbd asserts on an empty range.)
+    r = info.size == 0 ? 0
+                       : rbd_diff_iterate2(
+                             img->get(), nullptr, 0, info.size, 0, 1,
+                             [](uint64_t, size_t len, int exists, void* arg) {
+                               if (exists) *static_cast<uint64_t*>(arg) += len;
+                               return 0;
+                             },
+                             &owned);
+    if (r < 0) return Err(r, "rbd: usage of " + Where(name));
+    info.owned_bytes = owned;
+    timespec ts{};
+    if (rbd_get_modify_timestamp(img->get(), &ts) == 0) {
+      info.mtime_ns = int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+    }
+    ASSIGN_OR_RETURN(info.attrs, ReadAttrs(img->get()));
+    return info;
+  }
+
   static Status InUse(const DiskRef& ref) {
     return Status::Busy("disk " + ref.ToString() + " is in use (open for writing)");
   }
@@ -1476,6 +2001,15 @@ class RbdDiskBackend : public DiskBackend {
     if (!why.ok()) return NotFoundAsDisk(s, ref);
     return Status::NotFound("disk " + ref.ToString() + " cannot be opened: " + *why +
                             " (RBD image " + Where(name) + ")");
+  }
+
+  // The pool's images whose names begin with `prefix`, read from the keys
+  // name_<name> of rbd_directory's omap (what rbd_list2 reads whole).
+  Result<std::vector<std::string>> ImageNamesWithPrefix(const std::string& prefix) {
+    std::vector<std::string> out;
+    RETURN_IF_ERROR(ForEachOmapKey(conn_->io, "rbd_directory", "name_" + prefix,
+                                   [&](const std::string& key) { out.push_back(key.substr(5)); }));
+    return out;
   }
 
   // Busy when some client has the image open for writing (it watches the
@@ -1518,30 +2052,9 @@ class RbdDiskBackend : public DiskBackend {
 
   Result<std::set<std::string>> ReadInstanceMarkers() {
     std::set<std::string> out;
-    std::string after;
-    for (;;) {
-      rados_read_op_t op = rados_create_read_op();
-      rados_omap_iter_t it = nullptr;
-      unsigned char more = 0;
-      int prval = 0;
-      rados_read_op_omap_get_keys2(op, after.c_str(), 1000, &it, &more, &prval);
-      int r = rados_read_op_operate(op, conn_->io, kInstancesObject, 0);
-      rados_release_read_op(op);
-      if (r < 0 || prval < 0) {
-        if (it) rados_omap_get_end(it);
-        if (r == -ENOENT) return out;
-        return Err(r < 0 ? r : prval, "rados: listing instances in " + conn_->where);
-      }
-      char* key = nullptr;
-      char* val = nullptr;
-      size_t key_len = 0, val_len = 0;
-      while (rados_omap_get_next2(it, &key, &val, &key_len, &val_len) == 0 && key) {
-        after.assign(key, key_len);
-        out.insert(after);
-      }
-      rados_omap_get_end(it);
-      if (!more) return out;
-    }
+    RETURN_IF_ERROR(ForEachOmapKey(conn_->io, kInstancesObject, "",
+                                   [&](const std::string& key) { out.insert(key); }));
+    return out;
   }
 
   Status AddInstanceMarker(const std::string& instance) {
@@ -2074,6 +2587,15 @@ class RbdDiskBackend : public DiskBackend {
   std::shared_ptr<Connection> conn_;  // constant after construction
   ImageSource* images_;               // constant after construction
   const std::shared_ptr<OpenDisks> open_disks_;
+  // Parents of disks read from their headers: (image id, snapshot id) to
+  // the stored image of imgfs.base.<image id> (nullopt: another parent).
+  struct ParentAnswer {
+    std::optional<ImageId> id;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::mutex parents_mu_;
+  std::map<std::pair<std::string, uint64_t>, ParentAnswer>
+      parent_cache_;  // GUARDED_BY(parents_mu_)
 };
 
 Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephOptions* ceph) {

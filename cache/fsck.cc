@@ -101,9 +101,11 @@ Result<FsckReport> CheckStore(Store& store) {
     return it->second;
   };
   ASSIGN_OR_RETURN(auto disks, store.disks().List(""));
-  for (const auto& d : disks) {
+  auto infos = store.disks().InfoMany(disks);
+  for (size_t n = 0; n < disks.size(); ++n) {
+    const DiskRef& d = disks[n];
     ++r.disks;
-    auto info = store.disks().Info(d);
+    auto& info = infos[n];
     if (!info.ok()) {
       if (info.status().IsRetryable()) return info.status();
       // The backend may know why (rbd: a disk whose parent was removed).

@@ -56,8 +56,8 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   // the lock exclusively.
   std::unordered_set<ImageId> in_use;
   ASSIGN_OR_RETURN(auto disks, store.disks().List(""));
-  for (const auto& ref : disks) {
-    auto info = store.disks().Info(ref);
+  auto infos = store.disks().InfoMany(disks);
+  for (const auto& info : infos) {
     if (!info.ok()) {
       if (info.status().IsNotFound()) continue;
       return info.status();

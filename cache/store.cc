@@ -364,13 +364,14 @@ Status Store::RemoveName(const std::string& name) {
 Result<std::vector<DiskRef>> Store::DisksUsing(const ImageId& id) {
   std::vector<DiskRef> users;
   ASSIGN_OR_RETURN(auto disks, disks_->List(""));
-  for (const auto& ref : disks) {
-    auto info = disks_->Info(ref);
+  auto infos = disks_->InfoMany(disks);
+  for (size_t i = 0; i < disks.size(); ++i) {
+    const auto& info = infos[i];
     if (!info.ok()) {
       if (info.status().IsNotFound()) continue;  // removed meanwhile
       return info.status();
     }
-    if (info->parent && *info->parent == id) users.push_back(ref);
+    if (info->parent && *info->parent == id) users.push_back(disks[i]);
   }
   return users;
 }
@@ -552,13 +553,14 @@ Status Store::ReconcileUses(bool dry_run) {
   ASSIGN_OR_RETURN(std::string me, StoreId());
   std::map<std::string, ImageId> parent_of;  // "instance/disk" -> parent
   ASSIGN_OR_RETURN(auto disks, disks_->List(""));
-  for (const auto& ref : disks) {
-    auto info = disks_->Info(ref);
+  auto infos = disks_->InfoMany(disks);
+  for (size_t i = 0; i < disks.size(); ++i) {
+    const auto& info = infos[i];
     if (!info.ok()) {
       if (info.status().IsNotFound()) continue;
       return info.status();
     }
-    if (info->parent) parent_of.emplace(ref.ToString(), *info->parent);
+    if (info->parent) parent_of.emplace(disks[i].ToString(), *info->parent);
   }
   std::vector<std::string> stale;
   std::set<std::string> recorded;

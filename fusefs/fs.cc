@@ -255,8 +255,7 @@ void FileSystem::Forget(uint64_t ino, uint64_t nlookup) {
 Result<Entry> FileSystem::LookupDisk(const std::string& instance, std::string_view name) {
   if (!ValidateDiskName(name).ok()) return Status::NotFound("no disk " + std::string(name));
   DiskRef ref{instance, std::string(name)};
-  ASSIGN_OR_RETURN(DiskInfo info, disks_.Info(ref));
-  (void)info;
+  // StatOf asks the backend, once (a disk that is not there fails it).
   auto node = NodeFor(DiskKey(instance, name), NodeKind::kDisk, instance, ref.disk, {}, true);
   auto st = StatOf(*node);
   if (!st.ok()) {
@@ -267,6 +266,14 @@ Result<Entry> FileSystem::LookupDisk(const std::string& instance, std::string_vi
 }
 
 namespace {
+
+// Whether `instance` exists: its listing is NotFound when it does not.
+Result<bool> InstanceExists(DiskBackend& disks, const std::string& instance) {
+  auto refs = disks.List(instance);
+  if (refs.ok()) return true;
+  if (refs.status().IsNotFound()) return false;
+  return refs.status();
+}
 
 // A disk's reads from the local store count in its DiskCounters.
 void CountLocalReads(Disk& disk, const std::shared_ptr<DiskCounters>& counters) {
@@ -297,16 +304,7 @@ Result<Entry> FileSystem::Lookup(uint64_t parent, std::string_view name) {
         break;
       }
       if (!ValidateInstanceName(name).ok()) return Status::NotFound("no " + std::string(name));
-      // An instance with a disk open here exists (a disk open anywhere
-      // cannot be removed): no listing of the backend, which for rbd lists
-      // the pool. qemu looks its disk's path up again when a live migration
-      // stops or starts the VM, inside its downtime.
-      if (!HasOpenDisk(name)) {
-        ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
-        if (std::find(instances.begin(), instances.end(), name) == instances.end()) {
-          return Status::NotFound("no instance " + std::string(name));
-        }
-      }
+      // StatOf checks that it exists.
       node = NodeFor(InstanceKey(name), NodeKind::kInstance, std::string(name), "", {}, true);
       break;
     }
@@ -438,9 +436,14 @@ Result<struct stat> FileSystem::StatOf(const Node& node) {
         if (node.removed) return Status::NotFound("the instance was removed");
         instance = node.instance;
       }
-      ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
-      if (std::find(instances.begin(), instances.end(), instance) == instances.end()) {
-        return Status::NotFound("no instance " + instance);
+      // An instance with a disk open here exists (a disk open anywhere
+      // cannot be removed): the backend is not asked. qemu looks its disk's
+      // path up again when a live migration stops or starts the VM, inside
+      // its downtime. Otherwise a listing of that instance alone (for rbd a
+      // range of the pool directory's keys, not the pool's listing).
+      if (!HasOpenDisk(instance)) {
+        ASSIGN_OR_RETURN(bool exists, InstanceExists(disks_, instance));
+        if (!exists) return Status::NotFound("no instance " + instance);
       }
       st.st_mode = S_IFDIR | 0755;
       return st;

@@ -122,8 +122,11 @@ Outcome RunLs(const GlobalOptions& g, const std::string& instance) {
   };
   std::vector<Row> rows;
   ParentsInStore parents(**store);
-  for (const auto& ref : *disks) {
-    auto info = (*store)->disks().Info(ref);
+  // Read together: for rbd a batch of header reads, not an open of each.
+  auto infos = (*store)->disks().InfoMany(*disks);
+  for (size_t n = 0; n < disks->size(); ++n) {
+    const DiskRef& ref = (*disks)[n];
+    auto& info = infos[n];
     if (info.status().IsNotFound()) {
       // Removed meanwhile, or in the pool but not openable (its parent gone).
       std::vector<std::string> problems;

@@ -20,17 +20,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 hops="${1:-6}"
-build="${IMGFS_BENCH_BUILD_DIR:-$here/build-bench}"
-if [[ ! -f "$build/build.ninja" ]]; then
-  cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DIMGFS_BUILD_BENCH=ON -DIMGFS_BUILD_TESTS=OFF >/dev/null
-fi
-cmake --build "$build" --target imgfs -- --quiet
+. "$here/tools/bench-lib.sh"
+bench_build imgfs
 imgfs="$build/tools/imgfs"
 
 work="$(mktemp -d /tmp/imgfs-bench-migrate.XXXXXX)"
 cdir="" ns="" pids=()
-rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
 cleanup() {
   local p m
   for p in "${pids[@]}"; do
@@ -42,23 +37,7 @@ cleanup() {
   for m in "$work/m1" "$work/m2"; do
     mountpoint -q "$m" 2>/dev/null && fusermount3 -u -z "$m"
   done
-  if [[ -n "$ns" ]]; then
-    local img o
-    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null | grep -v '^imgfs\.'); do
-      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-    done
-    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null); do
-      rbdc snap unprotect "$IMGFS_CEPH_POOL/$ns/$img@base" >/dev/null 2>&1 || true
-      rbdc snap purge --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-    done
-    for o in $(rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
-      -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null); do
-      rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
-        -p "$IMGFS_CEPH_POOL" -N "$ns" rm "$o" || true
-    done
-    rbdc namespace remove "$IMGFS_CEPH_POOL/$ns" >/dev/null 2>&1 || true
-  fi
+  [[ -n "$ns" ]] && bench_purge_namespace "$ns"
   [[ -n "$cdir" ]] && "$here/tools/ceph-cluster.sh" stop "$cdir"
   rm -rf "$work"
 }

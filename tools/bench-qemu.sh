@@ -42,9 +42,9 @@ only="${IMGFS_BENCH_QEMU_ONLY:-}"
 
 work="$(mktemp -d "${IMGFS_BENCH_DIR:-/tmp}/imgfs-bench-qemu.XXXXXX")"
 pids=() mnts=() cdir="" namespaces=()
-rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
+. "$here/tools/bench-lib.sh"
 cleanup() {
-  local p m ns img
+  local p m ns
   for p in "${pids[@]}"; do
     if kill -0 "$p" 2>/dev/null; then
       kill -TERM "$p"
@@ -54,22 +54,7 @@ cleanup() {
   for m in "${mnts[@]}"; do
     mountpoint -q "$m" 2>/dev/null && fusermount3 -u -z "$m"
   done
-  for ns in "${namespaces[@]}"; do
-    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null | grep -v '^imgfs\.'); do
-      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-    done
-    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null); do
-      rbdc snap unprotect "$IMGFS_CEPH_POOL/$ns/$img@base" >/dev/null 2>&1 || true
-      rbdc snap purge --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-    done
-    rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
-      -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null | while read -r o; do
-      rados -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" \
-        -p "$IMGFS_CEPH_POOL" -N "$ns" rm "$o" || true
-    done
-    rbdc namespace remove "$IMGFS_CEPH_POOL/$ns" >/dev/null 2>&1 || true
-  done
+  for ns in "${namespaces[@]}"; do bench_purge_namespace "$ns"; done
   [[ -n "$cdir" ]] && "$here/tools/ceph-cluster.sh" stop "$cdir"
   rm -rf "$work"
 }

@@ -24,20 +24,15 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 mib="${1:-512}"
 depth="${2:-16}"
 runtime="${IMGFS_BENCH_RUNTIME:-10}"
-build="${IMGFS_BENCH_BUILD_DIR:-$here/build-bench}"
-if [[ ! -f "$build/build.ninja" ]]; then
-  cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DIMGFS_BUILD_BENCH=ON -DIMGFS_BUILD_TESTS=OFF >/dev/null
-fi
+. "$here/tools/bench-lib.sh"
 targets=(imgfs)
 [[ "${IMGFS_BENCH_RBD_SKIP_BACKEND:-0}" == 1 ]] || targets+=(rbd_disk_bench)
-cmake --build "$build" --target "${targets[@]}" -- --quiet
+bench_build "${targets[@]}"
 bench="$build/tests/bench/rbd_disk_bench"
 imgfs="$build/tools/imgfs"
 
 work="$(mktemp -d /tmp/imgfs-bench-rbd.XXXXXX)"
 cdir="" mnt="$work/mnt" pid="" ns=""
-rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
 cleanup() {
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
@@ -45,20 +40,8 @@ cleanup() {
   fi
   mountpoint -q "$mnt" 2>/dev/null && fusermount3 -u -z "$mnt"
   if [[ -n "$ns" ]]; then
-    local img
     rbdc rm --no-progress "$IMGFS_CEPH_POOL/imgfs-bench-fio.$ns" >/dev/null 2>&1 || true
-    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null | grep -v '^imgfs\.'); do
-      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-    done
-    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null); do
-      rbdc snap unprotect "$IMGFS_CEPH_POOL/$ns/$img@base" >/dev/null 2>&1 || true
-      rbdc snap purge --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-    done
-    for o in $(rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null); do
-      rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" rm "$o" || true
-    done
-    rbdc namespace remove "$IMGFS_CEPH_POOL/$ns" || true
+    bench_purge_namespace "$ns"
   fi
   [[ -n "$cdir" ]] && "$here/tools/ceph-cluster.sh" stop "$cdir"
   rm -rf "$work"

@@ -18,17 +18,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 n="${1:-500}"
-build="${IMGFS_BENCH_BUILD_DIR:-$here/build-bench}"
-if [[ ! -f "$build/build.ninja" ]]; then
-  cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DIMGFS_BUILD_BENCH=ON -DIMGFS_BUILD_TESTS=OFF >/dev/null
-fi
-cmake --build "$build" --target imgfs -- --quiet
+. "$here/tools/bench-lib.sh"
+bench_build imgfs
 imgfs="$build/tools/imgfs"
 
 work="$(mktemp -d /tmp/imgfs-bench-scale.XXXXXX)"
 cdir="" mnt="$work/mnt" pid="" ns="" holder=""
-rbdc() { rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING" "$@"; }
 stop_mount() {
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
@@ -43,24 +38,7 @@ cleanup() {
     tail --pid="$holder" -f /dev/null
   fi
   stop_mount
-  if [[ -n "$ns" ]]; then
-    # Everything of the namespace: disks, then the base, then objects.
-    rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null |
-      sed -n 's/^rbd_id\.//p' | grep -v '^imgfs\.' |
-      xargs -r -P 4 -I{} rbd -c "$IMGFS_CEPH_CONF" --id "$IMGFS_CEPH_ID" \
-        --keyring "$IMGFS_CEPH_KEYRING" rm --no-progress "$IMGFS_CEPH_POOL/$ns/{}" \
-        >/dev/null 2>&1 || true
-    local img
-    for img in $(rbdc ls "$IMGFS_CEPH_POOL/$ns" 2>/dev/null); do
-      rbdc snap unprotect "$IMGFS_CEPH_POOL/$ns/$img@base" >/dev/null 2>&1 || true
-      rbdc snap purge --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-      rbdc rm --no-progress "$IMGFS_CEPH_POOL/$ns/$img" >/dev/null 2>&1 || true
-    done
-    for o in $(rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" ls 2>/dev/null); do
-      rados -c "$IMGFS_CEPH_CONF" -p "$IMGFS_CEPH_POOL" -N "$ns" rm "$o" || true
-    done
-    rbdc namespace remove "$IMGFS_CEPH_POOL/$ns" || true
-  fi
+  [[ -n "$ns" ]] && bench_purge_namespace "$ns"
   if [[ -n "$cdir" ]]; then "$here/tools/ceph-cluster.sh" stop "$cdir"; fi
   rm -rf "$work"
 }
@@ -139,16 +117,18 @@ measure "$n"
 fill "$n" "$((4 * n))"
 measure "$((4 * n))"
 
-# 200 disks open for writing through one mount, each written once.
+# 200 disks (or all, when fewer) open for writing through one mount, each
+# written once.
+held=$((4 * n < 200 ? 4 * n : 200))
 mount_fs >/dev/null
 # The serving process, not the supervisor the pid file names.
 server="$("$imgfs" --json mount --status "$mnt" | jq -r .server_pid)"
 rss0="$(awk '/^VmRSS/ { print $2 }' "/proc/$server/status")"
-python3 - "$mnt" "$work/held" <<'EOF' &
+python3 - "$mnt" "$work/held" "$held" <<'EOF' &
 import os, sys, time
-mnt, flag = sys.argv[1], sys.argv[2]
+mnt, flag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fds = []
-for i in range(200):
+for i in range(count):
     fd = os.open(f"{mnt}/vm{i:06d}/disk", os.O_RDWR)
     os.pwrite(fd, b"x" * 4096, 0)
     fds.append(fd)
@@ -156,10 +136,17 @@ open(flag, "w").close()
 time.sleep(3600)
 EOF
 holder=$!
-while [[ ! -e "$work/held" ]]; do sleep 0.5; done
+while [[ ! -e "$work/held" ]]; do
+  if ! kill -0 "$holder" 2>/dev/null; then
+    holder=""
+    echo "bench-scale: opening $held disks through the mount failed" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
 rss1="$(awk '/^VmRSS/ { print $2 }' "/proc/$server/status")"
-echo "200 disks open: RSS $((rss0 / 1024)) MiB -> $((rss1 / 1024)) MiB," \
-  "$(awk -v a="$rss0" -v b="$rss1" 'BEGIN { printf "%.2f", (b - a) / 1024 / 200 }') MiB per disk"
+echo "$held disks open: RSS $((rss0 / 1024)) MiB -> $((rss1 / 1024)) MiB," \
+  "$(awk -v a="$rss0" -v b="$rss1" -v n="$held" 'BEGIN { printf "%.2f", (b - a) / 1024 / n }') MiB per disk"
 kill "$holder"
 tail --pid="$holder" -f /dev/null
 holder=""

@@ -5,7 +5,7 @@
 // explores the body parser. Invariants checked on every input: Decode never
 // crashes or over-allocates (ASan), and whatever it accepts is valid and
 // canonical: it re-encodes to exactly the input bytes.
-// Run (see docs/formats.md): CXX=clang++ cmake -B build-fuzz -DIMGFS_FUZZ=ON ...;
+// Run (see docs/formats.md): CXX=clang++-16 cmake -B build-fuzz -DIMGFS_FUZZ=ON ...;
 // build-fuzz/tests/fuzz/manifest_fuzz -max_total_time=300 CORPUS_DIR tests/fuzz/manifest_corpus
 #include <xxhash.h>
 

@@ -455,7 +455,7 @@ Status DirChunkBackend::PutRecord(std::string_view key, std::string_view value,
                                   const RecordCondition& cond) {
   RETURN_IF_ERROR(ValidateRecordKey(key));
   std::string path = RecordPath(key);
-  std::lock_guard lock(records_mu_);
+  MutexLock lock(records_mu_);
   FlockGuard flock_guard(lock_fd_);
   RETURN_IF_ERROR(flock_guard.Lock());
   std::string current;
@@ -475,7 +475,7 @@ Status DirChunkBackend::PutRecord(std::string_view key, std::string_view value,
 Status DirChunkBackend::RemoveRecord(std::string_view key, const RecordCondition& cond) {
   RETURN_IF_ERROR(ValidateRecordKey(key));
   std::string path = RecordPath(key);
-  std::lock_guard lock(records_mu_);
+  MutexLock lock(records_mu_);
   FlockGuard flock_guard(lock_fd_);
   RETURN_IF_ERROR(flock_guard.Lock());
   std::string current;

@@ -38,10 +38,10 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "blockstore/chunk_backend.h"
+#include "blockstore/mutex.h"
 
 namespace imgfs {
 
@@ -118,7 +118,7 @@ class DirChunkBackend : public ChunkBackend {
 
   const std::string root_;  // constant after construction
   const int lock_fd_;       // records.lock, open for the backend's lifetime
-  std::mutex records_mu_;   // serialises record updates within the process
+  Mutex records_mu_;        // serialises record updates within the process
   std::atomic<uint64_t> temp_seq_{0};
   std::atomic<bool> unsynced_{false};  // objects changed since the last Sync
   bool tmpfile_ = false;               // set in Open, constant afterwards

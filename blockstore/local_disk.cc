@@ -30,6 +30,7 @@
 
 #include "blockstore/disk_util.h"
 #include "blockstore/file_util.h"
+#include "blockstore/mutex.h"
 #include "blockstore/units.h"
 
 namespace imgfs {
@@ -389,7 +390,7 @@ class AtomicBitmap {
     size_t p = static_cast<size_t>(bit / kBitsPerPage);
     Page* page = pages_[p].load(std::memory_order_acquire);
     if (!page) {
-      std::lock_guard lock(alloc_mu_);
+      MutexLock lock(alloc_mu_);
       page = pages_[p].load(std::memory_order_acquire);
       if (!page) {
         page = new Page();
@@ -429,7 +430,7 @@ class AtomicBitmap {
 
  private:
   std::vector<std::atomic<Page*>> pages_;
-  std::mutex alloc_mu_;
+  Mutex alloc_mu_;  // makes a page once
 };
 
 // ---------------------------------------------------------------------------
@@ -473,11 +474,13 @@ class LocalDisk final : public Disk {
 
   // Opens (creating) the journal of unflushed allocations at `path`, in tmpfs.
   void SetJournal(UniqueFd fd, std::string path) {
+    MutexLock lock(pending_mu_);
     journal_ = std::move(fd);
     journal_path_ = std::move(path);
   }
 
-  Status Load();
+  // Runs at open, before the disk is shared with another thread.
+  Status Load() NO_THREAD_SAFETY_ANALYSIS;
 
   const DiskRef& ref() const override { return ref_; }
   uint64_t size() const override { return size_.load(std::memory_order_acquire); }
@@ -512,7 +515,7 @@ class LocalDisk final : public Disk {
   // them; EndWrite when the write is done.
   Status BeginWrite(uint64_t b0, uint64_t b1);
   void EndWrite(uint64_t b0, uint64_t b1);
-  Status PersistDirtyLocked(bool sync);
+  Status PersistDirtyLocked(bool sync) REQUIRES(dirty_mu_);
   // After a flush that began at `epoch`: regions idle since are marked clean.
   void MarkIdleClean(uint64_t epoch);
   Status MarkAllClean();
@@ -530,7 +533,7 @@ class LocalDisk final : public Disk {
   // Records a bit change for the next flush, and in the journal. False when
   // the journal could not take it: the caller then flushes at once.
   bool AddPending(uint64_t c, bool set) {
-    std::lock_guard lock(pending_mu_);
+    MutexLock lock(pending_mu_);
     uint64_t op = set ? c : (c | kClearFlag);
     pending_.push_back(op);
     if (!journal_.valid()) return false;
@@ -548,7 +551,7 @@ class LocalDisk final : public Disk {
   void RewriteJournal();
   // Applies and flushes what the journal holds from a writer that died.
   Status ReplayJournal(uint64_t nchunks);
-  Status FlushLocked();
+  Status FlushLocked() REQUIRES(flush_mu_);
   // Drops everything at or beyond `size` (data and bits) and makes that durable.
   Status Trim(uint64_t size);
 
@@ -574,15 +577,15 @@ class LocalDisk final : public Disk {
 
   std::array<std::mutex, kStripes> stripes_;  // serialise copy-ups of one chunk
 
-  std::mutex pending_mu_;
-  std::vector<uint64_t> pending_;  // GUARDED_BY(pending_mu_): bit changes not yet persisted
+  Mutex pending_mu_;
+  std::vector<uint64_t> pending_ GUARDED_BY(pending_mu_);  // bit changes not yet persisted
   // The journal of pending_ (docs/formats.md, "Unflushed allocations"): a
   // file in tmpfs, which outlives this process but not the machine, so a
   // writer that takes the disk over after this one died can flush what this
   // one had acknowledged. Null for read-only disks, or when there is no tmpfs
   // (then every allocation is flushed at once).
-  UniqueFd journal_;          // GUARDED_BY(pending_mu_)
-  uint64_t journal_end_ = 0;  // GUARDED_BY(pending_mu_)
+  UniqueFd journal_ GUARDED_BY(pending_mu_);
+  uint64_t journal_end_ GUARDED_BY(pending_mu_) = 0;
   std::string journal_path_;  // constant after construction
 
   // Checksums (docs/formats.md, "Checksums"). Invalid: a version 1 disk
@@ -597,17 +600,17 @@ class LocalDisk final : public Disk {
     uint64_t epoch = 0;   // flush_epoch_ when last written
     int64_t last_ns = 0;  // when last written
   };
-  std::mutex dirty_mu_;
-  // GUARDED_BY(dirty_mu_): a writer's dirty regions (persisted in the
-  // header before any write to them); a reader's, as the header listed them.
-  std::unordered_map<uint64_t, Region> dirty_;
-  bool all_dirty_ = false;    // GUARDED_BY(dirty_mu_): readers only
-  uint64_t flush_epoch_ = 0;  // GUARDED_BY(dirty_mu_)
+  Mutex dirty_mu_;
+  // A writer's dirty regions (persisted in the header before any write to
+  // them); a reader's, as the header listed them.
+  std::unordered_map<uint64_t, Region> dirty_ GUARDED_BY(dirty_mu_);
+  bool all_dirty_ GUARDED_BY(dirty_mu_) = false;  // readers only
+  uint64_t flush_epoch_ GUARDED_BY(dirty_mu_) = 0;
 
-  std::mutex flush_mu_;
-  // GUARDED_BY(flush_mu_): the persisted bitmap, page by page (absent = zeros).
-  std::unordered_map<uint64_t, std::array<uint8_t, kPageBytes>> persisted_;
-  Status failed_;  // GUARDED_BY(flush_mu_): a sticky flush error
+  Mutex flush_mu_;
+  // The persisted bitmap, page by page (absent = zeros).
+  std::unordered_map<uint64_t, std::array<uint8_t, kPageBytes>> persisted_ GUARDED_BY(flush_mu_);
+  Status failed_ GUARDED_BY(flush_mu_);  // a sticky flush error
 };
 
 Status LocalDisk::Load() {
@@ -662,7 +665,7 @@ Status LocalDisk::Load() {
     if (writable_) {
       if (h.all_dirty || !h.dirty.empty()) RETURN_IF_ERROR(RecoverSums());
     } else {
-      std::lock_guard lock(dirty_mu_);
+      MutexLock lock(dirty_mu_);
       all_dirty_ = h.all_dirty;
       for (uint64_t r : h.dirty) dirty_[r];
     }
@@ -699,7 +702,7 @@ bool LocalDisk::RegionDirtyOnDisk(uint64_t b) {
   auto h = ReadCsumHeader(csum_.get(), CsumPath());
   if (!h.ok()) return false;
   uint64_t r = (b << kBlockShift) >> kRegionShift;
-  std::lock_guard lock(dirty_mu_);
+  MutexLock lock(dirty_mu_);
   all_dirty_ = h->all_dirty;
   dirty_.clear();
   for (uint64_t d : h->dirty) dirty_[d];
@@ -816,7 +819,7 @@ Status LocalDisk::WriteOwned(uint64_t pos, uint64_t len, const uint8_t* src) {
 Status LocalDisk::BeginWrite(uint64_t b0, uint64_t b1) {
   uint64_t r0 = (b0 << kBlockShift) >> kRegionShift;
   uint64_t r1 = (((b1 << kBlockShift) - 1) >> kRegionShift) + 1;
-  std::lock_guard lock(dirty_mu_);
+  MutexLock lock(dirty_mu_);
   std::vector<uint64_t> added;
   for (uint64_t r = r0; r < r1; ++r) {
     auto [it, fresh] = dirty_.try_emplace(r);
@@ -836,7 +839,7 @@ void LocalDisk::EndWrite(uint64_t b0, uint64_t b1) {
   uint64_t r0 = (b0 << kBlockShift) >> kRegionShift;
   uint64_t r1 = (((b1 << kBlockShift) - 1) >> kRegionShift) + 1;
   int64_t now = NowNs();
-  std::lock_guard lock(dirty_mu_);
+  MutexLock lock(dirty_mu_);
   for (uint64_t r = r0; r < r1; ++r) {
     Region& g = dirty_[r];
     --g.inflight;
@@ -858,7 +861,7 @@ Status LocalDisk::PersistDirtyLocked(bool sync) {
 
 void LocalDisk::MarkIdleClean(uint64_t epoch) {
   int64_t now = NowNs();
-  std::lock_guard lock(dirty_mu_);
+  MutexLock lock(dirty_mu_);
   size_t before = dirty_.size();
   std::erase_if(dirty_, [&](const auto& e) {
     const Region& g = e.second;
@@ -870,7 +873,7 @@ void LocalDisk::MarkIdleClean(uint64_t epoch) {
 
 Status LocalDisk::MarkAllClean() {
   if (!csum_.valid() || !csum_loaded_) return Status::OK();
-  std::lock_guard lock(dirty_mu_);
+  MutexLock lock(dirty_mu_);
   dirty_.clear();
   return PersistDirtyLocked(/*sync=*/true);
 }
@@ -1073,7 +1076,7 @@ Status LocalDisk::Discard(uint64_t offset, uint64_t length) {
 // points at it is written, so a persisted set bit always names synced data.
 Status LocalDisk::Flush() {
   if (!writable_) return Status::OK();
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   return FlushLocked();
 }
 
@@ -1081,17 +1084,18 @@ Status LocalDisk::FlushLocked() {
   if (!failed_.ok()) return failed_;
   std::vector<uint64_t> ops;
   {
-    std::lock_guard lock(pending_mu_);
+    MutexLock lock(pending_mu_);
     ops.swap(pending_);
   }
   auto fail = [&](Status s) {
+    flush_mu_.AssertHeld();  // the lambda runs here, under it
     failed_ = Status::IOError("disk " + ref_.ToString() + ": " + s.message() +
                               " (writes since the last flush may be lost; reopen the disk)");
     return failed_;
   };
   uint64_t epoch;
   {
-    std::lock_guard lock(dirty_mu_);
+    MutexLock lock(dirty_mu_);
     epoch = ++flush_epoch_;
   }
   if (::fdatasync(data_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync data"));
@@ -1125,7 +1129,7 @@ Status LocalDisk::FlushLocked() {
 }
 
 void LocalDisk::RewriteJournal() {
-  std::lock_guard lock(pending_mu_);
+  MutexLock lock(pending_mu_);
   if (!journal_.valid()) return;
   size_t bytes = pending_.size() * sizeof(uint64_t);
   if (::ftruncate(journal_.get(), 0) != 0 ||
@@ -1142,7 +1146,7 @@ void LocalDisk::RewriteJournal() {
 Status LocalDisk::ReplayJournal(uint64_t nchunks) {
   std::vector<uint64_t> ops;
   {
-    std::lock_guard lock(pending_mu_);
+    MutexLock lock(pending_mu_);
     if (!journal_.valid()) return Status::OK();
     uint64_t op;
     for (off_t off = 0; ::pread(journal_.get(), &op, sizeof op, off) == sizeof op;
@@ -1165,7 +1169,7 @@ Status LocalDisk::ReplayJournal(uint64_t nchunks) {
   if (ops.empty() || !writable_) return Status::OK();
   spdlog::warn("disk {}: flushing {} allocations that a writer which died had acknowledged",
                ref_.ToString(), ops.size());
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   return FlushLocked();
 }
 
@@ -1191,10 +1195,11 @@ Status LocalDisk::Trim(uint64_t size) {
     RETURN_IF_ERROR(s);
   }
   uint64_t first = Chunks(size);
-  std::lock_guard flush_lock(flush_mu_);
+  MutexLock flush_lock(flush_mu_);
   {
-    std::lock_guard lock(pending_mu_);
+    MutexLock lock(pending_mu_);
     bits_.ForEachSet(first, [&](uint64_t c) {
+      pending_mu_.AssertHeld();  // the lambda runs here, under it
       bits_.Clear(c);
       pending_.push_back(c | kClearFlag);
     });
@@ -1326,10 +1331,10 @@ class LocalBackend final : public DiskBackend {
   const std::string root_;
   ImageSource* const images_;
   std::atomic<uint64_t> counter_{0};
-  std::mutex probe_mu_;
+  Mutex probe_mu_;
   // The file system's largest file, probed on first need (only a success is
-  // kept). GUARDED_BY(probe_mu_).
-  std::optional<FileSizeLimit> fs_limit_;
+  // kept).
+  std::optional<FileSizeLimit> fs_limit_ GUARDED_BY(probe_mu_);
 };
 
 Status ValidateRef(const DiskRef& ref) {
@@ -1370,7 +1375,7 @@ Status LocalBackend::Init() {
 Result<DiskSizeLimit> LocalBackend::MaxDiskSize(uint32_t chunk_size) {
   FileSizeLimit fs;
   {
-    std::lock_guard lock(probe_mu_);
+    MutexLock lock(probe_mu_);
     if (!fs_limit_) {
       auto probed = ProbeFileSizeLimit(root_ + "/.tmp", kMaxDiskSize);
       if (!probed.ok()) return probed.status().WithContext("finding the largest disk size");

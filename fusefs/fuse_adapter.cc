@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <csignal>
 #include <cstdarg>
 #include <cstddef>
@@ -22,10 +21,11 @@
 #include <cstring>
 #include <exception>
 #include <list>
-#include <mutex>
 #include <new>
 #include <thread>
 #include <vector>
+
+#include "blockstore/mutex.h"
 
 namespace imgfs::fusefs {
 
@@ -46,8 +46,8 @@ struct Ctx {
 
 // libfuse's own messages: collected while mounting (to put into the error a
 // failed mount returns, as one line), logged through spdlog otherwise.
-std::mutex g_log_mu;
-std::string* g_log_capture = nullptr;  // GUARDED_BY(g_log_mu)
+Mutex g_log_mu;
+std::string* g_log_capture GUARDED_BY(g_log_mu) = nullptr;
 
 void LogFromLibfuse(enum fuse_log_level level, const char* fmt, va_list ap) {
   char buf[1024];
@@ -55,7 +55,7 @@ void LogFromLibfuse(enum fuse_log_level level, const char* fmt, va_list ap) {
   std::string msg(buf);
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
   {
-    std::lock_guard lock(g_log_mu);
+    MutexLock lock(g_log_mu);
     if (g_log_capture) {
       if (!g_log_capture->empty()) *g_log_capture += "; ";
       *g_log_capture += msg;
@@ -77,15 +77,15 @@ void LogFromLibfuse(enum fuse_log_level level, const char* fmt, va_list ap) {
 class LogCapture {
  public:
   LogCapture() {
-    std::lock_guard lock(g_log_mu);
+    MutexLock lock(g_log_mu);
     g_log_capture = &text_;
   }
   ~LogCapture() {
-    std::lock_guard lock(g_log_mu);
+    MutexLock lock(g_log_mu);
     g_log_capture = nullptr;
   }
   std::string Text() {
-    std::lock_guard lock(g_log_mu);
+    MutexLock lock(g_log_mu);
     return text_.empty() ? std::string() : ": " + text_;
   }
 
@@ -736,7 +736,7 @@ struct FuseServer::Impl {
   struct Worker {
     std::thread thread;
     std::atomic<bool> reading{false};  // in (or about to enter) a read of the connection
-    bool done = false;                 // GUARDED_BY(mu)
+    bool done = false;                 // guarded by Impl::mu
   };
   // Workers come and go as libfuse's own loop has them: one more starts
   // when a worker takes a request and none is left waiting for the next
@@ -744,16 +744,16 @@ struct FuseServer::Impl {
   // max_idle_threads others wait already. A fixed pool of max_threads
   // readers made each request wake the longest-idle thread, and 1 MiB reads
   // at queue depth 1 ran at 0.5-0.7 of fuse_session_loop_mt.
-  std::mutex mu;
-  std::condition_variable cv;  // with mu: a worker left, or stop
-  std::list<Worker> workers;   // GUARDED_BY(mu); stable addresses
-  unsigned waiting = 0;        // GUARDED_BY(mu): workers about to read or reading
-  unsigned running = 0;        // GUARDED_BY(mu): workers not done
+  Mutex mu;
+  CondVar cv;                                 // with mu: a worker left, or stop
+  std::list<Worker> workers GUARDED_BY(mu);   // stable addresses
+  unsigned waiting GUARDED_BY(mu) = 0;        // workers about to read or reading
+  unsigned running GUARDED_BY(mu) = 0;        // workers not done
   std::atomic<bool> stop_requested{false};
   std::atomic<int> loop_error{0};
   std::atomic<uint64_t> resent{0};  // requests that came with the resend mark
 
-  void StartWorkerLocked() {
+  void StartWorkerLocked() REQUIRES(mu) {
     // Workers that left are joined here (they only return once marked done).
     for (auto it = workers.begin(); it != workers.end();) {
       if (!it->done) {
@@ -808,7 +808,7 @@ struct FuseServer::Impl {
         break;  // 0: stopped, or the connection ended (the session is marked exited)
       }
       {
-        std::lock_guard lock(mu);
+        MutexLock lock(mu);
         if (--waiting == 0 && running < std::max(1u, ctx.cfg.max_threads) && !stop_requested) {
           StartWorkerLocked();
         }
@@ -822,7 +822,7 @@ struct FuseServer::Impl {
         }
         fuse_session_process_buf(se, &buf);
       }
-      std::lock_guard lock(mu);
+      MutexLock lock(mu);
       if (waiting >= ctx.cfg.max_idle_threads && running > 1) {
         leave = true;
         break;
@@ -833,12 +833,12 @@ struct FuseServer::Impl {
     free(buf.mem);
     if (!leave) fuse_session_exit(se);
     {
-      std::lock_guard lock(mu);
+      MutexLock lock(mu);
       if (!leave) --waiting;
       --running;
       w.done = true;
     }
-    cv.notify_all();
+    cv.NotifyAll();
   }
 };
 
@@ -1003,21 +1003,23 @@ Status FuseServer::Run(bool* unmounted) {
         "is {} now): requests go through /dev/fuse",
         kUringParam, UringParam());
   }
-  std::unique_lock lock(s.mu);
-  s.StartWorkerLocked();
-  s.cv.wait(lock, [&] { return fuse_session_exited(s.se) || s.stop_requested || s.running == 0; });
-  fuse_session_exit(s.se);
-  // Wake the workers blocked in a read of the connection; a wake-up can
-  // land just before a worker enters its read, so keep waking until all left.
-  while (s.running > 0) {
-    for (auto& w : s.workers) {
-      if (!w.done && w.reading) pthread_kill(w.thread.native_handle(), kWakeSignal);
+  std::list<Impl::Worker> workers;  // all done, to join
+  {
+    MutexLock lock(s.mu);
+    s.StartWorkerLocked();
+    while (!fuse_session_exited(s.se) && !s.stop_requested && s.running != 0) s.cv.Wait(s.mu);
+    fuse_session_exit(s.se);
+    // Wake the workers blocked in a read of the connection; a wake-up can
+    // land just before a worker enters its read, so keep waking until all left.
+    while (s.running > 0) {
+      for (auto& w : s.workers) {
+        if (!w.done && w.reading) pthread_kill(w.thread.native_handle(), kWakeSignal);
+      }
+      s.cv.WaitFor(s.mu, std::chrono::milliseconds(2));
     }
-    s.cv.wait_for(lock, std::chrono::milliseconds(2));
+    workers.splice(workers.end(), s.workers);
   }
-  lock.unlock();
-  for (auto& w : s.workers) w.thread.join();
-  s.workers.clear();
+  for (auto& w : workers) w.thread.join();
   *unmounted = !s.stop_requested;
   Status st = s.ctx.fs->Shutdown();
   // libfuse's io_uring threads, once the disks are idle (an asynchronous
@@ -1034,10 +1036,10 @@ Status FuseServer::Run(bool* unmounted) {
 void FuseServer::Stop() {
   Impl& s = *impl_;
   {
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     s.stop_requested = true;
   }
-  s.cv.notify_all();
+  s.cv.NotifyAll();
 }
 
 }  // namespace imgfs::fusefs

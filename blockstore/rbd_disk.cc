@@ -26,6 +26,7 @@
 #include <functional>
 
 #include "blockstore/disk_util.h"
+#include "blockstore/mutex.h"
 #include "blockstore/units.h"
 
 namespace imgfs {
@@ -69,8 +70,8 @@ struct Connection {
   std::string where;  // "pool" or "pool/ns", for messages and locations
   // Lock owners that are dead earlier servers of this mount
   // (DiskBackend::SetDeadLockOwners): an open for writing breaks their lock.
-  std::mutex dead_mu;
-  std::vector<std::string> dead_owners;  // GUARDED_BY(dead_mu)
+  Mutex dead_mu;
+  std::vector<std::string> dead_owners GUARDED_BY(dead_mu);
 
   ~Connection() {
     if (io) rados_ioctx_destroy(io);
@@ -419,7 +420,7 @@ class RbdDisk;
 bool BreakDeadOwner(Connection& conn, librbd::Image& img, const std::string& name) {
   std::vector<std::string> dead;
   {
-    std::lock_guard lock(conn.dead_mu);
+    MutexLock lock(conn.dead_mu);
     dead = conn.dead_owners;
   }
   if (dead.empty()) return false;
@@ -450,8 +451,8 @@ bool BreakDeadOwner(Connection& conn, librbd::Image& img, const std::string& nam
 // activates or inactivates it in a live migration, inside the VM's
 // downtime). A disk leaves it first thing in its destructor.
 struct OpenDisks {
-  std::mutex mu;
-  std::unordered_multimap<std::string, const RbdDisk*> by_name;  // GUARDED_BY(mu)
+  Mutex mu;
+  std::unordered_multimap<std::string, const RbdDisk*> by_name GUARDED_BY(mu);
 };
 
 Result<DiskAttrs> ParseAttrs(const std::function<Result<std::string>(const char*)>& get) {
@@ -510,7 +511,7 @@ class RbdDisk : public Disk {
 
   ~RbdDisk() override {
     if (open_disks_) {
-      std::lock_guard reg(open_disks_->mu);
+      MutexLock reg(open_disks_->mu);
       auto [b, e] = open_disks_->by_name.equal_range(name_);
       for (auto it = b; it != e; ++it) {
         if (it->second == this) {
@@ -519,9 +520,9 @@ class RbdDisk : public Disk {
         }
       }
     }
-    std::unique_lock lock(inflight_mu_);
-    inflight_cv_.wait(lock, [&] { return inflight_ == 0; });
-    lock.unlock();
+    MutexLock lock(inflight_mu_);
+    while (inflight_ != 0) inflight_cv_.Wait(inflight_mu_);
+    lock.Unlock();
     // A disk in standby never wrote: nothing to flush, no lock to let go.
     if (held_.load()) {
       if (int r = image_->flush(); r < 0) {
@@ -554,7 +555,7 @@ class RbdDisk : public Disk {
   // Joins the backend's OpenDisks (writable librbd handles only: their
   // header is watched).
   void Register(std::shared_ptr<OpenDisks> reg) {
-    std::lock_guard lock(reg->mu);
+    MutexLock lock(reg->mu);
     reg->by_name.emplace(name_, this);
     open_disks_ = std::move(reg);
   }
@@ -563,7 +564,7 @@ class RbdDisk : public Disk {
   // the caller's. Called with OpenDisks::mu held.
   Status FillInfo(DiskInfo* info) const {
     info->size = size();
-    std::lock_guard lock(info_mu_);
+    MutexLock lock(info_mu_);
     auto now = std::chrono::steady_clock::now();
     if (!info_valid_ || watch_.info_changed.exchange(false)) {
       info_valid_ = false;
@@ -595,7 +596,7 @@ class RbdDisk : public Disk {
   // (they rely on the lock).
   Status StopWriting() override {
     std::unique_lock lock(resize_mu_);
-    std::lock_guard take(take_mu_);
+    MutexLock take(take_mu_);
     stopped_ = true;
     if (!writable_.exchange(false)) return Status::OK();
     if (!held_.load()) return Status::OK();
@@ -614,7 +615,7 @@ class RbdDisk : public Disk {
   // write (TakeLock). No second open of the image, which is what this
   // saves: the destination's open for writing is in the VM's downtime.
   Status StartWriting() override {
-    std::lock_guard take(take_mu_);
+    MutexLock take(take_mu_);
     if (writable_.load()) return Status::OK();
     if (!rw_handle_ || stopped_) return Disk::StartWriting();
     BreakDeadOwner(*conn_, *image_, name_);
@@ -874,13 +875,13 @@ class RbdDisk : public Disk {
   void RefreshUsage(uint64_t size) const {
     auto* self = const_cast<RbdDisk*>(this);
     {
-      std::lock_guard lock(self->inflight_mu_);
+      MutexLock lock(self->inflight_mu_);
       self->inflight_++;
     }
     std::thread([self, size] {
       auto owned = self->Usage(size);
       if (owned.ok()) {
-        std::lock_guard lock(self->info_mu_);
+        MutexLock lock(self->info_mu_);
         self->info_.owned_bytes = *owned;
       }
       self->Finished(0);
@@ -900,7 +901,7 @@ class RbdDisk : public Disk {
   // then the local parent reads start.
   Status TakeLock() {
     if (held_.load(std::memory_order_acquire)) return Status::OK();
-    std::lock_guard lock(take_mu_);
+    MutexLock lock(take_mu_);
     if (held_.load()) return Status::OK();
     RETURN_IF_ERROR(CheckWritable());  // StopWriting ran
     auto deadline = std::chrono::steady_clock::now() + kHandOverWait;
@@ -959,7 +960,7 @@ class RbdDisk : public Disk {
       return;
     }
     {
-      std::lock_guard lock(inflight_mu_);
+      MutexLock lock(inflight_mu_);
       inflight_++;
     }
     auto* check = new HeaderCheck{this};
@@ -1039,7 +1040,7 @@ class RbdDisk : public Disk {
   // made: then Abort it).
   AioRequest* Start(Callback done, const char* what, librbd::RBD::AioCompletion** c) {
     {
-      std::lock_guard lock(inflight_mu_);
+      MutexLock lock(inflight_mu_);
       inflight_++;
     }
     auto* req = new AioRequest{std::move(done), [this](int r) { Finished(r); }, what};
@@ -1058,8 +1059,8 @@ class RbdDisk : public Disk {
 
   void Finished(int r) {
     if (r < 0) StopLocalReads();
-    std::lock_guard lock(inflight_mu_);
-    if (--inflight_ == 0) inflight_cv_.notify_all();
+    MutexLock lock(inflight_mu_);
+    if (--inflight_ == 0) inflight_cv_.NotifyAll();
   }
 
 
@@ -1089,7 +1090,7 @@ class RbdDisk : public Disk {
   const DiskSizeLimit limit_;                   // what Resize accepts
   const bool rw_handle_;        // librbd opened the image for writing
   std::atomic<bool> writable_;  // set by StartWriting, cleared for good by StopWriting
-  bool stopped_ = false;        // GUARDED_BY(take_mu_); StopWriting ran
+  bool stopped_ GUARDED_BY(take_mu_) = false;  // StopWriting ran
   std::shared_ptr<OpenDisks> open_disks_;  // set once by Register, before other threads see it
   mutable std::shared_mutex resize_mu_;  // I/O shared, Resize exclusive
   // Changed under resize_mu_ held exclusively, or held shared by size()
@@ -1100,12 +1101,12 @@ class RbdDisk : public Disk {
   // FillInfo's figures, read again after a header change (the parent and
   // the attributes) or, in the background, a second after they were counted
   // (the owned bytes).
-  mutable std::mutex info_mu_;
-  mutable bool info_valid_ = false;                          // GUARDED_BY(info_mu_)
-  mutable DiskInfo info_;                                    // GUARDED_BY(info_mu_)
-  mutable std::chrono::steady_clock::time_point usage_at_;  // GUARDED_BY(info_mu_)
+  mutable Mutex info_mu_;
+  mutable bool info_valid_ GUARDED_BY(info_mu_) = false;
+  mutable DiskInfo info_ GUARDED_BY(info_mu_);
+  mutable std::chrono::steady_clock::time_point usage_at_ GUARDED_BY(info_mu_);
 
-  std::mutex take_mu_;           // serialises TakeLock
+  Mutex take_mu_;                // serialises TakeLock
   std::atomic<bool> held_;       // the exclusive lock is ours (kept until destruction)
   // Null: every read goes to the cluster. Set once, under take_mu_ or in
   // Init, when the lock is held; local_ptr_ is what readers load.
@@ -1115,9 +1116,9 @@ class RbdDisk : public Disk {
   // see the disk.
   std::shared_ptr<std::atomic<uint64_t>> local_read_bytes_;
 
-  std::mutex inflight_mu_;
-  std::condition_variable inflight_cv_;
-  size_t inflight_ = 0;  // GUARDED_BY(inflight_mu_)
+  Mutex inflight_mu_;
+  CondVar inflight_cv_;
+  size_t inflight_ GUARDED_BY(inflight_mu_) = 0;
 };
 
 // The local reads of a disk's parent (see LocalParent), or null when they
@@ -1465,7 +1466,7 @@ class RbdDiskBackend : public DiskBackend {
   }
 
   void SetDeadLockOwners(std::vector<std::string> owners) override {
-    std::lock_guard lock(conn_->dead_mu);
+    MutexLock lock(conn_->dead_mu);
     conn_->dead_owners = std::move(owners);
   }
 
@@ -1674,7 +1675,7 @@ class RbdDiskBackend : public DiskBackend {
     Status st = WriteAttrs(img->get(), name, attrs);
     // This mount's open handles read them again (their watch may not hear
     // of a metadata change).
-    std::lock_guard lock(open_disks_->mu);
+    MutexLock lock(open_disks_->mu);
     auto [b, e] = open_disks_->by_name.equal_range(name);
     for (auto it = b; it != e; ++it) it->second->InfoChanged();
     return st;
@@ -1774,7 +1775,7 @@ class RbdDiskBackend : public DiskBackend {
   // Info of a disk this backend has open (a writable librbd handle), or
   // nullopt.
   std::optional<Result<DiskInfo>> OpenDiskInfo(const DiskRef& ref, const std::string& name) {
-    std::lock_guard lock(open_disks_->mu);
+    MutexLock lock(open_disks_->mu);
     auto it = open_disks_->by_name.find(name);
     if (it == open_disks_->by_name.end()) return std::nullopt;
     DiskInfo info;
@@ -1890,7 +1891,7 @@ class RbdDiskBackend : public DiskBackend {
     std::vector<Ask> asks;
     ReadBatch batch(conn_->io);
     {
-      std::lock_guard lock(parents_mu_);
+      MutexLock lock(parents_mu_);
       for (auto& [key, id] : *parents) {
         auto it = parent_cache_.find(key);
         if (it != parent_cache_.end() && now - it->second.at < kParentCacheTime) {
@@ -1913,7 +1914,7 @@ class RbdDiskBackend : public DiskBackend {
     }
     if (asks.empty()) return bad;
     batch.Run();
-    std::lock_guard lock(parents_mu_);
+    MutexLock lock(parents_mu_);
     for (Ask& a : asks) {
       if (a.name_read) {
         auto& q = batch[*a.name_read];
@@ -2593,9 +2594,8 @@ class RbdDiskBackend : public DiskBackend {
     std::optional<ImageId> id;
     std::chrono::steady_clock::time_point at;
   };
-  std::mutex parents_mu_;
-  std::map<std::pair<std::string, uint64_t>, ParentAnswer>
-      parent_cache_;  // GUARDED_BY(parents_mu_)
+  Mutex parents_mu_;
+  std::map<std::pair<std::string, uint64_t>, ParentAnswer> parent_cache_ GUARDED_BY(parents_mu_);
 };
 
 Result<std::shared_ptr<Connection>> Connect(std::string_view target, const CephOptions* ceph) {

@@ -143,4 +143,14 @@ inline CephOptions TestCephOptions() {
   return o;
 }
 
+// Disk `disk` of instance "vm1", the instance the single-backend tests use.
+inline DiskRef Ref(const std::string& disk) { return DiskRef{"vm1", disk}; }
+
+// Options for a blank disk of `size` bytes.
+inline DiskCreateOptions Blank(uint64_t size) {
+  DiskCreateOptions o;
+  o.size = size;
+  return o;
+}
+
 }  // namespace imgfs::testing

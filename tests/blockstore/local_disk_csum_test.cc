@@ -50,14 +50,6 @@ struct Local {
   std::unique_ptr<DiskBackend> backend;
 };
 
-DiskRef Ref(const std::string& disk) { return DiskRef{"vm1", disk}; }
-
-DiskCreateOptions Blank(uint64_t size) {
-  DiskCreateOptions o;
-  o.size = size;
-  return o;
-}
-
 // Flips one bit of `path` at `offset`.
 void FlipBit(const std::string& path, uint64_t offset, int bit = 3) {
   int fd = ::open(path.c_str(), O_RDWR);

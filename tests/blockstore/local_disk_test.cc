@@ -42,14 +42,6 @@ struct Local {
   std::unique_ptr<DiskBackend> backend;
 };
 
-DiskRef Ref(const std::string& disk) { return DiskRef{"vm1", disk}; }
-
-DiskCreateOptions Blank(uint64_t size) {
-  DiskCreateOptions o;
-  o.size = size;
-  return o;
-}
-
 Bytes ReadAll(Disk& d, uint64_t off, uint64_t len) {
   Bytes out(len);
   Status s = d.Read(off, MutableByteView(out));

@@ -56,12 +56,13 @@ mkdir -p "$mnt"
 echo "soak: $ndisks disks of $mib MiB, ${secs}s, server killed every ${kill_every}s"
 for ((i = 0; i < ndisks; i++)); do
   # Mixed random I/O, every block written checked when read back (crc32c
-  # headers) and once more at the end of the run.
+  # headers) and once more at the end of the run. No verify state file: fio
+  # would leave one per job in the current directory.
   fio --name="soak$i" --filename="$mnt/vm$i/disk" --rw=randrw --rwmixread=50 \
     --bsrange=4k-128k --ioengine=libaio --iodepth=8 --direct=1 --size="${mib}M" \
     --time_based --runtime="$secs" --verify=crc32c --verify_fatal=0 --verify_backlog=1024 \
     --fsync=64 --continue_on_error=all --output-format=json --output="$work/fio$i.json" \
-    >"$work/fio$i.log" 2>&1 &
+    --verify_state_save=0 >"$work/fio$i.log" 2>&1 &
   pids+=("$!")
 done
 

@@ -3,11 +3,8 @@
 #include <map>
 
 #include "blockstore/backend_util.h"
-#include "blockstore/dir_backend.h"
-#include "blockstore/mem_backend.h"
 #include "blockstore/mutex.h"
 #include "blockstore/names.h"
-#include "blockstore/rados_backend.h"
 
 namespace imgfs {
 
@@ -176,27 +173,6 @@ void ChunkBackend::ReadAsync(ObjectKind kind, std::string_view id, MutableByteVi
 void ChunkBackend::PutIfAbsentAsync(ObjectKind kind, std::string_view id, ByteView data,
                                     std::function<void(Status)> done) {
   done(PutIfAbsent(kind, id, data));
-}
-
-Result<std::shared_ptr<ChunkBackend>> CreateChunkBackend(std::string_view spec,
-                                                         const CephOptions* ceph) {
-  size_t colon = spec.find(':');
-  std::string_view kind = spec.substr(0, colon);
-  std::string_view arg =
-      colon == std::string_view::npos ? std::string_view() : spec.substr(colon + 1);
-  if (colon != std::string_view::npos && kind == "dir") {
-    if (arg.empty()) return Status::InvalidArgument("chunk backend 'dir:' needs a path");
-    ASSIGN_OR_RETURN(auto dir, DirChunkBackend::Open(std::string(arg)));
-    return std::shared_ptr<ChunkBackend>(std::move(dir));
-  }
-  if (colon != std::string_view::npos && kind == "mem") {
-    return std::shared_ptr<ChunkBackend>(MemChunkBackend::Get(std::string(arg)));
-  }
-  if (colon != std::string_view::npos && kind == "rados") {
-    return CreateRadosBackend(arg, ceph ? *ceph : CephOptions{});
-  }
-  return Status::InvalidArgument("unknown chunk backend '" + std::string(spec.substr(0, 200)) +
-                                 "': expected dir:PATH, mem: or rados:POOL[/NS]");
 }
 
 }  // namespace imgfs

@@ -132,14 +132,17 @@ class ChunkBackend {
                                                     const std::function<void()>& waiting = {});
 };
 
-// Builds a backend from its string: "dir:PATH", "mem:", "rados:POOL[/NS]".
-// Ceph options for rados come from `ceph` (may be null for other kinds).
 struct CephOptions {
   std::string conf_file;     // empty: librados defaults and $CEPH_CONF
   std::string client_id;     // empty: "admin"
   std::string keyring;       // empty: from the conf
   int timeout_seconds = 20;  // client_mount_timeout / rados_osd_op_timeout
 };
+
+// Builds a backend from its string: "dir:PATH", "mem:", "mem:NAME",
+// "rados:POOL[/NS]" (blockstore/backends.h has the registry, and the specs a
+// store's configuration uses). Ceph options for rados come from `ceph` (may
+// be null for other kinds).
 Result<std::shared_ptr<ChunkBackend>> CreateChunkBackend(std::string_view spec,
                                                          const CephOptions* ceph = nullptr);
 

@@ -16,6 +16,7 @@
 
 #include "blockstore/backend_util.h"
 #include "blockstore/file_util.h"
+#include "blockstore/backends.h"
 
 namespace imgfs {
 namespace {
@@ -539,6 +540,27 @@ Result<int> DirChunkBackend::CleanTemp(std::chrono::seconds min_age) {
     if (::unlink(path.c_str()) == 0) ++removed;
   }
   return removed;
+}
+
+ChunkBackendType DirChunkBackendType() {
+  ChunkBackendType t;
+  t.name = "dir";
+  t.usage = "dir";
+  t.reads_are_local = true;
+  // In a store the chunks live in STORE/chunks; "dir:PATH" names another
+  // directory (tests, benchmarks).
+  t.create = [](const BackendContext& ctx,
+                std::string_view arg) -> Result<std::shared_ptr<ChunkBackend>> {
+    std::string root(arg);
+    if (root.empty() && !ctx.store_path.empty()) root = ctx.store_path + "/chunks";
+    if (root.empty()) return Status::InvalidArgument("chunk backend 'dir:' needs a path");
+    ASSIGN_OR_RETURN(auto dir, DirChunkBackend::Open(root));
+    return std::shared_ptr<ChunkBackend>(std::move(dir));
+  };
+  t.prepare = [](const BackendContext& ctx, std::string_view) {
+    return MakeDirs(ctx.store_path + "/chunks");
+  };
+  return t;
 }
 
 }  // namespace imgfs

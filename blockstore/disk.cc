@@ -2,10 +2,6 @@
 
 #include <cstring>
 
-#include "blockstore/local_disk.h"
-#include "blockstore/mem_disk.h"
-#include "blockstore/rbd_disk.h"
-
 namespace imgfs {
 
 size_t ReadBuffers::size() const {
@@ -47,21 +43,6 @@ std::vector<Result<DiskInfo>> DiskBackend::InfoMany(const std::vector<DiskRef>& 
   out.reserve(refs.size());
   for (const DiskRef& ref : refs) out.push_back(Info(ref));
   return out;
-}
-
-Result<std::unique_ptr<DiskBackend>> CreateDiskBackend(std::string_view spec,
-                                                       const std::string& store_path,
-                                                       ImageSource* images,
-                                                       const CephOptions* ceph) {
-  (void)ceph;
-  if (spec == "local") return CreateLocalDiskBackend(store_path + "/disks", images);
-  if (spec == "mem:" || spec == "mem") return CreateMemDiskBackend(images);
-  if (spec.starts_with("rbd:")) {
-    if (spec.size() == 4) return Status::InvalidArgument("disk backend 'rbd:' needs a pool name");
-    return CreateRbdDiskBackend(spec.substr(4), images, ceph);
-  }
-  return Status::InvalidArgument("unknown disk backend '" + std::string(spec) +
-                                 "' (expected local, mem: or rbd:POOL)");
 }
 
 }  // namespace imgfs

@@ -38,6 +38,12 @@
 
 namespace imgfs {
 
+// Allocation unit of blank disks (disks made from an image use the image's
+// chunk size, so that a copy-up reads exactly one parent chunk).
+inline constexpr uint32_t kBlankDiskChunkSize = 64 * 1024;
+// The largest disk size accepted (1 PiB), by every backend.
+inline constexpr uint64_t kMaxDiskSize = uint64_t{1} << 50;
+
 struct Extent {
   uint64_t offset = 0;
   uint64_t length = 0;
@@ -282,9 +288,10 @@ class DiskBackend {
 
 namespace imgfs {
 
-// Builds a disk backend from its string: "local" (under
-// `store_path`/disks), "mem:", "rbd:POOL". `images` opens parent images and
-// must outlive the backend.
+// Builds a disk backend from its spec as a store names it (blockstore/
+// backends.h has the registry): "local" (under `store_path`/disks), "mem",
+// "rbd:POOL[/NAMESPACE]". `images` opens parent images and must outlive the
+// backend.
 Result<std::unique_ptr<DiskBackend>> CreateDiskBackend(std::string_view spec,
                                                        const std::string& store_path,
                                                        ImageSource* images,

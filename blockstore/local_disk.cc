@@ -32,6 +32,7 @@
 #include "blockstore/file_util.h"
 #include "blockstore/mutex.h"
 #include "blockstore/units.h"
+#include "blockstore/backends.h"
 
 namespace imgfs {
 namespace {
@@ -1833,6 +1834,19 @@ Result<std::unique_ptr<DiskBackend>> CreateLocalDiskBackend(const std::string& d
   auto backend = std::make_unique<LocalBackend>(dir, images);
   RETURN_IF_ERROR(backend->Init());
   return std::unique_ptr<DiskBackend>(std::move(backend));
+}
+
+DiskBackendType LocalDiskBackendType() {
+  DiskBackendType t;
+  t.name = "local";
+  t.usage = "local";
+  t.create = [](const BackendContext& ctx, std::string_view) {
+    return CreateLocalDiskBackend(ctx.store_path + "/disks", ctx.images);
+  };
+  t.prepare = [](const BackendContext& ctx, std::string_view) {
+    return MakeDirs(ctx.store_path + "/disks");
+  };
+  return t;
 }
 
 }  // namespace imgfs

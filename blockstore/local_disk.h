@@ -15,11 +15,7 @@ namespace imgfs {
 Result<std::unique_ptr<DiskBackend>> CreateLocalDiskBackend(const std::string& dir,
                                                             ImageSource* images);
 
-// Allocation unit of blank disks (disks made from an image use the image's
-// chunk size, so that a copy-up reads exactly one parent chunk).
-inline constexpr uint32_t kBlankDiskChunkSize = 64 * 1024;
-// The largest disk size accepted (1 PiB), on any file system.
-inline constexpr uint64_t kMaxDiskSize = uint64_t{1} << 50;
+// kBlankDiskChunkSize and kMaxDiskSize are in disk.h.
 // The most chunks a local disk may have (2^34): its in-memory allocation map
 // keeps a page pointer per 32768 chunks, at most 4 MiB, and its bitmap file
 // at most 2 GiB. With 4 KiB chunks this caps a disk at 64 TiB; from 64 KiB

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "blockstore/backend_util.h"
+#include "blockstore/backends.h"
 
 namespace imgfs {
 
@@ -150,6 +151,19 @@ void MemChunkBackend::OverwriteForTest(ObjectKind kind, std::string_view id, Byt
   if (slot) used_bytes_ -= slot->size();
   used_bytes_ += data.size();
   slot = std::move(copy);
+}
+
+ChunkBackendType MemChunkBackendType() {
+  ChunkBackendType t;
+  t.name = "mem";  // no usage: for tests only
+  t.reads_are_local = true;
+  // "mem:NAME" shares one backend per name within the process; "mem" and
+  // "mem:" make a new one.
+  t.create = [](const BackendContext&,
+                std::string_view arg) -> Result<std::shared_ptr<ChunkBackend>> {
+    return std::shared_ptr<ChunkBackend>(MemChunkBackend::Get(std::string(arg)));
+  };
+  return t;
 }
 
 }  // namespace imgfs

@@ -6,9 +6,9 @@
 #include <map>
 
 #include "blockstore/disk_util.h"
-#include "blockstore/local_disk.h"
 #include "blockstore/mutex.h"
 #include "blockstore/units.h"
+#include "blockstore/backends.h"
 
 namespace imgfs {
 namespace {
@@ -410,6 +410,16 @@ MemDisk::~MemDisk() {
 
 std::unique_ptr<DiskBackend> CreateMemDiskBackend(ImageSource* images) {
   return std::make_unique<MemBackend>(images);
+}
+
+DiskBackendType MemDiskBackendType() {
+  DiskBackendType t;
+  t.name = "mem";  // no usage: for tests only
+  t.create = [](const BackendContext& ctx,
+                std::string_view) -> Result<std::unique_ptr<DiskBackend>> {
+    return CreateMemDiskBackend(ctx.images);
+  };
+  return t;
 }
 
 }  // namespace imgfs

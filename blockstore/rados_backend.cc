@@ -16,6 +16,7 @@
 
 #include "blockstore/backend_util.h"
 #include "blockstore/mutex.h"
+#include "blockstore/backends.h"
 
 namespace imgfs {
 namespace {
@@ -774,6 +775,17 @@ Result<std::shared_ptr<ChunkBackend>> CreateRadosBackend(std::string_view pool_s
   std::chrono::seconds lease(3 * (ceph.timeout_seconds > 0 ? ceph.timeout_seconds : 20));
   return std::shared_ptr<ChunkBackend>(std::make_shared<RadosBackend>(
       cluster, io, std::move(pool), std::move(ns), client, max_write_bytes, lease));
+}
+
+ChunkBackendType RadosChunkBackendType() {
+  ChunkBackendType t;
+  t.name = "rados";
+  t.usage = "rados:POOL[/NAMESPACE]";
+  t.argument = SpecArgument::kRequired;
+  t.create = [](const BackendContext& ctx, std::string_view arg) {
+    return CreateRadosBackend(arg, ctx.ceph ? *ctx.ceph : CephOptions{});
+  };
+  return t;
 }
 
 }  // namespace imgfs

@@ -28,6 +28,7 @@
 #include "blockstore/disk_util.h"
 #include "blockstore/mutex.h"
 #include "blockstore/units.h"
+#include "blockstore/backends.h"
 
 namespace imgfs {
 namespace {
@@ -2713,6 +2714,22 @@ Result<std::unique_ptr<DiskBackend>> CreateRbdDiskBackend(std::string_view targe
                                                           const CephOptions* ceph) {
   ASSIGN_OR_RETURN(auto conn, Connect(target, ceph));
   return std::unique_ptr<DiskBackend>(std::make_unique<RbdDiskBackend>(std::move(conn), images));
+}
+
+DiskBackendType RbdDiskBackendType() {
+  DiskBackendType t;
+  t.name = "rbd";
+  t.usage = "rbd:POOL[/NAMESPACE]";
+  t.argument = SpecArgument::kRequired;
+  t.shared_between_stores = true;
+  t.create = [](const BackendContext& ctx, std::string_view arg) {
+    return CreateRbdDiskBackend(arg, ctx.images, ctx.ceph);
+  };
+  // Nothing is created unless the cluster, the key and the pool work.
+  t.prepare = [](const BackendContext& ctx, std::string_view arg) {
+    return CheckRbdTarget(arg, ctx.ceph).WithContext("disks rbd:" + std::string(arg));
+  };
+  return t;
 }
 
 }  // namespace imgfs

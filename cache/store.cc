@@ -15,6 +15,7 @@
 #include <random>
 #include <set>
 
+#include "blockstore/backends.h"
 #include "blockstore/file_util.h"
 #include "blockstore/names.h"
 
@@ -75,21 +76,6 @@ bool SameConfig(const StoreConfig& a, const StoreConfig& b) {
   return a.chunk_size == b.chunk_size && a.chunks == b.chunks && a.disks == b.disks &&
          a.ceph.conf_file == b.ceph.conf_file && a.ceph.client_id == b.ceph.client_id &&
          a.ceph.keyring == b.ceph.keyring;
-}
-
-Status ValidateBackendSpecs(const StoreConfig& c) {
-  bool chunks_ok = c.chunks == "dir" || c.chunks == "mem" ||
-                   (c.chunks.rfind("rados:", 0) == 0 && c.chunks.size() > 6);
-  if (!chunks_ok) {
-    return Status::InvalidArgument("invalid chunk backend '" + c.chunks +
-                                   "': use dir or rados:POOL[/NAMESPACE]");
-  }
-  bool disks_ok = c.disks == "local" || c.disks == "mem" ||
-                  (c.disks.rfind("rbd:", 0) == 0 && c.disks.size() > 4);
-  if (!disks_ok) {
-    return Status::InvalidArgument("invalid disk backend '" + c.disks + "': use local or rbd:POOL");
-  }
-  return Status::OK();
 }
 
 std::string ImageKey(const ImageId& id) { return "images/" + id.Hex(); }
@@ -155,7 +141,8 @@ int64_t SystemClockNow() {
 
 Status Store::Init(const std::string& path, const StoreConfig& config) {
   RETURN_IF_ERROR(ValidateChunkSize(config.chunk_size));
-  RETURN_IF_ERROR(ValidateBackendSpecs(config));
+  ASSIGN_OR_RETURN(ChunkBackendSpec chunk_spec, ParseChunkBackendSpec(config.chunks));
+  ASSIGN_OR_RETURN(DiskBackendSpec disk_spec, ParseDiskBackendSpec(config.disks));
   std::string conf_path = path + "/" + kConfigFile;
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) {
@@ -175,9 +162,11 @@ Status Store::Init(const std::string& path, const StoreConfig& config) {
                                      ": the directory is not empty and is not an imgfs store");
     }
   }
+  // The disk backend first: rbd checks its pool before anything is made.
+  const BackendContext ctx{path, &config.ceph, nullptr};
+  if (disk_spec.type->prepare) RETURN_IF_ERROR(disk_spec.type->prepare(ctx, disk_spec.arg));
+  if (chunk_spec.type->prepare) RETURN_IF_ERROR(chunk_spec.type->prepare(ctx, chunk_spec.arg));
   RETURN_IF_ERROR(MakeDirs(path + "/tmp"));
-  if (config.chunks == "dir") RETURN_IF_ERROR(MakeDirs(path + "/chunks"));
-  if (config.disks == "local") RETURN_IF_ERROR(MakeDirs(path + "/disks"));
   if (::access(conf_path.c_str(), F_OK) != 0) {
     RETURN_IF_ERROR(WriteFileAtomic(conf_path, ConfigToJson(config).dump(2) + "\n"));
   }
@@ -207,17 +196,18 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, Clock clock,
   ASSIGN_OR_RETURN(StoreConfig config, ConfigFromJson(conf_path, *text));
   std::unique_ptr<Store> store(new Store(path, config, std::move(clock)));
 
-  std::string chunk_spec = config.chunks;
-  if (chunk_spec == "dir") chunk_spec = "dir:" + path + "/chunks";
-  if (chunk_spec == "mem") chunk_spec = "mem:";
-  ASSIGN_OR_RETURN(auto backend, CreateChunkBackend(chunk_spec, &store->config_.ceph));
+  auto chunk_spec = ParseChunkBackendSpec(config.chunks);
+  if (!chunk_spec.ok()) return chunk_spec.status().WithContext(conf_path);
+  auto disk_spec = ParseDiskBackendSpec(config.disks);
+  if (!disk_spec.ok()) return disk_spec.status().WithContext(conf_path);
+  store->chunk_spec_ = *chunk_spec;
+  store->disk_spec_ = *disk_spec;
+  const BackendContext ctx{path, &store->config_.ceph, store.get()};
+  ASSIGN_OR_RETURN(auto backend, CreateChunkBackend(store->chunk_spec_, ctx));
   store->chunks_ =
       std::make_shared<ChunkStore>(std::move(backend), config.chunk_size,
                                    options.chunk_cache_bytes.value_or(DefaultChunkCacheBytes()));
-
-  std::string disk_spec = config.disks == "mem" ? "mem:" : config.disks;
-  ASSIGN_OR_RETURN(store->disks_,
-                   CreateDiskBackend(disk_spec, path, store.get(), &store->config_.ceph));
+  ASSIGN_OR_RETURN(store->disks_, CreateDiskBackend(store->disk_spec_, ctx));
   return store;
 }
 
@@ -442,8 +432,9 @@ Result<std::unique_ptr<Store::GcLock>> Store::LockExclusive(const std::function<
 }
 
 Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
+  if (!opts.image) return disks_->Create(ref, opts);  // a blank disk uses no image
   ASSIGN_OR_RETURN(auto lock, LockShared());
-  if (opts.image) RETURN_IF_ERROR(ReadImageRecord(*opts.image).status());
+  RETURN_IF_ERROR(ReadImageRecord(*opts.image).status());
   RETURN_IF_ERROR(lock->Check());
   RETURN_IF_ERROR(disks_->Create(ref, opts));
   if (Status held = lock->Check(); !held.ok() && opts.image) {
@@ -451,19 +442,65 @@ Status Store::CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts) {
     (void)disks_->Remove(ref);
     return held.WithContext("disk " + ref.ToString() + " not created");
   }
-  if (opts.image) {
-    Status rec = RecordDiskBackend();
-    if (rec.ok()) {
-      rec = backend().PutRecord(UseKey(*opts.image, *StoreId(), ref), ref.ToString(),
-                                RecordCondition::Any());
+  Status rec = RecordDiskBackend();
+  if (rec.ok()) {
+    rec = backend().PutRecord(UseKey(*opts.image, *StoreId(), ref), ref.ToString(),
+                              RecordCondition::Any());
+  }
+  if (!rec.ok()) {
+    (void)disks_->Remove(ref);
+    return rec.WithContext("disk " + ref.ToString() + " not created: recording its image's use");
+  }
+  Status s = TouchImage(*opts.image);
+  if (!s.ok())
+    spdlog::warn("could not record the use of image {}: {}", opts.image->Hex(), s.message());
+  return Status::OK();
+}
+
+Status Store::ResizeDisk(const DiskRef& ref, uint64_t new_size, bool allow_shrink) {
+  return disks_->Resize(ref, new_size, allow_shrink);
+}
+
+// A use record left behind by a failed update below only makes gc keep an
+// image longer, until its next run brings the records in line with the
+// disks (ReconcileUses); so these updates warn instead of failing a change
+// that is already made.
+namespace {
+void UpdateUseRecord(ChunkBackend& backend, const std::string& remove, const std::string& put,
+                     const std::string& value) {
+  if (!put.empty()) {
+    if (Status s = backend.PutRecord(put, value, RecordCondition::Any()); !s.ok()) {
+      spdlog::warn("could not record a disk's use of its image ({}): {}", put, s.message());
     }
-    if (!rec.ok()) {
-      (void)disks_->Remove(ref);
-      return rec.WithContext("disk " + ref.ToString() + " not created: recording its image's use");
+  }
+  if (!remove.empty()) {
+    Status s = backend.RemoveRecord(remove, RecordCondition::Any());
+    if (!s.ok() && !s.IsNotFound()) {
+      spdlog::warn("could not remove the use record {}: {}", remove, s.message());
     }
-    Status s = TouchImage(*opts.image);
-    if (!s.ok())
-      spdlog::warn("could not record the use of image {}: {}", opts.image->Hex(), s.message());
+  }
+}
+}  // namespace
+
+Status Store::RenameDisk(const DiskRef& from, const DiskRef& to) {
+  auto info = disks_->Info(from);
+  RETURN_IF_ERROR(disks_->Rename(from, to));
+  if (info.ok() && info->parent) {
+    if (auto me = StoreId(); me.ok()) {
+      UpdateUseRecord(backend(), UseKey(*info->parent, *me, from),
+                      UseKey(*info->parent, *me, to), to.ToString());
+    }
+  }
+  return Status::OK();
+}
+
+Status Store::RemoveDisk(const DiskRef& ref) {
+  auto info = disks_->Info(ref);
+  RETURN_IF_ERROR(disks_->Remove(ref));
+  if (info.ok() && info->parent) {
+    if (auto me = StoreId(); me.ok()) {
+      UpdateUseRecord(backend(), UseKey(*info->parent, *me, ref), "", "");
+    }
   }
   return Status::OK();
 }
@@ -530,7 +567,7 @@ Result<std::unordered_map<ImageId, std::vector<std::string>>> Store::UsesByOther
   const std::string pool = disks_->Describe();
   std::map<std::string, bool> same_pool;  // store id -> its disks are in `pool`
   auto in_my_pool = [&](const std::string& store) -> Result<bool> {
-    if (!pool.starts_with("rbd:")) return false;
+    if (!disk_spec_.type->shared_between_stores) return false;
     auto it = same_pool.find(store);
     if (it != same_pool.end()) return it->second;
     std::string where;
@@ -591,7 +628,7 @@ Status Store::ReconcileUses(bool dry_run) {
   return Status::OK();
 }
 
-bool Store::ReadsAreLocal() const { return config_.chunks == "dir" || config_.chunks == "mem"; }
+bool Store::ReadsAreLocal() const { return chunk_spec_.type->reads_are_local; }
 
 Result<ImageGeometry> Store::GetGeometry(const ImageId& id) {
   ASSIGN_OR_RETURN(ImageRecord r, ReadImageRecord(id));

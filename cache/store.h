@@ -28,6 +28,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "blockstore/backends.h"
 #include "blockstore/chunk_backend.h"
 #include "blockstore/chunk_store.h"
 #include "blockstore/disk.h"
@@ -135,10 +136,21 @@ class Store : public ImageSource {
   Result<std::unique_ptr<GcLock>> LockShared(const std::function<void()>& waiting = {});
   Result<std::unique_ptr<GcLock>> LockExclusive(const std::function<void()>& waiting = {});
 
-  // Creates a disk under the shared GC lock, so that gc either sees the new
-  // disk using its image or runs before the image is looked up (then this
-  // fails with NotFound). Records a use of the image.
+  // Disks change through the store only, for the command line and the mount
+  // alike (docs/architecture.md, "Backends"); reads (Info, List, Open) go
+  // to disks() directly.
+  //
+  // Creates a disk; one made from an image is created under the shared GC
+  // lock, so that gc either sees the new disk using its image or runs before
+  // the image is looked up (then this fails with NotFound), and records a
+  // use of the image.
   Status CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts);
+  // Resizes a disk that is not open here (DiskBackend::Resize).
+  Status ResizeDisk(const DiskRef& ref, uint64_t new_size, bool allow_shrink);
+  // Renames a disk (DiskBackend::Rename); its use record follows it.
+  Status RenameDisk(const DiskRef& from, const DiskRef& to);
+  // Removes a disk (DiskBackend::Remove) and its use record.
+  Status RemoveDisk(const DiskRef& ref);
 
   // Disks whose parent is `id`.
   Result<std::vector<DiskRef>> DisksUsing(const ImageId& id);
@@ -185,6 +197,8 @@ class Store : public ImageSource {
 
   std::string path_;
   StoreConfig config_;
+  ChunkBackendSpec chunk_spec_;  // config_.chunks, parsed
+  DiskBackendSpec disk_spec_;    // config_.disks, parsed
   Clock clock_;
   std::shared_ptr<ChunkStore> chunks_;
   std::unique_ptr<DiskBackend> disks_;

@@ -57,19 +57,19 @@ Status NotDir(std::string_view what) {
 }  // namespace
 
 struct FileSystem::OpenFile {
-  std::mutex mu;
-  std::shared_ptr<Disk> disk;          // GUARDED_BY(mu); null for images and after close
-  std::shared_ptr<ImageReader> image;  // constant after construction
-  bool writable = false;               // GUARDED_BY(mu)
+  Mutex mu;
+  std::shared_ptr<Disk> disk GUARDED_BY(mu);  // null for images and after close
+  std::shared_ptr<ImageReader> image;         // constant after construction
+  bool writable GUARDED_BY(mu) = false;
   uint32_t handles = 0;                // GUARDED_BY(FileSystem::mu_)
   Status broken;         // constant after construction: why a restored handle could not be opened
   uint32_t writers = 0;  // GUARDED_BY(FileSystem::mu_); handles open for writing
-  std::mutex grow_mu;    // serialises growth of the disk
+  Mutex grow_mu;         // serialises growth of the disk
   std::atomic<bool> dirty{false};          // written since the last successful flush
   std::shared_ptr<DiskCounters> counters;  // constant after construction; null for images
 
   Result<std::shared_ptr<Disk>> CurrentDisk() {
-    std::lock_guard lock(mu);
+    MutexLock lock(mu);
     if (!disk) {
       if (!broken.ok()) return broken;
       return Status::IOError("the disk is closed (unmounting)");
@@ -155,6 +155,19 @@ void FileSystem::MoveKeyLocked(const std::string& from, const std::string& to) {
   ino_of_.erase(it);
   if (sink_) sink_->Unbind(from);
   BindLocked(to, ino);
+  // The cached node follows its name (an instance or a disk).
+  auto n = nodes_.find(ino);
+  if (n == nodes_.end()) return;
+  Node& node = *n->second;
+  node.key = to;
+  std::string_view rest = std::string_view(to).substr(2);
+  if (node.kind == NodeKind::kInstance) {
+    node.instance = std::string(rest);
+    node.removed = false;
+  } else if (node.kind == NodeKind::kDisk) {
+    node.instance = std::string(rest.substr(0, rest.find('/')));
+    node.disk = std::string(rest.substr(rest.find('/') + 1));
+  }
 }
 
 std::shared_ptr<FileSystem::Node> FileSystem::NodeFromKeyLocked(uint64_t ino,
@@ -184,7 +197,7 @@ std::shared_ptr<FileSystem::Node> FileSystem::NodeFor(const std::string& key, No
                                                       const std::string& instance,
                                                       const std::string& disk, const ImageId& image,
                                                       bool take_ref) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   uint64_t ino = InoFor(key);
   auto& slot = nodes_[ino];
   if (!slot) {
@@ -225,7 +238,7 @@ void FileSystem::KeepInstance(const std::string& instance) {
 }
 
 Result<std::shared_ptr<FileSystem::Node>> FileSystem::GetNode(uint64_t ino) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it != nodes_.end()) return it->second;
   if (auto k = key_of_.find(ino); k != key_of_.end()) {
@@ -235,14 +248,14 @@ Result<std::shared_ptr<FileSystem::Node>> FileSystem::GetNode(uint64_t ino) {
 }
 
 Result<std::shared_ptr<FileSystem::Handle>> FileSystem::GetHandle(uint64_t fh) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = handles_.find(fh);
   if (it == handles_.end()) return Status::InvalidArgument("no open file " + std::to_string(fh));
   return it->second;
 }
 
 void FileSystem::Forget(uint64_t ino, uint64_t nlookup) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end() || ino == kRootIno || ino == kBaseDirIno) return;
   Node& n = *it->second;
@@ -285,7 +298,7 @@ void CountLocalReads(Disk& disk, const std::shared_ptr<DiskCounters>& counters) 
 }  // namespace
 
 bool FileSystem::HasOpenDisk(std::string_view instance) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const auto& [fh, h] : handles_) {
     if (h->node->kind == NodeKind::kDisk && !h->node->removed && h->node->instance == instance) {
       return true;
@@ -313,14 +326,14 @@ Result<Entry> FileSystem::Lookup(uint64_t parent, std::string_view name) {
       if (!id.ok() || name.size() != 32) return Status::NotFound("no image " + std::string(name));
       ASSIGN_OR_RETURN(ImageRecord rec, store_.GetImage(*id));
       node = NodeFor(ImageKey(*id), NodeKind::kImage, "", "", *id, true);
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (!node->image_record) node->image_record = rec;
       break;
     }
     case NodeKind::kInstance: {
       std::string instance;
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         instance = p->instance;
       }
       return LookupDisk(instance, name);
@@ -338,13 +351,13 @@ Result<Entry> FileSystem::Lookup(uint64_t parent, std::string_view name) {
 
 Result<uint64_t> FileSystem::ParentDataBytes(const ImageId& image) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = parent_data_bytes_.find(image); it != parent_data_bytes_.end()) {
       return it->second;
     }
   }
   ASSIGN_OR_RETURN(ImageRecord rec, store_.ReadImageRecord(image));
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   parent_data_bytes_[image] = rec.data_bytes;
   return rec.data_bytes;
 }
@@ -353,7 +366,7 @@ Result<struct stat> FileSystem::StatDisk(const Node& node) {
   DiskRef ref;
   std::shared_ptr<OpenFile> of;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (node.removed) return Status::NotFound("the disk was removed");
     ref = DiskRef{node.instance, node.disk};
     of = node.open;
@@ -366,7 +379,7 @@ Result<struct stat> FileSystem::StatDisk(const Node& node) {
     // the store's answer stands: rbd answers it from the open, watched
     // handle anyway, except when the cluster gave only a read-only librbd
     // handle, which hears of no resize (docs/rbd.md, "Disks").
-    std::lock_guard lock(of->mu);
+    MutexLock lock(of->mu);
     if (of->disk && of->writable) size = of->disk->size();
   }
   uint64_t used = info.owned_bytes;
@@ -392,12 +405,12 @@ Result<struct stat> FileSystem::StatDisk(const Node& node) {
 Result<struct stat> FileSystem::StatImage(const Node& node) {
   std::optional<ImageRecord> rec;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     rec = node.image_record;
   }
   if (!rec) {
     ASSIGN_OR_RETURN(ImageRecord r, store_.GetImage(node.image));
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     const_cast<Node&>(node).image_record = r;
     rec = r;
   }
@@ -432,7 +445,7 @@ Result<struct stat> FileSystem::StatOf(const Node& node) {
     case NodeKind::kInstance: {
       std::string instance;
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         if (node.removed) return Status::NotFound("the instance was removed");
         instance = node.instance;
       }
@@ -479,29 +492,29 @@ Result<struct stat> FileSystem::SetAttr(uint64_t ino, const AttrChange& change,
       return StatOf(*node);
   }
   if (change.size) {
-    std::unique_lock ns(ns_mu_);
+    MutexLock ns(ns_mu_);
     std::shared_ptr<OpenFile> of;
     DiskRef ref;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (node->removed) return Status::NotFound("the disk was removed");
       of = node->open;
       ref = DiskRef{node->instance, node->disk};
     }
     if (of) {
       RETURN_IF_ERROR(UpgradeToWritable(*of, ref));
-      std::lock_guard grow(of->grow_mu);
+      MutexLock grow(of->grow_mu);
       ASSIGN_OR_RETURN(auto disk, of->CurrentDisk());
       RETURN_IF_ERROR(disk->Resize(*change.size, opts_.allow_shrink));
       of->dirty = true;
     } else {
-      RETURN_IF_ERROR(disks_.Resize(ref, *change.size, opts_.allow_shrink));
+      RETURN_IF_ERROR(store_.ResizeDisk(ref, *change.size, opts_.allow_shrink));
     }
   }
   if (attrs) {
     DiskRef ref;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ref = DiskRef{node->instance, node->disk};
     }
     ASSIGN_OR_RETURN(DiskInfo info, disks_.Info(ref));
@@ -522,7 +535,7 @@ Result<uint64_t> FileSystem::OpenDir(uint64_t ino) {
   auto dh = std::make_shared<DirHandle>();
   dh->entries = std::move(entries);
   dh->ino = ino;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   uint64_t id = next_fh_++;
   dirs_[id] = std::move(dh);
   if (sink_) sink_->DirOpened(id, ino);
@@ -554,7 +567,7 @@ Result<std::vector<DirEntry>> FileSystem::ListDir(const std::shared_ptr<Node>& n
     case NodeKind::kInstance: {
       std::string instance;
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         instance = node->instance;
       }
       ASSIGN_OR_RETURN(auto refs, disks_.List(instance));
@@ -567,13 +580,13 @@ Result<std::vector<DirEntry>> FileSystem::ListDir(const std::shared_ptr<Node>& n
     default:
       return NotDir("a disk or image");
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (auto& [name, kt] : names) dh->entries.push_back({name, InoFor(kt.first), kt.second});
   return std::move(dh->entries);
 }
 
 Result<std::vector<DirEntry>> FileSystem::ReadDir(uint64_t dh, uint64_t offset) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = dirs_.find(dh);
   if (it == dirs_.end()) return Status::InvalidArgument("no open directory");
   const auto& all = it->second->entries;
@@ -582,7 +595,7 @@ Result<std::vector<DirEntry>> FileSystem::ReadDir(uint64_t dh, uint64_t offset) 
 }
 
 void FileSystem::ReleaseDir(uint64_t dh) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (dirs_.erase(dh) && sink_) sink_->DirReleased(dh);
 }
 
@@ -601,7 +614,7 @@ Result<Entry> FileSystem::MkDir(uint64_t parent, std::string_view name, mode_t m
   RETURN_IF_ERROR(ValidateInstanceName(name));
   std::string instance(name);
   {
-    std::unique_lock ns(ns_mu_);
+    MutexLock ns(ns_mu_);
     ASSIGN_OR_RETURN(auto instances, disks_.ListInstances());
     if (std::find(instances.begin(), instances.end(), instance) != instances.end()) {
       return Status::AlreadyExists("instance " + instance + " exists");
@@ -620,21 +633,24 @@ Result<Entry> FileSystem::MkDir(uint64_t parent, std::string_view name, mode_t m
   return Entry{node->ino, st};
 }
 
-Status FileSystem::WaitUntilClosed(const std::shared_ptr<Node>& node,
-                                   std::unique_lock<std::mutex>& ns_lock) {
+Status FileSystem::WaitUntilClosed(const std::shared_ptr<Node>& node) {
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.release_grace_ms);
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     if (!node->open) return Status::OK();
     for (const auto& [fh, h] : handles_) {
       if (h->node == node && !h->closing) return Status::Busy("it is open");
     }
-    ns_lock.unlock();
-    closed_cv_.wait_until(lock, deadline, [&] { return !node->open; });
+    // Let the closing handles' releases (which take ns_mu_) through while
+    // waiting; the caller holds ns_mu_ again on return.
+    ns_mu_.Unlock();
+    while (node->open) {
+      if (!closed_cv_.WaitUntil(mu_, deadline)) break;
+    }
   }
-  ns_lock.lock();
-  std::lock_guard lock(mu_);
+  ns_mu_.Lock();
+  MutexLock lock(mu_);
   if (node->open) return Status::Busy("it is open");
   return Status::OK();
 }
@@ -646,9 +662,9 @@ Status FileSystem::RmDir(uint64_t parent, std::string_view name) {
   if (name == kBaseDirName) return Status::PermissionDenied("_base cannot be removed");
   if (!ValidateInstanceName(name).ok()) return Status::NotFound("no instance " + std::string(name));
   std::string instance(name);
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   RETURN_IF_ERROR(disks_.RemoveInstance(instance));
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ForgetNameLocked(InstanceKey(instance));
   return Status::OK();
 }
@@ -665,7 +681,7 @@ Result<Entry> FileSystem::MkNod(uint64_t parent, std::string_view name, mode_t m
   RETURN_IF_ERROR(ValidateDiskName(name));
   std::string instance;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     instance = p->instance;
   }
   DiskRef ref{instance, std::string(name)};
@@ -675,8 +691,8 @@ Result<Entry> FileSystem::MkNod(uint64_t parent, std::string_view name, mode_t m
   opts.attrs.uid = who.uid;
   opts.attrs.gid = who.gid;
   {
-    std::unique_lock ns(ns_mu_);
-    RETURN_IF_ERROR(disks_.Create(ref, opts));
+    MutexLock ns(ns_mu_);
+    RETURN_IF_ERROR(store_.CreateDisk(ref, opts));
   }
   return LookupDisk(instance, name);
 }
@@ -685,10 +701,10 @@ Result<std::pair<Entry, OpenReply>> FileSystem::Create(uint64_t parent, std::str
                                                        mode_t mode, int flags, const Caller& who) {
   ASSIGN_OR_RETURN(Entry e, MkNod(parent, name, S_IFREG | (mode & 07777), who));
   ASSIGN_OR_RETURN(auto node, GetNode(e.ino));
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   auto r = OpenNodeLocked(node, flags & ~O_TRUNC);
   if (!r.ok()) {
-    ns.unlock();
+    ns.Unlock();
     Forget(e.ino, 1);
     return r.status();
   }
@@ -704,26 +720,26 @@ Status FileSystem::Unlink(uint64_t parent, std::string_view name) {
   if (p->kind != NodeKind::kInstance) return NotDir("a disk or image");
   std::string instance;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     instance = p->instance;
   }
   if (!ValidateDiskName(name).ok()) return Status::NotFound("no disk " + std::string(name));
   std::string key = DiskKey(instance, name);
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   std::shared_ptr<Node> node;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = ino_of_.find(key); it != ino_of_.end()) {
       if (auto n = nodes_.find(it->second); n != nodes_.end()) node = n->second;
     }
   }
   if (node) {
-    Status st = WaitUntilClosed(node, ns);
+    Status st = WaitUntilClosed(node);
     if (!st.ok()) return Status::Busy(instance + "/" + std::string(name) + " is open");
   }
-  RETURN_IF_ERROR(disks_.Remove(DiskRef{instance, std::string(name)}));
+  RETURN_IF_ERROR(store_.RemoveDisk(DiskRef{instance, std::string(name)}));
   KeepInstance(instance);
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ForgetNameLocked(key);
   return Status::OK();
 }
@@ -741,9 +757,9 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
     return Status::PermissionDenied(
         "disks move between instance directories, instances stay at the top level");
   }
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   auto find_node = [&](const std::string& key) -> std::shared_ptr<Node> {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = ino_of_.find(key); it != ino_of_.end()) {
       if (auto n = nodes_.find(it->second); n != nodes_.end()) return n->second;
     }
@@ -753,7 +769,7 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
   if (p->kind == NodeKind::kInstance) {
     std::string from_inst, to_inst;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       from_inst = p->instance;
       to_inst = np->instance;
     }
@@ -766,33 +782,24 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
     (void)src;
     std::string from_key = DiskKey(from_inst, name), to_key = DiskKey(to_inst, new_name);
     if (auto n = find_node(from_key)) {
-      if (!WaitUntilClosed(n, ns).ok()) return Status::Busy(from.ToString() + " is open");
+      if (!WaitUntilClosed(n).ok()) return Status::Busy(from.ToString() + " is open");
     }
     auto existing = disks_.Info(to);
     if (existing.ok()) {
       if (flags & kNoReplace) return Status::AlreadyExists(to.ToString() + " exists");
       if (auto n = find_node(to_key)) {
-        if (!WaitUntilClosed(n, ns).ok()) return Status::Busy(to.ToString() + " is open");
+        if (!WaitUntilClosed(n).ok()) return Status::Busy(to.ToString() + " is open");
       }
-      RETURN_IF_ERROR(disks_.Remove(to));
-      std::lock_guard lock(mu_);
+      RETURN_IF_ERROR(store_.RemoveDisk(to));
+      MutexLock lock(mu_);
       ForgetNameLocked(to_key);
     } else if (!existing.status().IsNotFound()) {
       return existing.status();
     }
-    RETURN_IF_ERROR(disks_.Rename(from, to));
+    RETURN_IF_ERROR(store_.RenameDisk(from, to));
     if (from_inst != to_inst) KeepInstance(from_inst);
-    std::lock_guard lock(mu_);
-    auto it = ino_of_.find(from_key);
-    if (it != ino_of_.end()) {
-      uint64_t ino = it->second;
-      MoveKeyLocked(from_key, to_key);
-      if (auto n = nodes_.find(ino); n != nodes_.end()) {
-        n->second->key = to_key;
-        n->second->instance = to_inst;
-        n->second->disk = to.disk;
-      }
-    }
+    MutexLock lock(mu_);
+    MoveKeyLocked(from_key, to_key);
     return Status::OK();
   }
 
@@ -817,35 +824,19 @@ Status FileSystem::Rename(uint64_t parent, std::string_view name, uint64_t new_p
   ASSIGN_OR_RETURN(auto refs, disks_.List(from));
   for (auto& r : refs) {
     if (auto n = find_node(DiskKey(from, r.disk))) {
-      if (!WaitUntilClosed(n, ns).ok()) return Status::Busy(r.ToString() + " is open");
+      if (!WaitUntilClosed(n).ok()) return Status::Busy(r.ToString() + " is open");
     }
   }
   RETURN_IF_ERROR(disks_.CreateInstance(to));
   for (auto& r : refs) {
-    RETURN_IF_ERROR(disks_.Rename(r, DiskRef{to, r.disk}));
-    std::lock_guard lock(mu_);
-    std::string fk = DiskKey(from, r.disk), tk = DiskKey(to, r.disk);
-    if (auto it = ino_of_.find(fk); it != ino_of_.end()) {
-      uint64_t ino = it->second;
-      MoveKeyLocked(fk, tk);
-      if (auto n = nodes_.find(ino); n != nodes_.end()) {
-        n->second->key = tk;
-        n->second->instance = to;
-      }
-    }
+    RETURN_IF_ERROR(store_.RenameDisk(r, DiskRef{to, r.disk}));
+    MutexLock lock(mu_);
+    MoveKeyLocked(DiskKey(from, r.disk), DiskKey(to, r.disk));
   }
   RETURN_IF_ERROR(disks_.RemoveInstance(from));
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ForgetNameLocked(InstanceKey(to));
-  if (auto it = ino_of_.find(InstanceKey(from)); it != ino_of_.end()) {
-    uint64_t ino = it->second;
-    MoveKeyLocked(InstanceKey(from), InstanceKey(to));
-    if (auto n = nodes_.find(ino); n != nodes_.end()) {
-      n->second->key = InstanceKey(to);
-      n->second->instance = to;
-      n->second->removed = false;
-    }
-  }
+  MoveKeyLocked(InstanceKey(from), InstanceKey(to));
   return Status::OK();
 }
 
@@ -858,7 +849,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
   DiskRef ref;
   NodeKind kind = node->kind;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (node->removed) return Status::NotFound("it was removed");
     of = node->open;
     ref = DiskRef{node->instance, node->disk};
@@ -877,8 +868,11 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
       of = std::make_shared<OpenFile>();
       of->counters = metrics_.Disk(ref.instance, ref.disk);
       CountLocalReads(*disk, of->counters);
-      of->disk = std::move(disk);
-      of->writable = write;
+      {
+        MutexLock lock(of->mu);  // not shared yet; the lock is for the analysis
+        of->disk = std::move(disk);
+        of->writable = write;
+      }
       if (write) of->counters->lock_acquisitions.fetch_add(1, std::memory_order_relaxed);
       auto info = disks_.Info(ref);
       if (info.ok() && info->parent) {
@@ -890,7 +884,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
     } else if (write) {
       bool was_writable;
       {
-        std::lock_guard lock(of->mu);
+        MutexLock lock(of->mu);
         was_writable = of->writable;
       }
       RETURN_IF_ERROR(UpgradeToWritable(*of, ref));
@@ -899,7 +893,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
       }
     }
     if (flags & O_TRUNC) {
-      std::lock_guard grow(of->grow_mu);
+      MutexLock grow(of->grow_mu);
       ASSIGN_OR_RETURN(auto disk, of->CurrentDisk());
       if (disk->size() != 0) {
         // On failure a newly opened disk is dropped here, releasing its lock.
@@ -915,7 +909,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
   h->of = of;
   h->write = write;
   h->flags = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   node->open = of;
   ++of->handles;
   if (write) ++of->writers;
@@ -930,7 +924,7 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
 
 Result<OpenReply> FileSystem::Open(uint64_t ino, int flags) {
   ASSIGN_OR_RETURN(auto node, GetNode(ino));
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   return OpenNodeLocked(node, flags);
 }
 
@@ -975,22 +969,22 @@ Status FileSystem::Fsync(uint64_t fh) {
 
 void FileSystem::DropDisk(std::shared_ptr<Disk> disk) {
   disk.reset();
-  { std::lock_guard lock(retire_mu_); }
-  retire_cv_.notify_all();
+  { MutexLock lock(retire_mu_); }
+  retire_cv_.NotifyAll();
 }
 
 void FileSystem::WaitIdle(const std::shared_ptr<Disk>& disk) {
   if (!disk) return;
-  std::unique_lock lock(retire_mu_);
+  MutexLock lock(retire_mu_);
   // Synchronous users (lseek, setattr) drop their copies without a signal:
   // look again now and then.
-  while (disk.use_count() > 1) retire_cv_.wait_for(lock, std::chrono::milliseconds(10));
+  while (disk.use_count() > 1) retire_cv_.WaitFor(retire_mu_, std::chrono::milliseconds(10));
 }
 
 Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
   std::shared_ptr<Disk> cur;
   {
-    std::lock_guard lock(of.mu);
+    MutexLock lock(of.mu);
     if (of.writable) return Status::OK();
     cur = of.disk;
   }
@@ -1000,7 +994,7 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
     Status st = cur->StartWriting();
     cur.reset();
     if (st.ok()) {
-      std::lock_guard lock(of.mu);
+      MutexLock lock(of.mu);
       of.writable = true;
       return Status::OK();
     }
@@ -1010,7 +1004,7 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
   CountLocalReads(*disk, of.counters);
   std::shared_ptr<Disk> old;
   {
-    std::lock_guard lock(of.mu);
+    MutexLock lock(of.mu);
     old = std::exchange(of.disk, std::move(disk));
     of.writable = true;
   }
@@ -1021,7 +1015,7 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
 void FileSystem::DowngradeToReadOnly(OpenFile& of, const DiskRef& ref) {
   std::shared_ptr<Disk> cur;
   {
-    std::lock_guard lock(of.mu);
+    MutexLock lock(of.mu);
     if (!of.writable || !of.disk) return;
     cur = of.disk;
   }
@@ -1029,7 +1023,7 @@ void FileSystem::DowngradeToReadOnly(OpenFile& of, const DiskRef& ref) {
   Status st = cur->StopWriting();
   if (st.code() != Code::kNotSupported) {
     {
-      std::lock_guard lock(of.mu);
+      MutexLock lock(of.mu);
       of.writable = false;
     }
     of.dirty = false;
@@ -1048,7 +1042,7 @@ void FileSystem::DowngradeToReadOnly(OpenFile& of, const DiskRef& ref) {
   CountLocalReads(**disk, of.counters);
   std::shared_ptr<Disk> old;
   {
-    std::lock_guard lock(of.mu);
+    MutexLock lock(of.mu);
     old = std::exchange(of.disk, std::shared_ptr<Disk>(std::move(*disk)));
     of.writable = false;
   }
@@ -1100,7 +1094,7 @@ void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, size_t size,
 }
 
 Status FileSystem::GrowTo(OpenFile& of, uint64_t end) {
-  std::lock_guard grow(of.grow_mu);
+  MutexLock grow(of.grow_mu);
   ASSIGN_OR_RETURN(auto disk, of.CurrentDisk());
   if (disk->size() >= end) return Status::OK();
   return disk->Resize(end, false);
@@ -1270,7 +1264,7 @@ void FileSystem::FsyncAsync(uint64_t fh, StatusCallback done) {
   if (of->image) return done(Status::OK());
   std::shared_ptr<Disk> disk;
   {
-    std::lock_guard lock(of->mu);
+    MutexLock lock(of->mu);
     if (!of->writable) return done(Status::OK());
     disk = of->disk;
   }
@@ -1287,13 +1281,13 @@ void FileSystem::FsyncAsync(uint64_t fh, StatusCallback done) {
 }
 
 void FileSystem::Release(uint64_t fh) {
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   std::shared_ptr<Handle> h;
   bool last = false;
   bool last_writer = false;
   DiskRef ref;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = handles_.find(fh);
     if (it == handles_.end()) return;
     if (sink_) sink_->Released(fh);
@@ -1310,7 +1304,7 @@ void FileSystem::Release(uint64_t fh) {
   if (last) {
     std::shared_ptr<Disk> disk;
     {
-      std::lock_guard lock(h->of->mu);
+      MutexLock lock(h->of->mu);
       disk = std::move(h->of->disk);
     }
     WaitIdle(disk);
@@ -1321,15 +1315,15 @@ void FileSystem::Release(uint64_t fh) {
       }
     }
     disk.reset();
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = nodes_.find(h->node->ino);
     if (it != nodes_.end() && it->second == h->node && h->node->nlookup == 0 && !h->node->open &&
         h->node->ino != kRootIno && h->node->ino != kBaseDirIno) {
       nodes_.erase(it);
     }
   }
-  ns.unlock();
-  closed_cv_.notify_all();
+  ns.Unlock();
+  closed_cv_.NotifyAll();
 }
 
 Result<struct statvfs> FileSystem::StatFs() {
@@ -1348,10 +1342,10 @@ Result<struct statvfs> FileSystem::StatFs() {
 }
 
 Status FileSystem::Shutdown() {
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   std::vector<std::shared_ptr<OpenFile>> open;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (auto& [ino, node] : nodes_) {
       if (node->open) open.push_back(node->open);
     }
@@ -1361,7 +1355,7 @@ Status FileSystem::Shutdown() {
     std::shared_ptr<Disk> disk;
     bool writable;
     {
-      std::lock_guard lock(of->mu);
+      MutexLock lock(of->mu);
       disk = std::move(of->disk);
       writable = of->writable;
     }
@@ -1379,12 +1373,12 @@ Status FileSystem::Shutdown() {
 }
 
 void FileSystem::SetStateSink(StateSink* sink) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   sink_ = sink;
 }
 
 FsState FileSystem::Snapshot() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   FsState st;
   for (const auto& [key, ino] : ino_of_) {
     if (ino != kRootIno && ino != kBaseDirIno) st.inos[key] = ino;
@@ -1397,9 +1391,9 @@ FsState FileSystem::Snapshot() {
 }
 
 size_t FileSystem::Restore(const FsState& state) {
-  std::unique_lock ns(ns_mu_);
+  MutexLock ns(ns_mu_);
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     next_ino_ = std::max(next_ino_, state.next_ino);
     next_fh_ = std::max(next_fh_, state.next_fh);
     for (const auto& [key, ino] : state.inos) {
@@ -1441,7 +1435,7 @@ size_t FileSystem::Restore(const FsState& state) {
     h->write = WantsWrite(open.flags);
     h->of->writers = h->write ? 1 : 0;
     h->flags = open.flags;
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     handles_[fh] = std::move(h);
   }
   for (const auto& [dh, ino] : state.dirs) {
@@ -1450,19 +1444,19 @@ size_t FileSystem::Restore(const FsState& state) {
     if (auto node = GetNode(ino); node.ok()) {
       if (auto entries = ListDir(*node); entries.ok()) d->entries = std::move(*entries);
     }
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     dirs_[dh] = std::move(d);
   }
   return broken;
 }
 
 size_t FileSystem::InodeCountForTest() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return nodes_.size();
 }
 
 size_t FileSystem::OpenFileCountForTest() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return handles_.size();
 }
 

@@ -33,12 +33,10 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -46,6 +44,7 @@
 
 #include "blockstore/disk.h"
 #include "blockstore/image.h"
+#include "blockstore/mutex.h"
 #include "blockstore/status.h"
 #include "cache/store.h"
 #include "fusefs/metrics.h"
@@ -269,19 +268,19 @@ class FileSystem {
   // Finds or makes the inode for `key`, optionally taking a lookup reference.
   std::shared_ptr<Node> NodeFor(const std::string& key, NodeKind kind, const std::string& instance,
                                 const std::string& disk, const ImageId& image, bool take_ref);
-  uint64_t InoFor(const std::string& key);
+  uint64_t InoFor(const std::string& key) REQUIRES(mu_);
   // Binds or unbinds a name's inode number, and tells the state sink.
-  void BindLocked(const std::string& key, uint64_t ino);
-  void MoveKeyLocked(const std::string& from, const std::string& to);
+  void BindLocked(const std::string& key, uint64_t ino) REQUIRES(mu_);
+  void MoveKeyLocked(const std::string& from, const std::string& to) REQUIRES(mu_);
   // The node for an inode the kernel holds but no Node is cached for (it
   // was forgotten, or a predecessor server made it): rebuilt from its name.
-  std::shared_ptr<Node> NodeFromKeyLocked(uint64_t ino, const std::string& key);
+  std::shared_ptr<Node> NodeFromKeyLocked(uint64_t ino, const std::string& key) REQUIRES(mu_);
   Result<std::vector<DirEntry>> ListDir(const std::shared_ptr<Node>& node);
   Result<struct stat> StatOf(const Node& node);
   Result<struct stat> StatDisk(const Node& node);
   Result<struct stat> StatImage(const Node& node);
   Result<Entry> LookupDisk(const std::string& instance, std::string_view name);
-  Status WaitUntilClosed(const std::shared_ptr<Node>& node, std::unique_lock<std::mutex>& ns_lock);
+  Status WaitUntilClosed(const std::shared_ptr<Node>& node) REQUIRES(ns_mu_);
   Status GrowTo(OpenFile& of, uint64_t end);
   // A disk taken out of an open file (close, upgrade to writable, unmount) is
   // flushed and destroyed only once no asynchronous request holds it any
@@ -308,7 +307,7 @@ class FileSystem {
   // else the next one.
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags,
                                    std::optional<uint64_t> fh = std::nullopt);
-  void ForgetNameLocked(const std::string& key);
+  void ForgetNameLocked(const std::string& key) REQUIRES(mu_);
   void KeepInstance(const std::string& instance);
   Result<uint64_t> ParentDataBytes(const ImageId& image);
 
@@ -318,20 +317,20 @@ class FileSystem {
   const int64_t mount_time_ns_;
   MountMetrics metrics_;
 
-  std::mutex ns_mu_;
-  std::mutex mu_;                                     // after ns_mu_
-  std::condition_variable closed_cv_;                 // with mu_: an open file was released
-  uint64_t next_ino_ = 3;                             // GUARDED_BY(mu_)
-  uint64_t next_fh_ = 1;                              // GUARDED_BY(mu_)
-  std::unordered_map<std::string, uint64_t> ino_of_;  // GUARDED_BY(mu_)
-  std::unordered_map<uint64_t, std::string> key_of_;  // GUARDED_BY(mu_); ino_of_ reversed
-  StateSink* sink_ = nullptr;                         // GUARDED_BY(mu_)
-  std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;      // GUARDED_BY(mu_)
-  std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_;  // GUARDED_BY(mu_)
-  std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;  // GUARDED_BY(mu_)
-  std::unordered_map<ImageId, uint64_t> parent_data_bytes_;        // GUARDED_BY(mu_)
-  std::mutex retire_mu_;  // leaf lock: with retire_cv_, an async request let go of its disk
-  std::condition_variable retire_cv_;
+  Mutex ns_mu_;
+  Mutex mu_ ACQUIRED_AFTER(ns_mu_);
+  CondVar closed_cv_;  // with mu_: an open file was released
+  uint64_t next_ino_ GUARDED_BY(mu_) = 3;
+  uint64_t next_fh_ GUARDED_BY(mu_) = 1;
+  std::unordered_map<std::string, uint64_t> ino_of_ GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, std::string> key_of_ GUARDED_BY(mu_);  // ino_of_ reversed
+  StateSink* sink_ GUARDED_BY(mu_) = nullptr;
+  std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_ GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_ GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_ GUARDED_BY(mu_);
+  std::unordered_map<ImageId, uint64_t> parent_data_bytes_ GUARDED_BY(mu_);
+  Mutex retire_mu_;  // leaf lock: with retire_cv_, an async request let go of its disk
+  CondVar retire_cv_;
 };
 
 }  // namespace imgfs::fusefs

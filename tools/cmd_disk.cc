@@ -261,7 +261,7 @@ Outcome RunResize(const GlobalOptions& g, const std::string& disk, const std::st
   if (!size.ok()) return {size.status()};
   auto store = OpenStore(g);
   if (!store.ok()) return {store.status()};
-  Status s = (*store)->disks().Resize(*ref, *size, /*allow_shrink=*/false);
+  Status s = (*store)->ResizeDisk(*ref, *size, /*allow_shrink=*/false);
   if (!s.ok()) return {s};
   if (g.json) return PrintInfoJson(**store, *ref);
   return {};
@@ -272,7 +272,7 @@ Outcome RunRm(const GlobalOptions& g, const std::string& disk) {
   if (!ref.ok()) return {ref.status()};
   auto store = OpenStore(g);
   if (!store.ok()) return {store.status()};
-  Status s = (*store)->disks().Remove(*ref);
+  Status s = (*store)->RemoveDisk(*ref);
   if (!s.ok()) return {s};
   if (g.json) PrintJson({{"removed", ref->ToString()}});
   return {};

@@ -3,7 +3,6 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "blockstore/rbd_disk.h"
 #include "blockstore/units.h"
 #include "cache/fsck.h"
 #include "cache/gc.h"
@@ -46,12 +45,8 @@ Outcome RunInit(const GlobalOptions& g, const InitArgs& a) {
   }
   c.ceph.timeout_seconds = a.ceph_timeout;
   std::string path = StorePath(g);
-  if (c.disks.starts_with("rbd:")) {
-    // Nothing is created unless the cluster, the key and the pool work.
-    if (Status st = CheckRbdTarget(std::string_view(c.disks).substr(4), &c.ceph); !st.ok()) {
-      return {st.WithContext("disks " + c.disks)};
-    }
-  }
+  // Nothing is created unless the backends' targets work (rbd: the cluster,
+  // the key and the pool).
   Status s = Store::Init(path, c);
   if (!s.ok()) return {s};
   if (g.json) {

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "blockstore/manifest.h"
+
 namespace imgfs {
 
 size_t DefaultChunkCacheBytes() {
@@ -235,9 +237,9 @@ Status ChunkStore::Remove(const ChunkId& id) {
   return s;
 }
 
-Status ChunkStore::ListIds(const std::function<Status(const ChunkId&)>& fn) {
-  return backend_->List(ObjectKind::kChunk, [&](std::string_view hex) -> Status {
-    auto id = ChunkId::FromHex(hex);
+Status ChunkStore::ListKind(ObjectKind kind, const std::function<Status(const Id128&)>& fn) {
+  return backend_->List(kind, [&](std::string_view hex) -> Status {
+    auto id = Id128::FromHex(hex);
     if (!id.ok()) {
       spdlog::warn("chunk store {}: ignoring object with a malformed id '{}'", backend_->Describe(),
                    hex);
@@ -245,6 +247,45 @@ Status ChunkStore::ListIds(const std::function<Status(const ChunkId&)>& fn) {
     }
     return fn(*id);
   });
+}
+
+Status ChunkStore::ListIds(const std::function<Status(const ChunkId&)>& fn) {
+  return ListKind(ObjectKind::kChunk, fn);
+}
+
+Status ChunkStore::ListManifests(const std::function<Status(const ImageId&)>& fn) {
+  return ListKind(ObjectKind::kManifest, fn);
+}
+
+Result<Manifest> ChunkStore::GetManifest(const ImageId& id) {
+  return ::imgfs::GetManifest(*backend_, id);
+}
+
+Status ChunkStore::Recheck(const ChunkId& id) {
+  if (id.IsHole()) return Status::OK();
+  Bytes buf;
+  RETURN_IF_ERROR(backend_->Get(ObjectKind::kChunk, id.Hex(), &buf));
+  if (buf.size() > chunk_size_ || Hash128(buf) != id) {
+    verify_failures_.fetch_add(1, std::memory_order_relaxed);
+    DropFromCache(id);  // what the cache holds was verified, but is no longer what is stored
+    std::string hex = id.Hex();
+    spdlog::error("chunk {} is damaged: its bytes do not match its id", hex);
+    return Status::Corruption("chunk " + hex + " is damaged: its bytes do not match its id");
+  }
+  return Status::OK();
+}
+
+Result<uint64_t> ChunkStore::StoredSize(ObjectKind kind, const Id128& id) {
+  return backend_->Size(kind, id.Hex());
+}
+
+void ChunkStore::RemoveAsync(ObjectKind kind, const Id128& id,
+                             std::function<void(Result<uint64_t>)> done) {
+  if (kind == ObjectKind::kChunk) {
+    if (id.IsHole()) return done(Status::InvalidArgument("the hole chunk cannot be removed"));
+    DropFromCache(id);
+  }
+  backend_->RemoveAsync(kind, id.Hex(), std::move(done));
 }
 
 std::shared_ptr<const Bytes> ChunkStore::CacheLookup(const ChunkId& id) {

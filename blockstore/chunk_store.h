@@ -37,6 +37,8 @@ inline constexpr uint32_t kMinChunkSize = 4 * 1024;
 inline constexpr uint32_t kMaxChunkSize = 4 * 1024 * 1024;
 inline constexpr uint32_t kDefaultChunkSize = 64 * 1024;  // see docs/formats.md
 
+struct Manifest;  // manifest.h, which includes this file
+
 // OK for a power of two in [4 KiB, 4 MiB]; else InvalidArgument.
 Status ValidateChunkSize(uint64_t chunk_size);
 
@@ -110,8 +112,30 @@ class ChunkStore {
   Counters counters() const;
 
   Result<bool> Exists(const ChunkId& id);
+  // Removes chunk `id` from the backend and the cache. NotFound if absent.
   Status Remove(const ChunkId& id);
+  // Calls fn(id) for every stored chunk; objects whose names are not ids
+  // are skipped (with a warning).
   Status ListIds(const std::function<Status(const ChunkId&)>& fn);
+
+  // Reads chunk `id` from the backend and verifies it, neither answering
+  // from the cache nor filling it (fsck and verify re-read what is stored).
+  // NotFound when missing, Corruption when its bytes do not match its id.
+  Status Recheck(const ChunkId& id);
+  // Drops chunk `id` from the cache, so that the next read goes to the
+  // backend (tests that damage what is stored).
+  void DropFromCache(const ChunkId& id);
+
+  // Manifests: this store's other kind of object (gc and fsck).
+  Result<Manifest> GetManifest(const ImageId& id);
+  Status ListManifests(const std::function<Status(const ImageId&)>& fn);
+
+  // Objects of either kind, by id, for gc: the bytes an object holds, from
+  // the backend's stat (never read whole), and removal. Many RemoveAsync may
+  // be in flight (ChunkBackend::RemoveAsync); `done` gets the bytes freed.
+  // A chunk leaves the cache before it leaves the backend.
+  Result<uint64_t> StoredSize(ObjectKind kind, const Id128& id);
+  void RemoveAsync(ObjectKind kind, const Id128& id, std::function<void(Result<uint64_t>)> done);
 
  private:
   std::shared_ptr<ChunkBackend> backend_;  // constant after construction
@@ -129,8 +153,8 @@ class ChunkStore {
   // Checks `data` (as read from the backend) against `id`; Corruption if not.
   Status Verify(const ChunkId& id, const Result<size_t>& read, ByteView data);
 
- public:
-  void DropFromCache(const ChunkId& id);
+  // Calls fn(id) for every object of `kind` whose name is an id.
+  Status ListKind(ObjectKind kind, const std::function<Status(const Id128&)>& fn);
 };
 
 }  // namespace imgfs

@@ -397,6 +397,17 @@ Status DirChunkBackend::Remove(ObjectKind kind, std::string_view id) {
   return Status::OK();
 }
 
+Result<uint64_t> DirChunkBackend::Size(ObjectKind kind, std::string_view id) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  std::string path = ObjectPath(kind, id);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return ObjectMissing(kind, id);
+    return Status::FromErrno(errno, "stat " + path);
+  }
+  return static_cast<uint64_t>(st.st_size);
+}
+
 Status DirChunkBackend::Sync() {
   if (!unsynced_.exchange(false)) return Status::OK();
   if (::syncfs(lock_fd_) != 0) {

@@ -70,6 +70,7 @@ class DirChunkBackend : public ChunkBackend {
   Result<size_t> Read(ObjectKind kind, std::string_view id, MutableByteView buf) override;
   Result<bool> Exists(ObjectKind kind, std::string_view id) override;
   Status Remove(ObjectKind kind, std::string_view id) override;
+  Result<uint64_t> Size(ObjectKind kind, std::string_view id) override;  // stat(2)
   Status List(ObjectKind kind, const std::function<Status(std::string_view id)>& fn) override;
   Status GetRecord(std::string_view key, std::string* value) override;
   Status PutRecord(std::string_view key, std::string_view value,

@@ -78,6 +78,14 @@ Status MemChunkBackend::Remove(ObjectKind kind, std::string_view id) {
   return Status::OK();
 }
 
+Result<uint64_t> MemChunkBackend::Size(ObjectKind kind, std::string_view id) {
+  RETURN_IF_ERROR(ValidateObjectId(id));
+  ReaderLock lock(mu_);
+  auto it = Objects(kind).find(id);
+  if (it == Objects(kind).end()) return Missing(kind, id);
+  return static_cast<uint64_t>(it->second->size());
+}
+
 Status MemChunkBackend::List(ObjectKind kind,
                              const std::function<Status(std::string_view id)>& fn) {
   std::vector<std::string> ids;

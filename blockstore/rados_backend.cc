@@ -305,6 +305,27 @@ class RadosBackend final : public ChunkBackend {
     return Status::OK();
   }
 
+  Result<uint64_t> Size(ObjectKind kind, std::string_view id) override {
+    RETURN_IF_ERROR(ValidateObjectId(id));
+    std::string oid = ObjectName(kind, id);
+    uint64_t size = 0;
+    int r = rados_stat(io_, oid.c_str(), &size, nullptr);
+    if (r < 0) return Error(r, "stat " + oid);
+    return size;
+  }
+
+  // A stat, then the removal, both asynchronous: two round trips that
+  // overlap those of the other removals in flight.
+  void RemoveAsync(ObjectKind kind, std::string_view id,
+                   std::function<void(Result<uint64_t>)> done) override {
+    if (Status s = ValidateObjectId(id); !s.ok()) return done(std::move(s));
+    auto* aio = new AioRemove{this, ObjectName(kind, id), 0, 0, nullptr, nullptr, std::move(done)};
+    BeginAio();
+    rados_aio_create_completion2(aio, &RadosBackend::OnRemoveStatComplete, &aio->comp);
+    int r = rados_aio_stat(io_, aio->oid.c_str(), aio->comp, &aio->size, &aio->mtime);
+    if (r < 0) FinishRemove(aio, r, /*stat=*/true);
+  }
+
   Status List(ObjectKind kind, const std::function<Status(std::string_view id)>& fn) override {
     rados_list_ctx_t ctx;
     int r = rados_nobjects_list_open(io_, &ctx);
@@ -416,34 +437,19 @@ class RadosBackend final : public ChunkBackend {
 
   Status ListRecords(std::string_view prefix,
                      const std::function<Status(std::string_view key)>& fn) override {
-    std::string filter(prefix);
-    std::string after;
-    for (;;) {
-      std::vector<std::string> keys;
-      unsigned char more = 0;
-      int rval = 0;
-      rados_omap_iter_t iter = nullptr;
-      rados_read_op_t op = rados_create_read_op();
-      rados_read_op_omap_get_vals2(op, after.c_str(), filter.c_str(), kListRecordsBatch, &iter,
-                                   &more, &rval);
-      int r = rados_read_op_operate(op, io_, kRecordsObject, 0);
-      rados_release_read_op(op);
-      if (r >= 0) r = rval;
-      if (r == -ENOENT) return Status::OK();
-      if (r < 0) return Error(r, "list records");
-      for (;;) {
-        char *k = nullptr, *v = nullptr;
-        size_t klen = 0, vlen = 0;
-        r = rados_omap_get_next2(iter, &k, &v, &klen, &vlen);
-        if (r < 0 || k == nullptr) break;
-        keys.emplace_back(k, klen);
+    return WalkRecords(prefix, [&](std::string_view key, std::string_view) { return fn(key); });
+  }
+
+  // The values come with the listing: a thousand records a round trip.
+  Status ListRecordValues(
+      std::string_view prefix,
+      const std::function<Status(std::string_view key, std::string_view value)>& fn) override {
+    return WalkRecords(prefix, [&](std::string_view key, std::string_view value) {
+      if (value.empty() || value[0] != kValueTag) {
+        return Status::Corruption(Where("record " + std::string(key) + " has a malformed value"));
       }
-      rados_omap_get_end(iter);
-      if (r < 0) return Error(r, "list records");
-      for (const auto& k : keys) RETURN_IF_ERROR(fn(k));
-      if (!more || keys.empty()) return Status::OK();
-      after = keys.back();
-    }
+      return fn(key, value.substr(1));
+    });
   }
 
   // A lease on the cls_lock "imgfs" of object imgfs.lock.<name>, with a
@@ -511,6 +517,50 @@ class RadosBackend final : public ChunkBackend {
     rados_completion_t comp;
     std::function<void(Status)> done;
   };
+  struct AioRemove {
+    RadosBackend* self;
+    std::string oid;
+    uint64_t size;
+    time_t mtime;
+    rados_completion_t comp;
+    rados_write_op_t op;  // the removal, once the stat is done
+    std::function<void(Result<uint64_t>)> done;
+  };
+
+  // Calls fn(key, raw omap value) for each record under `prefix`, a batch of
+  // kListRecordsBatch a round trip.
+  Status WalkRecords(
+      std::string_view prefix,
+      const std::function<Status(std::string_view key, std::string_view value)>& fn) {
+    std::string filter(prefix);
+    std::string after;
+    for (;;) {
+      std::vector<std::pair<std::string, std::string>> batch;
+      unsigned char more = 0;
+      int rval = 0;
+      rados_omap_iter_t iter = nullptr;
+      rados_read_op_t op = rados_create_read_op();
+      rados_read_op_omap_get_vals2(op, after.c_str(), filter.c_str(), kListRecordsBatch, &iter,
+                                   &more, &rval);
+      int r = rados_read_op_operate(op, io_, kRecordsObject, 0);
+      rados_release_read_op(op);
+      if (r >= 0) r = rval;
+      if (r == -ENOENT) return Status::OK();
+      if (r < 0) return Error(r, "list records");
+      for (;;) {
+        char *k = nullptr, *v = nullptr;
+        size_t klen = 0, vlen = 0;
+        r = rados_omap_get_next2(iter, &k, &v, &klen, &vlen);
+        if (r < 0 || k == nullptr) break;
+        batch.emplace_back(std::string(k, klen), std::string(v ? v : "", v ? vlen : 0));
+      }
+      rados_omap_get_end(iter);
+      if (r < 0) return Error(r, "list records");
+      for (const auto& [k, v] : batch) RETURN_IF_ERROR(fn(k, v));
+      if (!more || batch.empty()) return Status::OK();
+      after = batch.back().first;
+    }
+  }
 
   std::string Where(std::string_view what) const {
     return Describe() + " (client." + client_ + "): " + std::string(what);
@@ -628,6 +678,43 @@ class RadosBackend final : public ChunkBackend {
       EndAio();
     });
   }
+  static void OnRemoveStatComplete(rados_completion_t comp, void* arg) {
+    auto* aio = static_cast<AioRemove*>(arg);
+    aio->self->FinishRemove(aio, rados_aio_get_return_value(comp), /*stat=*/true);
+  }
+  static void OnRemoveComplete(rados_completion_t comp, void* arg) {
+    auto* aio = static_cast<AioRemove*>(arg);
+    aio->self->FinishRemove(aio, rados_aio_get_return_value(comp), /*stat=*/false);
+  }
+  // After the stat (stat = true) the removal is sent, from a callback
+  // thread (never from librados's own); after the removal, `done` runs.
+  void FinishRemove(AioRemove* aio, int r, bool stat) {
+    callbacks_.Post([this, aio, r, stat] {
+      if (aio->comp) rados_aio_release(aio->comp);
+      aio->comp = nullptr;
+      if (stat && r >= 0) {
+        aio->op = rados_create_write_op();
+        rados_write_op_remove(aio->op);
+        rados_aio_create_completion2(aio, &RadosBackend::OnRemoveComplete, &aio->comp);
+        int rr = rados_aio_write_op_operate(aio->op, io_, aio->comp, aio->oid.c_str(), nullptr,
+                                            kRemoveFlags);
+        if (rr >= 0) return;
+        if (aio->comp) rados_aio_release(aio->comp);
+        aio->comp = nullptr;
+        return Complete(aio, Error(rr, "remove " + aio->oid));
+      }
+      if (r < 0) return Complete(aio, Error(r, (stat ? "stat " : "remove ") + aio->oid));
+      Complete(aio, aio->size);
+    });
+  }
+  void Complete(AioRemove* aio, Result<uint64_t> result) {
+    if (aio->op) rados_release_write_op(aio->op);
+    auto done = std::move(aio->done);
+    delete aio;
+    done(std::move(result));
+    EndAio();
+  }
+
   void FinishPut(AioPut* aio, int r) {
     callbacks_.Post([this, aio, r] {
       Status status = PutStatus(r, aio->oid);

@@ -2150,44 +2150,70 @@ class RbdDiskBackend : public DiskBackend {
   }
 
  public:
+  // Each publication costs a few image opens (state, usage, clones), all
+  // round trips: they run on up to kListPublishedThreads threads at once,
+  // so the listing takes a fraction of the sum of its round trips.
   Result<std::vector<PublishedImage>> ListPublished() override {
     ASSIGN_OR_RETURN(auto names, ListImageNames(*conn_));
+    std::vector<std::string> ours;
+    for (auto& n : names) {
+      if (n.starts_with(kBasePrefix) || n.starts_with(kTmpPrefix)) ours.push_back(std::move(n));
+    }
+    // One slot a name: nullopt when it is skipped (not an id, removed
+    // meanwhile), else its publication or the error that stops the listing.
+    std::vector<std::optional<Result<PublishedImage>>> got(ours.size());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i = next++; i < ours.size(); i = next++) got[i] = PublishedOf(ours[i]);
+    };
+    constexpr size_t kListPublishedThreads = 8;
+    std::vector<std::thread> threads;
+    for (size_t t = 1; t < std::min(kListPublishedThreads, ours.size()); ++t) {
+      threads.emplace_back(work);
+    }
+    work();
+    for (auto& t : threads) t.join();
     std::vector<PublishedImage> out;
-    for (const auto& n : names) {
-      PublishedImage p;
-      if (n.starts_with(kBasePrefix)) {
-        auto id = ImageId::FromHex(std::string_view(n).substr(std::strlen(kBasePrefix)));
-        if (!id.ok()) continue;
-        p.image = *id;
-        auto done = IsPublished(n);
-        if (!done.ok() && !done.status().IsCorruption() && !done.status().IsNotFound()) {
-          return done.status();
-        }
-        p.complete = done.ok() && *done;
-      } else if (n.starts_with(kTmpPrefix)) {
-        auto id = ImageId::FromHex(std::string_view(n).substr(std::strlen(kTmpPrefix), 32));
-        if (!id.ok()) continue;
-        p.image = *id;
-        p.complete = false;
-      } else {
-        continue;
-      }
-      p.location = "rbd:" + Where(n);
-      auto used = UsedBytes(n);
-      if (!used.ok()) {
-        if (used.status().IsNotFound()) continue;  // removed meanwhile
-        return used.status();
-      }
-      p.used_bytes = *used;
-      auto clones = Children(n);
-      if (!clones.ok()) {
-        if (clones.status().IsNotFound()) continue;
-        return clones.status();
-      }
-      p.clones = std::move(*clones);
-      out.push_back(std::move(p));
+    for (auto& g : got) {
+      if (!g) continue;
+      if (!g->ok()) return g->status();
+      out.push_back(std::move(**g));
     }
     return out;
+  }
+
+  // One publication of ListPublished; nullopt when `n` is to be skipped.
+  std::optional<Result<PublishedImage>> PublishedOf(const std::string& n) {
+    PublishedImage p;
+    if (n.starts_with(kBasePrefix)) {
+      auto id = ImageId::FromHex(std::string_view(n).substr(std::strlen(kBasePrefix)));
+      if (!id.ok()) return std::nullopt;
+      p.image = *id;
+      auto done = IsPublished(n);
+      if (!done.ok() && !done.status().IsCorruption() && !done.status().IsNotFound()) {
+        return done.status();
+      }
+      p.complete = done.ok() && *done;
+    } else {
+      auto id = ImageId::FromHex(std::string_view(n).substr(std::strlen(kTmpPrefix), 32));
+      if (!id.ok()) return std::nullopt;
+      p.image = *id;
+      p.complete = false;
+    }
+    p.location = "rbd:" + Where(n);
+    auto used = UsedBytes(n);
+    if (!used.ok()) {
+      if (used.status().IsNotFound()) return std::nullopt;  // removed meanwhile
+      return used.status();
+    }
+    p.used_bytes = *used;
+    auto clones = Children(n);
+    if (!clones.ok()) {
+      if (clones.status().IsNotFound()) return std::nullopt;
+      return clones.status();
+    }
+    p.clones = std::move(*clones);
+    return p;
   }
 
   Result<std::string> CheckPublished(const ImageId& id) override {

@@ -7,7 +7,7 @@ namespace imgfs {
 
 Result<FsckReport> CheckStore(Store& store) {
   FsckReport r;
-  ChunkBackend& backend = store.backend();
+  ChunkBackend& backend = store.backend();  // records; objects go through the chunk store
 
   std::unordered_set<std::string> image_hex;
   RETURN_IF_ERROR(backend.ListRecords("images/", [&](std::string_view key) {
@@ -17,7 +17,6 @@ Result<FsckReport> CheckStore(Store& store) {
 
   std::unordered_set<ChunkId> referenced;
   std::unordered_set<ImageId> images;
-  Bytes buf;
   for (const auto& hex : image_hex) {
     ++r.images;
     auto id = Id128::FromHex(hex);
@@ -31,7 +30,7 @@ Result<FsckReport> CheckStore(Store& store) {
       if (rec.status().IsRetryable()) return rec.status();
       r.problems.push_back("image " + hex + ": record unreadable: " + rec.status().message());
     }
-    auto m = GetManifest(backend, *id);
+    auto m = store.chunks().GetManifest(*id);
     if (!m.ok()) {
       if (m.status().IsRetryable()) return m.status();
       r.problems.push_back("image " + hex + ": manifest: " + m.status().message());
@@ -45,8 +44,7 @@ Result<FsckReport> CheckStore(Store& store) {
     // uses it is named; `image verify` names every image a chunk breaks).
     for (const auto& c : m->chunks) {
       if (c.IsHole() || !referenced.insert(c).second) continue;
-      store.chunks().DropFromCache(c);
-      Status s = store.chunks().Get(c, &buf);
+      Status s = store.chunks().Recheck(c);
       if (s.IsNotFound()) {
         r.problems.push_back("image " + hex + ": chunk " + c.Hex() + " is missing");
       } else if (s.IsCorruption()) {
@@ -57,32 +55,25 @@ Result<FsckReport> CheckStore(Store& store) {
     }
   }
 
-  RETURN_IF_ERROR(backend.ListRecords("names/", [&](std::string_view key) {
-    ++r.names;
-    std::string target;
-    Status s = backend.GetRecord(key, &target);
-    if (s.IsNotFound()) return Status::OK();
-    RETURN_IF_ERROR(s);
-    if (!image_hex.count(target)) {
-      r.problems.push_back("name '" + std::string(key.substr(6)) + "' points at missing image " +
-                           target);
-    }
-    return Status::OK();
-  }));
+  RETURN_IF_ERROR(
+      backend.ListRecordValues("names/", [&](std::string_view key, std::string_view target) {
+        ++r.names;
+        if (!image_hex.count(std::string(target))) {
+          r.problems.push_back("name '" + std::string(key.substr(6)) +
+                               "' points at missing image " + std::string(target));
+        }
+        return Status::OK();
+      }));
 
-  RETURN_IF_ERROR(backend.List(ObjectKind::kManifest, [&](std::string_view id) {
+  RETURN_IF_ERROR(store.chunks().ListManifests([&](const ImageId& id) {
     ++r.manifests;
-    auto parsed = Id128::FromHex(id);
-    if (!parsed.ok() || !images.count(*parsed)) {
-      r.orphans.push_back("manifest " + std::string(id) + " belongs to no image");
-    }
+    if (!images.count(id)) r.orphans.push_back("manifest " + id.Hex() + " belongs to no image");
     return Status::OK();
   }));
   uint64_t orphan_chunks = 0;
-  RETURN_IF_ERROR(backend.List(ObjectKind::kChunk, [&](std::string_view id) {
+  RETURN_IF_ERROR(store.chunks().ListIds([&](const ChunkId& id) {
     ++r.chunks;
-    auto parsed = Id128::FromHex(id);
-    if (!parsed.ok() || !referenced.count(*parsed)) ++orphan_chunks;
+    if (!referenced.count(id)) ++orphan_chunks;
     return Status::OK();
   }));
   if (orphan_chunks) {

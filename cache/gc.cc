@@ -5,8 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <unordered_map>
 #include <unordered_set>
+
+#include "blockstore/mutex.h"
 
 namespace imgfs {
 namespace {
@@ -40,15 +43,101 @@ Status SweepTemp(Store& store, bool dry_run, GcReport* report) {
   return Status::OK();
 }
 
+// Removals in flight during a sweep: at most kSweepWindow, so a remote
+// backend's round trips overlap (ChunkBackend::RemoveAsync).
+constexpr size_t kSweepWindow = 32;
+
+class Removals {
+ public:
+  void Start() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    while (in_flight_ >= kSweepWindow) cv_.Wait(mu_);
+    ++in_flight_;
+  }
+  // An object already gone (removed by hand, or by another gc) frees nothing.
+  void Done(const Result<uint64_t>& r) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    if (r.ok()) {
+      bytes_ += *r;
+    } else if (!r.status().IsNotFound() && status_.ok()) {
+      status_ = r.status();
+    }
+    ++done_;
+    --in_flight_;
+    cv_.NotifyAll();
+  }
+  void Wait() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    while (in_flight_ != 0) cv_.Wait(mu_);
+  }
+  Status status() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    return status_;
+  }
+  uint64_t done() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    return done_;
+  }
+  uint64_t bytes() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    return bytes_;
+  }
+
+ private:
+  Mutex mu_;
+  CondVar cv_;
+  size_t in_flight_ GUARDED_BY(mu_) = 0;
+  uint64_t done_ GUARDED_BY(mu_) = 0;
+  uint64_t bytes_ GUARDED_BY(mu_) = 0;
+  Status status_ GUARDED_BY(mu_);
+};
+
+// Removes the objects `ids` of `kind` through the chunk store (a dry run
+// only takes their sizes), adding the bytes they held to the report. Checks
+// that the GC lock is still held before each removal; on the first error
+// stops sending more, waits for those in flight and returns it.
+Status Sweep(Store& store, const GcOptions& o, const Store::GcLock& lock, ObjectKind kind,
+             const std::vector<Id128>& ids, GcReport* report) {
+  const std::string phase = kind == ObjectKind::kChunk ? "sweep" : "sweep manifests";
+  uint64_t done = 0;
+  if (o.dry_run) {
+    for (const auto& id : ids) {
+      auto size = store.chunks().StoredSize(kind, id);
+      if (size.ok()) {
+        report->bytes_freed += *size;
+      } else if (!size.status().IsNotFound()) {
+        return size.status();
+      }
+      if (kind == ObjectKind::kChunk) Progress(o, phase, ++done, ids.size());
+    }
+    return Status::OK();
+  }
+  Removals removals;
+  Status status;
+  for (const auto& id : ids) {
+    status = removals.status();
+    if (status.ok()) status = lock.Check().WithContext("gc stopped");
+    if (!status.ok()) break;
+    removals.Start();
+    store.chunks().RemoveAsync(kind, id, [&removals](Result<uint64_t> r) { removals.Done(r); });
+    if (kind == ObjectKind::kChunk) Progress(o, phase, removals.done(), ids.size());
+  }
+  removals.Wait();
+  if (status.ok()) status = removals.status();
+  report->bytes_freed += removals.bytes();
+  if (kind == ObjectKind::kChunk) Progress(o, phase, removals.done(), ids.size());
+  return status;
+}
+
 }  // namespace
 
 Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   GcReport report;
   ASSIGN_OR_RETURN(auto lock, store.LockExclusive(o.waiting));
+  const auto locked_at = std::chrono::steady_clock::now();
   // Every step that removes something first checks that the lock is still
   // held (a RADOS lease that could not be renewed stops gc).
   auto held = [&] { return lock->Check().WithContext("gc stopped"); };
-  ChunkBackend& backend = store.backend();
   const int64_t now = store.Now();
 
   // 1. Images: unused for at least min_age, and not used by any disk.
@@ -92,7 +181,9 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
     bool keep = in_use.count(r.id) || !old_enough || (o.keep_named && !r.names.empty());
     if (!keep && !o.dry_run) {
       RETURN_IF_ERROR(held());
-      Status s = store.RemoveImage(r.id);
+      // Its uses were all found above, once for every image (under the
+      // exclusive lock, no disk or use record can appear here meanwhile).
+      Status s = store.RemoveUnusedImage(r);
       if (s.IsBusy()) {
         // A disk or clone appeared that the lists above did not show (e.g.
         // made by another host sharing the rbd pool): it is in use.
@@ -147,7 +238,7 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   std::unordered_set<ChunkId> live_chunks;
   uint64_t done = 0;
   for (const auto& id : live_images) {
-    auto m = GetManifest(backend, id);
+    auto m = store.chunks().GetManifest(id);
     if (!m.ok()) {
       return m.status().WithContext(
           "gc stopped before sweeping: cannot read the manifest of "
@@ -160,45 +251,27 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
     Progress(o, "mark", ++done, live_images.size());
   }
 
-  // 3. Sweep manifests and chunks nothing live references.
-  std::vector<std::string> dead_manifests;
-  RETURN_IF_ERROR(backend.List(ObjectKind::kManifest, [&](std::string_view id) {
-    auto parsed = Id128::FromHex(id);
-    if (!parsed.ok() || !live_manifests.count(*parsed)) dead_manifests.emplace_back(id);
+  // 3. Sweep manifests and chunks nothing live references; their sizes come
+  // from the backend's stat, not from reading them.
+  std::vector<Id128> dead_manifests;
+  RETURN_IF_ERROR(store.chunks().ListManifests([&](const ImageId& id) {
+    if (!live_manifests.count(id)) dead_manifests.push_back(id);
     return Status::OK();
   }));
-  std::vector<std::string> dead_chunks;
-  RETURN_IF_ERROR(backend.List(ObjectKind::kChunk, [&](std::string_view id) {
-    auto parsed = Id128::FromHex(id);
-    if (!parsed.ok() || !live_chunks.count(*parsed)) dead_chunks.emplace_back(id);
+  std::vector<Id128> dead_chunks;
+  RETURN_IF_ERROR(store.chunks().ListIds([&](const ChunkId& id) {
+    if (!live_chunks.count(id)) dead_chunks.push_back(id);
     return Status::OK();
   }));
-  Bytes buf;
-  for (const auto& id : dead_manifests) {
-    if (backend.Get(ObjectKind::kManifest, id, &buf).ok()) report.bytes_freed += buf.size();
-    if (!o.dry_run) {
-      RETURN_IF_ERROR(held());
-      Status s = backend.Remove(ObjectKind::kManifest, id);
-      if (!s.ok() && !s.IsNotFound()) return s;
-    }
-    ++report.manifests_removed;
-  }
-  done = 0;
-  for (const auto& id : dead_chunks) {
-    if (backend.Get(ObjectKind::kChunk, id, &buf).ok()) report.bytes_freed += buf.size();
-    if (!o.dry_run) {
-      RETURN_IF_ERROR(held());
-      Status s = backend.Remove(ObjectKind::kChunk, id);
-      if (!s.ok() && !s.IsNotFound()) return s;
-      auto parsed = Id128::FromHex(id);
-      if (parsed.ok()) store.chunks().DropFromCache(*parsed);
-    }
-    ++report.chunks_removed;
-    Progress(o, "sweep", ++done, dead_chunks.size());
-  }
+  RETURN_IF_ERROR(Sweep(store, o, *lock, ObjectKind::kManifest, dead_manifests, &report));
+  report.manifests_removed += dead_manifests.size();
+  RETURN_IF_ERROR(Sweep(store, o, *lock, ObjectKind::kChunk, dead_chunks, &report));
+  report.chunks_removed += dead_chunks.size();
 
   // 4. Leftovers of interrupted imports in the temp area.
   RETURN_IF_ERROR(SweepTemp(store, o.dry_run, &report));
+  spdlog::info("gc: held the GC lock for {:.3f} s",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - locked_at).count());
   spdlog::info("gc: {} images, {} manifests, {} chunks, {} temp files, {} publications{}",
                report.images_removed.size(), report.manifests_removed, report.chunks_removed,
                report.temp_files_removed, report.publications_removed.size(),

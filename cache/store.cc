@@ -259,14 +259,11 @@ Result<ImageRecord> Store::ReadImageRecord(const ImageId& id) {
 
 Result<std::map<std::string, std::vector<std::string>>> Store::NamesByImage() {
   std::map<std::string, std::vector<std::string>> names;
-  RETURN_IF_ERROR(backend().ListRecords("names/", [&](std::string_view key) {
-    std::string target;
-    Status gs = backend().GetRecord(key, &target);
-    if (gs.IsNotFound()) return Status::OK();  // removed meanwhile
-    RETURN_IF_ERROR(gs);
-    names[target].emplace_back(key.substr(6));
-    return Status::OK();
-  }));
+  RETURN_IF_ERROR(
+      backend().ListRecordValues("names/", [&](std::string_view key, std::string_view target) {
+        names[std::string(target)].emplace_back(key.substr(6));
+        return Status::OK();
+      }));
   for (auto& [id, list] : names) std::sort(list.begin(), list.end());
   return names;
 }
@@ -281,18 +278,17 @@ Result<ImageRecord> Store::GetImage(const ImageId& id) {
 Result<std::vector<ImageRecord>> Store::ListImages() {
   ASSIGN_OR_RETURN(auto names, NamesByImage());
   std::vector<ImageRecord> out;
-  RETURN_IF_ERROR(backend().ListRecords("images/", [&](std::string_view key) {
-    auto id = Id128::FromHex(key.substr(7));
-    if (!id.ok()) return Status::OK();  // not an image record
-    std::string value;
-    Status gs = backend().GetRecord(key, &value);
-    if (gs.IsNotFound()) return Status::OK();
-    RETURN_IF_ERROR(gs);
-    ASSIGN_OR_RETURN(ImageRecord r, RecordFromJson(*id, value));
-    r.names = names[r.id.Hex()];
-    out.push_back(std::move(r));
-    return Status::OK();
-  }));
+  // One listing with the values (a thousand records a round trip on rados),
+  // not a read per image.
+  RETURN_IF_ERROR(
+      backend().ListRecordValues("images/", [&](std::string_view key, std::string_view value) {
+        auto id = Id128::FromHex(key.substr(7));
+        if (!id.ok()) return Status::OK();  // not an image record
+        ASSIGN_OR_RETURN(ImageRecord r, RecordFromJson(*id, std::string(value)));
+        if (auto it = names.find(r.id.Hex()); it != names.end()) r.names = it->second;
+        out.push_back(std::move(r));
+        return Status::OK();
+      }));
   std::sort(out.begin(), out.end(),
             [](const ImageRecord& a, const ImageRecord& b) { return a.created < b.created; });
   return out;
@@ -386,6 +382,11 @@ Status Store::RemoveImage(const ImageId& id) {
     return Status::Busy("image " + id.Hex() +
                         " is in use by disks of other hosts (store:disk): " + list);
   }
+  return RemoveUnusedImage(r);
+}
+
+Status Store::RemoveUnusedImage(const ImageRecord& r) {
+  const ImageId& id = r.id;
   // Its publication in the disk backend (rbd) goes first: refused, changing
   // nothing, while clones anywhere use it.
   Status up = disks_->Unpublish(id);

@@ -110,6 +110,12 @@ class Store : public ImageSource {
   // rbd base). Busy, naming them, when disks or clones of its published base
   // use it; nothing is removed then. Its chunks are left for `imgfs gc`.
   Status RemoveImage(const ImageId& id);
+  // RemoveImage without its checks of the disks and use records, for a
+  // caller that found them for every image at once, under the exclusive GC
+  // lock (gc): removes the publication (still Busy, removing nothing, if a
+  // clone uses it), then `r.names` and the record. O(1) in the number of
+  // images, disks and names in the store.
+  Status RemoveUnusedImage(const ImageRecord& r);
   // Records a use of an image (disk creation, mounting) for gc's aging.
   Status TouchImage(const ImageId& id);
 

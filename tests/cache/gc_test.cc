@@ -329,3 +329,89 @@ TEST_CASE("gc and image rm keep images that disks of other stores use (use recor
   CHECK(f.store->backend().GetRecord(their_key, &value).ok());
   CHECK(f.store->GetImage(theirs).ok());
 }
+
+TEST_CASE("gc and fsck over many images: each unused image goes, exactly its bytes are freed",
+          "[gc][fsck]") {
+  Fixture f;
+  // 8 KiB images: a chunk of their own, one chunk every image shares, a hole.
+  Bytes shared(4096, 0x5a);
+  auto import = [&](int i, std::vector<std::string> names) {
+    Bytes data(3 * 4096, 0);
+    std::mt19937 rng(1000 + i);
+    for (size_t k = 0; k < 4096; ++k) data[k] = static_cast<uint8_t>(rng());
+    std::copy(shared.begin(), shared.end(), data.begin() + 4096);
+    int fd = ::memfd_create("img", MFD_CLOEXEC);
+    REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
+    ImportOptions o;
+    o.names = std::move(names);
+    auto r = ImportRawFd(*f.store, fd, true, data.size(), o);
+    ::close(fd);
+    REQUIRE(r.ok());
+    return r->id;
+  };
+  constexpr int kOld = 300;
+  std::vector<ImageId> ids;
+  for (int i = 0; i < kOld; ++i) {
+    ids.push_back(import(i, i % 3 == 0 ? std::vector<std::string>{"n" + std::to_string(i)}
+                                       : std::vector<std::string>{}));
+  }
+  // Ten unnamed images used by disks.
+  for (int i = 1; i <= 10; ++i) {
+    DiskCreateOptions o;
+    o.image = ids[3 * i + 1];
+    REQUIRE(f.store->CreateDisk({"vm" + std::to_string(i), "disk"}, o).ok());
+  }
+  f.now += 7200;
+  for (int i = kOld; i < kOld + 20; ++i) import(i, {});  // young
+  // What the unused, unnamed old images hold: their own chunk and manifest.
+  uint64_t expect_bytes = 0;
+  int expect_removed = 0;
+  for (int i = 0; i < kOld; ++i) {
+    bool used = i % 3 == 1 && i >= 4 && i <= 31;
+    if (i % 3 == 0 || used) continue;
+    ++expect_removed;
+    auto m = f.store->chunks().GetManifest(ids[i]);
+    REQUIRE(m.ok());
+    auto chunk = f.store->chunks().StoredSize(ObjectKind::kChunk, m->chunks[0]);
+    auto manifest = f.store->chunks().StoredSize(ObjectKind::kManifest, ids[i]);
+    REQUIRE(chunk.ok());
+    REQUIRE(manifest.ok());
+    CHECK(*chunk == 4096);
+    expect_bytes += *chunk + *manifest;
+  }
+
+  GcOptions o = MinAge(3600);
+  o.keep_named = true;
+  o.dry_run = true;
+  auto dry = CollectGarbage(*f.store, o);
+  REQUIRE(dry.ok());
+  CHECK(dry->images_removed.size() == static_cast<size_t>(expect_removed));
+  CHECK(dry->bytes_freed == expect_bytes);
+  o.dry_run = false;
+  auto r = CollectGarbage(*f.store, o);
+  REQUIRE(r.ok());
+  CHECK(r->images_removed.size() == static_cast<size_t>(expect_removed));
+  CHECK(r->manifests_removed == static_cast<uint64_t>(expect_removed));
+  CHECK(r->chunks_removed == static_cast<uint64_t>(expect_removed));
+  CHECK(r->bytes_freed == expect_bytes);
+
+  const int kept = kOld + 20 - expect_removed;
+  auto images = f.store->ListImages();
+  REQUIRE(images.ok());
+  CHECK(images->size() == static_cast<size_t>(kept));
+  auto fsck = CheckStore(*f.store);
+  REQUIRE(fsck.ok());
+  CHECK(fsck->clean());
+  CHECK(fsck->orphans.empty());
+  CHECK(fsck->images == static_cast<uint64_t>(kept));
+  CHECK(fsck->manifests == static_cast<uint64_t>(kept));
+  CHECK(fsck->chunks == static_cast<uint64_t>(kept + 1));  // and the shared one
+  CHECK(fsck->names == 100);
+  CHECK(fsck->disks == 10);
+  // A second run finds nothing.
+  auto again = CollectGarbage(*f.store, o);
+  REQUIRE(again.ok());
+  CHECK(again->images_removed.empty());
+  CHECK(again->chunks_removed == 0);
+  CHECK(again->bytes_freed == 0);
+}

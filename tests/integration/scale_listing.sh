@@ -8,7 +8,10 @@
 # with what the rbd tool says (`rbd ls -l`, `rbd du`, image metadata).
 # Locally (IMGFS_SCALE_LOCAL, 1,000 by default): that many images and one
 # disk of each: `image ls`, `disk ls`, the mount, `fsck` and `gc --dry-run`
-# see all of them. Needs the test cluster for the rbd part.
+# see all of them; gc removes nothing while every image is in use, then,
+# with half the disks gone, exactly their images, names, manifests and
+# chunks, and fsck counts what is left. Needs the test cluster for the rbd
+# part.
 source "$(dirname "$0")/lib.sh"
 : "${IMGFS_CEPH_CONF:?the test runner (tools/test.sh) provides a Ceph cluster}"
 nrbd="${IMGFS_SCALE_RBD:-300}"
@@ -148,6 +151,32 @@ mount_imgfs "$mnt"
 check_mount "$mnt" "$expected_mount"
 unmount_imgfs "$mnt" "$MOUNT_PID"
 out=$(l fsck) || fail "local fsck: $out"
+# One 64 KiB chunk an image (random bytes: none shared).
+[[ "$out" == "$nlocal images, $nlocal manifests, $nlocal chunks, $nlocal names, $nlocal disks: clean" ]] ||
+  fail "local fsck counted: $out"
 l gc --dry-run --min-age 0 >"$T/gc.out" || fail "gc --dry-run: $(cat "$T/gc.out")"
 [[ "$(l --json image ls | jq length)" == "$nlocal" ]] || fail "gc --dry-run removed images"
+# Every image is used by its disk: gc removes nothing.
+j=$(l --json gc --min-age 0) || fail "gc: $j"
+[[ "$(jq -c '[(.images | length), .manifests, .chunks]' <<<"$j")" == "[0,0,0]" ]] ||
+  fail "gc removed something in use: $(jq -c '[(.images | length), .manifests, .chunks]' <<<"$j")"
+# The disks of the even images go: gc removes exactly those images, with
+# their names, manifests and chunks, and reports their bytes.
+seq 0 2 $((nlocal - 1)) | xargs -P 4 -I{} sh -c \
+  'exec "$0" --store "$1" -q disk rm "$(printf "vm%05d" {})/disk"' "$IMGFS" "$L"
+half=$(((nlocal + 1) / 2))  # the even ones
+kept=$((nlocal - half))
+j=$(l --json gc --min-age 0) || fail "gc: $j"
+[[ "$(jq -r '.images[].names[]' <<<"$j" | sort)" == "$(seq 0 2 $((nlocal - 1)) | sed 's/^/img/' | sort)" ]] ||
+  fail "gc removed other images: $(jq -c '[.images[].names[]] | .[:10]' <<<"$j")"
+[[ "$(jq -c '[.manifests, .chunks]' <<<"$j")" == "[$half,$half]" ]] ||
+  fail "gc removed $(jq -c '[.manifests, .chunks]' <<<"$j") manifests and chunks, not $half"
+freed=$(jq .bytes_freed <<<"$j")
+((freed > half * 65536 && freed < half * (65536 + 4096))) ||
+  fail "gc freed $freed bytes for $half chunks of 64 KiB and their manifests"
+[[ "$(l --json image ls | jq -r '.[].names[]' | sort)" == "$(seq 1 2 $((nlocal - 1)) | sed 's/^/img/' | sort)" ]] ||
+  fail "image ls after gc: $(l --json image ls | jq -c '[.[].names[]] | .[:10]')"
+out=$(l fsck) || fail "local fsck after gc: $out"
+[[ "$out" == "$kept images, $kept manifests, $kept chunks, $kept names, $kept disks: clean" ]] ||
+  fail "local fsck after gc counted: $out"
 echo "ok: $((nrbd + 3)) rbd disks, $nlocal local images and disks"

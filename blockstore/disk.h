@@ -167,6 +167,7 @@ struct PublishedImage {
   std::string location;             // "rbd:pool/imgfs.base.<id>"
   uint64_t used_bytes = 0;          // allocated bytes, in whole RBD objects (as `rbd du`)
   bool complete = true;             // false: a publication that never finished
+  bool in_progress = false;         // still under its temporary name (rbd: imgfs.tmp.*)
   std::vector<std::string> clones;  // "pool[/ns]/name" of every clone (complete ones only)
 };
 

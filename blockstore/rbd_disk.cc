@@ -2199,6 +2199,7 @@ class RbdDiskBackend : public DiskBackend {
       if (!id.ok()) return std::nullopt;
       p.image = *id;
       p.complete = false;
+      p.in_progress = true;
     }
     p.location = "rbd:" + Where(n);
     auto used = UsedBytes(n);

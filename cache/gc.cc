@@ -163,7 +163,7 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   ASSIGN_OR_RETURN(auto published, store.disks().ListPublished());
   std::unordered_map<ImageId, const PublishedImage*> base_of;
   for (const auto& p : published) {
-    if (p.location.find("/imgfs.tmp.") != std::string::npos) continue;
+    if (p.in_progress) continue;  // a half-done publication is never a parent
     base_of[p.image] = &p;
     if (!p.clones.empty()) in_use.insert(p.image);
   }

@@ -198,7 +198,10 @@ Result<Meta> DecodeMeta(std::string_view text, const std::string& path) {
   if (j.contains("created_ns") && j["created_ns"].is_number_integer()) {
     m.created_ns = j["created_ns"].get<int64_t>();
   }
-  if (j.contains("parent") && !j["parent"].is_null()) {
+  // "parent" is always written (null for a blank disk): a missing one is
+  // damage, not a blank disk that would read zeros where its image has data.
+  if (!j.contains("parent")) return bad("missing or malformed field");
+  if (!j["parent"].is_null()) {
     if (!j["parent"].is_string()) return bad("bad parent");
     auto id = Id128::FromHex(j["parent"].get<std::string>());
     if (!id.ok()) return bad("bad parent id");

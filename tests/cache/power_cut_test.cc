@@ -11,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
@@ -126,6 +127,51 @@ Tear PickTear(std::mt19937_64& rng) {
     default:
       return Tear::kRandom;
   }
+}
+
+// Runs `workload` (which opens the store at `path` itself: a cut may come
+// while it opens) once without a cut, to count its calls and find its syncs,
+// then once per cut point on a fresh copy of `tpl`, and checks with `check`
+// what each cut leaves. Returns how many cuts it made.
+template <typename Run>
+int CutEverywhere(const Template& tpl, const std::string& path, uint64_t seed, int workloads,
+                  const std::function<Run()>& fresh,
+                  const std::function<void(uint64_t wseed, Run* run)>& workload,
+                  const std::function<void(Store&, const Run&)>& check) {
+  std::mt19937_64 rng(seed);
+  const int per_run = EnvInt("IMGFS_POWER_CUTS", 6);
+  int cuts = 0;
+  for (int w = 0; w < workloads; ++w) {
+    uint64_t wseed = rng();
+    tpl.CopyTo(path);
+    uint64_t total;
+    std::vector<uint64_t> syncs;
+    {
+      FaultInjectionFileIO io(path);
+      ScopedFileIO scope(&io);
+      Run run = fresh();
+      workload(wseed, &run);
+      total = io.calls();
+      syncs = io.sync_calls();
+    }
+    for (uint64_t at : CutPoints(total, syncs, per_run, rng)) {
+      Tear tear = PickTear(rng);
+      uint64_t cut_seed = rng();
+      INFO("seed " << seed << ", workload " << w << ", cut before call " << at << " of " << total
+                   << ", tear " << static_cast<int>(tear));
+      tpl.CopyTo(path);
+      FaultInjectionFileIO io(path);
+      ScopedFileIO scope(&io);
+      io.CutBeforeCall(at, tear, cut_seed);
+      Run run = fresh();
+      workload(wseed, &run);
+      io.CutNow(tear, cut_seed);
+      REQUIRE(io.Restore().ok());
+      check(*OpenStore(path), run);
+      ++cuts;
+    }
+  }
+  return cuts;
 }
 
 // ---------------------------------------------------------------------------
@@ -259,8 +305,6 @@ TEST_CASE(
     "[power_cut]") {
   QuietLogs quiet;
   const uint64_t seed = TestSeed();
-  std::mt19937_64 rng(seed);
-  const int per_run = EnvInt("IMGFS_POWER_CUTS", 6);
   Template tpl;
   Bytes image = Pattern(seed ^ 1, kImageBytes, 5);
   {
@@ -276,51 +320,23 @@ TEST_CASE(
   }
   TempDir work;
   const std::string path = work.path() + "/s";
-  int cuts = 0;
-  for (int workload = 0; workload < 6; ++workload) {
-    uint64_t wseed = rng();
-    // A run without a cut counts the calls and finds the syncs.
-    tpl.CopyTo(path);
-    uint64_t total;
-    std::vector<uint64_t> syncs;
-    {
-      FaultInjectionFileIO io(path);
-      ScopedFileIO scope(&io);
-      auto store = OpenStore(path);
-      DiskRun run;
-      run.cur = image;
-      run.candidates = {image};
-      run.acked_size = image.size();
-      DiskWorkload(*store, wseed, &run);
-      store.reset();
-      total = io.calls();
-      syncs = io.sync_calls();
-    }
-    for (uint64_t at : CutPoints(total, syncs, per_run, rng)) {
-      Tear tear = PickTear(rng);
-      uint64_t cut_seed = rng();
-      INFO("seed " << seed << ", workload " << workload << ", cut before call " << at << " of "
-                   << total << ", tear " << static_cast<int>(tear));
-      tpl.CopyTo(path);
-      FaultInjectionFileIO io(path);
-      ScopedFileIO scope(&io);
-      io.CutBeforeCall(at, tear, cut_seed);
-      DiskRun run;
-      run.cur = image;
-      run.candidates = {image};
-      run.acked_size = image.size();
-      {
-        auto store = Store::Open(path);  // the cut may come while it opens
-        if (store.ok()) DiskWorkload(**store, wseed, &run);
-        io.CutNow(tear, cut_seed);
-      }
-      REQUIRE(io.Restore().ok());
-      auto store = OpenStore(path);
-      CheckDisk(*store, run);
-      CheckFsck(*store);
-      ++cuts;
-    }
-  }
+  int cuts = CutEverywhere<DiskRun>(
+      tpl, path, seed, 6,
+      [&] {
+        DiskRun run;
+        run.cur = image;
+        run.candidates = {image};
+        run.acked_size = image.size();
+        return run;
+      },
+      [&](uint64_t wseed, DiskRun* run) {
+        auto store = Store::Open(path);
+        if (store.ok()) DiskWorkload(**store, wseed, run);
+      },
+      [&](Store& store, const DiskRun& run) {
+        CheckDisk(store, run);
+        CheckFsck(store);
+      });
   WARN("disk workloads: " << cuts << " power cuts, seed " << seed);
   CHECK(cuts >= 60);
 }
@@ -398,8 +414,6 @@ TEST_CASE("power cuts during imports, image removals and gc never show half an i
           "[power_cut]") {
   QuietLogs quiet;
   const uint64_t seed = TestSeed();
-  std::mt19937_64 rng(seed);
-  const int per_run = EnvInt("IMGFS_POWER_CUTS", 6);
   Template tpl;
   {
     StoreConfig c;
@@ -408,83 +422,53 @@ TEST_CASE("power cuts during imports, image removals and gc never show half an i
   }
   TempDir work;
   const std::string path = work.path() + "/s";
-  int cuts = 0;
-  for (int workload = 0; workload < 4; ++workload) {
-    uint64_t wseed = rng();
-    tpl.CopyTo(path);
-    uint64_t total;
-    std::vector<uint64_t> syncs;
-    {
-      FaultInjectionFileIO io(path);
-      ScopedFileIO scope(&io);
-      int64_t now = 1'000'000;
-      auto s = Store::Open(path, [&now] { return now; });
-      REQUIRE(s.ok());
-      ImageRun run;
-      ImageWorkload(**s, wseed, &now, &run);
-      s->reset();
-      total = io.calls();
-      syncs = io.sync_calls();
-    }
-    for (uint64_t at : CutPoints(total, syncs, per_run, rng)) {
-      Tear tear = PickTear(rng);
-      uint64_t cut_seed = rng();
-      INFO("seed " << seed << ", workload " << workload << ", cut before call " << at << " of "
-                   << total << ", tear " << static_cast<int>(tear));
-      tpl.CopyTo(path);
-      FaultInjectionFileIO io(path);
-      ScopedFileIO scope(&io);
-      io.CutBeforeCall(at, tear, cut_seed);
-      ImageRun run;
-      int64_t now = 1'000'000;
-      {
-        auto s = Store::Open(path, [&now] { return now; });  // the cut may come while it opens
-        if (s.ok()) ImageWorkload(**s, wseed, &now, &run);
-        io.CutNow(tear, cut_seed);
-      }
-      REQUIRE(io.Restore().ok());
-      auto store = OpenStore(path);
-      for (const auto& [k, id] : run.acked) {
-        INFO("image " << k << ", acknowledged");
-        auto rec = store->GetImage(id);
-        INFO(rec.status().ToString());
-        REQUIRE(rec.ok());
-        CHECK(ImageBytesProblem(*store, id, ImageData(k)) == "");
-      }
-      for (const auto& [k, id] : run.removed) {
-        // Removed or not (the cut may have come first), never half there.
-        if (store->GetImage(id).ok()) {
-          INFO("image " << k << ", removal in flight");
-          CHECK(ImageBytesProblem(*store, id, ImageData(k)) == "");
+  int cuts = CutEverywhere<ImageRun>(
+      tpl, path, seed, 4, [] { return ImageRun{}; },
+      [&](uint64_t wseed, ImageRun* run) {
+        int64_t now = 1'000'000;
+        auto s = Store::Open(path, [&now] { return now; });
+        if (s.ok()) ImageWorkload(**s, wseed, &now, run);
+      },
+      [&](Store& store, const ImageRun& run) {
+        for (const auto& [k, id] : run.acked) {
+          INFO("image " << k << ", acknowledged");
+          auto rec = store.GetImage(id);
+          INFO(rec.status().ToString());
+          REQUIRE(rec.ok());
+          CHECK(ImageBytesProblem(store, id, ImageData(k)) == "");
         }
-      }
-      auto all = store->ListImages();
-      INFO(all.status().ToString());
-      REQUIRE(all.ok());
-      for (const auto& rec : *all) {
-        auto v = VerifyImage(*store, rec.id);
-        REQUIRE(v.ok());
-        INFO("visible image " << rec.id.Hex());
-        CHECK(v->problems.empty());
-      }
-      for (const auto& [k, id] : run.removed_acked) {
-        INFO("image " << k << ", removal acknowledged");
-        CHECK(store->GetImage(id).status().IsNotFound());
-      }
-      if (run.maybe) {
-        auto id = store->ResolveImage("img" + std::to_string(*run.maybe));
-        if (id.ok()) CHECK(ImageBytesProblem(*store, *id, ImageData(*run.maybe)) == "");
-      }
-      CheckFsck(*store);
-      // The store takes the same imports again after the cut.
-      for (uint64_t k = 1; k <= 2; ++k) {
-        auto r = ImportBytes(*store, ImageData(k));
-        INFO("import after the cut: " << r.status().ToString());
-        CHECK(r.ok());
-      }
-      ++cuts;
-    }
-  }
+        for (const auto& [k, id] : run.removed) {
+          // Removed or not (the cut may have come first), never half there.
+          if (store.GetImage(id).ok()) {
+            INFO("image " << k << ", removal in flight");
+            CHECK(ImageBytesProblem(store, id, ImageData(k)) == "");
+          }
+        }
+        auto all = store.ListImages();
+        INFO(all.status().ToString());
+        REQUIRE(all.ok());
+        for (const auto& rec : *all) {
+          auto v = VerifyImage(store, rec.id);
+          REQUIRE(v.ok());
+          INFO("visible image " << rec.id.Hex());
+          CHECK(v->problems.empty());
+        }
+        for (const auto& [k, id] : run.removed_acked) {
+          INFO("image " << k << ", removal acknowledged");
+          CHECK(store.GetImage(id).status().IsNotFound());
+        }
+        if (run.maybe) {
+          auto id = store.ResolveImage("img" + std::to_string(*run.maybe));
+          if (id.ok()) CHECK(ImageBytesProblem(store, *id, ImageData(*run.maybe)) == "");
+        }
+        CheckFsck(store);
+        // The store takes the same imports again after the cut.
+        for (uint64_t k = 1; k <= 2; ++k) {
+          auto r = ImportBytes(store, ImageData(k));
+          INFO("import after the cut: " << r.status().ToString());
+          CHECK(r.ok());
+        }
+      });
   WARN("image workloads: " << cuts << " power cuts, seed " << seed);
   CHECK(cuts >= 40);
 }

@@ -27,9 +27,10 @@ std::string ParentOf(const std::string& path) { return path.substr(0, path.rfind
 
 // mkdir that accepts an existing directory; fsyncs the parent when it created
 // one and `sync`.
-Status MakeDir(const std::string& dir, bool sync = true) {
-  if (::mkdir(dir.c_str(), 0755) == 0) return sync ? FsyncDir(ParentOf(dir)) : Status::OK();
-  if (errno != EEXIST) return Status::FromErrno(errno, "mkdir " + dir);
+Status MakeDir(FileIO& io, const std::string& dir, bool sync = true) {
+  int err = io.Mkdir(dir, 0755);
+  if (err == 0) return sync ? FsyncDir(ParentOf(dir), io) : Status::OK();
+  if (err != EEXIST) return Status::FromErrno(err, "mkdir " + dir);
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + dir);
   if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(dir + " exists and is not a directory");
@@ -98,11 +99,15 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
   std::string root = root_in;
   while (root.size() > 1 && root.back() == '/') root.pop_back();
   if (root.empty()) return Status::InvalidArgument("dir chunk backend: empty path");
-  if (::mkdir(root.c_str(), 0755) != 0 && errno != EEXIST) {
-    return Status::FromErrno(errno, "create chunk directory " + root);
+  FileIO& io = FileIO::Current();
+  if (int err = io.Mkdir(root, 0755); err == 0) {
+    RETURN_IF_ERROR(FsyncDir(root.find('/') == std::string::npos ? "." : ParentOf(root), io));
+  } else if (err != EEXIST) {
+    return Status::FromErrno(err, "create chunk directory " + root);
   }
   std::string format_path = root + "/FORMAT";
-  UniqueFd format_fd(::open(format_path.c_str(), O_RDONLY | O_CLOEXEC));
+  int format_raw = io.Open(format_path, O_RDONLY);
+  UniqueFd format_fd(format_raw);
   if (format_fd.get() >= 0) {
     char buf[64] = {};
     ASSIGN_OR_RETURN(
@@ -114,7 +119,7 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
                                      std::string(buf, n > 0 && buf[n - 1] == '\n' ? n - 1 : n) +
                                      "'");
     }
-  } else if (errno == ENOENT) {
+  } else if (format_raw == -ENOENT) {
     std::vector<std::pair<std::string, bool>> entries;
     bool exists = false;
     RETURN_IF_ERROR(ListDir(root, &entries, &exists));
@@ -125,17 +130,17 @@ Result<std::shared_ptr<DirChunkBackend>> DirChunkBackend::Open(const std::string
       }
     }
   } else {
-    return Status::FromErrno(errno, "open " + format_path);
+    return Status::FromErrno(-format_raw, "open " + format_path);
   }
-  RETURN_IF_ERROR(MakeDir(root + "/objects"));
-  RETURN_IF_ERROR(MakeDir(root + "/objects/chunk"));
-  RETURN_IF_ERROR(MakeDir(root + "/objects/manifest"));
-  RETURN_IF_ERROR(MakeDir(root + "/records"));
-  RETURN_IF_ERROR(MakeDir(root + "/tmp"));
+  RETURN_IF_ERROR(MakeDir(io, root + "/objects"));
+  RETURN_IF_ERROR(MakeDir(io, root + "/objects/chunk"));
+  RETURN_IF_ERROR(MakeDir(io, root + "/objects/manifest"));
+  RETURN_IF_ERROR(MakeDir(io, root + "/records"));
+  RETURN_IF_ERROR(MakeDir(io, root + "/tmp"));
   std::string lock_path = root + "/records.lock";
-  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd < 0) return Status::FromErrno(errno, "open " + lock_path);
-  std::shared_ptr<DirChunkBackend> backend(new DirChunkBackend(root, lock_fd));
+  int lock_fd = io.Open(lock_path, O_RDWR | O_CREAT, 0644);
+  if (lock_fd < 0) return Status::FromErrno(-lock_fd, "open " + lock_path);
+  std::shared_ptr<DirChunkBackend> backend(new DirChunkBackend(root, lock_fd, io));
   if (format_fd.get() < 0) {
     std::string tmp;
     RETURN_IF_ERROR(backend->WriteTemp(
@@ -168,8 +173,7 @@ Result<std::unique_ptr<BackendLock>> DirChunkBackend::Lock(std::string_view name
     return Status::InvalidArgument("invalid lock name '" + std::string(name) + "'");
   }
   std::string path = root_ + "/" + std::string(name) + ".lock";
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
-  if (!fd.valid()) return Status::FromErrno(errno, "open " + path);
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenFd(io_, path, O_RDWR | O_CREAT, 0644));
   const int op = mode == LockMode::kShared ? LOCK_SH : LOCK_EX;
   bool waited = false;
   while (::flock(fd.get(), op | (waited ? 0 : LOCK_NB)) != 0) {
@@ -184,8 +188,8 @@ Result<std::unique_ptr<BackendLock>> DirChunkBackend::Lock(std::string_view name
   return std::unique_ptr<BackendLock>(std::make_unique<FlockLock>(std::move(fd)));
 }
 
-DirChunkBackend::DirChunkBackend(std::string root, int lock_fd)
-    : root_(std::move(root)), lock_fd_(lock_fd) {}
+DirChunkBackend::DirChunkBackend(std::string root, int lock_fd, FileIO& io)
+    : root_(std::move(root)), lock_fd_(lock_fd), io_(io) {}
 
 DirChunkBackend::~DirChunkBackend() { ::close(lock_fd_); }
 
@@ -207,12 +211,15 @@ Status DirChunkBackend::WriteTemp(ByteView data, bool sync, std::string* path) {
                 static_cast<unsigned long long>(temp_seq_.fetch_add(1)),
                 static_cast<unsigned long long>(rng()));
   *path = root_ + name;
-  UniqueFd fd(::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return Status::FromErrno(errno, "create temp file " + *path);
+  int raw = io_.Open(*path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  if (raw < 0) return Status::FromErrno(-raw, "create temp file " + *path);
+  UniqueFd fd(raw);
   Status s = WriteFull(fd.get(), data, std::nullopt, *path);
-  if (s.ok() && sync && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + *path);
+  if (s.ok() && sync) {
+    if (int err = io_.Fsync(fd.get())) s = Status::FromErrno(err, "fsync " + *path);
+  }
   if (s.ok() && ::close(fd.release()) != 0) s = Status::FromErrno(errno, "close " + *path);
-  if (!s.ok()) ::unlink(path->c_str());
+  if (!s.ok()) (void)io_.Unlink(*path);
   return s;
 }
 
@@ -220,60 +227,46 @@ Status DirChunkBackend::Publish(const std::string& tmp, const std::string& dest,
                                 bool sync) {
   std::string parent = ParentOf(dest);
   for (int attempt = 0;; ++attempt) {
-    int rc;
+    int err;
     if (replace) {
-      rc = ::rename(tmp.c_str(), dest.c_str());
+      err = io_.Rename(tmp, dest);
     } else {
-      rc = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dest.c_str(), RENAME_NOREPLACE);
-      if (rc != 0 && (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP)) {
-        rc = ::link(tmp.c_str(), dest.c_str());
-        if (rc == 0) ::unlink(tmp.c_str());
+      err = io_.Rename(tmp, dest, RENAME_NOREPLACE);
+      if (err == EINVAL || err == ENOSYS || err == ENOTSUP) {
+        err = io_.Link(tmp, dest);
+        if (err == 0) (void)io_.Unlink(tmp);
       }
     }
-    if (rc == 0) break;
-    int err = errno;
+    if (err == 0) break;
     if (err == ENOENT && attempt == 0) {
-      Status s = MakeDir(parent, sync);
+      Status s = MakeDir(io_, parent, sync);
       if (!s.ok()) {
-        ::unlink(tmp.c_str());
+        (void)io_.Unlink(tmp);
         return s;
       }
       continue;
     }
-    ::unlink(tmp.c_str());
+    (void)io_.Unlink(tmp);
     if (err == EEXIST && !replace) return Status::AlreadyExists(dest + " already exists");
     if (err == EISDIR || err == ENOTDIR) {
       return Status::InvalidArgument(dest + " conflicts with an existing directory or file");
     }
     return Status::FromErrno(err, "publish " + dest);
   }
-  return sync ? FsyncDir(parent) : Status::OK();
+  return sync ? FsyncDir(parent, io_) : Status::OK();
 }
-
-namespace {
-
-// "/proc/self/fd/N": the name linkat(2) follows to give an O_TMPFILE file a name.
-struct ProcFdPath {
-  explicit ProcFdPath(int fd) { std::snprintf(buf, sizeof buf, "/proc/self/fd/%d", fd); }
-  char buf[32];
-};
-
-}  // namespace
 
 bool DirChunkBackend::ProbeTmpfile() {
   std::string dir = TempDir();
-  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644));
+  UniqueFd fd(io_.Open(dir, O_TMPFILE | O_WRONLY, 0644));
   if (!fd.valid()) return false;
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   char name[96];
   std::snprintf(name, sizeof name, "/%d.probe.%016llx.tmp", static_cast<int>(::getpid()),
                 static_cast<unsigned long long>(rng()));
   std::string path = dir + name;
-  if (::linkat(AT_FDCWD, ProcFdPath(fd.get()).buf, AT_FDCWD, path.c_str(), AT_SYMLINK_FOLLOW) !=
-      0) {
-    return false;
-  }
-  ::unlink(path.c_str());
+  if (io_.LinkFd(fd.get(), path) != 0) return false;
+  (void)io_.Unlink(path);
   return true;
 }
 
@@ -281,18 +274,19 @@ Status DirChunkBackend::PublishLinked(const std::string& dest, ByteView data) {
   std::string parent = ParentOf(dest);
   UniqueFd fd;
   for (int attempt = 0;; ++attempt) {
-    fd = UniqueFd(::open(parent.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644));
-    if (fd.valid()) break;
-    if (errno == ENOENT && attempt == 0) {
-      RETURN_IF_ERROR(MakeDir(parent, /*sync=*/false));
+    int raw = io_.Open(parent, O_TMPFILE | O_WRONLY, 0644);
+    if (raw >= 0) {
+      fd = UniqueFd(raw);
+      break;
+    }
+    if (raw == -ENOENT && attempt == 0) {
+      RETURN_IF_ERROR(MakeDir(io_, parent, /*sync=*/false));
       continue;
     }
-    return Status::FromErrno(errno, "create temp file in " + parent);
+    return Status::FromErrno(-raw, "create temp file in " + parent);
   }
   RETURN_IF_ERROR(WriteFull(fd.get(), data, std::nullopt, dest));
-  if (::linkat(AT_FDCWD, ProcFdPath(fd.get()).buf, AT_FDCWD, dest.c_str(), AT_SYMLINK_FOLLOW) !=
-      0) {
-    int err = errno;
+  if (int err = io_.LinkFd(fd.get(), dest)) {
     if (err == EEXIST) return Status::AlreadyExists(dest + " already exists");
     return Status::FromErrno(err, "publish " + dest);
   }
@@ -389,9 +383,9 @@ Result<bool> DirChunkBackend::Exists(ObjectKind kind, std::string_view id) {
 Status DirChunkBackend::Remove(ObjectKind kind, std::string_view id) {
   RETURN_IF_ERROR(ValidateObjectId(id));
   std::string path = ObjectPath(kind, id);
-  if (::unlink(path.c_str()) != 0) {
-    if (errno == ENOENT) return ObjectMissing(kind, id);
-    return Status::FromErrno(errno, "remove " + path);
+  if (int err = io_.Unlink(path)) {
+    if (err == ENOENT) return ObjectMissing(kind, id);
+    return Status::FromErrno(err, "remove " + path);
   }
   unsynced_.store(true);
   return Status::OK();
@@ -410,8 +404,7 @@ Result<uint64_t> DirChunkBackend::Size(ObjectKind kind, std::string_view id) {
 
 Status DirChunkBackend::Sync() {
   if (!unsynced_.exchange(false)) return Status::OK();
-  if (::syncfs(lock_fd_) != 0) {
-    int err = errno;
+  if (int err = io_.Syncfs(lock_fd_)) {
     unsynced_.store(true);
     return Status::FromErrno(err, "syncfs " + root_);
   }
@@ -476,7 +469,7 @@ Status DirChunkBackend::PutRecord(std::string_view key, std::string_view value,
   RETURN_IF_ERROR(CheckPutCondition(key, found ? &current : nullptr, cond));
   for (size_t slash = key.find('/'); slash != std::string_view::npos;
        slash = key.find('/', slash + 1)) {
-    RETURN_IF_ERROR(MakeDir(RecordPath(key.substr(0, slash))));
+    RETURN_IF_ERROR(MakeDir(io_, RecordPath(key.substr(0, slash))));
   }
   std::string tmp;
   RETURN_IF_ERROR(WriteTemp(ByteView(reinterpret_cast<const uint8_t*>(value.data()), value.size()),
@@ -494,8 +487,8 @@ Status DirChunkBackend::RemoveRecord(std::string_view key, const RecordCondition
   bool found = false;
   RETURN_IF_ERROR(ReadRecordFile(path, &current, &found));
   RETURN_IF_ERROR(CheckRemoveCondition(key, found ? &current : nullptr, cond));
-  if (::unlink(path.c_str()) != 0) return Status::FromErrno(errno, "remove " + path);
-  return FsyncDir(ParentOf(path));
+  if (int err = io_.Unlink(path)) return Status::FromErrno(err, "remove " + path);
+  return FsyncDir(ParentOf(path), io_);
 }
 
 Status DirChunkBackend::ListRecords(std::string_view prefix,
@@ -548,7 +541,7 @@ Result<int> DirChunkBackend::CleanTemp(std::chrono::seconds min_age) {
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0) continue;
     if (now - st.st_mtime < min_age.count()) continue;
-    if (::unlink(path.c_str()) == 0) ++removed;
+    if (io_.Unlink(path) == 0) ++removed;
   }
   return removed;
 }

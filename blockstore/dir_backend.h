@@ -41,6 +41,7 @@
 #include <string>
 
 #include "blockstore/chunk_backend.h"
+#include "blockstore/file_io.h"
 #include "blockstore/mutex.h"
 
 namespace imgfs {
@@ -98,7 +99,7 @@ class DirChunkBackend : public ChunkBackend {
   Result<int> CleanTemp(std::chrono::seconds min_age);
 
  private:
-  DirChunkBackend(std::string root, int lock_fd);
+  DirChunkBackend(std::string root, int lock_fd, FileIO& io);
 
   // Writes `data` to a new temp file, fsynced when `sync`; sets *path.
   Status WriteTemp(ByteView data, bool sync, std::string* path);
@@ -119,6 +120,7 @@ class DirChunkBackend : public ChunkBackend {
 
   const std::string root_;  // constant after construction
   const int lock_fd_;       // records.lock, open for the backend's lifetime
+  FileIO& io_;              // FileIO::Current() at Open; constant
   Mutex records_mu_;        // serialises record updates within the process
   std::atomic<uint64_t> temp_seq_{0};
   std::atomic<bool> unsynced_{false};  // objects changed since the last Sync

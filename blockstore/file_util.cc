@@ -1,5 +1,6 @@
 #include "blockstore/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
@@ -9,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <random>
+#include <vector>
 
 namespace imgfs {
 
@@ -24,10 +26,42 @@ UniqueFd::~UniqueFd() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-Status FsyncDir(const std::string& dir) {
-  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno(errno, "open directory " + dir);
-  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync directory " + dir);
+Result<UniqueFd> OpenFd(FileIO& io, const std::string& path, int flags, mode_t mode) {
+  int fd = io.Open(path, flags, mode);
+  if (fd < 0) return Status::FromErrno(-fd, "open " + path);
+  return UniqueFd(fd);
+}
+
+Status FsyncDir(const std::string& dir, FileIO& io) {
+  int fd = io.Open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return Status::FromErrno(-fd, "open directory " + dir);
+  UniqueFd guard(fd);
+  if (int err = io.Fsync(fd)) return Status::FromErrno(err, "fsync directory " + dir);
+  return Status::OK();
+}
+
+Status RemoveTree(const std::string& path, FileIO& io) {
+  int err = io.Unlink(path);
+  if (err == 0 || err == ENOENT) return Status::OK();
+  if (err != EISDIR && err != EPERM) return Status::FromErrno(err, "remove " + path);
+  DIR* d = ::opendir(path.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT) return Status::OK();
+    return Status::FromErrno(errno, "open directory " + path);
+  }
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+    errno = 0;
+  }
+  err = errno;
+  ::closedir(d);
+  if (err != 0) return Status::FromErrno(err, "read directory " + path);
+  for (const auto& name : names) RETURN_IF_ERROR(RemoveTree(path + "/" + name, io));
+  err = io.Rmdir(path);
+  if (err != 0 && err != ENOENT) return Status::FromErrno(err, "remove " + path);
   return Status::OK();
 }
 
@@ -63,31 +97,32 @@ Status WriteFull(int fd, ByteView data, std::optional<uint64_t> offset, const st
   return Status::OK();
 }
 
-Status WriteFileAtomic(const std::string& path, std::string_view data) {
+Status WriteFileAtomic(const std::string& path, std::string_view data, FileIO& io) {
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
   thread_local std::mt19937_64 rng{std::random_device{}()};
   std::string tmp = path + ".tmp." + std::to_string(rng());
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!fd.valid()) return Status::FromErrno(errno, "create " + tmp);
+  int raw = io.Open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  if (raw < 0) return Status::FromErrno(-raw, "create " + tmp);
+  UniqueFd fd(raw);
   if (Status s =
           WriteFull(fd.get(), ByteView(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
                     std::nullopt, tmp);
       !s.ok()) {
-    ::unlink(tmp.c_str());
+    (void)io.Unlink(tmp);
     return s;
   }
-  if (::fsync(fd.get()) != 0) {
-    Status s = Status::FromErrno(errno, "fsync " + tmp);
-    ::unlink(tmp.c_str());
+  if (int err = io.Fsync(fd.get())) {
+    Status s = Status::FromErrno(err, "fsync " + tmp);
+    (void)io.Unlink(tmp);
     return s;
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    Status s = Status::FromErrno(errno, "rename " + tmp);
-    ::unlink(tmp.c_str());
+  if (int err = io.Rename(tmp, path)) {
+    Status s = Status::FromErrno(err, "rename " + tmp);
+    (void)io.Unlink(tmp);
     return s;
   }
-  return FsyncDir(dir);
+  return FsyncDir(dir, io);
 }
 
 Result<std::string> ReadFile(const std::string& path) {
@@ -107,7 +142,7 @@ Result<std::string> ReadFile(const std::string& path) {
   return out;
 }
 
-Status MakeDirs(const std::string& path) {
+Status MakeDirs(const std::string& path, FileIO& io) {
   if (path.empty()) return Status::OK();
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) {
@@ -115,11 +150,11 @@ Status MakeDirs(const std::string& path) {
     return Status::AlreadyExists(path + " exists and is not a directory");
   }
   size_t slash = path.rfind('/');
-  if (slash != std::string::npos && slash > 0) RETURN_IF_ERROR(MakeDirs(path.substr(0, slash)));
-  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
-    return Status::FromErrno(errno, "mkdir " + path);
-  }
-  return Status::OK();
+  if (slash != std::string::npos && slash > 0) RETURN_IF_ERROR(MakeDirs(path.substr(0, slash), io));
+  int err = io.Mkdir(path, 0755);
+  if (err == EEXIST) return Status::OK();
+  if (err != 0) return Status::FromErrno(err, "mkdir " + path);
+  return FsyncDir(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash), io);
 }
 
 namespace {
@@ -146,18 +181,19 @@ std::string FsTypeName(const std::string& dir) {
 
 // An unnamed file in `dir`, gone with its descriptor.
 Result<UniqueFd> OpenScratchFile(const std::string& dir) {
-  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
-  if (fd.valid()) return fd;
-  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
-    return Status::FromErrno(errno, "create a file in " + dir);
+  FileIO& io = FileIO::Current();
+  int raw = io.Open(dir, O_TMPFILE | O_RDWR, 0600);
+  if (raw >= 0) return UniqueFd(raw);
+  if (-raw != EOPNOTSUPP && -raw != EISDIR && -raw != EINVAL) {
+    return Status::FromErrno(-raw, "create a file in " + dir);
   }
   thread_local std::mt19937_64 rng{std::random_device{}()};
   std::string path =
       dir + "/.size-probe." + std::to_string(::getpid()) + "." + std::to_string(rng());
-  fd = UniqueFd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd.valid()) return Status::FromErrno(errno, "create " + path);
-  ::unlink(path.c_str());
-  return fd;
+  raw = io.Open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (raw < 0) return Status::FromErrno(-raw, "create " + path);
+  (void)io.Unlink(path);
+  return UniqueFd(raw);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "blockstore/file_io.h"
 #include "blockstore/status.h"
 
 namespace imgfs {
@@ -14,7 +15,8 @@ namespace imgfs {
 // Writes `data` to `path` atomically and durably: a temp file in the same
 // directory, fsync, rename over `path`, fsync of the directory. A crash
 // leaves either the old file or the new one, never a partial one.
-Status WriteFileAtomic(const std::string& path, std::string_view data);
+Status WriteFileAtomic(const std::string& path, std::string_view data,
+                       FileIO& io = FileIO::Current());
 
 // Reads a whole file. NotFound when it does not exist.
 Result<std::string> ReadFile(const std::string& path);
@@ -30,10 +32,15 @@ Result<size_t> ReadFull(int fd, MutableByteView buf, std::optional<uint64_t> off
 Status WriteFull(int fd, ByteView data, std::optional<uint64_t> offset, const std::string& what);
 
 // fsync of a directory (makes renames and creations in it durable).
-Status FsyncDir(const std::string& dir);
+Status FsyncDir(const std::string& dir, FileIO& io = FileIO::Current());
 
-// mkdir -p with mode 0755. OK when it already exists as a directory.
-Status MakeDirs(const std::string& path);
+// mkdir -p with mode 0755. OK when it already exists as a directory. Each
+// directory it makes is made durable (fsync of its parent).
+Status MakeDirs(const std::string& path, FileIO& io = FileIO::Current());
+
+// Removes `path` and everything under it (rm -rf); OK when it is missing.
+// Not durable until the caller syncs the parent directory.
+Status RemoveTree(const std::string& path, FileIO& io = FileIO::Current());
 
 // The largest size a file in `dir` can have, as its file system says when
 // asked for it: the size up to which ftruncate(2) of a new file in `dir`
@@ -71,5 +78,8 @@ class UniqueFd {
  private:
   int fd_ = -1;
 };
+
+// io.Open as a UniqueFd; errors are "open <path>".
+Result<UniqueFd> OpenFd(FileIO& io, const std::string& path, int flags, mode_t mode = 0644);
 
 }  // namespace imgfs

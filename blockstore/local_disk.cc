@@ -79,13 +79,8 @@ constexpr const char* kLockFile = "lock";
 // ---------------------------------------------------------------------------
 // Small POSIX helpers. errno becomes a Status only through Status::FromErrno.
 
-Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644) {
-  int fd;
-  do {
-    fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  return UniqueFd(fd);
+Result<UniqueFd> OpenFile(FileIO& io, const std::string& path, int flags, mode_t mode = 0644) {
+  return OpenFd(io, path, flags, mode);
 }
 
 // A read at `off` in which what lies past the end of the file reads as zeros.
@@ -95,8 +90,8 @@ Status PreadFull(int fd, MutableByteView buf, uint64_t off, const std::string& w
   return Status::OK();
 }
 
-Status Fsync(int fd, const std::string& what) {
-  if (::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + what);
+Status Fsync(FileIO& io, int fd, const std::string& what) {
+  if (int err = io.Fsync(fd)) return Status::FromErrno(err, "fsync " + what);
   return Status::OK();
 }
 
@@ -118,9 +113,9 @@ Status PunchHole(int fd, uint64_t off, uint64_t len, const std::string& what) {
 }
 
 // Exclusive, non-blocking flock on `dir`/lock: the "open for writing" lock.
-Result<UniqueFd> LockDisk(const std::string& dir, const DiskRef& ref) {
+Result<UniqueFd> LockDisk(FileIO& io, const std::string& dir, const DiskRef& ref) {
   std::string path = dir + "/" + kLockFile;
-  auto fd = OpenFile(path, O_RDWR);
+  auto fd = OpenFile(io, path, O_RDWR);
   if (!fd.ok()) {
     if (fd.status().IsNotFound())
       return Status::NotFound("disk " + ref.ToString() + " does not exist");
@@ -204,7 +199,10 @@ Result<Meta> DecodeMeta(std::string_view text, const std::string& path) {
   if (j.contains("created_ns") && j["created_ns"].is_number_integer()) {
     m.created_ns = j["created_ns"].get<int64_t>();
   }
-  if (j.contains("parent") && !j["parent"].is_null()) {
+  // "parent" is always written (null for a blank disk): a missing one is
+  // damage, not a blank disk that would read zeros where its image has data.
+  if (!j.contains("parent")) return bad("missing or malformed field");
+  if (!j["parent"].is_null()) {
     if (!j["parent"].is_string()) return bad("bad parent");
     auto id = Id128::FromHex(j["parent"].get<std::string>());
     if (!id.ok()) return bad("bad parent id");
@@ -221,14 +219,14 @@ Result<Meta> ReadMeta(const std::string& dir) {
 
 // Read-modify-write of a disk's metadata, serialised (across processes too) by
 // an flock on the disk's directory.
-Status UpdateMeta(const std::string& dir, const std::function<Status(Meta*)>& fn) {
-  ASSIGN_OR_RETURN(UniqueFd dfd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
+Status UpdateMeta(FileIO& io, const std::string& dir, const std::function<Status(Meta*)>& fn) {
+  ASSIGN_OR_RETURN(UniqueFd dfd, OpenFile(io, dir, O_RDONLY | O_DIRECTORY));
   while (::flock(dfd.get(), LOCK_EX) != 0) {
     if (errno != EINTR) return Status::FromErrno(errno, "lock " + dir);
   }
   ASSIGN_OR_RETURN(Meta m, ReadMeta(dir));
   RETURN_IF_ERROR(fn(&m));
-  return WriteFileAtomic(dir + "/" + kMetaFile, EncodeMeta(m));
+  return WriteFileAtomic(dir + "/" + kMetaFile, EncodeMeta(m), io);
 }
 
 int64_t NowNs() {
@@ -325,12 +323,12 @@ Result<CsumHeader> ReadCsumHeader(int fd, const std::string& path) {
 }
 
 // Writes a new checksum file (no dirty region) at `path` and syncs it.
-Status WriteCsumFile(const std::string& path, uint32_t flags) {
-  ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_WRONLY | O_CREAT | O_TRUNC));
+Status WriteCsumFile(FileIO& io, const std::string& path, uint32_t flags) {
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(io, path, O_WRONLY | O_CREAT | O_TRUNC));
   CsumHeader h;
   h.flags = flags;
   RETURN_IF_ERROR(WriteFull(fd.get(), ByteView(EncodeCsumHeader(h)), 0, path));
-  return Fsync(fd.get(), path);
+  return Fsync(io, fd.get(), path);
 }
 
 // Locks the stripes of blocks [b0, b1), in order.
@@ -438,9 +436,11 @@ class AtomicBitmap {
 
 class LocalDisk final : public Disk {
  public:
-  LocalDisk(DiskRef ref, std::string dir, bool writable, Meta meta, UniqueFd lock, UniqueFd data,
-            UniqueFd bitmap, std::shared_ptr<ImageReader> parent, DiskSizeLimit limit)
-      : ref_(std::move(ref)),
+  LocalDisk(FileIO& io, DiskRef ref, std::string dir, bool writable, Meta meta, UniqueFd lock,
+            UniqueFd data, UniqueFd bitmap, std::shared_ptr<ImageReader> parent,
+            DiskSizeLimit limit)
+      : io_(io),
+        ref_(std::move(ref)),
         dir_(std::move(dir)),
         writable_(writable),
         limit_(std::move(limit)),
@@ -462,7 +462,7 @@ class LocalDisk final : public Disk {
       if (!s.ok()) {
         spdlog::error("disk {}: flush on close failed: {}", ref_.ToString(), s.ToString());
       } else if (!journal_path_.empty()) {
-        ::unlink(journal_path_.c_str());
+        (void)io_.Unlink(journal_path_);
       }
     }
   }
@@ -558,6 +558,7 @@ class LocalDisk final : public Disk {
 
   static constexpr uint64_t kClearFlag = uint64_t{1} << 63;
 
+  FileIO& io_;  // constant after construction
   const DiskRef ref_;
   const std::string dir_;
   const bool writable_;
@@ -855,8 +856,9 @@ Status LocalDisk::PersistDirtyLocked(bool sync) {
   for (const auto& [r, g] : dirty_) h.dirty.push_back(r);
   std::sort(h.dirty.begin(), h.dirty.end());
   RETURN_IF_ERROR(WriteFull(csum_.get(), ByteView(EncodeCsumHeader(h)), 0, CsumPath()));
-  if (sync && ::fdatasync(csum_.get()) != 0)
-    return Status::FromErrno(errno, "fdatasync " + CsumPath());
+  if (!sync) return Status::OK();
+  if (int err = io_.Fdatasync(csum_.get()))
+    return Status::FromErrno(err, "fdatasync " + CsumPath());
   return Status::OK();
 }
 
@@ -899,7 +901,7 @@ Status LocalDisk::RecoverSums() {
     ++chunks;
   });
   RETURN_IF_ERROR(s);
-  RETURN_IF_ERROR(Fsync(csum_.get(), CsumPath()));
+  RETURN_IF_ERROR(Fsync(io_, csum_.get(), CsumPath()));
   spdlog::warn(
       "disk {}: the checksums of {} owned chunks in {} regions written before a crash were "
       "recomputed from their data",
@@ -1099,9 +1101,11 @@ Status LocalDisk::FlushLocked() {
     MutexLock lock(dirty_mu_);
     epoch = ++flush_epoch_;
   }
-  if (::fdatasync(data_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync data"));
+  if (int err = io_.Fdatasync(data_.get())) return fail(Status::FromErrno(err, "fdatasync data"));
   if (csum_.valid()) {
-    if (::fdatasync(csum_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync csum"));
+    if (int err = io_.Fdatasync(csum_.get())) {
+      return fail(Status::FromErrno(err, "fdatasync csum"));
+    }
     MarkIdleClean(epoch);
   }
   if (ops.empty()) return Status::OK();
@@ -1124,7 +1128,9 @@ Status LocalDisk::FlushLocked() {
                          kBitmapHeaderBytes + p * kPageBytes, path);
     if (!s.ok()) return fail(s);
   }
-  if (::fdatasync(bitmap_fd_.get()) != 0) return fail(Status::FromErrno(errno, "fdatasync map"));
+  if (int err = io_.Fdatasync(bitmap_fd_.get())) {
+    return fail(Status::FromErrno(err, "fdatasync map"));
+  }
   RewriteJournal();
   return Status::OK();
 }
@@ -1231,7 +1237,7 @@ Status LocalDisk::Resize(uint64_t new_size, bool allow_shrink) {
                                     " bytes is refused (it would lose data)");
   }
   uint64_t new_overlap = std::min(overlap_, new_size);
-  RETURN_IF_ERROR(UpdateMeta(dir_, [&](Meta* m) {
+  RETURN_IF_ERROR(UpdateMeta(io_, dir_, [&](Meta* m) {
     m->size = new_size;
     m->parent_overlap = std::min(m->parent_overlap, new_size);
     return Status::OK();
@@ -1288,7 +1294,8 @@ Result<std::vector<Extent>> LocalDisk::Allocated(uint64_t offset, uint64_t lengt
 
 class LocalBackend final : public DiskBackend {
  public:
-  LocalBackend(std::string root, ImageSource* images) : root_(std::move(root)), images_(images) {}
+  LocalBackend(std::string root, ImageSource* images)
+      : io_(FileIO::Current()), root_(std::move(root)), images_(images) {}
 
   Status Init();
 
@@ -1329,6 +1336,7 @@ class LocalBackend final : public DiskBackend {
   Status MoveDiskDir(const std::string& from, const DiskRef& to);
   Status CheckData(const DiskRef& ref, std::vector<std::string>* problems);
 
+  FileIO& io_;  // FileIO::Current() when made; constant
   const std::string root_;
   ImageSource* const images_;
   std::atomic<uint64_t> counter_{0};
@@ -1343,29 +1351,22 @@ Status ValidateRef(const DiskRef& ref) {
   return ValidateDiskName(ref.disk);
 }
 
-Status RemoveTree(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) return Status::FromErrno(ec.value(), "remove " + path);
-  return Status::OK();
-}
-
 Status LocalBackend::Init() {
-  RETURN_IF_ERROR(MakeDirs(root_));
-  RETURN_IF_ERROR(MakeDirs(root_ + "/.tmp"));
-  RETURN_IF_ERROR(MakeDirs(root_ + "/.trash"));
-  RETURN_IF_ERROR(MakeDirs(root_ + "/.instances"));
+  RETURN_IF_ERROR(MakeDirs(root_, io_));
+  RETURN_IF_ERROR(MakeDirs(root_ + "/.tmp", io_));
+  RETURN_IF_ERROR(MakeDirs(root_ + "/.trash", io_));
+  RETURN_IF_ERROR(MakeDirs(root_ + "/.instances", io_));
   // Finish removals that a crash interrupted. Creations left in .tmp by a
   // crash are removed once they are an hour old (a live one takes seconds).
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root_ + "/.trash", ec)) {
-    (void)RemoveTree(e.path().string());
+    (void)RemoveTree(e.path().string(), io_);
   }
   auto now = fs::file_time_type::clock::now();
   for (const auto& e : fs::directory_iterator(root_ + "/.tmp", ec)) {
     std::error_code ec2;
     auto t = fs::last_write_time(e.path(), ec2);
-    if (!ec2 && now - t > std::chrono::hours(1)) (void)RemoveTree(e.path().string());
+    if (!ec2 && now - t > std::chrono::hours(1)) (void)RemoveTree(e.path().string(), io_);
   }
   return Status::OK();
 }
@@ -1407,11 +1408,9 @@ std::string LocalBackend::UniqueName(const char* prefix) {
 
 Status LocalBackend::MoveDiskDir(const std::string& from, const DiskRef& to) {
   for (int attempt = 0;; ++attempt) {
-    RETURN_IF_ERROR(MakeDirs(InstanceDir(to.instance)));
-    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, DiskDir(to).c_str(), RENAME_NOREPLACE) == 0) {
-      break;
-    }
-    int err = errno;
+    RETURN_IF_ERROR(MakeDirs(InstanceDir(to.instance), io_));
+    int err = io_.Rename(from, DiskDir(to), RENAME_NOREPLACE);
+    if (err == 0) break;
     if (err == EEXIST || err == ENOTEMPTY) {
       return Status::AlreadyExists("disk " + to.ToString() + " already exists");
     }
@@ -1419,8 +1418,8 @@ Status LocalBackend::MoveDiskDir(const std::string& from, const DiskRef& to) {
     if (err == ENOENT && attempt < 5) continue;
     return Status::FromErrno(err, "rename " + from + " to " + DiskDir(to));
   }
-  RETURN_IF_ERROR(FsyncDir(InstanceDir(to.instance)));
-  return FsyncDir(root_);
+  RETURN_IF_ERROR(FsyncDir(InstanceDir(to.instance), io_));
+  return FsyncDir(root_, io_);
 }
 
 Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
@@ -1458,11 +1457,11 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
   }
 
   std::string tmp = root_ + "/.tmp/" + UniqueName("create");
-  RETURN_IF_ERROR(MakeDirs(tmp));
+  RETURN_IF_ERROR(MakeDirs(tmp, io_));
   auto build = [&]() -> Status {
     for (const char* name : {kDataFile, kLockFile}) {
-      ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(tmp + "/" + name, O_WRONLY | O_CREAT | O_EXCL));
-      RETURN_IF_ERROR(Fsync(fd.get(), tmp + "/" + name));
+      ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(io_, tmp + "/" + name, O_WRONLY | O_CREAT | O_EXCL));
+      RETURN_IF_ERROR(Fsync(io_, fd.get(), tmp + "/" + name));
     }
     std::array<uint8_t, kBitmapHeaderBytes> header{};
     std::memcpy(header.data(), kBitmapMagic, 8);
@@ -1470,15 +1469,15 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
     std::memcpy(header.data() + 8, &version, 4);
     std::memcpy(header.data() + 12, &chunk, 4);
     std::string bm = tmp + "/" + kBitmapFile;
-    ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(bm, O_WRONLY | O_CREAT | O_EXCL));
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(io_, bm, O_WRONLY | O_CREAT | O_EXCL));
     RETURN_IF_ERROR(WriteFull(fd.get(), ByteView(header), 0, bm));
-    RETURN_IF_ERROR(Fsync(fd.get(), bm));
-    RETURN_IF_ERROR(WriteCsumFile(tmp + "/" + kCsumFile, 0));
-    RETURN_IF_ERROR(WriteFileAtomic(tmp + "/" + kMetaFile, EncodeMeta(m)));
+    RETURN_IF_ERROR(Fsync(io_, fd.get(), bm));
+    RETURN_IF_ERROR(WriteCsumFile(io_, tmp + "/" + kCsumFile, 0));
+    RETURN_IF_ERROR(WriteFileAtomic(tmp + "/" + kMetaFile, EncodeMeta(m), io_));
     return MoveDiskDir(tmp, ref);
   };
   Status s = build();
-  if (!s.ok()) (void)RemoveTree(tmp);
+  if (!s.ok()) (void)RemoveTree(tmp, io_);
   return s;
 }
 
@@ -1489,7 +1488,7 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
   bool rw = mode != OpenMode::kReadOnly;
   UniqueFd lock;
   if (rw) {
-    ASSIGN_OR_RETURN(lock, LockDisk(dir, ref));
+    ASSIGN_OR_RETURN(lock, LockDisk(io_, dir, ref));
   }
   auto meta = ReadMeta(dir);
   if (!meta.ok()) {
@@ -1502,19 +1501,17 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
     ASSIGN_OR_RETURN(limit, MaxDiskSize(meta->chunk_size));
   }
   int flags = rw ? O_RDWR : O_RDONLY;
-  ASSIGN_OR_RETURN(UniqueFd data, OpenFile(dir + "/" + kDataFile, flags));
-  ASSIGN_OR_RETURN(UniqueFd bitmap, OpenFile(dir + "/" + kBitmapFile, flags));
+  ASSIGN_OR_RETURN(UniqueFd data, OpenFile(io_, dir + "/" + kDataFile, flags));
+  ASSIGN_OR_RETURN(UniqueFd bitmap, OpenFile(io_, dir + "/" + kBitmapFile, flags));
   std::string csum_path = dir + "/" + kCsumFile;
   if (rw && meta->version == 1) {
     // The upgrade (docs/formats.md, "Checksums"): an empty checksum file made
     // durable, then the version. Blocks written before it have no checksum.
     std::string tmp = csum_path + ".new";
-    RETURN_IF_ERROR(WriteCsumFile(tmp, kCsumLegacy));
-    if (::rename(tmp.c_str(), csum_path.c_str()) != 0) {
-      return Status::FromErrno(errno, "rename " + tmp);
-    }
-    RETURN_IF_ERROR(FsyncDir(dir));
-    RETURN_IF_ERROR(UpdateMeta(dir, [](Meta* m) {
+    RETURN_IF_ERROR(WriteCsumFile(io_, tmp, kCsumLegacy));
+    if (int err = io_.Rename(tmp, csum_path)) return Status::FromErrno(err, "rename " + tmp);
+    RETURN_IF_ERROR(FsyncDir(dir, io_));
+    RETURN_IF_ERROR(UpdateMeta(io_, dir, [](Meta* m) {
       m->version = kFormatVersion;
       return Status::OK();
     }));
@@ -1524,7 +1521,7 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
   }
   UniqueFd csum;
   if (meta->version >= 2) {
-    auto fd = OpenFile(csum_path, flags);
+    auto fd = OpenFile(io_, csum_path, flags);
     if (!fd.ok()) {
       if (fd.status().IsNotFound()) {
         return Status::Corruption("disk " + ref.ToString() + ": its checksum file is missing");
@@ -1555,8 +1552,7 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
         fs.f_type == TMPFS_MAGIC) {
       journal_path = std::string(kJournalDir) + "/imgfs-disk-" + std::to_string(dst.st_dev) + "-" +
                      std::to_string(dst.st_ino) + "-" + std::to_string(meta->created_ns);
-      int fd = ::open(journal_path.c_str(),
-                      rw ? O_RDWR | O_CREAT | O_CLOEXEC : O_RDONLY | O_CLOEXEC, 0600);
+      int fd = io_.Open(journal_path, rw ? O_RDWR | O_CREAT : O_RDONLY, 0600);
       if (fd >= 0) journal = UniqueFd(fd);
     }
     if (rw && !journal.valid()) {
@@ -1567,8 +1563,9 @@ Result<std::unique_ptr<Disk>> LocalBackend::OpenDisk(const DiskRef& ref, OpenMod
       journal_path.clear();
     }
   }
-  auto disk = std::make_unique<LocalDisk>(ref, dir, rw, *meta, std::move(lock), std::move(data),
-                                          std::move(bitmap), std::move(parent), std::move(limit));
+  auto disk =
+      std::make_unique<LocalDisk>(io_, ref, dir, rw, *meta, std::move(lock), std::move(data),
+                                  std::move(bitmap), std::move(parent), std::move(limit));
   if (journal.valid()) disk->SetJournal(std::move(journal), journal_path);
   if (csum.valid()) disk->SetCsum(std::move(csum));
   RETURN_IF_ERROR(disk->Load());
@@ -1594,18 +1591,18 @@ Result<bool> LocalBackend::InstanceHasDisks(const std::string& instance) {
 void LocalBackend::DropImplicitInstance(const std::string& instance) {
   struct stat st;
   if (::stat(MarkerPath(instance).c_str(), &st) == 0) return;
-  if (::rmdir(InstanceDir(instance).c_str()) == 0) (void)FsyncDir(root_);
+  if (io_.Rmdir(InstanceDir(instance)) == 0) (void)FsyncDir(root_, io_);
 }
 
 Status LocalBackend::Remove(const DiskRef& ref) {
   RETURN_IF_ERROR(ValidateRef(ref));
   std::string dir = DiskDir(ref);
-  ASSIGN_OR_RETURN(UniqueFd lock, LockDisk(dir, ref));
+  ASSIGN_OR_RETURN(UniqueFd lock, LockDisk(io_, dir, ref));
   std::string trash = root_ + "/.trash/" + UniqueName("rm");
-  if (::rename(dir.c_str(), trash.c_str()) != 0) return Status::FromErrno(errno, "rename " + dir);
-  RETURN_IF_ERROR(FsyncDir(InstanceDir(ref.instance)));
+  if (int err = io_.Rename(dir, trash)) return Status::FromErrno(err, "rename " + dir);
+  RETURN_IF_ERROR(FsyncDir(InstanceDir(ref.instance), io_));
   lock = UniqueFd();
-  Status s = RemoveTree(trash);
+  Status s = RemoveTree(trash, io_);
   if (!s.ok())
     spdlog::warn("removing {}: {} (it is finished at the next start)", trash, s.ToString());
   DropImplicitInstance(ref.instance);
@@ -1616,10 +1613,10 @@ Status LocalBackend::Rename(const DiskRef& from, const DiskRef& to) {
   RETURN_IF_ERROR(ValidateRef(from));
   RETURN_IF_ERROR(ValidateRef(to));
   std::string dir = DiskDir(from);
-  ASSIGN_OR_RETURN(UniqueFd lock, LockDisk(dir, from));
+  ASSIGN_OR_RETURN(UniqueFd lock, LockDisk(io_, dir, from));
   RETURN_IF_ERROR(MoveDiskDir(dir, to));
   if (from.instance != to.instance) {
-    RETURN_IF_ERROR(FsyncDir(InstanceDir(from.instance)));
+    RETURN_IF_ERROR(FsyncDir(InstanceDir(from.instance), io_));
     DropImplicitInstance(from.instance);
   }
   return Status::OK();
@@ -1666,7 +1663,7 @@ Status LocalBackend::SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) {
     if (errno == ENOENT) return Status::NotFound("disk " + ref.ToString() + " does not exist");
     return Status::FromErrno(errno, "stat " + dir);
   }
-  return UpdateMeta(dir, [&](Meta* m) {
+  return UpdateMeta(io_, dir, [&](Meta* m) {
     m->attrs = attrs;
     m->attrs.mode &= 07777;
     return Status::OK();
@@ -1676,13 +1673,13 @@ Status LocalBackend::SetAttrs(const DiskRef& ref, const DiskAttrs& attrs) {
 Status LocalBackend::CreateInstance(const std::string& instance) {
   RETURN_IF_ERROR(ValidateInstanceName(instance));
   std::string dir = InstanceDir(instance);
-  if (::mkdir(dir.c_str(), 0755) != 0) {
-    if (errno == EEXIST) return Status::AlreadyExists("instance " + instance + " already exists");
-    return Status::FromErrno(errno, "mkdir " + dir);
+  if (int err = io_.Mkdir(dir, 0755)) {
+    if (err == EEXIST) return Status::AlreadyExists("instance " + instance + " already exists");
+    return Status::FromErrno(err, "mkdir " + dir);
   }
-  { ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(MarkerPath(instance), O_WRONLY | O_CREAT)); }
-  RETURN_IF_ERROR(FsyncDir(root_ + "/.instances"));
-  return FsyncDir(root_);
+  { ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(io_, MarkerPath(instance), O_WRONLY | O_CREAT)); }
+  RETURN_IF_ERROR(FsyncDir(root_ + "/.instances", io_));
+  return FsyncDir(root_, io_);
 }
 
 Status LocalBackend::RemoveInstance(const std::string& instance) {
@@ -1695,14 +1692,17 @@ Status LocalBackend::RemoveInstance(const std::string& instance) {
   }
   ASSIGN_OR_RETURN(bool has_disks, InstanceHasDisks(instance));
   if (has_disks) return Status::NotEmpty("instance " + instance + " still has disks");
-  if (::rmdir(dir.c_str()) != 0) {
-    if (errno == ENOTEMPTY || errno == EEXIST) {
+  if (int err = io_.Rmdir(dir)) {
+    if (err == ENOTEMPTY || err == EEXIST) {
       return Status::NotEmpty("instance " + instance + " still has disks");
     }
-    return Status::FromErrno(errno, "rmdir " + dir);
+    return Status::FromErrno(err, "rmdir " + dir);
   }
-  ::unlink(MarkerPath(instance).c_str());
-  return FsyncDir(root_);
+  RETURN_IF_ERROR(FsyncDir(root_, io_));
+  // The marker goes after the directory: a crash between leaves a marker
+  // without a directory, which nothing reads as an instance.
+  (void)io_.Unlink(MarkerPath(instance));
+  return FsyncDir(root_ + "/.instances", io_);
 }
 
 Result<std::vector<std::string>> LocalBackend::ListInstances() {
@@ -1788,7 +1788,7 @@ Status LocalBackend::Check(const DiskRef& ref, std::vector<std::string>* problem
     }
   }
   std::string path = dir + "/" + kBitmapFile;
-  auto fd = OpenFile(path, O_RDONLY);
+  auto fd = OpenFile(io_, path, O_RDONLY);
   if (!fd.ok()) {
     problem("allocation map: " + fd.status().message());
     return Status::OK();

@@ -1,5 +1,6 @@
 #include "blockstore/manifest.h"
 
+#include <spdlog/spdlog.h>
 #include <xxhash.h>
 
 #include <cstring>
@@ -195,6 +196,17 @@ Result<ImageId> PutManifest(ChunkBackend& backend, const Manifest& m) {
   Bytes stored;
   RETURN_IF_ERROR(
       backend.Get(ObjectKind::kManifest, hex, &stored).WithContext("read manifest " + hex));
+  if (stored != encoded && Hash128(stored) != id) {
+    // Damaged (a crash before the sync that would have made it durable):
+    // no image can use it, so it is replaced, as a damaged chunk is.
+    spdlog::warn("manifest {} was damaged (its bytes do not match its id); replacing it", hex);
+    s = backend.Remove(ObjectKind::kManifest, hex);
+    if (!s.ok() && !s.IsNotFound()) return s.WithContext("remove damaged manifest " + hex);
+    s = backend.PutIfAbsent(ObjectKind::kManifest, hex, encoded);
+    if (!s.ok() && !s.IsAlreadyExists()) return s.WithContext("store manifest " + hex);
+    RETURN_IF_ERROR(
+        backend.Get(ObjectKind::kManifest, hex, &stored).WithContext("read manifest " + hex));
+  }
   if (stored != encoded) {
     return Status::Corruption("manifest " + hex +
                               ": the stored manifest differs from the new one with the same id");

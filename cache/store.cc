@@ -462,49 +462,15 @@ Status Store::ResizeDisk(const DiskRef& ref, uint64_t new_size, bool allow_shrin
   return disks_->Resize(ref, new_size, allow_shrink);
 }
 
-// A use record left behind by a failed update below only makes gc keep an
-// image longer, until its next run brings the records in line with the
-// disks (ReconcileUses); so these updates warn instead of failing a change
-// that is already made.
-namespace {
-void UpdateUseRecord(ChunkBackend& backend, const std::string& remove, const std::string& put,
-                     const std::string& value) {
-  if (!put.empty()) {
-    if (Status s = backend.PutRecord(put, value, RecordCondition::Any()); !s.ok()) {
-      spdlog::warn("could not record a disk's use of its image ({}): {}", put, s.message());
-    }
-  }
-  if (!remove.empty()) {
-    Status s = backend.RemoveRecord(remove, RecordCondition::Any());
-    if (!s.ok() && !s.IsNotFound()) {
-      spdlog::warn("could not remove the use record {}: {}", remove, s.message());
-    }
-  }
-}
-}  // namespace
-
+// A disk's use record is not touched by a rename or a removal: it stays
+// until this store's next gc brings the records in line with its disks
+// (ReconcileUses). Until then other hosts' gc keep the image, which errs on
+// the side of keeping.
 Status Store::RenameDisk(const DiskRef& from, const DiskRef& to) {
-  auto info = disks_->Info(from);
-  RETURN_IF_ERROR(disks_->Rename(from, to));
-  if (info.ok() && info->parent) {
-    if (auto me = StoreId(); me.ok()) {
-      UpdateUseRecord(backend(), UseKey(*info->parent, *me, from),
-                      UseKey(*info->parent, *me, to), to.ToString());
-    }
-  }
-  return Status::OK();
+  return disks_->Rename(from, to);
 }
 
-Status Store::RemoveDisk(const DiskRef& ref) {
-  auto info = disks_->Info(ref);
-  RETURN_IF_ERROR(disks_->Remove(ref));
-  if (info.ok() && info->parent) {
-    if (auto me = StoreId(); me.ok()) {
-      UpdateUseRecord(backend(), UseKey(*info->parent, *me, ref), "", "");
-    }
-  }
-  return Status::OK();
-}
+Status Store::RemoveDisk(const DiskRef& ref) { return disks_->Remove(ref); }
 
 std::string Store::UseKey(const ImageId& id, const std::string& store_id, const DiskRef& ref) {
   return "uses/" + id.Hex() + "/" + store_id + "/" + ref.instance + "/" + ref.disk;

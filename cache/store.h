@@ -153,9 +153,10 @@ class Store : public ImageSource {
   Status CreateDisk(const DiskRef& ref, const DiskCreateOptions& opts);
   // Resizes a disk that is not open here (DiskBackend::Resize).
   Status ResizeDisk(const DiskRef& ref, uint64_t new_size, bool allow_shrink);
-  // Renames a disk (DiskBackend::Rename); its use record follows it.
+  // Renames a disk (DiskBackend::Rename).
   Status RenameDisk(const DiskRef& from, const DiskRef& to);
-  // Removes a disk (DiskBackend::Remove) and its use record.
+  // Removes a disk (DiskBackend::Remove). Its use record stays until this
+  // store's next gc (ReconcileUses), so other hosts keep the image until then.
   Status RemoveDisk(const DiskRef& ref);
 
   // Disks whose parent is `id`.

@@ -2,8 +2,6 @@
 // disks change (cache/store.h): a disk backend that exists only in this file
 // is registered, a store is configured with it, and every change the store
 // makes reaches it. Adding it touched no other file.
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <map>
@@ -11,21 +9,13 @@
 #include "blockstore/backends.h"
 #include "blockstore/mutex.h"
 #include "cache/store.h"
+#include "tests/blockstore/test_util.h"
 
 using namespace imgfs;
 namespace fs = std::filesystem;
+using imgfs::testing::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/imgfs-registry-test.XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& s) const { return (path / s).string(); }
-};
 
 // What the ledger backends of this process were asked to change.
 class Ledger {
@@ -134,9 +124,9 @@ TEST_CASE("A disk backend registered by a test serves a store", "[registry]") {
   RegisterLedgerOnce();
   TempDir t;
   int prepared = TheLedger().Count("prepare");
-  REQUIRE(Store::Init(t / "s", LedgerConfig()).ok());
+  REQUIRE(Store::Init(t.path() + "/s", LedgerConfig()).ok());
   CHECK(TheLedger().Count("prepare") == prepared + 1);
-  auto store = Store::Open(t / "s");
+  auto store = Store::Open(t.path() + "/s");
   REQUIRE(store.ok());
   Store& s = **store;
   CHECK(s.disks().Describe() == "ledger");
@@ -206,7 +196,7 @@ TEST_CASE("A store configured with an unknown backend is refused, and nothing is
   TempDir t;
   StoreConfig c = LedgerConfig();
   c.disks = "ledger2";
-  Status s = Store::Init(t / "s", c);
+  Status s = Store::Init(t.path() + "/s", c);
   CHECK(s.IsInvalidArgument());
-  CHECK_FALSE(fs::exists(t / "s"));
+  CHECK_FALSE(fs::exists(t.path() + "/s"));
 }

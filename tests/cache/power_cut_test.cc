@@ -24,6 +24,7 @@
 #include "cache/store.h"
 #include "cache/verify.h"
 #include "tests/blockstore/disk_test_util.h"
+#include "tests/cache/import_test_util.h"
 
 using namespace imgfs;
 using namespace imgfs::testing;
@@ -54,17 +55,6 @@ Bytes Pattern(uint64_t seed, size_t n, int zero_every = 0) {
   return b;
 }
 
-Result<ImportResult> ImportBytes(Store& store, const Bytes& data,
-                                 std::vector<std::string> names = {}) {
-  int fd = ::memfd_create("img", MFD_CLOEXEC);
-  REQUIRE(fd >= 0);
-  REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
-  ImportOptions o;
-  o.names = std::move(names);
-  auto r = ImportRawFd(store, fd, true, data.size(), o);
-  ::close(fd);
-  return r;
-}
 
 std::string ImageBytesProblem(Store& store, const ImageId& id, const Bytes& want) {
   auto reader = store.OpenImage(id);

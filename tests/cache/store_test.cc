@@ -11,8 +11,10 @@
 #include <random>
 
 #include "cache/import.h"
+#include "tests/cache/import_test_util.h"
 
 using namespace imgfs;
+using imgfs::testing::ImportBytes;
 namespace fs = std::filesystem;
 
 namespace {
@@ -42,18 +44,6 @@ Bytes RandomBytes(size_t n, uint32_t seed) {
   return b;
 }
 
-// Imports `data` through a memfd, as a seekable raw file.
-Result<ImportResult> ImportBytes(Store& store, const Bytes& data,
-                                 std::vector<std::string> names = {}) {
-  int fd = ::memfd_create("img", MFD_CLOEXEC);
-  REQUIRE(fd >= 0);
-  REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
-  ImportOptions o;
-  o.names = std::move(names);
-  auto r = ImportRawFd(store, fd, true, data.size(), o);
-  ::close(fd);
-  return r;
-}
 
 }  // namespace
 

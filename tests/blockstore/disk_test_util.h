@@ -2,8 +2,10 @@
 // and a backend of each kind.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -151,6 +153,17 @@ inline DiskCreateOptions Blank(uint64_t size) {
   DiskCreateOptions o;
   o.size = size;
   return o;
+}
+
+// Flips bit `bit` of the byte at `offset` of `path` (a damaged file).
+inline void FlipBit(const std::string& path, uint64_t offset, int bit = 3) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  uint8_t b = 0;
+  REQUIRE(::pread(fd, &b, 1, static_cast<off_t>(offset)) == 1);
+  b ^= static_cast<uint8_t>(1u << bit);
+  REQUIRE(::pwrite(fd, &b, 1, static_cast<off_t>(offset)) == 1);
+  ::close(fd);
 }
 
 }  // namespace imgfs::testing

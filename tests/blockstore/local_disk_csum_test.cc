@@ -50,17 +50,6 @@ struct Local {
   std::unique_ptr<DiskBackend> backend;
 };
 
-// Flips one bit of `path` at `offset`.
-void FlipBit(const std::string& path, uint64_t offset, int bit = 3) {
-  int fd = ::open(path.c_str(), O_RDWR);
-  REQUIRE(fd >= 0);
-  uint8_t b = 0;
-  REQUIRE(::pread(fd, &b, 1, static_cast<off_t>(offset)) == 1);
-  b ^= static_cast<uint8_t>(1u << bit);
-  REQUIRE(::pwrite(fd, &b, 1, static_cast<off_t>(offset)) == 1);
-  ::close(fd);
-}
-
 uint32_t DirtyCount(const std::string& csum) {
   auto text = ReadFile(csum);
   REQUIRE(text.ok());

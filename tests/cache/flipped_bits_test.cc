@@ -82,17 +82,6 @@ struct Fixture {
   }
 };
 
-// Flips bit `bit` of the byte at `offset` of `path`.
-void Flip(const std::string& path, uint64_t offset, int bit) {
-  int fd = ::open(path.c_str(), O_RDWR);
-  REQUIRE(fd >= 0);
-  uint8_t b = 0;
-  REQUIRE(::pread(fd, &b, 1, static_cast<off_t>(offset)) == 1);
-  b ^= static_cast<uint8_t>(1u << bit);
-  REQUIRE(::pwrite(fd, &b, 1, static_cast<off_t>(offset)) == 1);
-  ::close(fd);
-}
-
 uint64_t FileSize(const std::string& path) { return fs::file_size(path); }
 
 enum class Outcome { kError, kRight };
@@ -156,7 +145,7 @@ void FlipTrials(const Fixture& f, const std::function<std::string()>& rel, uint6
     uint64_t offset = begin + rng() % (stop - begin);
     int bit = static_cast<int>(rng() % 8);
     INFO("seed " << seed << ": bit " << bit << " of byte " << offset << " of " << rel());
-    Flip(path, offset, bit);
+    FlipBit(path, offset, bit);
     Outcome o = Use(f);
     if (must_fail) CHECK(o == Outcome::kError);
     if (o == Outcome::kError) ++*errors;

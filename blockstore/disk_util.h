@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,23 @@ inline Status ReadParent(ImageReader* parent, uint64_t overlap, uint64_t offset,
   }
   std::memset(buf.data() + visible, 0, buf.size() - visible);
   return Status::OK();
+}
+
+// ReadParent without waiting for the parent's chunks (ImageReader::ReadAsync):
+// `done` is called exactly once, perhaps on another thread. The parent is
+// kept alive until then; `buf` must be.
+inline void ReadParentAsync(const std::shared_ptr<ImageReader>& parent, uint64_t overlap,
+                            uint64_t offset, MutableByteView buf, const DiskRef& ref,
+                            Disk::Callback done) {
+  uint64_t visible = 0;
+  if (parent && offset < overlap) visible = std::min<uint64_t>(buf.size(), overlap - offset);
+  std::memset(buf.data() + visible, 0, buf.size() - visible);
+  if (visible == 0) return done(Status::OK());
+  parent->ReadAsync(offset, buf.first(static_cast<size_t>(visible)),
+                    [parent, ref, done = std::move(done)](Status s) {
+                      if (!s.ok()) s = s.WithContext("disk " + ref.ToString() + ": parent image");
+                      done(std::move(s));
+                    });
 }
 
 // Appends [a, b) clipped to [lo, hi) to `out`, merging with the last extent.

@@ -1,7 +1,9 @@
 #include "blockstore/image.h"
 
+#include <atomic>
 #include <cstring>
-#include <mutex>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "blockstore/countdown.h"
@@ -22,31 +24,91 @@ bool ImageReader::IsHoleAt(uint64_t offset) const {
   return index >= manifest_.chunks.size() || manifest_.chunks[index].IsHole();
 }
 
+namespace {
+
+// One chunk a read touches. A whole chunk is read straight into the caller's
+// buffer; of a partial one, only the wanted bytes are copied out of the
+// (cached, shared) verified chunk once it is there.
+struct Piece {
+  uint64_t index;
+  ChunkId id;
+  uint64_t in_chunk;
+  size_t n;
+  uint8_t* out;
+  uint64_t chunk_len;
+  bool whole;
+  SharedChunk shared;  // the partial chunk's bytes, once read
+  Result<size_t> got = size_t{0};
+};
+
+// A read in flight: its pieces, and what to call when the last one is in.
+struct ReadOp {
+  std::shared_ptr<ChunkStore> chunks;  // kept alive until the last piece is in
+  ImageId image;
+  std::vector<Piece> pieces;
+  std::atomic<size_t> left{0};
+  std::function<void(Status)> done;
+
+  void PieceDone() {
+    if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) std::exchange(done, nullptr)(Settle());
+  }
+  // Every piece is in: errors become the read's, partial chunks are copied out.
+  Status Settle() {
+    for (auto& p : pieces) {
+      if (!p.got.ok()) {
+        const Status& s = p.got.status();
+        std::string where = "image " + image.Hex() + " chunk #" + std::to_string(p.index);
+        if (s.IsNotFound()) return Status::IOError(where + ": " + s.message());
+        return s.WithContext(where);
+      }
+      if (*p.got != p.chunk_len) {
+        return Status::Corruption("image " + image.Hex() + " chunk #" + std::to_string(p.index) +
+                                  " (" + p.id.Hex() + ") holds " + std::to_string(*p.got) +
+                                  " bytes, expected " + std::to_string(p.chunk_len));
+      }
+      if (!p.whole) {
+        // Bytes of the chunk past its stored length (a short last chunk) read as zeros.
+        size_t have = p.in_chunk < p.shared->size()
+                          ? std::min<size_t>(p.n, p.shared->size() - p.in_chunk)
+                          : 0;
+        if (have > 0) std::memcpy(p.out, p.shared->data() + p.in_chunk, have);
+        std::memset(p.out + have, 0, p.n - have);
+      }
+    }
+    return Status::OK();
+  }
+};
+
+}  // namespace
+
 Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
+  Status result;
+  Countdown wait(1);
+  ReadAsync(offset, buf, [&](Status s) {
+    result = std::move(s);
+    wait.CountDown();
+  });
+  wait.Wait();
+  return result;
+}
+
+void ImageReader::ReadAsync(uint64_t offset, MutableByteView buf,
+                            std::function<void(Status)> done) {
   const uint64_t cs = manifest_.chunk_size;
   if (cs != chunks_->chunk_size()) {
-    return Status::InvalidArgument("image " + id_.Hex() + " has chunk size " + std::to_string(cs) +
-                                   ", the chunk store " + std::to_string(chunks_->chunk_size()));
+    return done(Status::InvalidArgument("image " + id_.Hex() + " has chunk size " +
+                                        std::to_string(cs) + ", the chunk store " +
+                                        std::to_string(chunks_->chunk_size())));
   }
   // The chunks the range touches; holes and the tail past the end are zeroed
-  // here. A whole chunk is read straight into `buf`; of a partial one, only
-  // the wanted bytes are copied out of the (cached, shared) verified chunk.
-  struct Piece {
-    uint64_t index;
-    ChunkId id;
-    uint64_t in_chunk;
-    size_t n;
-    uint8_t* out;
-    uint64_t chunk_len;
-    bool whole;
-    SharedChunk shared;  // the partial chunk's bytes, once read
-    Result<size_t> got = size_t{0};
-  };
-  std::vector<Piece> pieces;
-  size_t done = 0;
-  while (done < buf.size()) {
-    uint64_t pos = offset + done;
-    MutableByteView out = buf.subspan(done);
+  // here.
+  auto op = std::make_shared<ReadOp>();
+  op->chunks = chunks_;
+  op->image = id_;
+  size_t filled = 0;
+  while (filled < buf.size()) {
+    uint64_t pos = offset + filled;
+    MutableByteView out = buf.subspan(filled);
     if (pos >= manifest_.size || pos < offset) {
       std::memset(out.data(), 0, out.size());
       break;
@@ -61,64 +123,34 @@ Status ImageReader::Read(uint64_t offset, MutableByteView buf) {
       std::memset(out.data(), 0, n);
     } else {
       bool whole = in_chunk == 0 && n == cs;
-      pieces.push_back(Piece{index, id, in_chunk, n, out.data(), chunk_len, whole, nullptr});
+      op->pieces.push_back(Piece{index, id, in_chunk, n, out.data(), chunk_len, whole, nullptr});
     }
-    done += n;
+    filled += n;
   }
-  auto settle = [](Piece& p, Result<SharedChunk> r) {
-    if (!r.ok()) {
-      p.got = r.status();
-      return;
-    }
-    p.got = (*r)->size();
-    p.shared = std::move(r).value();
-  };
-  if (pieces.size() == 1) {
-    Piece& p = pieces[0];
+  if (op->pieces.empty()) return done(Status::OK());
+  op->done = std::move(done);
+  // Every chunk at once: a remote backend fetches them in parallel, and this
+  // thread waits for none of them. Chunks in the cache or on local disk are
+  // read here and now.
+  op->left.store(op->pieces.size(), std::memory_order_relaxed);
+  for (auto& p : op->pieces) {
     if (p.whole) {
-      p.got = chunks_->Read(p.id, MutableByteView(p.out, cs));
+      chunks_->ReadAsync(p.id, MutableByteView(p.out, cs), [op, &p](Result<size_t> r) {
+        p.got = std::move(r);
+        op->PieceDone();
+      });
     } else {
-      settle(p, chunks_->ReadShared(p.id));
-    }
-  } else if (pieces.size() > 1) {
-    // All chunks at once: a remote backend fetches them in parallel.
-    Countdown left(pieces.size());
-    for (auto& p : pieces) {
-      if (p.whole) {
-        chunks_->ReadAsync(p.id, MutableByteView(p.out, cs), [&p, &left](Result<size_t> r) {
-          p.got = std::move(r);
-          left.CountDown();
-        });
-      } else {
-        chunks_->ReadSharedAsync(p.id, [&p, &left, &settle](Result<SharedChunk> r) {
-          settle(p, std::move(r));
-          left.CountDown();
-        });
-      }
-    }
-    left.Wait();
-  }
-  for (auto& p : pieces) {
-    if (!p.got.ok()) {
-      const Status& s = p.got.status();
-      std::string where = "image " + id_.Hex() + " chunk #" + std::to_string(p.index);
-      if (s.IsNotFound()) return Status::IOError(where + ": " + s.message());
-      return s.WithContext(where);
-    }
-    if (*p.got != p.chunk_len) {
-      return Status::Corruption("image " + id_.Hex() + " chunk #" + std::to_string(p.index) + " (" +
-                                p.id.Hex() + ") holds " + std::to_string(*p.got) +
-                                " bytes, expected " + std::to_string(p.chunk_len));
-    }
-    if (!p.whole) {
-      // Bytes of the chunk past its stored length (a short last chunk) read as zeros.
-      size_t have =
-          p.in_chunk < p.shared->size() ? std::min<size_t>(p.n, p.shared->size() - p.in_chunk) : 0;
-      if (have > 0) std::memcpy(p.out, p.shared->data() + p.in_chunk, have);
-      std::memset(p.out + have, 0, p.n - have);
+      chunks_->ReadSharedAsync(p.id, [op, &p](Result<SharedChunk> r) {
+        if (r.ok()) {
+          p.got = (*r)->size();
+          p.shared = std::move(r).value();
+        } else {
+          p.got = r.status();
+        }
+        op->PieceDone();
+      });
     }
   }
-  return Status::OK();
 }
 
 }  // namespace imgfs

@@ -5,11 +5,12 @@
 // zeros. A chunk that is missing or damaged makes Read fail with Corruption or
 // NotFound-turned-IOError; it never yields wrong bytes.
 //
-// Thread safety: immutable after construction; Read may be called from any
+// Thread safety: immutable after construction; Read and ReadAsync may be called from any
 // number of threads at once.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "blockstore/chunk_store.h"
@@ -27,7 +28,15 @@ class ImageReader {
   ChunkStore& chunks() { return *chunks_; }
 
   // Fills `buf` with the image's bytes at `offset`; zeros past the end.
+  // Waits for ReadAsync.
   Status Read(uint64_t offset, MutableByteView buf);
+  // The same without waiting: asks the chunk store for every chunk the range
+  // touches at once and calls `done` exactly once, when the last is in, on
+  // the thread that brought it (a remote backend's completion thread), or
+  // before returning when every chunk was cached or local. `buf` must stay
+  // valid until then; this reader need not (docs/architecture.md, "The read
+  // path").
+  void ReadAsync(uint64_t offset, MutableByteView buf, std::function<void(Status)> done);
 
   // Whether the chunk holding byte `offset` is a hole (or past the end).
   bool IsHoleAt(uint64_t offset) const;

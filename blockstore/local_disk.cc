@@ -28,6 +28,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "blockstore/countdown.h"
 #include "blockstore/disk_util.h"
 #include "blockstore/file_util.h"
 #include "blockstore/mutex.h"
@@ -488,6 +489,9 @@ class LocalDisk final : public Disk {
   bool writable() const override { return writable_; }
 
   Status Read(uint64_t offset, MutableByteView buf) override;
+  // Reads the disk's own chunks here (its data file is local) and the
+  // parent's without waiting for them (docs/architecture.md, "The read path").
+  void ReadAsync(uint64_t offset, MutableByteView buf, Callback done) override;
   Status Write(uint64_t offset, ByteView buf) override;
   Status Discard(uint64_t offset, uint64_t length) override;
   Status Flush() override;
@@ -525,6 +529,24 @@ class LocalDisk final : public Disk {
   // After a crash: recomputes the checksums of owned blocks in the regions
   // the header lists, syncs them, and marks every region clean.
   Status RecoverSums();
+  // Calls fn(pos, part, owned) for each run of [offset, offset + buf.size())
+  // that the disk owns, or does not, chunk by chunk; stops at an error.
+  template <typename Fn>
+  Status ForEachRun(uint64_t offset, MutableByteView buf, Fn&& fn) {
+    uint64_t end = offset + buf.size();
+    uint64_t pos = offset;
+    while (pos < end) {
+      uint64_t c = pos >> chunk_shift_;
+      bool owned = bits_.Test(c);
+      uint64_t run_end = std::min(end, ChunkStart(c + 1));
+      while (run_end < end && bits_.Test(run_end >> chunk_shift_) == owned) {
+        run_end = std::min(end, run_end + chunk_size_);
+      }
+      RETURN_IF_ERROR(fn(pos, buf.subspan(pos - offset, run_end - pos), owned));
+      pos = run_end;
+    }
+    return Status::OK();
+  }
   bool ParentHasData(uint64_t start, uint64_t end) const;
   Status ReadParent(uint64_t offset, MutableByteView buf) const;
   // Writes (data != nullptr) or zeroes [pos, pos+len) of chunk c, which the
@@ -953,24 +975,39 @@ Status LocalDisk::ReadParent(uint64_t offset, MutableByteView buf) const {
 Status LocalDisk::Read(uint64_t offset, MutableByteView buf) {
   std::shared_lock lock(resize_mu_);
   RETURN_IF_ERROR(CheckRange(offset, buf.size(), "read"));
-  uint64_t end = offset + buf.size();
-  uint64_t pos = offset;
-  while (pos < end) {
-    uint64_t c = pos >> chunk_shift_;
-    bool owned = bits_.Test(c);
-    uint64_t run_end = std::min(end, ChunkStart(c + 1));
-    while (run_end < end && bits_.Test(run_end >> chunk_shift_) == owned) {
-      run_end = std::min(end, run_end + chunk_size_);
+  return ForEachRun(offset, buf, [&](uint64_t pos, MutableByteView part, bool owned) {
+    return owned ? ReadOwned(pos, part) : ReadParent(pos, part);
+  });
+}
+
+void LocalDisk::ReadAsync(uint64_t offset, MutableByteView buf, Callback done) {
+  std::vector<std::pair<uint64_t, MutableByteView>> from_parent;
+  uint64_t overlap = 0;
+  {
+    std::shared_lock lock(resize_mu_);
+    Status s = CheckRange(offset, buf.size(), "read");
+    if (s.ok()) {
+      s = ForEachRun(offset, buf, [&](uint64_t pos, MutableByteView part, bool owned) {
+        if (owned) return ReadOwned(pos, part);
+        from_parent.emplace_back(pos, part);
+        return Status::OK();
+      });
     }
-    MutableByteView part = buf.subspan(pos - offset, run_end - pos);
-    if (owned) {
-      RETURN_IF_ERROR(ReadOwned(pos, part));
-    } else {
-      RETURN_IF_ERROR(ReadParent(pos, part));
+    overlap = overlap_;
+    if (!s.ok()) {
+      lock.unlock();
+      return done(std::move(s));
     }
-    pos = run_end;
   }
-  return Status::OK();
+  // What the parent shows is immutable, so its runs need not hold the resize
+  // lock: a read that overlaps a resize may see either side of it, as with
+  // any two requests in flight at once.
+  if (from_parent.empty()) return done(Status::OK());
+  auto join = std::make_shared<StatusJoin>(from_parent.size(), std::move(done));
+  for (auto& [pos, part] : from_parent) {
+    disk_util::ReadParentAsync(parent_, overlap, pos, part, ref_,
+                               [join](Status s) { join->Part(std::move(s)); });
+  }
 }
 
 Status LocalDisk::CopyUp(uint64_t c, uint64_t pos, uint64_t len, const uint8_t* data) {

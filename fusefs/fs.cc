@@ -1061,14 +1061,17 @@ void FileSystem::ReadAsync(uint64_t fh, uint64_t offset, size_t size,
   auto h = GetHandle(fh);
   if (!h.ok()) return done(h.status());
   (*h)->Used();
-  if ((*h)->of->image) {
-    ImageReader& img = *(*h)->of->image;
-    if (offset >= img.size()) return done(ReadBuffers{});
-    size_t n = static_cast<size_t>(std::min<uint64_t>(size, img.size() - offset));
+  if (const std::shared_ptr<ImageReader>& img = (*h)->of->image) {
+    if (offset >= img->size()) return done(ReadBuffers{});
+    size_t n = static_cast<size_t>(std::min<uint64_t>(size, img->size() - offset));
     std::shared_ptr<uint8_t[]> buf(new uint8_t[n]);
-    Status st = img.Read(offset, MutableByteView(buf.get(), n));
-    if (!st.ok()) return done(st);
-    return done(ReadBuffers{{ByteView(buf.get(), n)}, buf});
+    // Chunks that are not local are waited for by nobody (docs/architecture.md,
+    // "The read path").
+    return img->ReadAsync(offset, MutableByteView(buf.get(), n),
+                          [buf, n, done = std::move(done)](Status st) {
+                            if (!st.ok()) return done(st);
+                            done(ReadBuffers{{ByteView(buf.get(), n)}, buf});
+                          });
   }
   auto disk = (*h)->of->CurrentDisk();
   if (!disk.ok()) return done(disk.status());

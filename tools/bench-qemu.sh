@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What a VM sees against what its user runs today (DESIGN.md §9, the
+# What a VM sees against what its user runs today (docs/performance.md, the
 # headline): `qemu-img bench -t none -d DEPTH` (files also `-i native`), 4 KiB
 # and 1 MiB, read and write, sequential and at scattered offsets, on a disk
 # made from an image of random data, in one run:
@@ -26,6 +26,9 @@
 #   IMGFS_BENCH_QEMU_ONLY       local or rbd: one backend only
 #   IMGFS_BENCH_QEMU_JOBS       job names to run (default all; see `jobs` below)
 #   IMGFS_BENCH_REPEAT          runs of every job (default 1)
+#   IMGFS_BENCH_LOCAL_CHUNKS    rados: the local stores keep their chunks in a
+#                               RADOS namespace of the cluster (local disks
+#                               whose parent is read over the network)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 build="${IMGFS_BUILD_DIR:-$here/build}"
@@ -209,30 +212,51 @@ run_jobs() {
   done
 }
 
+ensure_cluster() {
+  if [[ -z "${IMGFS_CEPH_CONF:-}" && "${IMGFS_BENCH_QEMU_CEPH:-0}" == 1 ]]; then
+    cdir="$work/ceph"
+    eval "$(IMGFS_CEPH_MEMSTORE_BYTES=$(((8 * mib + 1024) << 20)) "$here/tools/ceph-cluster.sh" start "$cdir")"
+  fi
+  [[ -n "${IMGFS_CEPH_CONF:-}" ]]
+}
+ceph_args=()
+set_ceph_args() {
+  ceph_args=(--ceph-conf "$IMGFS_CEPH_CONF" --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING")
+}
+
 if [[ "$only" != rbd ]]; then
-  mount_store "$imgfs" "${IMGFS_BENCH_MOUNT_OPTS:-}" "$work/a"
-  [[ -n "$b_bin" ]] && mount_store "$b_bin" "$b_opts" "$work/b"
-  header local "qcow2+raw"
+  if [[ "${IMGFS_BENCH_LOCAL_CHUNKS:-dir}" == rados ]]; then
+    ensure_cluster || { echo "bench-qemu: IMGFS_BENCH_LOCAL_CHUNKS=rados needs a cluster" >&2; exit 1; }
+    set_ceph_args
+    # local_store BIN OPTS DIR: a store whose chunks are in a fresh namespace.
+    local_store() {
+      local ns="benchc$RANDOM$RANDOM"
+      rbdc namespace create "$IMGFS_CEPH_POOL/$ns"
+      namespaces+=("$ns")
+      mount_store "$1" "$2" "$3" --chunks "rados:$IMGFS_CEPH_POOL/$ns" "${ceph_args[@]}"
+    }
+  else
+    local_store() { mount_store "$@"; }
+  fi
+  local_store "$imgfs" "${IMGFS_BENCH_MOUNT_OPTS:-}" "$work/a"
+  [[ -n "$b_bin" ]] && local_store "$b_bin" "$b_opts" "$work/b"
+  header "local, chunks ${IMGFS_BENCH_LOCAL_CHUNKS:-dir}" "qcow2+raw"
   run_jobs local "$work/a" "$work/b"
   unmount_all
 fi
 
 if [[ "$only" != local ]]; then
-  if [[ -z "${IMGFS_CEPH_CONF:-}" && "${IMGFS_BENCH_QEMU_CEPH:-0}" == 1 ]]; then
-    cdir="$work/ceph"
-    eval "$(IMGFS_CEPH_MEMSTORE_BYTES=$(((8 * mib + 1024) << 20)) "$here/tools/ceph-cluster.sh" start "$cdir")"
-  fi
-  if [[ -z "${IMGFS_CEPH_CONF:-}" ]]; then
+  if ! ensure_cluster; then
     echo "# rbd: skipped (no IMGFS_CEPH_CONF; IMGFS_BENCH_QEMU_CEPH=1 starts a cluster)"
     exit 0
   fi
+  set_ceph_args
   rbd_store() {  # BIN OPTS DIR
     local ns="benchq$RANDOM$RANDOM"
     rbdc namespace create "$IMGFS_CEPH_POOL/$ns"
     namespaces+=("$ns")
     echo "$ns" >"$3.ns"
-    mount_store "$1" "$2" "$3" --disks "rbd:$IMGFS_CEPH_POOL/$ns" --ceph-conf "$IMGFS_CEPH_CONF" \
-      --ceph-id "$IMGFS_CEPH_ID" --keyring "$IMGFS_CEPH_KEYRING"
+    mount_store "$1" "$2" "$3" --disks "rbd:$IMGFS_CEPH_POOL/$ns" "${ceph_args[@]}"
   }
   rbd_store "$imgfs" "${IMGFS_BENCH_MOUNT_OPTS:-}" "$work/ra"
   ns="$(cat "$work/ra.ns")"

@@ -129,6 +129,10 @@ class Disk {
   virtual void WriteAsync(uint64_t offset, ByteView buf, Callback done);
   virtual void DiscardAsync(uint64_t offset, uint64_t length, Callback done);
   virtual void FlushAsync(Callback done);
+  // Whether WriteAsync may still read its `buf` after it returns (before
+  // `done`). False for a disk whose WriteAsync finishes before returning:
+  // then a caller holding the bytes only for the call need not copy them.
+  virtual bool WriteAsyncHoldsBuffer() const { return true; }
 
   // Stops writing in place: flushes, releases the backend's write lock
   // (another client may take it at once) and makes the handle read-only

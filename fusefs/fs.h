@@ -211,7 +211,12 @@ class FileSystem {
   using SizeCallback = std::function<void(Result<size_t>)>;
   using StatusCallback = std::function<void(Status)>;
   void ReadAsync(uint64_t fh, uint64_t offset, size_t size, Disk::ReadBuffersCallback done);
-  void WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done);
+  // `keep`, when set, is called when the disk needs `data` after this call
+  // returns (Disk::WriteAsyncHoldsBuffer) and `data` would not last: it
+  // returns a copy that stays valid until `done`. Without it `data` must.
+  using KeepBytes = std::function<ByteView(ByteView)>;
+  void WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done,
+                  const KeepBytes& keep = nullptr);
   void FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t length, StatusCallback done);
   void FlushAsync(uint64_t fh, StatusCallback done);
   void FsyncAsync(uint64_t fh, StatusCallback done);

@@ -482,15 +482,20 @@ void OnWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t of
   auto r = NewAsyncReply(req, "write");
   if (!r) return;
   HandleAsync(r, [&] {
-    // The request's buffer belongs to the worker thread: copy what may
-    // outlive this handler.
-    uint8_t* buf = r->Buffer(size);
-    std::memcpy(buf, data, size);
-    Fs(req).WriteAsync(fi->fh, static_cast<uint64_t>(off), ByteView(buf, size),
-                       [r](Result<size_t> n) {
-                         if (!n.ok()) return r->Fail(n.status());
-                         r->Write(*n);
-                       });
+    // The request's buffer belongs to the worker thread: it is copied only
+    // when the disk may read it after this handler returns (a local disk's
+    // write is done by then).
+    Fs(req).WriteAsync(
+        fi->fh, static_cast<uint64_t>(off), ByteView(reinterpret_cast<const uint8_t*>(data), size),
+        [r](Result<size_t> n) {
+          if (!n.ok()) return r->Fail(n.status());
+          r->Write(*n);
+        },
+        [r](ByteView bytes) {
+          uint8_t* buf = r->Buffer(bytes.size());
+          std::memcpy(buf, bytes.data(), bytes.size());
+          return ByteView(buf, bytes.size());
+        });
   });
 }
 

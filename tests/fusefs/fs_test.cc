@@ -47,11 +47,11 @@ struct Fixture {
   Bytes image_bytes;
   ImageId image;
 
-  explicit Fixture(bool with_image = true) {
+  explicit Fixture(bool with_image = true, const char* disks = "mem") {
     StoreConfig cfg;
     cfg.chunk_size = kChunk;
     cfg.chunks = "mem";
-    cfg.disks = "mem";
+    cfg.disks = disks;
     REQUIRE(Store::Init(dir.path + "/store", cfg).ok());
     auto s = Store::Open(dir.path + "/store", [this] { return now; });
     REQUIRE(s.ok());
@@ -598,6 +598,39 @@ TEST_CASE("the async forms call back exactly once, with the result or the error"
   Bytes z(4096);
   REQUIRE(fs.Read(o->fh, 4096, z).ok());
   CHECK(z == Bytes(4096, 0));
+  fs.Release(o->fh);
+}
+
+TEST_CASE("a write's bytes are copied only for a disk that reads them after the call",
+          "[fusefs]") {
+  // mem disks keep Disk's conservative default; a local disk writes before
+  // WriteAsync returns.
+  auto [disks, copies] = GENERATE(std::make_pair("mem", 1), std::make_pair("local", 0));
+  INFO("disks " << disks);
+  Fixture f(true, disks);
+  f.CreateDisk("vm1", "disk");
+  FileSystem fs(*f.store, Opts());
+  auto o = fs.Open(DiskIno(fs), O_RDWR);
+  REQUIRE(o.ok());
+  Bytes data(8192, 5);
+  Bytes kept;
+  int kept_calls = 0;
+  std::vector<Result<size_t>> sizes;
+  fs.WriteAsync(
+      o->fh, 4096, data, [&](Result<size_t> r) { sizes.push_back(std::move(r)); },
+      [&](ByteView bytes) {
+        ++kept_calls;
+        kept.assign(bytes.begin(), bytes.end());
+        return ByteView(kept);
+      });
+  std::fill(data.begin(), data.end(), 0xee);  // the caller's buffer is gone
+  CHECK(kept_calls == copies);
+  REQUIRE(sizes.size() == 1);
+  REQUIRE(sizes[0].ok());
+  CHECK(*sizes[0] == 8192);
+  Bytes back(8192);
+  REQUIRE(fs.Read(o->fh, 4096, back).ok());
+  CHECK(back == Bytes(8192, 5));
   fs.Release(o->fh);
 }
 

@@ -46,6 +46,25 @@ Result<ImageId> TempImageId(std::string_view name) {
   return ImageId::FromHex(name.substr(std::strlen(kTmpPrefix), 32));
 }
 
+// The next run of `m` to write from chunk *i on, holes skipped: the bytes
+// [start, end) of consecutive chunks that are not holes, up to
+// kPublishRunBytes and not across a multiple of it; *i moves past them.
+// nullopt when only holes are left.
+std::optional<std::pair<uint64_t, uint64_t>> NextRun(const Manifest& m, size_t* i) {
+  const uint64_t cs = m.chunk_size;
+  const size_t n = m.chunks.size();
+  while (*i < n && m.chunks[*i].IsHole()) ++*i;
+  if (*i == n) return std::nullopt;
+  uint64_t start = *i * cs;
+  uint64_t end = start;
+  while (*i < n && !m.chunks[*i].IsHole() && end - start < kPublishRunBytes &&
+         (end == start || end % kPublishRunBytes != 0)) {
+    end = std::min<uint64_t>((*i + 1) * cs, m.size);
+    ++*i;
+  }
+  return std::make_pair(start, end);
+}
+
 }  // namespace
 
 Status Publications::Clone(ImageSource& images, const ImageId& id, const DiskRef& ref,
@@ -386,7 +405,6 @@ Status Publications::WriteData(ImageReader& reader, rbd_image_t img, const std::
                                const std::function<Status()>& renew) {
   auto renewed = std::chrono::steady_clock::now();
   const Manifest& m = reader.manifest();
-  const uint64_t cs = m.chunk_size;
   struct Pending {
     rbd_completion_t c;
     Bytes buf;
@@ -404,19 +422,10 @@ Status Publications::WriteData(ImageReader& reader, rbd_image_t img, const std::
     }
   };
   size_t i = 0;
-  const size_t n = m.chunks.size();
-  while (i < n && status.ok()) {
-    if (m.chunks[i].IsHole()) {
-      i++;
-      continue;
-    }
-    uint64_t start = i * cs;
-    uint64_t end = start;
-    while (i < n && !m.chunks[i].IsHole() && end - start < kPublishRunBytes &&
-           (end == start || end % kPublishRunBytes != 0)) {
-      end = std::min<uint64_t>((i + 1) * cs, m.size);
-      i++;
-    }
+  while (status.ok()) {
+    auto run = NextRun(m, &i);
+    if (!run) break;
+    auto [start, end] = *run;
     reap(false);
     if (!status.ok()) break;
     if (std::chrono::steady_clock::now() - renewed >

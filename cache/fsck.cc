@@ -103,6 +103,17 @@ Result<FsckReport> CheckStore(Store& store) {
         }
         return Status::OK();
       }));
+
+  RETURN_IF_ERROR(
+      backend.ListRecordValues("names/", [&](std::string_view key, std::string_view target) {
+        ++r.names;
+        if (!image_hex.count(std::string(target))) {
+          r.problems.push_back("name '" + std::string(key.substr(6)) +
+                               "' points at missing image " + std::string(target));
+        }
+        return Status::OK();
+      }));
+
   RETURN_IF_ERROR(store.chunks().ListManifests([&](const ImageId& id) {
     ++r.manifests;
     if (!images.count(id)) r.orphans.push_back("manifest " + id.Hex() + " belongs to no image");

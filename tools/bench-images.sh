@@ -18,9 +18,10 @@
 # and for each gc how long it held the GC lock (from its log).
 # BACKEND is dir (chunks on local disk) or rados (chunks in a namespace of
 # IMGFS_CEPH_CHUNK_POOL of the cluster named by IMGFS_CEPH_*, or of a
-# throwaway one). The binary from IMGFS_BENCH_BUILD_DIR (default
-# build-bench/, Release). IMGFS_BENCH_COMPARE=PATH names a second imgfs
-# binary (e.g. a build of an older commit) whose `image ls`, fsck and gc
+# throwaway one). IMGFS_BENCH_GC_ALL=0 skips the last step (gc, all). The
+# binary from IMGFS_BENCH_BUILD_DIR (default build-bench/, Release).
+# IMGFS_BENCH_COMPARE=PATH names a second imgfs binary (e.g. a build of an
+# older commit) whose `image ls`, fsck and gc
 # (nothing to do) are measured too, on the same store, before this one's.
 #   tools/bench-images.sh [N] [dir|rados] [TOP]   (defaults: 1250 dir 4N)
 set -euo pipefail
@@ -128,6 +129,8 @@ compare "$n"
 fill "$n" "$top"
 compare "$top"
 
+# IMGFS_BENCH_GC_ALL=0 stops here (the removal of TOP images is the longest step).
+[[ "${IMGFS_BENCH_GC_ALL:-1}" == 0 ]] && exit 0
 for i in $(seq 0 9); do "$imgfs" -q disk create "vm$i/disk" --image "img$(printf %06d $((2 * i)))"; done
 t0="$(now)"
 "$imgfs" -v gc --min-age 0 >"$work/gc.out" 2>"$work/gc.log"

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "blockstore/manifest.h"
+#include "blockstore/read_ahead.h"
 
 namespace imgfs {
 
@@ -259,6 +260,18 @@ Status ChunkStore::ListManifests(const std::function<Status(const ImageId&)>& fn
 
 Result<Manifest> ChunkStore::GetManifest(const ImageId& id) {
   return ::imgfs::GetManifest(*backend_, id);
+}
+
+Status ChunkStore::ForEachManifest(const std::vector<ImageId>& ids, size_t max_in_flight,
+                                   const std::function<Status(size_t, Result<Manifest>)>& fn) {
+  return ReadAhead<Result<Manifest>>(
+      ids.size(), max_in_flight, [&](size_t i) { return GetManifest(ids[i]); }, fn);
+}
+
+Status ChunkStore::RecheckEach(const std::vector<ChunkId>& ids, size_t max_in_flight,
+                               const std::function<Status(size_t, Status)>& fn) {
+  return ReadAhead<Status>(
+      ids.size(), max_in_flight, [&](size_t i) { return Recheck(ids[i]); }, fn);
 }
 
 Status ChunkStore::Recheck(const ChunkId& id) {

@@ -25,6 +25,7 @@
 #include <list>
 #include <memory>
 #include <unordered_map>
+#include <vector>
 
 #include "blockstore/chunk_backend.h"
 #include "blockstore/hash.h"
@@ -122,12 +123,23 @@ class ChunkStore {
   // from the cache nor filling it (fsck and verify re-read what is stored).
   // NotFound when missing, Corruption when its bytes do not match its id.
   Status Recheck(const ChunkId& id);
+  // Recheck of every chunk of `ids`, up to `max_in_flight` at once; calls
+  // fn(i, Recheck(ids[i])) in the order of `ids`, as ForEachManifest does.
+  Status RecheckEach(const std::vector<ChunkId>& ids, size_t max_in_flight,
+                     const std::function<Status(size_t, Status)>& fn);
   // Drops chunk `id` from the cache, so that the next read goes to the
   // backend (tests that damage what is stored).
   void DropFromCache(const ChunkId& id);
 
   // Manifests: this store's other kind of object (gc and fsck).
   Result<Manifest> GetManifest(const ImageId& id);
+  // Reads the manifests of `ids` with up to `max_in_flight` reads at once and
+  // calls fn(i, manifest of ids[i]) in the order of `ids`, on the calling
+  // thread (blockstore/read_ahead.h): one image's manifest that cannot be read
+  // is that call's error result. When fn returns an error, stops reading and
+  // returns it. At most `max_in_flight` manifests are held at once.
+  Status ForEachManifest(const std::vector<ImageId>& ids, size_t max_in_flight,
+                         const std::function<Status(size_t, Result<Manifest>)>& fn);
   Status ListManifests(const std::function<Status(const ImageId&)>& fn);
 
   // Objects of either kind, by id, for gc: the bytes an object holds, from

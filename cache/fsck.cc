@@ -1,9 +1,19 @@
 #include "cache/fsck.h"
 
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "blockstore/manifest.h"
+#include "blockstore/read_ahead.h"
+
 namespace imgfs {
+namespace {
+
+// Records and manifests read, and chunks re-hashed, at once.
+constexpr size_t kReadWindow = 16;
+
+}  // namespace
 
 Result<FsckReport> CheckStore(Store& store) {
   FsckReport r;
@@ -15,45 +25,84 @@ Result<FsckReport> CheckStore(Store& store) {
     return Status::OK();
   }));
 
+  // Images in the order of their ids, so that the problems come in the
+  // same order on every run.
+  std::vector<std::string> image_list(image_hex.begin(), image_hex.end());
+  std::sort(image_list.begin(), image_list.end());
+
+  // Each image's record and manifest are read on a worker, kReadWindow
+  // images at once (blockstore/read_ahead.h), and checked here in order.
+  struct ImageRead {
+    Result<ImageId> id;
+    Result<ImageRecord> rec = Status::NotFound("not read");
+    Result<Manifest> manifest = Status::NotFound("not read");
+  };
   std::unordered_set<ChunkId> referenced;
   std::unordered_set<ImageId> images;
-  for (const auto& hex : image_hex) {
-    ++r.images;
-    auto id = Id128::FromHex(hex);
-    if (!id.ok()) {
-      r.problems.push_back("image record '" + hex + "' is not named by an image id");
-      continue;
-    }
-    images.insert(*id);
-    auto rec = store.ReadImageRecord(*id);
-    if (!rec.ok()) {
-      if (rec.status().IsRetryable()) return rec.status();
-      r.problems.push_back("image " + hex + ": record unreadable: " + rec.status().message());
-    }
-    auto m = store.chunks().GetManifest(*id);
-    if (!m.ok()) {
-      if (m.status().IsRetryable()) return m.status();
-      r.problems.push_back("image " + hex + ": manifest: " + m.status().message());
-      continue;
-    }
-    if (rec.ok() && rec->size != m->size) {
-      r.problems.push_back("image " + hex + ": record says " + std::to_string(rec->size) +
-                           " bytes, manifest " + std::to_string(m->size));
-    }
-    // Every distinct chunk is read and re-hashed once (the first image that
-    // uses it is named; `image verify` names every image a chunk breaks).
-    for (const auto& c : m->chunks) {
-      if (c.IsHole() || !referenced.insert(c).second) continue;
-      Status s = store.chunks().Recheck(c);
-      if (s.IsNotFound()) {
-        r.problems.push_back("image " + hex + ": chunk " + c.Hex() + " is missing");
-      } else if (s.IsCorruption()) {
-        r.problems.push_back("image " + hex + ": chunk " + c.Hex() + " is corrupt: " + s.message());
-      } else if (!s.ok()) {
-        return s;
-      }
-    }
-  }
+  // Every distinct chunk, with the first image that uses it (by its index
+  // in image_list), to be re-hashed once below.
+  std::vector<ChunkId> distinct;
+  std::vector<size_t> first_user;
+  RETURN_IF_ERROR(ReadAhead<ImageRead>(
+      image_list.size(), kReadWindow,
+      [&](size_t i) {
+        ImageRead got{Id128::FromHex(image_list[i])};
+        if (!got.id.ok()) return got;
+        got.rec = store.ReadImageRecord(*got.id);
+        // A retryable error aborts fsck: no need to read on.
+        if (got.rec.ok() || !got.rec.status().IsRetryable()) {
+          got.manifest = store.chunks().GetManifest(*got.id);
+        }
+        return got;
+      },
+      [&](size_t i, ImageRead got) -> Status {
+        const std::string& hex = image_list[i];
+        ++r.images;
+        if (!got.id.ok()) {
+          r.problems.push_back("image record '" + hex + "' is not named by an image id");
+          return Status::OK();
+        }
+        images.insert(*got.id);
+        auto& rec = got.rec;
+        if (!rec.ok()) {
+          if (rec.status().IsRetryable()) return rec.status();
+          r.problems.push_back("image " + hex + ": record unreadable: " + rec.status().message());
+        }
+        auto& m = got.manifest;
+        if (!m.ok()) {
+          if (m.status().IsRetryable()) return m.status();
+          r.problems.push_back("image " + hex + ": manifest: " + m.status().message());
+          return Status::OK();
+        }
+        if (rec.ok() && rec->size != m->size) {
+          r.problems.push_back("image " + hex + ": record says " + std::to_string(rec->size) +
+                               " bytes, manifest " + std::to_string(m->size));
+        }
+        for (const auto& c : m->chunks) {
+          if (c.IsHole() || !referenced.insert(c).second) continue;
+          distinct.push_back(c);
+          first_user.push_back(i);
+        }
+        return Status::OK();
+      }));
+
+  // Every distinct chunk is read and re-hashed once, kReadWindow at once (the
+  // first image that uses it is named; `image verify` names every image a
+  // chunk breaks).
+  RETURN_IF_ERROR(store.chunks().RecheckEach(
+      distinct, kReadWindow, [&](size_t j, Status s) -> Status {
+        const std::string& hex = image_list[first_user[j]];
+        const ChunkId& c = distinct[j];
+        if (s.IsNotFound()) {
+          r.problems.push_back("image " + hex + ": chunk " + c.Hex() + " is missing");
+        } else if (s.IsCorruption()) {
+          r.problems.push_back("image " + hex + ": chunk " + c.Hex() +
+                               " is corrupt: " + s.message());
+        } else if (!s.ok()) {
+          return s;
+        }
+        return Status::OK();
+      }));
 
   RETURN_IF_ERROR(
       backend.ListRecordValues("names/", [&](std::string_view key, std::string_view target) {

@@ -9,7 +9,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "blockstore/manifest.h"
 #include "blockstore/mutex.h"
+#include "blockstore/read_ahead.h"
 
 namespace imgfs {
 namespace {
@@ -46,6 +48,8 @@ Status SweepTemp(Store& store, bool dry_run, GcReport* report) {
 // Removals in flight during a sweep: at most kSweepWindow, so a remote
 // backend's round trips overlap (ChunkBackend::RemoveAsync).
 constexpr size_t kSweepWindow = 32;
+// Manifest reads in flight during the mark (ChunkStore::ForEachManifest).
+constexpr size_t kReadWindow = 16;
 
 class Removals {
  public:
@@ -99,18 +103,19 @@ class Removals {
 Status Sweep(Store& store, const GcOptions& o, const Store::GcLock& lock, ObjectKind kind,
              const std::vector<Id128>& ids, GcReport* report) {
   const std::string phase = kind == ObjectKind::kChunk ? "sweep" : "sweep manifests";
-  uint64_t done = 0;
   if (o.dry_run) {
-    for (const auto& id : ids) {
-      auto size = store.chunks().StoredSize(kind, id);
-      if (size.ok()) {
-        report->bytes_freed += *size;
-      } else if (!size.status().IsNotFound()) {
-        return size.status();
-      }
-      if (kind == ObjectKind::kChunk) Progress(o, phase, ++done, ids.size());
-    }
-    return Status::OK();
+    // Only the sizes, kReadWindow stats in flight.
+    return ReadAhead<Result<uint64_t>>(
+        ids.size(), kReadWindow, [&](size_t i) { return store.chunks().StoredSize(kind, ids[i]); },
+        [&](size_t i, Result<uint64_t> size) -> Status {
+          if (size.ok()) {
+            report->bytes_freed += *size;
+          } else if (!size.status().IsNotFound()) {
+            return size.status();
+          }
+          if (kind == ObjectKind::kChunk) Progress(o, phase, i + 1, ids.size());
+          return Status::OK();
+        });
   }
   Removals removals;
   Status status;
@@ -236,20 +241,22 @@ Result<GcReport> CollectGarbage(Store& store, const GcOptions& o) {
   // if a live manifest cannot be read.
   std::unordered_set<ImageId> live_manifests(live_images.begin(), live_images.end());
   std::unordered_set<ChunkId> live_chunks;
-  uint64_t done = 0;
-  for (const auto& id : live_images) {
-    auto m = store.chunks().GetManifest(id);
-    if (!m.ok()) {
-      return m.status().WithContext(
-          "gc stopped before sweeping: cannot read the manifest of "
-          "live image " +
-          id.Hex());
-    }
-    for (const auto& c : m->chunks) {
-      if (!c.IsHole()) live_chunks.insert(c);
-    }
-    Progress(o, "mark", ++done, live_images.size());
-  }
+  // The reads overlap (kReadWindow in flight: on rados their round trips,
+  // on a directory the hashing of each manifest), used in order.
+  RETURN_IF_ERROR(store.chunks().ForEachManifest(
+      live_images, kReadWindow, [&](size_t i, Result<Manifest> m) -> Status {
+        if (!m.ok()) {
+          return m.status().WithContext(
+              "gc stopped before sweeping: cannot read the manifest of "
+              "live image " +
+              live_images[i].Hex());
+        }
+        for (const auto& c : m->chunks) {
+          if (!c.IsHole()) live_chunks.insert(c);
+        }
+        Progress(o, "mark", i + 1, live_images.size());
+        return Status::OK();
+      }));
 
   // 3. Sweep manifests and chunks nothing live references; their sizes come
   // from the backend's stat, not from reading them.

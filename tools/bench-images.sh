@@ -2,10 +2,11 @@
 # Many images: how `image ls`, `fsck` and `gc` grow with the number of
 # images in a store (docs/performance.md, "Many images"). Fills a store with
 # N small images (8 KiB each at a 4 KiB chunk size: one chunk of its own, one
-# shared by all, one hole; every other one named), measures, fills it to 4N,
-# measures again, then removes them all with one gc. Prints one line a
-# figure:
-#   import             the time to import the images (four at a time)
+# shared by all, one hole; every other one named), measures, fills it to TOP
+# (default 4N), measures again, then removes them all with one gc. Prints one
+# line a figure:
+#   import             the time to import the images (tests/bench/images_fill:
+#                      one process, four imports at a time)
 #   image ls           `imgfs image ls` of the whole store
 #   fsck               `imgfs fsck` (reads and re-hashes every chunk)
 #   gc, nothing to do  `imgfs gc` with every image young: the full mark and
@@ -17,18 +18,21 @@
 # and for each gc how long it held the GC lock (from its log).
 # BACKEND is dir (chunks on local disk) or rados (chunks in a namespace of
 # IMGFS_CEPH_CHUNK_POOL of the cluster named by IMGFS_CEPH_*, or of a
-# throwaway one). The binary from IMGFS_BENCH_BUILD_DIR (default
-# build-bench/, Release). IMGFS_BENCH_COMPARE=PATH names a second imgfs
-# binary (e.g. a build of an older commit) whose `image ls`, fsck and gc
+# throwaway one). IMGFS_BENCH_GC_ALL=0 skips the last step (gc, all). The
+# binary from IMGFS_BENCH_BUILD_DIR (default build-bench/, Release).
+# IMGFS_BENCH_COMPARE=PATH names a second imgfs binary (e.g. a build of an
+# older commit) whose `image ls`, fsck and gc
 # (nothing to do) are measured too, on the same store, before this one's.
-#   tools/bench-images.sh [N] [dir|rados]     (defaults: 1250 dir)
+#   tools/bench-images.sh [N] [dir|rados] [TOP]   (defaults: 1250 dir 4N)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 n="${1:-1250}"
 backend="${2:-dir}"
+top="${3:-$((4 * n))}"
 . "$here/tools/bench-lib.sh"
-bench_build imgfs
+bench_build imgfs images_fill
 imgfs="$build/tools/imgfs"
+filler="$build/tests/bench/images_fill"
 
 work="$(mktemp -d /tmp/imgfs-bench-images.XXXXXX)"
 cdir="" ns=""
@@ -62,7 +66,8 @@ case "$backend" in
     exit 2
     ;;
 esac
-echo "# $(date -u +%FT%TZ) $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg); N=$n, $backend"
+load() { echo "load $(cut -d' ' -f1-3 /proc/loadavg)"; }
+echo "# $(date -u +%FT%TZ) $(nproc) cpus, $(load); N=$n, TOP=$top, $backend"
 
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
@@ -82,11 +87,11 @@ EOF
   awk -v lo="$1" -v hi="$2" -v d="$work/src" 'BEGIN {
     for (i = lo; i < hi; i++) {
       f = sprintf("%s/img%06d", d, i)
-      if (i % 2 == 0) printf "%s --name img%06d\n", f, i; else print f
+      if (i % 2 == 0) printf "%s img%06d\n", f, i; else print f
     } }' >"$work/list"
   local t0
   t0="$(now)"
-  xargs -P 4 -L 1 "$imgfs" -q image import <"$work/list" >/dev/null
+  "$filler" "$IMGFS_STORE" "$work/list" 4
   echo "images $2: import of $(($2 - $1)) took $(secs "$t0" "$(now)") s"
   rm -rf "$work/src"
 }
@@ -101,7 +106,7 @@ measure() {
   c="$("$bin" image ls | tail -n +2 | wc -l)"
   t="$(secs "$t0" "$(now)")"
   ((c == count)) || { echo "image ls listed $c images, not $count" >&2; exit 1; }
-  echo "images $count$label: image ls $t s"
+  echo "images $count$label: image ls $t s ($(load))"
   t0="$(now)"
   "$bin" fsck >"$work/fsck.out"
   echo "images $count$label: fsck $(secs "$t0" "$(now)") s ($(tail -n 1 "$work/fsck.out"))"
@@ -121,13 +126,15 @@ compare() {
 
 fill 0 "$n"
 compare "$n"
-fill "$n" "$((4 * n))"
-compare "$((4 * n))"
+fill "$n" "$top"
+compare "$top"
 
+# IMGFS_BENCH_GC_ALL=0 stops here (the removal of TOP images is the longest step).
+[[ "${IMGFS_BENCH_GC_ALL:-1}" == 0 ]] && exit 0
 for i in $(seq 0 9); do "$imgfs" -q disk create "vm$i/disk" --image "img$(printf %06d $((2 * i)))"; done
 t0="$(now)"
 "$imgfs" -v gc --min-age 0 >"$work/gc.out" 2>"$work/gc.log"
 t="$(secs "$t0" "$(now)")"
-echo "images $((4 * n)): gc, all $t s (GC lock held $(held "$work/gc.log") s): $(tail -n 1 "$work/gc.out")"
+echo "images $top: gc, all $t s (GC lock held $(held "$work/gc.log") s): $(tail -n 1 "$work/gc.out")"
 c="$("$imgfs" image ls | tail -n +2 | wc -l)"
 ((c == 10)) || { echo "after gc, image ls listed $c images, not 10" >&2; exit 1; }

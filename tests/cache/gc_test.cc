@@ -415,3 +415,68 @@ TEST_CASE("gc and fsck over many images: each unused image goes, exactly its byt
   CHECK(again->chunks_removed == 0);
   CHECK(again->bytes_freed == 0);
 }
+
+TEST_CASE("fsck names every problem of many images in id order, the same on every run; gc "
+          "stops before sweeping when a live manifest cannot be read",
+          "[gc][fsck]") {
+  Fixture f;
+  // 60 images, each a chunk of its own (and a hole), read 16 at a time.
+  std::vector<ImageId> ids;
+  std::vector<ChunkId> own;
+  for (uint32_t i = 0; i < 60; ++i) {
+    ids.push_back(f.Import(5000 + i, 2 * 4096));
+    auto m = f.store->chunks().GetManifest(ids.back());
+    REQUIRE(m.ok());
+    own.push_back(m->chunks[0]);
+  }
+  // Manifests gone of images 3 and 40; chunks missing of 7 and 21, damaged
+  // of 8 and 55.
+  REQUIRE(f.store->backend().Remove(ObjectKind::kManifest, ids[3].Hex()).ok());
+  REQUIRE(f.store->backend().Remove(ObjectKind::kManifest, ids[40].Hex()).ok());
+  for (int i : {7, 21}) REQUIRE(f.store->backend().Remove(ObjectKind::kChunk, own[i].Hex()).ok());
+  for (int i : {8, 55}) {
+    REQUIRE(f.store->backend().Remove(ObjectKind::kChunk, own[i].Hex()).ok());
+    Bytes other(4096, 0x11);
+    REQUIRE(f.store->backend().PutIfAbsent(ObjectKind::kChunk, own[i].Hex(), other).ok());
+  }
+  // What fsck must say: first the manifests, then the chunks, each in the
+  // order of the image ids.
+  auto by_hex = [&](std::vector<int> which) {
+    std::sort(which.begin(), which.end(),
+              [&](int a, int b) { return ids[a].Hex() < ids[b].Hex(); });
+    return which;
+  };
+  std::vector<std::string> expect;
+  for (int i : by_hex({3, 40})) {
+    expect.push_back("image " + ids[i].Hex() + ": manifest: manifest of image " + ids[i].Hex() +
+                     " not found");
+  }
+  for (int i : by_hex({7, 21, 8, 55})) {
+    std::string what = i == 7 || i == 21 ? " is missing" : " is corrupt: ";
+    expect.push_back("image " + ids[i].Hex() + ": chunk " + own[i].Hex() + what);
+  }
+  auto fsck = CheckStore(*f.store);
+  REQUIRE(fsck.ok());
+  CHECK(fsck->images == 60);
+  REQUIRE(fsck->problems.size() == expect.size());
+  for (size_t k = 0; k < expect.size(); ++k) {
+    INFO(fsck->problems[k]);
+    CHECK(fsck->problems[k].rfind(expect[k], 0) == 0);  // corrupt ones say why after
+  }
+  auto again = CheckStore(*f.store);
+  REQUIRE(again.ok());
+  CHECK(again->problems == fsck->problems);
+
+  // gc: every image is young, so all are live; two manifests cannot be read.
+  Bytes orphan(4096, 0x77);
+  REQUIRE(f.store->chunks().Put(orphan).ok());
+  const uint64_t chunks = f.CountChunks();
+  auto gc = CollectGarbage(*f.store, MinAge(86400));
+  REQUIRE_FALSE(gc.ok());
+  CHECK(gc.status().IsNotFound());
+  CHECK(gc.status().message().find("gc stopped before sweeping") != std::string::npos);
+  const std::string& msg = gc.status().message();
+  CHECK((msg.find(ids[3].Hex()) != std::string::npos ||
+         msg.find(ids[40].Hex()) != std::string::npos));
+  CHECK(f.CountChunks() == chunks);  // the orphan too: nothing was swept
+}

@@ -59,21 +59,26 @@ uint32_t DirtyCount(const std::string& csum) {
   return n;
 }
 
-// Makes the disk at `dir` what imgfs before checksums wrote: metadata
-// version 1 without its "xxh3" field, no csum file, and a version 1
-// allocation map (the same bits, for chunks below 4032).
-void MakeVersion1(const std::string& dir) {
-  auto j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
-  j["version"] = 1;
-  j.erase("xxh3");
-  REQUIRE(WriteFileAtomic(dir + "/meta.json", j.dump(2) + "\n").ok());
-  REQUIRE(::unlink((dir + "/csum").c_str()) == 0);
+// Makes the allocation map of the disk at `dir` a version 1 map with the
+// same bits (those of chunks below 4032: the first page).
+void MakeMapVersion1(const std::string& dir) {
   auto map = ReadFile(dir + "/bitmap");
   REQUIRE(map.ok());
   std::string v1 = map->substr(0, 4096);
   v1[8] = 1;
   if (map->size() > 4096) v1 += map->substr(4096, 504) + std::string(4096 - 504, '\0');
   REQUIRE(WriteFileAtomic(dir + "/bitmap", v1).ok());
+}
+
+// Makes the disk at `dir` what imgfs before checksums wrote: metadata
+// version 1 without its "xxh3" field, no csum file, a version 1 map.
+void MakeVersion1(const std::string& dir) {
+  auto j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
+  j["version"] = 1;
+  j.erase("xxh3");
+  REQUIRE(WriteFileAtomic(dir + "/meta.json", j.dump(2) + "\n").ok());
+  REQUIRE(::unlink((dir + "/csum").c_str()) == 0);
+  MakeMapVersion1(dir);
 }
 
 uint32_t MapVersion(const std::string& dir) {
@@ -464,13 +469,7 @@ TEST_CASE("Local disk allocation map: version 1 is read as it is and upgraded on
   }
   // Only the map is old (a disk written by an imgfs with data checksums but
   // without map checksums never existed, but the two upgrades are apart).
-  {
-    auto map = ReadFile(dir + "/bitmap");
-    std::string v1 = map->substr(0, 4096);
-    v1[8] = 1;
-    v1 += map->substr(4096, 504) + std::string(4096 - 504, '\0');
-    REQUIRE(WriteFileAtomic(dir + "/bitmap", v1).ok());
-  }
+  MakeMapVersion1(dir);
   {
     auto d = l.Open("old", OpenMode::kReadOnly);
     Bytes got(64 * KiB);

@@ -1,6 +1,17 @@
 #include "blockstore/hash.h"
 
 #include <xxhash.h>
+#if defined(__x86_64__) && __has_include(<xxh_x86dispatch.h>)
+#define XXH_DISPATCH_DISABLE_REPLACE
+#include <xxh_x86dispatch.h>
+#define IMGFS_XXH3_64 XXH3_64bits_dispatch
+#define IMGFS_XXH3_64_SEED XXH3_64bits_withSeed_dispatch
+#define IMGFS_XXH3_128 XXH3_128bits_dispatch
+#else
+#define IMGFS_XXH3_64 XXH3_64bits
+#define IMGFS_XXH3_64_SEED XXH3_64bits_withSeed
+#define IMGFS_XXH3_128 XXH3_128bits
+#endif
 
 #include <cstring>
 
@@ -40,13 +51,18 @@ Result<Id128> Id128::FromHex(std::string_view hex) {
 }
 
 Id128 Hash128(ByteView data) {
-  XXH128_hash_t h = XXH3_128bits(data.data(), data.size());
+  XXH128_hash_t h = IMGFS_XXH3_128(data.data(), data.size());
   XXH128_canonical_t canonical;
   XXH128_canonicalFromHash(&canonical, h);
   Id128 id;
   static_assert(sizeof(canonical.digest) == sizeof(id.bytes));
   std::memcpy(id.bytes.data(), canonical.digest, id.bytes.size());
   return id;
+}
+
+uint64_t Hash64(ByteView data, uint64_t seed) {
+  if (seed == 0) return IMGFS_XXH3_64(data.data(), data.size());
+  return IMGFS_XXH3_64_SEED(data.data(), data.size(), seed);
 }
 
 ChunkId ChunkIdOf(ByteView data) {

@@ -33,6 +33,12 @@ using ImageId = Id128;
 // XXH3-128 of data. Does not special-case zeros; see ChunkIdOf.
 Id128 Hash128(ByteView data);
 
+// XXH3-64 of data with `seed` (0: plain XXH3-64): the checksums of local
+// disks' blocks, of their allocation map's pages and of JSON files. Both
+// hashes use libxxhash's runtime dispatch on x86-64 (its AVX2 or AVX-512
+// code where the CPU has it; the same values as its SSE2 default).
+uint64_t Hash64(ByteView data, uint64_t seed = 0);
+
 // The id under which `data` is stored: the hole id when every byte is zero,
 // else Hash128(data).
 ChunkId ChunkIdOf(ByteView data);

@@ -9,7 +9,6 @@
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <array>
@@ -31,6 +30,8 @@
 #include "blockstore/countdown.h"
 #include "blockstore/disk_util.h"
 #include "blockstore/file_util.h"
+#include "blockstore/hash.h"
+#include "blockstore/json_sum.h"
 #include "blockstore/mutex.h"
 #include "blockstore/units.h"
 #include "blockstore/backends.h"
@@ -43,12 +44,23 @@ namespace fs = std::filesystem;
 // Version 2 added the checksums (`csum`); version 1 disks are upgraded when
 // first opened for writing (docs/formats.md, "Checksums").
 constexpr int kFormatVersion = 2;
-constexpr int kBitmapVersion = 1;
 constexpr const char* kFormatName = "imgfs-local-disk";
+// The allocation map (docs/formats.md, "bitmap"): version 2 added a checksum
+// to each 512-byte page; version 1 maps are upgraded when first opened for
+// writing.
+constexpr uint32_t kBitmapVersion = 2;
 constexpr char kBitmapMagic[8] = {'I', 'M', 'G', 'F', 'S', 'B', 'M', 'P'};
 constexpr uint64_t kBitmapHeaderBytes = 4096;
+// The map is read and written in blocks of 4 KiB: in version 1 all bits, in
+// version 2 eight checksummed pages of 512 bytes (504 bytes of bits, then the
+// checksum), each within one disk sector, so a torn write (whole sectors old
+// or new) never leaves a page that disagrees with its checksum.
 constexpr uint64_t kPageBytes = 4096;
-constexpr uint64_t kBitsPerPage = kPageBytes * 8;
+constexpr uint64_t kMapPageBytes = 512;
+constexpr uint64_t kMapPageBitBytes = kMapPageBytes - 8;
+constexpr uint64_t kMapPageBits = kMapPageBitBytes * 8;  // 4032
+constexpr uint64_t kMapPagesPerBlock = kPageBytes / kMapPageBytes;
+constexpr uint64_t kBitsPerPage = kPageBytes * 8;  // of the in-memory map
 constexpr uint64_t kWordsPerPage = kPageBytes / 8;
 constexpr size_t kStripes = 64;
 
@@ -162,6 +174,7 @@ std::string EncodeMeta(const Meta& m) {
   j["uid"] = m.attrs.uid;
   j["gid"] = m.attrs.gid;
   j["created_ns"] = m.created_ns;
+  SealJson(j);
   return j.dump(2) + "\n";
 }
 
@@ -179,6 +192,8 @@ Result<Meta> DecodeMeta(std::string_view text, const std::string& path) {
         "disk metadata " + path + ": format version " + std::to_string(version) +
         " is not supported (this imgfs reads 1 to " + std::to_string(kFormatVersion) + ")");
   }
+  // After the version: a later one may seal its metadata otherwise.
+  RETURN_IF_ERROR(UnsealJson(j, "disk metadata " + path));
   auto u64 = [&](const char* key, uint64_t* out) {
     if (!j.contains(key) || !j[key].is_number_unsigned()) return false;
     *out = j[key].get<uint64_t>();
@@ -247,7 +262,7 @@ uint64_t CeilDiv(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
 // The checksum of one 4 KiB block; never 0, which means "none recorded".
 uint64_t BlockSum(const uint8_t* block) {
-  uint64_t h = XXH3_64bits(block, kBlockBytes);
+  uint64_t h = Hash64(ByteView(block, kBlockBytes));
   return h ? h : 1;
 }
 
@@ -354,6 +369,110 @@ class BlockLocks {
  private:
   std::array<std::mutex, kBlockStripes>& mu_;
   std::bitset<kBlockStripes> held_;
+};
+
+// ---------------------------------------------------------------------------
+// The allocation map file (docs/formats.md, "bitmap").
+
+using MapBlock = std::array<uint8_t, kPageBytes>;
+
+std::array<uint8_t, kBitmapHeaderBytes> EncodeMapHeader(uint32_t version, uint32_t chunk) {
+  std::array<uint8_t, kBitmapHeaderBytes> header{};
+  std::memcpy(header.data(), kBitmapMagic, 8);
+  std::memcpy(header.data() + 8, &version, 4);
+  std::memcpy(header.data() + 12, &chunk, 4);
+  return header;
+}
+
+// Reads and checks the map's header; returns its version.
+Result<uint32_t> ReadMapHeader(int fd, const std::string& path, uint32_t chunk_size) {
+  std::array<uint8_t, kBitmapHeaderBytes> header{};
+  RETURN_IF_ERROR(PreadFull(fd, MutableByteView(header), 0, path));
+  uint32_t version = 0, chunk = 0;
+  std::memcpy(&version, header.data() + 8, 4);
+  std::memcpy(&chunk, header.data() + 12, 4);
+  if (std::memcmp(header.data(), kBitmapMagic, 8) != 0) {
+    return Status::Corruption("allocation map " + path + ": bad magic");
+  }
+  if (version != 1 && version != kBitmapVersion) {
+    return Status::NotSupported("allocation map " + path + ": version " + std::to_string(version) +
+                                " is not supported");
+  }
+  if (chunk != chunk_size) {
+    return Status::Corruption("allocation map " + path + ": chunk size " + std::to_string(chunk) +
+                              " does not match the metadata's " + std::to_string(chunk_size));
+  }
+  return version;
+}
+
+// The checksum of map page `index` (version 2); never 0, which an all-zero
+// page (never written, or a hole) has.
+uint64_t MapPageSum(const uint8_t* page, uint64_t index) {
+  uint64_t h = Hash64(ByteView(page, kMapPageBitBytes), index);
+  return h ? h : 1;
+}
+
+// Where each chunk's bit lies in a map of one version.
+struct MapLayout {
+  uint32_t version = kBitmapVersion;
+
+  uint64_t BitsPerBlock() const {
+    return version == 1 ? kPageBytes * 8 : kMapPagesPerBlock * kMapPageBits;
+  }
+  uint64_t Block(uint64_t bit) const { return bit / BitsPerBlock(); }
+  // The byte of its block that holds `bit` (at mask 1 << bit % 8).
+  size_t Byte(uint64_t bit) const {
+    uint64_t i = bit % BitsPerBlock();
+    if (version == 1) return static_cast<size_t>(i / 8);
+    return static_cast<size_t>(i / kMapPageBits * kMapPageBytes + i % kMapPageBits / 8);
+  }
+  void Put(uint64_t bit, bool set, MapBlock* block) const {
+    uint8_t& byte = (*block)[Byte(bit)];
+    uint8_t mask = static_cast<uint8_t>(1u << (bit % 8));
+    byte = set ? (byte | mask) : (byte & ~mask);
+  }
+  // Calls fn(bit) for every bit set in block b.
+  template <typename Fn>
+  void ForEachSet(uint64_t b, const MapBlock& block, Fn&& fn) const {
+    for (size_t k = 0; k < kPageBytes; ++k) {
+      if (!block[k]) continue;
+      uint64_t first = k * 8;
+      if (version != 1) {
+        size_t j = k % kMapPageBytes;
+        if (j >= kMapPageBitBytes) continue;  // a checksum
+        first = k / kMapPageBytes * kMapPageBits + j * 8;
+      }
+      for (int i = 0; i < 8; ++i) {
+        if (block[k] >> i & 1) fn(b * BitsPerBlock() + first + i);
+      }
+    }
+  }
+  // Version 2: stores the checksum of each page of block b.
+  void Seal(uint64_t b, MapBlock* block) const {
+    if (version == 1) return;
+    for (uint64_t p = 0; p < kMapPagesPerBlock; ++p) {
+      uint8_t* page = block->data() + p * kMapPageBytes;
+      uint64_t sum = IsAllZero(ByteView(page, kMapPageBitBytes))
+                         ? 0
+                         : MapPageSum(page, b * kMapPagesPerBlock + p);
+      std::memcpy(page + kMapPageBitBytes, &sum, 8);
+    }
+  }
+  // Version 2: the numbers of the pages of block b that do not match their
+  // checksum.
+  std::vector<uint64_t> Damaged(uint64_t b, const MapBlock& block) const {
+    std::vector<uint64_t> out;
+    if (version == 1) return out;
+    for (uint64_t p = 0; p < kMapPagesPerBlock; ++p) {
+      const uint8_t* page = block.data() + p * kMapPageBytes;
+      uint64_t sum;
+      std::memcpy(&sum, page + kMapPageBitBytes, 8);
+      uint64_t index = b * kMapPagesPerBlock + p;
+      bool zero = IsAllZero(ByteView(page, kMapPageBitBytes));
+      if (!((zero && sum == 0) || sum == MapPageSum(page, index))) out.push_back(index);
+    }
+    return out;
+  }
 };
 
 // ---------------------------------------------------------------------------
@@ -504,6 +623,13 @@ class LocalDisk final : public Disk {
   uint64_t Chunks(uint64_t bytes) const { return CeilDiv(bytes, chunk_size_); }
   uint64_t ChunkStart(uint64_t c) const { return c << chunk_shift_; }
   std::string DataPath() const { return dir_ + "/" + kDataFile; }
+  std::string MapPath() const { return dir_ + "/" + kBitmapFile; }
+  // Load: reads the map's blocks into persisted_ and bits_; a page that does
+  // not match its checksum is Corruption naming it.
+  Status LoadMap(bool* stale_bits) NO_THREAD_SAFETY_ANALYSIS;
+  // Load, writable, version 1 map: rewrites the map as version 2
+  // (docs/formats.md, "bitmap").
+  Status UpgradeMap() NO_THREAD_SAFETY_ANALYSIS;
 
   Status CheckRange(uint64_t offset, uint64_t length, const char* op) const;
   std::string CsumPath() const { return dir_ + "/" + kCsumFile; }
@@ -634,55 +760,101 @@ class LocalDisk final : public Disk {
   uint64_t flush_epoch_ GUARDED_BY(dirty_mu_) = 0;
 
   Mutex flush_mu_;
-  // The persisted bitmap, page by page (absent = zeros).
-  std::unordered_map<uint64_t, std::array<uint8_t, kPageBytes>> persisted_ GUARDED_BY(flush_mu_);
+  // The persisted map, block by block (absent = zeros), in the layout of
+  // its version (set by Load).
+  MapLayout map_ GUARDED_BY(flush_mu_);
+  std::unordered_map<uint64_t, MapBlock> persisted_ GUARDED_BY(flush_mu_);
   Status failed_ GUARDED_BY(flush_mu_);  // a sticky flush error
 };
 
-Status LocalDisk::Load() {
-  std::string path = dir_ + "/" + kBitmapFile;
-  std::array<uint8_t, kBitmapHeaderBytes> header{};
-  RETURN_IF_ERROR(PreadFull(bitmap_fd_.get(), MutableByteView(header), 0, path));
-  uint32_t version = 0, chunk = 0;
-  std::memcpy(&version, header.data() + 8, 4);
-  std::memcpy(&chunk, header.data() + 12, 4);
-  if (std::memcmp(header.data(), kBitmapMagic, 8) != 0) {
-    return Status::Corruption("allocation map " + path + ": bad magic");
-  }
-  if (version != kBitmapVersion) {
-    return Status::NotSupported("allocation map " + path + ": version " + std::to_string(version) +
-                                " is not supported");
-  }
-  if (chunk != chunk_size_) {
-    return Status::Corruption("allocation map " + path + ": chunk size does not match metadata");
-  }
+Status LocalDisk::LoadMap(bool* stale_bits) {
+  std::string path = MapPath();
+  ASSIGN_OR_RETURN(map_.version, ReadMapHeader(bitmap_fd_.get(), path, chunk_size_));
   struct stat st;
   if (::fstat(bitmap_fd_.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
-  uint64_t file_pages =
+  uint64_t file_blocks =
       st.st_size > static_cast<off_t>(kBitmapHeaderBytes)
           ? CeilDiv(static_cast<uint64_t>(st.st_size) - kBitmapHeaderBytes, kPageBytes)
           : 0;
   uint64_t nchunks = Chunks(size_);
-  std::array<uint8_t, kPageBytes> page;
-  bool stale_bits = false;
-  for (uint64_t p = 0; p < file_pages; ++p) {
-    RETURN_IF_ERROR(PreadFull(bitmap_fd_.get(), MutableByteView(page),
-                              kBitmapHeaderBytes + p * kPageBytes, path));
-    if (IsAllZero(ByteView(page))) continue;
-    persisted_[p] = page;
-    for (uint64_t i = 0; i < kPageBytes; ++i) {
-      if (!page[i]) continue;
-      for (int b = 0; b < 8; ++b) {
-        if (!(page[i] >> b & 1)) continue;
-        uint64_t bit = p * kBitsPerPage + i * 8 + b;
-        if (bit < nchunks) {
-          bits_.Set(bit);
-        } else {
-          stale_bits = true;  // left by a shrink interrupted by a crash
-        }
-      }
+  std::vector<uint64_t> damaged;
+  MapBlock block;
+  for (uint64_t b = 0; b < file_blocks; ++b) {
+    std::vector<uint64_t> bad;
+    // A reader may meet a block that a writer is rewriting: it looks again.
+    for (int attempt = 0; attempt < (writable_ ? 1 : 3); ++attempt) {
+      RETURN_IF_ERROR(PreadFull(bitmap_fd_.get(), MutableByteView(block),
+                                kBitmapHeaderBytes + b * kPageBytes, path));
+      bad = map_.Damaged(b, block);
+      if (bad.empty()) break;
     }
+    if (!bad.empty()) {
+      damaged.insert(damaged.end(), bad.begin(), bad.end());
+      continue;
+    }
+    if (IsAllZero(ByteView(block))) continue;
+    persisted_[b] = block;
+    map_.ForEachSet(b, block, [&](uint64_t bit) {
+      if (bit < nchunks) {
+        bits_.Set(bit);
+      } else {
+        *stale_bits = true;  // left by a shrink interrupted by a crash
+      }
+    });
   }
+  if (!damaged.empty()) {
+    std::string pages;
+    for (size_t i = 0; i < damaged.size() && i < 8; ++i) {
+      uint64_t p = damaged[i];
+      pages += (i ? ", " : "") + std::to_string(p) + " (chunks " +
+               std::to_string(p * kMapPageBits) + " to " +
+               std::to_string((p + 1) * kMapPageBits - 1) + ")";
+    }
+    if (damaged.size() > 8) pages += " and " + std::to_string(damaged.size() - 8) + " more";
+    spdlog::error("disk {}: allocation map {}: page {} does not match its checksum",
+                  ref_.ToString(), path, pages);
+    return Status::Corruption("allocation map " + path + ": page " + pages +
+                              " does not match its checksum; the disk cannot be opened");
+  }
+  if (writable_ && map_.version == 1) RETURN_IF_ERROR(UpgradeMap());
+  return Status::OK();
+}
+
+Status LocalDisk::UpgradeMap() {
+  // The same bits, laid out again: a new file made durable, then renamed
+  // over the old one. A crash leaves the old map or the new one, both whole.
+  MapLayout next;
+  std::unordered_map<uint64_t, MapBlock> blocks;
+  for (const auto& [b, block] : persisted_) {
+    map_.ForEachSet(b, block, [&](uint64_t bit) {
+      auto [it, fresh] = blocks.try_emplace(next.Block(bit));
+      if (fresh) it->second.fill(0);
+      next.Put(bit, true, &it->second);
+    });
+  }
+  std::string path = MapPath(), tmp = path + ".new";
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(io_, tmp, O_RDWR | O_CREAT | O_TRUNC));
+  RETURN_IF_ERROR(
+      WriteFull(fd.get(), ByteView(EncodeMapHeader(next.version, chunk_size_)), 0, tmp));
+  for (auto& [b, block] : blocks) {
+    next.Seal(b, &block);
+    RETURN_IF_ERROR(WriteFull(fd.get(), ByteView(block), kBitmapHeaderBytes + b * kPageBytes, tmp));
+  }
+  RETURN_IF_ERROR(Fsync(io_, fd.get(), tmp));
+  if (int err = io_.Rename(tmp, path, 0)) return Status::FromErrno(err, "rename " + tmp);
+  RETURN_IF_ERROR(FsyncDir(dir_, io_));
+  bitmap_fd_ = std::move(fd);
+  map_ = next;
+  persisted_ = std::move(blocks);
+  spdlog::info("disk {}: allocation map upgraded to version {} (page checksums)", ref_.ToString(),
+               next.version);
+  return Status::OK();
+}
+
+Status LocalDisk::Load() {
+  bool stale_bits = false;
+  RETURN_IF_ERROR(LoadMap(&stale_bits));
+  uint64_t nchunks = Chunks(size_);
   RETURN_IF_ERROR(ReplayJournal(nchunks));
   if (csum_.valid()) {
     ASSIGN_OR_RETURN(CsumHeader h, ReadCsumHeader(csum_.get(), CsumPath()));
@@ -1151,20 +1323,20 @@ Status LocalDisk::FlushLocked() {
   std::vector<uint64_t> touched;
   for (uint64_t op : ops) {
     uint64_t bit = op & ~kClearFlag;
-    uint64_t p = bit / kBitsPerPage;
-    auto it = persisted_.find(p);
-    if (it == persisted_.end()) it = persisted_.emplace(p, std::array<uint8_t, kPageBytes>{}).first;
-    uint8_t& byte = it->second[(bit % kBitsPerPage) / 8];
-    uint8_t mask = static_cast<uint8_t>(1u << (bit % 8));
-    byte = (op & kClearFlag) ? (byte & ~mask) : (byte | mask);
-    touched.push_back(p);
+    uint64_t b = map_.Block(bit);
+    auto [it, fresh] = persisted_.try_emplace(b);
+    if (fresh) it->second.fill(0);
+    map_.Put(bit, !(op & kClearFlag), &it->second);
+    touched.push_back(b);
   }
   std::sort(touched.begin(), touched.end());
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
-  std::string path = dir_ + "/" + kBitmapFile;
-  for (uint64_t p : touched) {
-    Status s = WriteFull(bitmap_fd_.get(), ByteView(persisted_[p]),
-                         kBitmapHeaderBytes + p * kPageBytes, path);
+  std::string path = MapPath();
+  for (uint64_t b : touched) {
+    MapBlock& block = persisted_[b];
+    map_.Seal(b, &block);
+    Status s =
+        WriteFull(bitmap_fd_.get(), ByteView(block), kBitmapHeaderBytes + b * kPageBytes, path);
     if (!s.ok()) return fail(s);
   }
   if (int err = io_.Fdatasync(bitmap_fd_.get())) {
@@ -1249,14 +1421,12 @@ Status LocalDisk::Trim(uint64_t size) {
       bits_.Clear(c);
       pending_.push_back(c | kClearFlag);
     });
-    for (const auto& [p, page] : persisted_) {
-      if (p < first / kBitsPerPage) continue;
-      for (uint64_t i = 0; i < kPageBytes; ++i) {
-        for (int b = 0; page[i] && b < 8; ++b) {
-          uint64_t bit = p * kBitsPerPage + i * 8 + b;
-          if ((page[i] >> b & 1) && bit >= first) pending_.push_back(bit | kClearFlag);
-        }
-      }
+    for (const auto& [b, block] : persisted_) {
+      if (b < map_.Block(first)) continue;
+      map_.ForEachSet(b, block, [&](uint64_t bit) {
+        pending_mu_.AssertHeld();  // the lambda runs here, under it
+        if (bit >= first) pending_.push_back(bit | kClearFlag);
+      });
     }
   }
   return FlushLocked();
@@ -1502,14 +1672,10 @@ Status LocalBackend::Create(const DiskRef& ref, const DiskCreateOptions& opts) {
       ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(io_, tmp + "/" + name, O_WRONLY | O_CREAT | O_EXCL));
       RETURN_IF_ERROR(Fsync(io_, fd.get(), tmp + "/" + name));
     }
-    std::array<uint8_t, kBitmapHeaderBytes> header{};
-    std::memcpy(header.data(), kBitmapMagic, 8);
-    uint32_t version = kBitmapVersion, chunk = m.chunk_size;
-    std::memcpy(header.data() + 8, &version, 4);
-    std::memcpy(header.data() + 12, &chunk, 4);
     std::string bm = tmp + "/" + kBitmapFile;
     ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(io_, bm, O_WRONLY | O_CREAT | O_EXCL));
-    RETURN_IF_ERROR(WriteFull(fd.get(), ByteView(header), 0, bm));
+    RETURN_IF_ERROR(
+        WriteFull(fd.get(), ByteView(EncodeMapHeader(kBitmapVersion, m.chunk_size)), 0, bm));
     RETURN_IF_ERROR(Fsync(io_, fd.get(), bm));
     RETURN_IF_ERROR(WriteCsumFile(io_, tmp + "/" + kCsumFile, 0));
     RETURN_IF_ERROR(WriteFileAtomic(tmp + "/" + kMetaFile, EncodeMeta(m), io_));
@@ -1832,26 +1998,13 @@ Status LocalBackend::Check(const DiskRef& ref, std::vector<std::string>* problem
     problem("allocation map: " + fd.status().message());
     return Status::OK();
   }
-  std::array<uint8_t, kBitmapHeaderBytes> header{};
-  Status s = PreadFull(fd->get(), MutableByteView(header), 0, path);
-  if (!s.ok()) {
-    problem("allocation map: " + s.message());
+  if (auto version = ReadMapHeader(fd->get(), path, meta->chunk_size); !version.ok()) {
+    problem(version.status().message());
     return Status::OK();
   }
-  uint32_t version = 0, chunk = 0;
-  std::memcpy(&version, header.data() + 8, 4);
-  std::memcpy(&chunk, header.data() + 12, 4);
-  if (std::memcmp(header.data(), kBitmapMagic, 8) != 0) {
-    problem("allocation map " + path + ": bad magic");
-  } else if (version != kBitmapVersion) {
-    problem("allocation map " + path + ": unknown version " + std::to_string(version));
-  } else if (chunk != meta->chunk_size) {
-    problem("allocation map " + path + ": chunk size " + std::to_string(chunk) +
-            " does not match the metadata's " + std::to_string(meta->chunk_size));
-  } else {
-    return CheckData(ref, problems);
-  }
-  return Status::OK();
+  // Opening the disk checks the map's pages (a damaged one is named), then
+  // its data.
+  return CheckData(ref, problems);
 }
 
 // fsck's check of a disk's data: every owned block against its checksum.

@@ -1,6 +1,10 @@
 #include "blockstore/hash.h"
 
+#include <xxhash.h>
+
 #include <catch2/catch.hpp>
+#include <cstring>
+#include <random>
 
 #include "tests/blockstore/test_util.h"
 
@@ -23,6 +27,26 @@ TEST_CASE("hash: ids print as 32 lowercase hex digits and parse back", "[hash]")
 TEST_CASE("hash: XXH3-128 known value, big-endian canonical form", "[hash]") {
   // XXH3_128bits of the empty input is 99aa06d3014798d86001c324468d497f.
   CHECK(Hash128({}).Hex() == "99aa06d3014798d86001c324468d497f");
+}
+
+TEST_CASE("hash: the dispatched XXH3 gives libxxhash's default values", "[hash]") {
+  // Hash64 and Hash128 use the runtime dispatch (AVX2, AVX-512): every id and
+  // checksum ever stored must hash the same.
+  std::mt19937_64 rng(5);
+  Bytes data(70000);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  for (size_t n : {0, 1, 3, 16, 17, 128, 129, 240, 241, 504, 4096, 65536, 70000}) {
+    INFO(n << " bytes");
+    ByteView v(data.data(), n);
+    CHECK(Hash64(v) == XXH3_64bits(v.data(), n));
+    CHECK(Hash64(v, 12345) == XXH3_64bits_withSeed(v.data(), n, 12345));
+    XXH128_hash_t h = XXH3_128bits(v.data(), n);
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, h);
+    Id128 want;
+    std::memcpy(want.bytes.data(), c.digest, 16);
+    CHECK(Hash128(v) == want);
+  }
 }
 
 TEST_CASE("hash: FromHex rejects malformed input", "[hash]") {

@@ -59,6 +59,37 @@ uint32_t DirtyCount(const std::string& csum) {
   return n;
 }
 
+// Makes the allocation map of the disk at `dir` a version 1 map with the
+// same bits (those of chunks below 4032: the first page).
+void MakeMapVersion1(const std::string& dir) {
+  auto map = ReadFile(dir + "/bitmap");
+  REQUIRE(map.ok());
+  std::string v1 = map->substr(0, 4096);
+  v1[8] = 1;
+  if (map->size() > 4096) v1 += map->substr(4096, 504) + std::string(4096 - 504, '\0');
+  REQUIRE(WriteFileAtomic(dir + "/bitmap", v1).ok());
+}
+
+// Makes the disk at `dir` what imgfs before checksums wrote: metadata
+// version 1 without its "xxh3" field, no csum file, a version 1 map.
+void MakeVersion1(const std::string& dir) {
+  auto j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
+  j["version"] = 1;
+  j.erase("xxh3");
+  REQUIRE(WriteFileAtomic(dir + "/meta.json", j.dump(2) + "\n").ok());
+  REQUIRE(::unlink((dir + "/csum").c_str()) == 0);
+  MakeMapVersion1(dir);
+}
+
+uint32_t MapVersion(const std::string& dir) {
+  auto map = ReadFile(dir + "/bitmap");
+  REQUIRE(map.ok());
+  REQUIRE(map->size() >= 4096);
+  uint32_t v;
+  std::memcpy(&v, map->data() + 8, 4);
+  return v;
+}
+
 }  // namespace
 
 TEST_CASE("Local disk checksums: a flipped bit in the data is EIO and fsck names it",
@@ -243,12 +274,9 @@ TEST_CASE("Local disk checksums: version 1 disks are read as before and upgraded
     auto d = l.Open("old");
     REQUIRE(d->Write(0, ByteView(a)).ok());
   }
-  // Make it what imgfs before checksums wrote: version 1, no csum file.
+  // Make it what imgfs before checksums wrote.
   std::string dir = l.DiskDir(Ref("old"));
-  auto j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
-  j["version"] = 1;
-  REQUIRE(WriteFileAtomic(dir + "/meta.json", j.dump(2) + "\n").ok());
-  REQUIRE(::unlink((dir + "/csum").c_str()) == 0);
+  MakeVersion1(dir);
   FlipBit(dir + "/data", 10);  // undetectable on a version 1 disk
   a[10] ^= 8;
 
@@ -259,6 +287,7 @@ TEST_CASE("Local disk checksums: version 1 disks are read as before and upgraded
     CHECK(got == a);
   }
   CHECK(::access((dir + "/csum").c_str(), F_OK) != 0);  // a reader changes nothing
+  CHECK(MapVersion(dir) == 1);
   CHECK(l.Check("old").empty());
 
   Bytes b(8 * KiB, 0x62);
@@ -270,8 +299,10 @@ TEST_CASE("Local disk checksums: version 1 disks are read as before and upgraded
     REQUIRE(d->Write(200 * KiB, ByteView(b)).ok());
     REQUIRE(d->Write(50, ByteView(b.data(), 100)).ok());  // part of an old block
   }
-  j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
+  auto j = nlohmann::json::parse(*ReadFile(dir + "/meta.json"));
   CHECK(j["version"] == 2);
+  CHECK(j.contains("xxh3"));  // sealed by the upgrade's rewrite
+  CHECK(MapVersion(dir) == 2);
   CHECK(l.Check("old").empty());
   // Blocks written since the upgrade are verified; older ones are not.
   FlipBit(dir + "/data", 200 * KiB + 1);
@@ -344,4 +375,169 @@ TEST_CASE(
     CHECK(got == want);
     CHECK(d->Read(100 * MiB, MutableByteView(got)).IsCorruption());
   }
+}
+
+TEST_CASE("Local disk allocation map: a damaged page fails the open and fsck names it",
+          "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("d"), Blank(MiB)).ok());  // 16 chunks of 64 KiB
+  std::string dir = l.DiskDir(Ref("d"));
+  Bytes a(64 * KiB, 0x61);
+  {
+    auto d = l.Open("d");
+    REQUIRE(d->Write(64 * KiB, ByteView(a)).ok());
+    REQUIRE(d->Write(192 * KiB, ByteView(a)).ok());
+  }
+  CHECK(MapVersion(dir) == 2);
+  auto map = ReadFile(dir + "/bitmap");
+  REQUIRE(map->size() == 8192);
+  CHECK(static_cast<uint8_t>((*map)[4096]) == 0x0a);  // chunks 1 and 3
+  CHECK(l.Check("d").empty());
+
+  // Each bit of the first page (bits and checksum) and of a page never
+  // written (all zeros) is caught: an owned chunk never reads its parent or
+  // zeros.
+  for (uint64_t off : {4096ull, 4096ull + 100, 4096ull + 504, 4096ull + 511, 4096ull + 512,
+                       4096ull + 7 * 512 + 3}) {
+    INFO("byte " << off);
+    for (int bit : {0, 1, 3, 7}) {
+      FlipBit(dir + "/bitmap", off, bit);
+      for (OpenMode mode : {OpenMode::kReadOnly, OpenMode::kReadWrite}) {
+        Status s = l.backend->Open(Ref("d"), mode).status();
+        CHECK(s.IsCorruption());
+        uint64_t page = (off - 4096) / 512;
+        CHECK(s.message().find("page " + std::to_string(page) + " (chunks " +
+                               std::to_string(page * 4032)) != std::string::npos);
+      }
+      auto problems = l.Check("d");
+      REQUIRE(problems.size() == 1);
+      CHECK(problems[0].find("vm1/d") != std::string::npos);
+      CHECK(problems[0].find("page " + std::to_string((off - 4096) / 512)) != std::string::npos);
+      FlipBit(dir + "/bitmap", off, bit);
+    }
+  }
+  // Mended, it opens and reads as before.
+  CHECK(l.Check("d").empty());
+  auto d = l.Open("d");
+  Bytes got(64 * KiB);
+  REQUIRE(d->Read(192 * KiB, MutableByteView(got)).ok());
+  CHECK(got == a);
+}
+
+TEST_CASE("Local disk allocation map: pages far into a large disk are sealed and checked",
+          "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("big"), Blank(uint64_t{1} << 40)).ok());
+  std::string dir = l.DiskDir(Ref("big"));
+  Bytes a(4 * KiB, 0x61);
+  // Chunk 4031 (the last of page 0), 4032 (the first of page 1) and one in
+  // the second 4 KiB block of the map (page 8 on).
+  std::vector<uint64_t> chunks = {4031, 4032, 8 * 4032 + 17};
+  {
+    auto d = l.Open("big");
+    for (uint64_t c : chunks) REQUIRE(d->Write(c * 64 * KiB, ByteView(a)).ok());
+  }
+  l.Reopen();
+  {
+    auto d = l.Open("big", OpenMode::kReadOnly);
+    for (uint64_t c : chunks) {
+      Bytes got(4 * KiB);
+      REQUIRE(d->Read(c * 64 * KiB, MutableByteView(got)).ok());
+      CHECK(got == a);
+    }
+    auto ext = d->Allocated(0, d->size());
+    REQUIRE(ext.ok());
+    REQUIRE(ext->size() == 3);
+    for (size_t i = 0; i < 3; ++i) CHECK(ext->at(i).offset == chunks[i] * 64 * KiB);
+  }
+  FlipBit(dir + "/bitmap", 4096 + 4096 + 512 + 2, 0);  // page 9
+  Status s = l.backend->Open(Ref("big"), OpenMode::kReadOnly).status();
+  CHECK(s.IsCorruption());
+  CHECK(s.message().find("page 9 (chunks 36288 to 40319)") != std::string::npos);
+}
+
+TEST_CASE("Local disk allocation map: version 1 is read as it is and upgraded on writing",
+          "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("old"), Blank(MiB)).ok());
+  std::string dir = l.DiskDir(Ref("old"));
+  Bytes a(64 * KiB, 0x61), b(64 * KiB, 0x62);
+  {
+    auto d = l.Open("old");
+    REQUIRE(d->Write(64 * KiB, ByteView(a)).ok());
+    REQUIRE(d->Write(192 * KiB, ByteView(a)).ok());
+  }
+  // Only the map is old (a disk written by an imgfs with data checksums but
+  // without map checksums never existed, but the two upgrades are apart).
+  MakeMapVersion1(dir);
+  {
+    auto d = l.Open("old", OpenMode::kReadOnly);
+    Bytes got(64 * KiB);
+    REQUIRE(d->Read(192 * KiB, MutableByteView(got)).ok());
+    CHECK(got == a);
+    REQUIRE(d->Read(128 * KiB, MutableByteView(got)).ok());
+    CHECK(got == Bytes(64 * KiB, 0));
+  }
+  CHECK(MapVersion(dir) == 1);
+  CHECK(l.Check("old").empty());
+  {
+    auto d = l.Open("old");  // upgrades
+    CHECK(MapVersion(dir) == 2);
+    REQUIRE(d->Write(320 * KiB, ByteView(b)).ok());
+  }
+  CHECK(::access((dir + "/bitmap.new").c_str(), F_OK) != 0);
+  auto map = ReadFile(dir + "/bitmap");
+  CHECK(static_cast<uint8_t>((*map)[4096]) == 0x2a);  // chunks 1, 3 and 5
+  CHECK(l.Check("old").empty());
+  auto d = l.Open("old", OpenMode::kReadOnly);
+  Bytes got(64 * KiB);
+  REQUIRE(d->Read(64 * KiB, MutableByteView(got)).ok());
+  CHECK(got == a);
+  REQUIRE(d->Read(320 * KiB, MutableByteView(got)).ok());
+  CHECK(got == b);
+}
+
+TEST_CASE("Local disk metadata: a changed value is caught by its checksum", "[disk][local][csum]") {
+  Local l;
+  REQUIRE(l.backend->Create(Ref("m"), Blank(MiB)).ok());
+  std::string path = l.DiskDir(Ref("m")) + "/meta.json";
+  auto j = nlohmann::json::parse(*ReadFile(path));
+  REQUIRE(j.contains("xxh3"));
+  CHECK(j["xxh3"].get<std::string>().size() == 16);
+
+  // Indentation is not part of what is summed.
+  REQUIRE(WriteFileAtomic(path, j.dump() + "\n").ok());
+  CHECK(l.backend->Info(Ref("m")).ok());
+
+  // A size that changed, in a file that is still valid JSON.
+  auto changed = j;
+  changed["size"] = 2 * MiB;
+  REQUIRE(WriteFileAtomic(path, changed.dump(2) + "\n").ok());
+  for (OpenMode mode : {OpenMode::kReadOnly, OpenMode::kReadWrite}) {
+    Status s = l.backend->Open(Ref("m"), mode).status();
+    CHECK(s.IsCorruption());
+    CHECK(s.message().find("checksum") != std::string::npos);
+  }
+  CHECK(l.backend->Info(Ref("m")).status().IsCorruption());
+  CHECK(l.backend->Resize(Ref("m"), 4 * MiB, false).IsCorruption());
+  auto problems = l.Check("m");
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("vm1/m") != std::string::npos);
+
+  // A sum that is not 16 hex digits is damage too.
+  changed = j;
+  changed["xxh3"] = 12;
+  REQUIRE(WriteFileAtomic(path, changed.dump(2) + "\n").ok());
+  CHECK(l.backend->Info(Ref("m")).status().IsCorruption());
+
+  // A file written before the field is read, and sealed by its next rewrite.
+  changed = j;
+  changed.erase("xxh3");
+  REQUIRE(WriteFileAtomic(path, changed.dump(2) + "\n").ok());
+  REQUIRE(l.backend->Info(Ref("m")).ok());
+  CHECK(l.backend->Info(Ref("m"))->size == MiB);
+  REQUIRE(l.backend->Resize(Ref("m"), 2 * MiB, false).ok());
+  j = nlohmann::json::parse(*ReadFile(path));
+  CHECK(j.contains("xxh3"));
+  CHECK(l.backend->Info(Ref("m"))->size == 2 * MiB);
 }

@@ -3,7 +3,8 @@
 // and the store's configuration. Each trial flips one bit of a fresh copy of
 // a store and then uses it; every use must give a clear error or the right
 // bytes, never wrong bytes and never a crash. Structures with a checksum
-// (chunks, manifests, disk data) must give an error on every flip.
+// (chunks, manifests, disk data, allocation map pages) must give an error on
+// every flip, and so must a flipped digit in a disk's metadata (its "xxh3").
 //
 // Reproduce a failure with IMGFS_TEST_SEED=<the printed seed>.
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <functional>
 #include <random>
 
+#include "blockstore/file_util.h"
 #include "cache/fsck.h"
 #include "cache/import.h"
 #include "cache/store.h"
@@ -249,13 +251,45 @@ TEST_CASE("a flipped bit in the store's configuration is an error or harmless, n
   CHECK(errors > 0);
 }
 
-// Known gap, hidden (run it with "[known_gap]"): the allocation map's pages
-// carry no checksum, so a cleared bit makes an owned chunk read its parent's
-// bytes (docs/formats.md, "Durability: what is synced when").
-TEST_CASE("a flipped bit in an allocation map's pages", "[.][known_gap]") {
+TEST_CASE("a flipped bit in an allocation map's pages is an error, never wrong bytes",
+          "[flipped_bits]") {
   QuietLogs quiet;
   Fixture f;
   int errors = 0;
   auto bitmap = [] { return std::string("disks/vm/d/bitmap"); };
-  FlipTrials(f, bitmap, 4096, 4097, 8, /*must_fail=*/true, &errors);
+  // The page holding the disk's bit (bits and checksum), then any of the 4 KiB
+  // block's pages, which are all zeros.
+  FlipTrials(f, bitmap, 4096, 4096 + 512, 12, /*must_fail=*/true, &errors);
+  FlipTrials(f, bitmap, 4096, 8192, 12, /*must_fail=*/true, &errors);
+}
+
+// A flip of the lowest bit of an ASCII digit gives another digit, so the file
+// stays valid JSON with one value changed (a size, an overlap, a parent id):
+// the file's checksum must catch each one.
+void FlipEachDigit(const Fixture& f, const std::string& rel) {
+  f.Reset();
+  auto text = ReadFile(f.work() + "/" + rel);
+  REQUIRE(text.ok());
+  // The one digit in a key: "xxh3" turned into "xxh2" leaves a file without
+  // a checksum (as written before it) whose values are all intact.
+  size_t key_digit = text->find("\"xxh3\"") + 4;
+  REQUIRE(key_digit != std::string::npos + 4);
+  int flips = 0;
+  for (size_t i = 0; i < text->size(); ++i) {
+    char c = (*text)[i];
+    if (c < '0' || c > '9') continue;
+    f.Reset();
+    INFO("digit " << c << " at byte " << i << " of " << rel);
+    FlipBit(f.work() + "/" + rel, i, 0);
+    CHECK(Use(f) == (i == key_digit ? Outcome::kRight : Outcome::kError));
+    ++flips;
+  }
+  CHECK(flips > 20);
+}
+
+TEST_CASE("a flipped digit in a disk's metadata is an error, never a silent change",
+          "[flipped_bits]") {
+  QuietLogs quiet;
+  Fixture f;
+  FlipEachDigit(f, "disks/vm/d/meta.json");
 }

@@ -67,4 +67,22 @@ expect_fail "damaged metadata" "$IMGFS" disk resize vm1/e 2M
 expect_err_contains "vm1/e"
 rc=0; out=$("$IMGFS" fsck) || rc=$?
 ((rc == 1)) && [[ "$out" == *"vm1/e"* ]] || fail "fsck on damaged metadata: $out"
+flip "$STORE/disks/vm1/e/meta.json" 3
+
+# --- a flipped bit in an allocation map's page ----------------------------------
+# Chunk 20 of vm1/d (64 KiB chunks) was written: its bit turned clear would
+# read the image's bytes there. The page's checksum makes the disk EIO.
+flip "$dir/bitmap" $((4096 + 20 / 8))
+mount_imgfs "$T/mnt"
+if dd if="$T/mnt/vm1/d" of=/dev/null bs=64K skip=20 count=1 iflag=direct status=none 2>err; then
+  fail "reading a disk with a damaged allocation map page succeeded"
+fi
+grep -q "Input/output error" err || fail "damaged map page: $(cat err), want EIO"
+unmount_imgfs "$T/mnt" "$MOUNT_PID"
+grep -q "page 0 (chunks 0 to 4031) does not match its checksum" "$T/mount.log" ||
+  fail "the mount log does not name the damaged map page"
+rc=0; out=$("$IMGFS" fsck) || rc=$?
+((rc == 1)) && [[ "$out" == *"vm1/d"*"allocation map"*"page 0"* ]] ||
+  fail "fsck on a damaged map page: $out"
+flip "$dir/bitmap" $((4096 + 20 / 8))
 echo "disk_damage: ok"

@@ -85,6 +85,8 @@ class TestImages : public ImageSource {
  public:
   explicit TestImages(uint32_t chunk_size)
       : store_(std::make_shared<ChunkStore>(CreateChunkBackend("mem:").value(), chunk_size)) {}
+  // Images in a chunk store of the test's own.
+  explicit TestImages(std::shared_ptr<ChunkStore> store) : store_(std::move(store)) {}
 
   // Stores `data` as an image; returns its id.
   Result<ImageId> Add(const Bytes& data) {

@@ -7,7 +7,6 @@
 #include <cstring>
 #include <deque>
 #include <future>
-#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -73,48 +72,27 @@ class HeldBackend : public MemChunkBackend {
 };
 
 // Images in a store over a HeldBackend, for disks to clone.
-class HeldImages : public ImageSource {
+class HeldImages : public TestImages {
  public:
-  HeldImages()
-      : backend_(std::make_shared<HeldBackend>()),
-        store_(std::make_shared<ChunkStore>(backend_, kCs, /*cache_bytes=*/0)) {}
+  HeldImages() : HeldImages(std::make_shared<HeldBackend>()) {}
 
   HeldBackend& backend() { return *backend_; }
 
-  Manifest Add(const Bytes& data) {
-    Manifest m;
-    m.size = data.size();
-    m.chunk_size = kCs;
-    for (size_t off = 0; off < data.size(); off += kCs) {
-      size_t n = std::min<size_t>(kCs, data.size() - off);
-      auto put = store_->Put(ByteView(data.data() + off, n));
-      REQUIRE(put.ok());
-      m.chunks.push_back(put->id);
-    }
-    auto id = PutManifest(store_->backend(), m);
+  // Stores `data` as an image; returns its manifest.
+  Manifest AddImage(const Bytes& data) {
+    auto id = Add(data);
     REQUIRE(id.ok());
-    std::lock_guard lock(mu_);
-    manifests_[*id] = m;
-    return m;
+    auto reader = OpenImage(*id);
+    REQUIRE(reader.ok());
+    return (*reader)->manifest();
   }
-
-  std::shared_ptr<ImageReader> Reader(const Manifest& m) {
-    return std::make_shared<ImageReader>(store_, m.Id(), m);
-  }
-
-  bool ReadsAreLocal() const override { return true; }
-  Result<std::shared_ptr<ImageReader>> OpenImage(const ImageId& id) override {
-    std::lock_guard lock(mu_);
-    auto it = manifests_.find(id);
-    if (it == manifests_.end()) return Status::NotFound("image " + id.Hex() + " not found");
-    return std::make_shared<ImageReader>(store_, id, it->second);
-  }
+  std::shared_ptr<ImageReader> Reader(const Manifest& m) { return OpenImage(m.Id()).value(); }
 
  private:
+  explicit HeldImages(std::shared_ptr<HeldBackend> backend)
+      : TestImages(std::make_shared<ChunkStore>(backend, kCs, /*cache_bytes=*/0)),
+        backend_(std::move(backend)) {}
   std::shared_ptr<HeldBackend> backend_;
-  std::shared_ptr<ChunkStore> store_;
-  std::mutex mu_;
-  std::map<ImageId, Manifest> manifests_;
 };
 
 // A callback's result, and whether it came yet.
@@ -134,7 +112,7 @@ TEST_CASE("image: ReadAsync asks for every chunk at once and waits for none", "[
   std::mt19937_64 rng(21);
   Bytes data = RandomBytes(rng, 8 * kCs + 500);
   std::fill_n(data.data() + 2 * kCs, kCs, 0);  // a hole: never asked for
-  Manifest m = images.Add(data);
+  Manifest m = images.AddImage(data);
   auto reader = images.Reader(m);
 
   // Chunks 1 (from its middle) to the short last one, 8.
@@ -158,7 +136,7 @@ TEST_CASE("image: ReadAsync of a missing chunk fails, naming it; a dropped reade
   HeldImages images;
   std::mt19937_64 rng(22);
   Bytes data = RandomBytes(rng, 4 * kCs);
-  Manifest m = images.Add(data);
+  Manifest m = images.AddImage(data);
 
   SECTION("missing") {
     REQUIRE(images.backend().Remove(ObjectKind::kChunk, m.chunks[2].Hex()).ok());
@@ -191,7 +169,7 @@ TEST_CASE("local disk: ReadAsync reads its own chunks at once and its parent's w
   REQUIRE(backend.ok());
   std::mt19937_64 rng(23);
   Bytes image = RandomBytes(rng, 12 * kCs);
-  Manifest m = images.Add(image);
+  Manifest m = images.AddImage(image);
   DiskRef ref{"i1", "disk"};
   DiskCreateOptions o;
   o.image = m.Id();

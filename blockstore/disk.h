@@ -123,16 +123,15 @@ class Disk {
   virtual Result<std::vector<Extent>> Allocated(uint64_t offset, uint64_t length) = 0;
 
   // Asynchronous forms: `done` is called exactly once, possibly on another
-  // thread, possibly before the call returns. Buffers must stay valid until
-  // then. The defaults run the synchronous call inline.
+  // thread, possibly before the call returns. A read's buffer must stay
+  // valid until then; WriteAsync reads `buf` only before it returns (it is
+  // written, or copied, by then: rbd copies it into librbd's request), so
+  // the caller may reuse it at once. The defaults run the synchronous call
+  // inline.
   virtual void ReadAsync(uint64_t offset, MutableByteView buf, Callback done);
   virtual void WriteAsync(uint64_t offset, ByteView buf, Callback done);
   virtual void DiscardAsync(uint64_t offset, uint64_t length, Callback done);
   virtual void FlushAsync(Callback done);
-  // Whether WriteAsync may still read its `buf` after it returns (before
-  // `done`). False for a disk whose WriteAsync finishes before returning:
-  // then a caller holding the bytes only for the call need not copy them.
-  virtual bool WriteAsyncHoldsBuffer() const { return true; }
 
   // Stops writing in place: flushes, releases the backend's write lock
   // (another client may take it at once) and makes the handle read-only

@@ -611,8 +611,6 @@ class LocalDisk final : public Disk {
   // Reads the disk's own chunks here (its data file is local) and the
   // parent's without waiting for them (docs/architecture.md, "The read path").
   void ReadAsync(uint64_t offset, MutableByteView buf, Callback done) override;
-  // WriteAsync is Disk's default: the write is done before it returns.
-  bool WriteAsyncHoldsBuffer() const override { return false; }
   Status Write(uint64_t offset, ByteView buf) override;
   Status Discard(uint64_t offset, uint64_t length) override;
   Status Flush() override;

@@ -1111,8 +1111,7 @@ Result<std::shared_ptr<FileSystem::OpenFile>> FileSystem::GetWritableFile(uint64
   return h->of;
 }
 
-void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done,
-                            const KeepBytes& keep) {
+void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done) {
   auto file = GetWritableFile(fh);
   if (!file.ok()) return done(file.status());
   std::shared_ptr<OpenFile> of = std::move(*file);
@@ -1125,7 +1124,6 @@ void FileSystem::WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCal
   }
   Disk* d = disk->get();
   size_t n = data.size();
-  if (keep && d->WriteAsyncHoldsBuffer()) data = keep(data);
   d->WriteAsync(offset, data,
                 [this, disk = std::move(*disk), of = std::move(of), n, t0 = MonoNs(),
                  done = std::move(done)](Status st) mutable {

@@ -204,19 +204,14 @@ class FileSystem {
   // (Disk::ReadBuffersAsync...), so a remote disk keeps many requests in
   // flight without a thread each. `done` is called exactly once, possibly
   // before the call returns, possibly on the disk backend's completion
-  // thread: it must not block and must not call back into this class. `data`
-  // must stay valid until `done` runs. Errors are as for the synchronous
+  // thread: it must not block and must not call back into this class. A
+  // write's `data` is read only before WriteAsync returns. Errors are as for the synchronous
   // forms. A read's bytes come in the disk's own buffers (up to `size` bytes;
   // fewer at the end of the file), so the mount replies without copying them.
   using SizeCallback = std::function<void(Result<size_t>)>;
   using StatusCallback = std::function<void(Status)>;
   void ReadAsync(uint64_t fh, uint64_t offset, size_t size, Disk::ReadBuffersCallback done);
-  // `keep`, when set, is called when the disk needs `data` after this call
-  // returns (Disk::WriteAsyncHoldsBuffer) and `data` would not last: it
-  // returns a copy that stays valid until `done`. Without it `data` must.
-  using KeepBytes = std::function<ByteView(ByteView)>;
-  void WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done,
-                  const KeepBytes& keep = nullptr);
+  void WriteAsync(uint64_t fh, uint64_t offset, ByteView data, SizeCallback done);
   void FallocateAsync(uint64_t fh, int mode, uint64_t offset, uint64_t length, StatusCallback done);
   void FlushAsync(uint64_t fh, StatusCallback done);
   void FsyncAsync(uint64_t fh, StatusCallback done);

@@ -397,17 +397,11 @@ void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
 
 // One request answered from an asynchronous completion: whoever replies
 // first (the completion, or the handler when it fails before handing the
-// request off) replies; every later attempt is ignored. Owns the request's
-// data buffer until the last of them lets go.
+// request off) replies; every later attempt is ignored.
 class AsyncReply {
  public:
   AsyncReply(fuse_req_t req, const char* op) : req_(req), op_(op) {}
 
-  uint8_t* Buffer(size_t n) {
-    buf_.reset(new uint8_t[n]);
-    return buf_.get();
-  }
-  const uint8_t* data() const { return buf_.get(); }
 
   void Err(int err) {
     if (!replied_.exchange(true)) fuse_reply_err(req_, err);
@@ -436,7 +430,6 @@ class AsyncReply {
   fuse_req_t req_;
   const char* op_;
   std::atomic<bool> replied_{false};
-  std::unique_ptr<uint8_t[]> buf_;
 };
 
 // Starts an asynchronous FileSystem call; an exception before the request
@@ -482,20 +475,14 @@ void OnWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t of
   auto r = NewAsyncReply(req, "write");
   if (!r) return;
   HandleAsync(r, [&] {
-    // The request's buffer belongs to the worker thread: it is copied only
-    // when the disk may read it after this handler returns (a local disk's
-    // write is done by then).
-    Fs(req).WriteAsync(
-        fi->fh, static_cast<uint64_t>(off), ByteView(reinterpret_cast<const uint8_t*>(data), size),
-        [r](Result<size_t> n) {
-          if (!n.ok()) return r->Fail(n.status());
-          r->Write(*n);
-        },
-        [r](ByteView bytes) {
-          uint8_t* buf = r->Buffer(bytes.size());
-          std::memcpy(buf, bytes.data(), bytes.size());
-          return ByteView(buf, bytes.size());
-        });
+    // The request's buffer belongs to the worker thread, but a disk's
+    // WriteAsync is done with it when it returns (Disk::WriteAsync).
+    Fs(req).WriteAsync(fi->fh, static_cast<uint64_t>(off),
+                       ByteView(reinterpret_cast<const uint8_t*>(data), size),
+                       [r](Result<size_t> n) {
+                         if (!n.ok()) return r->Fail(n.status());
+                         r->Write(*n);
+                       });
   });
 }
 

@@ -135,7 +135,7 @@ Result<size_t> ChunkStore::Read(const ChunkId& id, MutableByteView buf) {
     }
     n = *r;
     if (cache_capacity_ > 0) {
-      CacheInsert(id, std::make_shared<Bytes>(buf.begin(), buf.begin() + n));
+      CacheInsert(id, std::make_shared<const Bytes>(buf.begin(), buf.begin() + n));
     }
   }
   if (n < buf.size()) std::memset(buf.data() + n, 0, buf.size() - n);
@@ -160,7 +160,7 @@ void ChunkStore::ReadAsync(const ChunkId& id, MutableByteView buf,
                         size_t n = *r;
                         if (cache_capacity_ > 0) {
                           CacheInsert(id,
-                                      std::make_shared<Bytes>(buf.begin(), buf.begin() + n));
+                                      std::make_shared<const Bytes>(buf.begin(), buf.begin() + n));
                         }
                         std::memset(buf.data() + n, 0, buf.size() - n);
                         done(n);
@@ -177,7 +177,7 @@ const SharedChunk& EmptyChunk() {
 Result<SharedChunk> ChunkStore::ReadShared(const ChunkId& id) {
   if (id.IsHole()) return EmptyChunk();
   if (auto cached = CacheLookup(id)) return cached;
-  auto data = TakeBuffer();
+  auto data = std::make_shared<Bytes>(chunk_size_);
   auto r = backend_->Read(ObjectKind::kChunk, id.Hex(), MutableByteView(*data));
   RETURN_IF_ERROR(Verify(id, r, *data));
   data->resize(*r);
@@ -189,7 +189,7 @@ Result<SharedChunk> ChunkStore::ReadShared(const ChunkId& id) {
 void ChunkStore::ReadSharedAsync(const ChunkId& id, std::function<void(Result<SharedChunk>)> done) {
   if (id.IsHole()) return done(EmptyChunk());
   if (auto cached = CacheLookup(id)) return done(std::move(cached));
-  auto data = TakeBuffer();
+  auto data = std::make_shared<Bytes>(chunk_size_);
   MutableByteView buf(*data);
   backend_->ReadAsync(
       ObjectKind::kChunk, id.Hex(), buf,
@@ -325,32 +325,9 @@ void ChunkStore::CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> dat
     auto& last = lru_.back();
     cache_used_ -= last.second->size();
     cache_index_.erase(last.first);
-    // The cache's is the only reference when use_count() is 1: others get
-    // theirs from the cache, under cache_mu_, which is held here. Their
-    // releases decrement with release order; the acquire fence orders their
-    // last reads of the bytes before this reuse of the buffer. Every cached
-    // chunk was made as a mutable Bytes (TakeBuffer), so writing it is sound.
-    if (last.second.use_count() == 1 && spare_.size() < kSpareBuffers &&
-        last.second->capacity() >= chunk_size_) {
-      std::atomic_thread_fence(std::memory_order_acquire);
-      spare_.push_back(std::move(const_cast<Bytes&>(*last.second)));
-    }
     lru_.pop_back();
     evictions_.fetch_add(1, std::memory_order_relaxed);
   }
-}
-
-std::shared_ptr<Bytes> ChunkStore::TakeBuffer() {
-  Bytes buf;
-  {
-    MutexLock lock(cache_mu_);
-    if (!spare_.empty()) {
-      buf = std::move(spare_.back());
-      spare_.pop_back();
-    }
-  }
-  buf.resize(chunk_size_);  // a spare one of a whole chunk is that size already: no fill
-  return std::make_shared<Bytes>(std::move(buf));
 }
 
 ChunkStore::Counters ChunkStore::counters() const {

@@ -14,10 +14,6 @@
 // Reads keep verified chunks in an LRU cache (cache_bytes of chunk data), so
 // a chunk read again is served from memory without reading or hashing it
 // again; Remove and a damaged chunk's replacement drop it from the cache.
-// A chunk the cache evicts while nothing else holds it gives its buffer to
-// the next read from the backend (up to kSpareBuffers of them), which then
-// neither zero-fills a fresh buffer nor faults its pages in
-// (docs/performance.md, "Local 4 KiB reads").
 //
 // Thread safety: all methods may be called concurrently from any number of
 // threads. The store holds no mutable state of its own except the read cache,
@@ -163,13 +159,7 @@ class ChunkStore {
   size_t cache_used_ GUARDED_BY(cache_mu_) = 0;
   std::list<std::pair<ChunkId, std::shared_ptr<const Bytes>>> lru_ GUARDED_BY(cache_mu_);
   std::unordered_map<ChunkId, decltype(lru_)::iterator> cache_index_ GUARDED_BY(cache_mu_);
-  // Buffers of evicted chunks nothing else held, for the next reads.
-  static constexpr size_t kSpareBuffers = 32;
-  std::vector<Bytes> spare_ GUARDED_BY(cache_mu_);
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, verify_failures_{0};
-  // A buffer of chunk_size_ bytes for a read from the backend: a spare one
-  // (its old bytes left in place), else a new one.
-  std::shared_ptr<Bytes> TakeBuffer() EXCLUDES(cache_mu_);
   std::shared_ptr<const Bytes> CacheLookup(const ChunkId& id);
   void CacheInsert(const ChunkId& id, std::shared_ptr<const Bytes> data);
   // Checks `data` (as read from the backend) against `id`; Corruption if not.

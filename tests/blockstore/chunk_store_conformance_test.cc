@@ -516,39 +516,6 @@ TEST_CASE("chunk store: the read cache holds verified chunks up to its size", "[
   CHECK(store.ReadShared(ids[5]).status().IsCorruption());
 }
 
-TEST_CASE("chunk store: evicted chunks' buffers are reused, never under a reader",
-          "[chunk_store]") {
-  FOR_EACH_BACKEND(h);
-  ChunkStore store(h->Open(), kChunk, 2 * kChunk);  // room for 2 chunks
-  std::vector<Bytes> data;
-  std::vector<ChunkId> ids;
-  for (int i = 0; i < 40; ++i) {
-    // Every fifth chunk is short, so a reused whole-chunk buffer must end
-    // where its new chunk does, not where the old one did.
-    data.push_back(RandomBytes(i % 5 == 4 ? kChunk / 3 : kChunk, 500 + i));
-    ids.push_back(store.Put(data.back())->id);
-  }
-  // Held readers' chunks: evicted while held, their bytes must stay.
-  std::vector<SharedChunk> held;
-  for (int round = 0; round < 3; ++round) {
-    for (int i = 0; i < 40; ++i) {
-      auto r = i % 2 == 0 ? store.ReadShared(ids[i]) : ReadSharedAndWait(store, ids[i]);
-      REQUIRE(r.ok());
-      REQUIRE(**r == data[i]);
-      if (i % 7 == 0) held.push_back(*r);
-    }
-  }
-  // Six a round: i = 0, 7, ..., 35.
-  for (size_t k = 0; k < held.size(); ++k) CHECK(*held[k] == data[(k % 6) * 7]);
-  // Reads into the caller's buffer after many evictions still match.
-  Bytes buf(kChunk);
-  for (int i = 39; i >= 0; --i) {
-    auto n = store.Read(ids[i], buf);
-    REQUIRE(n.ok());
-    CHECK(Bytes(buf.begin(), buf.begin() + *n) == data[i]);
-  }
-}
-
 TEST_CASE("chunk store: a disabled cache re-reads and re-verifies every time", "[chunk_store]") {
   FOR_EACH_BACKEND(h);
   ChunkStore store(h->Open(), kChunk, 0);

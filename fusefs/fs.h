@@ -205,9 +205,10 @@ class FileSystem {
   // flight without a thread each. `done` is called exactly once, possibly
   // before the call returns, possibly on the disk backend's completion
   // thread: it must not block and must not call back into this class. A
-  // write's `data` is read only before WriteAsync returns. Errors are as for the synchronous
-  // forms. A read's bytes come in the disk's own buffers (up to `size` bytes;
-  // fewer at the end of the file), so the mount replies without copying them.
+  // write's `data` is read only before WriteAsync returns. Errors are as for
+  // the synchronous forms. A read's bytes come in the disk's own buffers (up
+  // to `size` bytes; fewer at the end of the file), so the mount replies
+  // without copying them.
   using SizeCallback = std::function<void(Result<size_t>)>;
   using StatusCallback = std::function<void(Status)>;
   void ReadAsync(uint64_t fh, uint64_t offset, size_t size, Disk::ReadBuffersCallback done);

@@ -402,7 +402,6 @@ class AsyncReply {
  public:
   AsyncReply(fuse_req_t req, const char* op) : req_(req), op_(op) {}
 
-
   void Err(int err) {
     if (!replied_.exchange(true)) fuse_reply_err(req_, err);
   }

@@ -156,11 +156,11 @@ e2e_qmp "$T/$last.qmp" block_resize '{"device": "disk0", "size": 100663296}' >/d
 # the hand-over waits until a stat through the destination's mount shows it
 # (docs/rbd.md, "Size"; bounded: a size that never comes fails the test).
 for ((i = 0; i < 300; i++)); do
-  [[ "$(stat -c %s "$(disk_on "$dst")")" -eq $((96 * MiB)) ]] && break
+  seen="$(stat -c %s "$(disk_on "$dst")")"
+  ((seen == 96 * MiB)) && break
   sleep 0.1
 done
-[[ "$(stat -c %s "$(disk_on "$dst")")" -eq $((96 * MiB)) ]] ||
-  fail "the destination's mount still shows $(stat -c %s "$(disk_on "$dst")") bytes after the resize"
+((seen == 96 * MiB)) || fail "the destination's mount still shows $seen bytes after the resize"
 e2e_qmp "$T/$last.qmp" migrate-set-parameters '{"max-bandwidth": 1073741824}' >/dev/null
 [[ "$(mig_wait "$last")" == completed ]] || fail "the migration after the resize did not complete"
 while [[ "$(mig_status qg)" == inmigrate ]]; do sleep 0.05; done

@@ -22,6 +22,7 @@
 #
 #   tools/bench-qemu.sh [MIB]        (disk size, default 512)
 # Environment:
+#   IMGFS_BENCH_BUILD_DIR       the build measured (default build-bench/, Release)
 #   IMGFS_BENCH_MOUNT_OPTS      -o options for the mount
 #   IMGFS_BENCH_QEMU_DEPTH      queue depth (default 16)
 #   IMGFS_BENCH_QEMU_SCALE      multiplies the request counts (default 1)
@@ -33,9 +34,6 @@
 #                               whose parent is read over the network)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-build="${IMGFS_BUILD_DIR:-$here/build}"
-imgfs="$build/tools/imgfs"
-[[ -x "$imgfs" ]] || cmake --build "$build" --target imgfs -- --quiet
 b_bin="${IMGFS_BENCH_B_BIN:-}"
 b_opts="${IMGFS_BENCH_B_OPTS:-}"
 [[ -n "$b_opts" && -z "$b_bin" ]] && b_bin="$imgfs"
@@ -48,6 +46,10 @@ only="${IMGFS_BENCH_QEMU_ONLY:-}"
 work="$(mktemp -d "${IMGFS_BENCH_DIR:-/tmp}/imgfs-bench-qemu.XXXXXX")"
 pids=() mnts=() cdir="" namespaces=()
 . "$here/tools/bench-lib.sh"
+# The mount under test: the Release build (IMGFS_BENCH_BUILD_DIR, default
+# build-bench/), as every bench-*.sh that sources bench-lib.sh.
+bench_build imgfs
+imgfs="$build/tools/imgfs"
 cleanup() {
   local p m ns
   for p in "${pids[@]}"; do

@@ -17,8 +17,9 @@
 # A second mount ("B") can run beside the first in the same run to measure a
 # lever before/after: IMGFS_BENCH_B_BIN (another imgfs binary) and/or
 # IMGFS_BENCH_B_OPTS (its -o options); it gets a store of its own. On odd
-# repeats (IMGFS_BENCH_REPEAT) B runs before A: the mount measured second is
-# slower even when both are the same binary.
+# repeats (IMGFS_BENCH_REPEAT) B runs before A, and nova's path runs after
+# both: whatever runs after a large write is slower here (the host's disk),
+# even the same binary twice. With repeats, the medians close the output.
 #
 #   tools/bench-qemu.sh [MIB]        (disk size, default 512)
 # Environment:
@@ -205,8 +206,11 @@ run_jobs() {
       n=$((n + 1))
       # Each side starts with nothing dirty in the page cache, so no side
       # pays for the write-back of the one before (docs/performance.md).
-      sync
-      base="$("${backend}_baseline" "$name.$n" "${args[@]}")"
+      # On odd repeats nova's path runs last, the mounts first (below).
+      if ((rep % 2 == 0)); then
+        sync
+        base="$("${backend}_baseline" "$name.$n" "${args[@]}")"
+      fi
       IMGFS_STORE="$adir/store" "$imgfs" disk create "bench/$name.$n" --image bench >/dev/null
       b=""
       if [[ -n "$b_bin" ]]; then
@@ -225,13 +229,42 @@ run_jobs() {
         sync
         b="$(qbench -f raw -i native "${args[@]}" "$bdir/mnt/bench/$name.$n")"
       fi
+      if ((rep % 2 == 1)); then
+        sync
+        base="$("${backend}_baseline" "$name.$n" "${args[@]}")"
+      fi
       line "$name" "$base" "$a" "$b"
+      echo "$name $base $a ${b:-0}" >>"$work/rows.$backend"
       # Room for the next job (the cluster's memory, the store's disk).
       IMGFS_STORE="$adir/store" "$imgfs" disk rm "bench/$name.$n" >/dev/null 2>&1 || true
       if [[ -n "$b_bin" ]]; then
         IMGFS_STORE="$bdir/store" "$b_bin" disk rm "bench/$name.$n" >/dev/null 2>&1 || true
       fi
     done
+  done
+  ((repeat > 1)) && medians "$work/rows.$backend"
+}
+
+# medians ROWS: with repeats, each job's median of each side and the ratio
+# of the medians (what docs/performance.md reports).
+medians() {
+  echo "# medians of $repeat runs (nova's path first on even runs, last on odd ones)"
+  local name base a b
+  for name in $(awk '!seen[$1]++ { print $1 }' "$1"); do
+    read -r base a b <<<"$(awk -v n="$name" '
+      function med(col,   i, m, v, k, t) {
+        m = 0
+        for (i = 1; i <= cnt; i++) v[++m] = val[i, col]
+        for (i = 1; i <= m; i++) for (k = i + 1; k <= m; k++) if (v[k] < v[i]) { t = v[i]; v[i] = v[k]; v[k] = t }
+        return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+      }
+      $1 == n { cnt++; val[cnt, 2] = $2; val[cnt, 3] = $3; val[cnt, 4] = $4 }
+      END { printf "%.0f %.0f %.0f", med(2), med(3), med(4) }' "$1")"
+    if [[ -n "$b_bin" ]]; then
+      line "$name" "$base" "$a" "$b"
+    else
+      line "$name" "$base" "$a"
+    fi
   done
 }
 

@@ -155,6 +155,13 @@ class Disk {
   // that have no such reads ignore it. Set before the disk is shared.
   virtual void SetLocalReadCounter(std::shared_ptr<std::atomic<uint64_t>> bytes) { (void)bytes; }
 
+  // Called, on a thread of the backend's, when another client changed the
+  // disk's header (its size, after `rbd resize`): the mount then drops the
+  // attributes the kernel keeps (docs/rbd.md, "Size"). Backends whose
+  // disks only this handle changes ignore it. Set before the disk is
+  // shared; the listener must stay valid while the disk lives.
+  virtual void SetHeaderListener(std::function<void()> listener) { (void)listener; }
+
   // Reads `length` bytes at `offset` (within size()) into buffers of the
   // disk's choosing; `done` as for the async forms above. The default
   // allocates one buffer and calls ReadAsync; rbd hands over the buffers

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <shared_mutex>
@@ -34,11 +35,15 @@ struct HeaderWatch : public librbd::UpdateWatchCtx {
   std::atomic<bool> overlap_changed{false};
   std::atomic<bool> info_changed{false};  // RbdDisk::FillInfo reads the header again
   std::optional<uint64_t> handle;
+  Mutex mu;  // librbd may call handle_notify while the listener is set
+  std::function<void()> listener GUARDED_BY(mu);  // Disk::SetHeaderListener
 
   void handle_notify() override {
     size_changed.store(true);
     overlap_changed.store(true);
     info_changed.store(true);
+    MutexLock lock(mu);
+    if (listener) listener();
   }
 };
 
@@ -111,6 +116,13 @@ class RbdDisk : public Disk {
 
   void SetLocalReadCounter(std::shared_ptr<std::atomic<uint64_t>> bytes) override {
     local_read_bytes_ = std::move(bytes);
+  }
+  // librbd calls it from the header watch (HeaderWatch), which only a
+  // writable librbd handle has; update_unwatch in the destructor waits for
+  // a call in progress.
+  void SetHeaderListener(std::function<void()> listener) override {
+    MutexLock lock(watch_.mu);
+    watch_.listener = std::move(listener);
   }
 
   Status Read(uint64_t offset, MutableByteView buf) override;

@@ -67,6 +67,7 @@ struct FileSystem::OpenFile {
   Mutex grow_mu;         // serialises growth of the disk
   std::atomic<bool> dirty{false};          // written since the last successful flush
   std::shared_ptr<DiskCounters> counters;  // constant after construction; null for images
+  uint64_t ino = 0;                        // constant after construction; 0 for restored broken ones
 
   Result<std::shared_ptr<Disk>> CurrentDisk() {
     MutexLock lock(mu);
@@ -289,13 +290,26 @@ Result<bool> InstanceExists(DiskBackend& disks, const std::string& instance) {
 }
 
 // A disk's reads from the local store count in its DiskCounters.
-void CountLocalReads(Disk& disk, const std::shared_ptr<DiskCounters>& counters) {
-  if (!counters) return;
-  disk.SetLocalReadCounter(
-      std::shared_ptr<std::atomic<uint64_t>>(counters, &counters->local_parent_read_bytes));
+}  // namespace
+
+void FileSystem::AttachDisk(Disk& disk, const OpenFile& of) {
+  if (of.counters) {
+    disk.SetLocalReadCounter(
+        std::shared_ptr<std::atomic<uint64_t>>(of.counters, &of.counters->local_parent_read_bytes));
+  }
+  // The disk is closed (and its listener gone) before this FileSystem is.
+  disk.SetHeaderListener([this, ino = of.ino] { InvalidateAttr(ino); });
 }
 
-}  // namespace
+void FileSystem::SetAttrInvalidator(std::function<void(uint64_t ino)> invalidate) {
+  MutexLock lock(inval_mu_);
+  invalidate_ = std::move(invalidate);
+}
+
+void FileSystem::InvalidateAttr(uint64_t ino) {
+  MutexLock lock(inval_mu_);
+  if (invalidate_ && ino != 0) invalidate_(ino);
+}
 
 bool FileSystem::HasOpenDisk(std::string_view instance) {
   MutexLock lock(mu_);
@@ -867,7 +881,8 @@ Result<OpenReply> FileSystem::OpenNodeLocked(const std::shared_ptr<Node>& node, 
                        disks_.Open(ref, write ? OpenMode::kReadWriteStandby : OpenMode::kReadOnly));
       of = std::make_shared<OpenFile>();
       of->counters = metrics_.Disk(ref.instance, ref.disk);
-      CountLocalReads(*disk, of->counters);
+      of->ino = node->ino;
+      AttachDisk(*disk, *of);
       {
         MutexLock lock(of->mu);  // not shared yet; the lock is for the analysis
         of->disk = std::move(disk);
@@ -1001,7 +1016,7 @@ Status FileSystem::UpgradeToWritable(OpenFile& of, const DiskRef& ref) {
     if (st.code() != Code::kNotSupported) return st;
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Disk> disk, disks_.Open(ref, OpenMode::kReadWriteStandby));
-  CountLocalReads(*disk, of.counters);
+  AttachDisk(*disk, of);
   std::shared_ptr<Disk> old;
   {
     MutexLock lock(of.mu);
@@ -1039,7 +1054,7 @@ void FileSystem::DowngradeToReadOnly(OpenFile& of, const DiskRef& ref) {
                  ref.ToString(), disk.status().ToString());
     return;
   }
-  CountLocalReads(**disk, of.counters);
+  AttachDisk(**disk, of);
   std::shared_ptr<Disk> old;
   {
     MutexLock lock(of.mu);

@@ -248,6 +248,13 @@ class FileSystem {
   FsState Snapshot();
   size_t Restore(const FsState& state);
 
+  // How the mount makes the kernel drop the attributes it keeps of inode
+  // `ino` (FUSE's notify_inval_inode), called when another client changed
+  // an open disk's size (Disk::SetHeaderListener; docs/rbd.md, "Size").
+  // Null: none. The FUSE server sets it once it has a session and clears
+  // it before the session ends; a call in progress finishes first.
+  void SetAttrInvalidator(std::function<void(uint64_t ino)> invalidate);
+
   // The mount's live counters (docs/operations.md, "Metrics").
   MountMetrics& metrics() { return metrics_; }
 
@@ -309,6 +316,10 @@ class FileSystem {
   Result<OpenReply> OpenNodeLocked(const std::shared_ptr<Node>& node, int flags,
                                    std::optional<uint64_t> fh = std::nullopt);
   void ForgetNameLocked(const std::string& key) REQUIRES(mu_);
+  // Wires a disk just opened for `of` to the mount: its local-read counter
+  // and its header listener (SetAttrInvalidator).
+  void AttachDisk(Disk& disk, const OpenFile& of);
+  void InvalidateAttr(uint64_t ino);
   void KeepInstance(const std::string& instance);
   Result<uint64_t> ParentDataBytes(const ImageId& image);
 
@@ -332,6 +343,8 @@ class FileSystem {
   std::unordered_map<ImageId, uint64_t> parent_data_bytes_ GUARDED_BY(mu_);
   Mutex retire_mu_;  // leaf lock: with retire_cv_, an async request let go of its disk
   CondVar retire_cv_;
+  Mutex inval_mu_;  // leaf lock, held across a call of invalidate_
+  std::function<void(uint64_t)> invalidate_ GUARDED_BY(inval_mu_);
 };
 
 }  // namespace imgfs::fusefs

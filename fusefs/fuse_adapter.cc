@@ -761,7 +761,10 @@ struct FuseServer::Impl {
   }
 
   ~Impl() {
-    if (se) fuse_session_destroy(se);
+    if (se) {
+      if (ctx.fs) ctx.fs->SetAttrInvalidator(nullptr);
+      fuse_session_destroy(se);
+    }
   }
 
   // A FUSE_INIT after the session was initialised: the kernel sent the
@@ -852,6 +855,16 @@ Result<std::unique_ptr<FuseServer>> FuseServer::Create(FileSystem& fs, const Fus
     return Status::IOError("libfuse refused the FUSE connection's descriptor");
   }
   impl->fd = fuse_fd;
+  // Attributes only (offset -1): nothing of the page cache is dropped, and
+  // no lock a request in flight may hold is needed. Before FUSE_INIT was
+  // answered libfuse refuses it (ENOSYS): the kernel has cached nothing yet.
+  fs.SetAttrInvalidator([se = impl->se](uint64_t ino) {
+    int r = fuse_lowlevel_notify_inval_inode(se, static_cast<fuse_ino_t>(ino), -1, 0);
+    if (r != 0 && r != -ENOENT && r != -ENOSYS) {
+      spdlog::warn("fuse: dropping the kernel's attributes of inode {}: {}", ino,
+                   std::strerror(-r));
+    }
+  });
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
 }
 

@@ -26,6 +26,8 @@ imgfs_shell_test(disk_limits)
 imgfs_shell_test(rbd_disks)
 # Three stores on one pool: every command from every store (docs/rbd.md).
 imgfs_shell_test(rbd_hosts)
+# A size changed by another client shows through the mount at once.
+imgfs_shell_test(rbd_size)
 # Many disks and images: every listing and lookup complete and right.
 imgfs_shell_test(scale_listing)
 imgfs_shell_test_rbd(mount_bytes)

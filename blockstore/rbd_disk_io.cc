@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <future>
 #include <list>
 #include <mutex>
 #include <thread>
@@ -138,15 +139,21 @@ RbdDisk::RbdDisk(std::shared_ptr<Connection> conn, ImageSource* images, DiskRef 
       held_(held) {}
 
 Status RbdDisk::Init() {
-  if (!rw_handle_) return Status::OK();
-  uint64_t handle = 0;
-  if (int r = image_->update_watch(&watch_, &handle); r < 0) {
-    return Err(r, "rbd: watching the header of " + Where());
+  if (rw_handle_) {
+    uint64_t handle = 0;
+    if (int r = image_->update_watch(&watch_, &handle); r < 0) {
+      return Err(r, "rbd: watching the header of " + Where());
+    }
+    watch_.handle = handle;
+    // A change made before the watch began.
+    watch_.size_changed = true;
   }
-  watch_.handle = handle;
-  // A change made before the watch began.
-  watch_.size_changed = true;
-  if (held_) StartLocalReads();
+  if (held_) {
+    StartLocalReads();
+  } else {
+    local_ = OpenLocalParent(*conn_, images_, *image_, name_, /*verify=*/true);
+    local_ptr_.store(local_.get(), std::memory_order_release);
+  }
   return Status::OK();
 }
 
@@ -253,10 +260,20 @@ Status RbdDisk::StartWriting() {
 }
 
 Status RbdDisk::Read(uint64_t offset, MutableByteView buf) {
+  if (LocalMayCover(offset, buf.size())) {
+    // Checked in the cluster first (asynchronously): wait for it.
+    std::promise<Result<ReadBuffers>> p;
+    ReadBuffersAsync(offset, buf.size(),
+                     [&p](Result<ReadBuffers> r) { p.set_value(std::move(r)); });
+    Result<ReadBuffers> r = p.get_future().get();
+    if (!r.ok()) return r.status();
+    r->CopyTo(buf);
+    return Status::OK();
+  }
   std::shared_lock lock(resize_mu_);
   RETURN_IF_ERROR(CheckRange(offset, buf.size()));
   if (buf.empty()) return Status::OK();
-  if (LocalCovers(offset, buf.size()) && ReadLocal(offset, buf)) return Status::OK();
+  if (LocalCovers(offset, buf.size()) && ReadLocal(*Local(), offset, buf)) return Status::OK();
   ceph::bufferlist bl;
   ssize_t r = image_->read2(offset, buf.size(), bl, 0);
   if (r < 0) {
@@ -375,12 +392,19 @@ void RbdDisk::ReadBuffersAsync(uint64_t offset, size_t length, ReadBuffersCallba
   Status s = CheckRange(offset, length);
   if (!s.ok()) return done(std::move(s));
   if (length == 0) return done(ReadBuffers{});
+  if (LocalParent* local = LocalMayCover(offset, length)) {
+    return ReadVerified(*local, offset, length, std::move(done));
+  }
   if (LocalCovers(offset, length)) {
     std::shared_ptr<uint8_t[]> buf(new uint8_t[length]);
-    if (ReadLocal(offset, MutableByteView(buf.get(), length))) {
+    if (ReadLocal(*Local(), offset, MutableByteView(buf.get(), length))) {
       return done(ReadBuffers{{ByteView(buf.get(), length)}, buf});
     }
   }
+  ReadCluster(offset, length, std::move(done));
+}
+
+void RbdDisk::ReadCluster(uint64_t offset, size_t length, ReadBuffersCallback done) {
   auto bl = std::make_shared<ceph::bufferlist>();
   librbd::RBD::AioCompletion* c = nullptr;
   AioRequest* req = Start(

@@ -77,7 +77,8 @@ class RbdDisk : public Disk {
           uint64_t size, DiskSizeLimit limit);
 
   // Starts the header watch (writable librbd handles: librbd watches the
-  // header of no other) and, with the lock held, the local parent reads.
+  // header of no other) and the local parent reads: exact with the lock
+  // held, verified without (LocalParent).
   Status Init();
 
   ~RbdDisk() override;
@@ -167,7 +168,8 @@ class RbdDisk : public Disk {
   Status TakeLock();
 
   // ---- The reads of the parent from the local store (rbd_local_parent.cc).
-  // Starts the local parent reads (once; the lock is held and kept).
+  // Starts the exact local parent reads (once; the lock is held and kept),
+  // in place of verified ones if the disk had them.
   void StartLocalReads();
   // Whether [offset, offset+length) is the parent's bytes (LocalParent),
   // after taking in a header change made by another client.
@@ -182,11 +184,29 @@ class RbdDisk : public Disk {
   // cluster) every read goes to the cluster: the local reads rely on this
   // handle being the clone's only writer.
   void StopLocalReads();
-  // Reads a range LocalCovers admitted from the local image; false to read
-  // it from the cluster instead when the local image fails (a damaged chunk
-  // is never returned: the cluster has the same bytes).
-  bool ReadLocal(uint64_t offset, MutableByteView buf);
+  // Reads a range admitted from the local image; false to read it from the
+  // cluster instead when the local image fails (a damaged chunk is never
+  // returned: the cluster has the same bytes).
+  bool ReadLocal(LocalParent& local, uint64_t offset, MutableByteView buf);
+  // The verified local reads of a disk without the lock (LocalParent): the
+  // disk's LocalParent when it is verified and may hold [offset,
+  // offset+length), else null.
+  LocalParent* LocalMayCover(uint64_t offset, uint64_t length) const;
+  // Stats the clone's objects the range touches and reads the parent
+  // overlap from the header, all at once, then reads the range from the
+  // local image if the clone still reads the parent there, else from the
+  // cluster. Counted as a request in flight; a failed stat or overlap read
+  // counts as a failed request (Finished).
+  void ReadVerified(LocalParent& local, uint64_t offset, size_t length, ReadBuffersCallback done);
+  struct Verify;
+  struct VerifyPart;
+  static void VerifyPartDone(rados_completion_t c, void* arg);
+  static void VerifyPartResult(VerifyPart& part, int r);
+  void FinishVerify(Verify* v);
   // ----
+
+  // An asynchronous read of the range from the cluster (librbd).
+  void ReadCluster(uint64_t offset, size_t length, ReadBuffersCallback done);
 
   Status CheckWritable() const {
     if (!writable_.load()) return Status::ReadOnly("disk " + ref_.ToString() + " is open read-only");
@@ -229,9 +249,12 @@ class RbdDisk : public Disk {
 
   Mutex take_mu_;                // serialises TakeLock
   std::atomic<bool> held_;       // the exclusive lock is ours (kept until destruction)
-  // Null: every read goes to the cluster. Set once, under take_mu_ or in
-  // Init, when the lock is held; local_ptr_ is what readers load.
+  // Null: every read goes to the cluster. Set in Init (exact with the lock
+  // held, else verified) or, exact, under take_mu_ when the lock is taken;
+  // local_ptr_ is what readers load. Verified ones replaced by exact ones
+  // are kept in retired_ for reads still checking against them.
   std::unique_ptr<LocalParent> local_;
+  std::unique_ptr<LocalParent> retired_;
   std::atomic<LocalParent*> local_ptr_{nullptr};
   // Bytes read from local_ (SetLocalReadCounter); set before other threads
   // see the disk.

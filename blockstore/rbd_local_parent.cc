@@ -1,13 +1,16 @@
 // Reads of a clone's parent served from the local image store (LocalParent,
 // blockstore/rbd_local_parent.h; docs/rbd.md, "Reads of the parent from the
-// local store"): opening them when a disk takes its lock, the test of a read
-// against them, the once-a-second check that the client is still connected,
-// and the fall-back to the cluster.
+// local store"): opening them (exact when a disk takes its lock, verified
+// for a disk without it), the test of a read against them, the
+// once-a-second check that the client is still connected, the checks in the
+// cluster of a verified read, and the fall-back to the cluster.
 #include "blockstore/rbd_local_parent.h"
 
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <vector>
@@ -17,7 +20,8 @@
 namespace imgfs::rbd_internal {
 
 std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* images,
-                                             librbd::Image& img, const std::string& name) {
+                                             librbd::Image& img, const std::string& name,
+                                             bool verify) {
   if (!images || !images->ReadsAreLocal()) return nullptr;
   librbd::linked_image_spec_t parent;
   librbd::snap_spec_t snap;
@@ -34,45 +38,64 @@ std::unique_ptr<LocalParent> OpenLocalParent(Connection& conn, ImageSource* imag
     return nullptr;
   }
   constexpr uint64_t kMaps = RBD_FEATURE_OBJECT_MAP | RBD_FEATURE_FAST_DIFF;
-  if ((features & kMaps) != kMaps || (flags & RBD_FLAG_OBJECT_MAP_INVALID) ||
+  bool map_ok = (features & kMaps) == kMaps && !(flags & RBD_FLAG_OBJECT_MAP_INVALID);
+  // Verified reads stat the data objects in this pool: none elsewhere.
+  if ((verify ? (features & RBD_FEATURE_DATA_POOL) != 0 : !map_ok) ||
       img.get_stripe_count() != 1 || info.obj_size == 0 || overlap == 0) {
     return nullptr;
   }
   auto image = images->OpenImage(*id);
   if (!image.ok() || (*image)->size() < overlap) return nullptr;
   auto local = std::make_unique<LocalParent>();
+  local->verify = verify;
   local->image = std::move(*image);
   local->object_size = info.obj_size;
   local->overlap = overlap;
   local->objects = static_cast<size_t>((overlap + info.obj_size - 1) / info.obj_size);
   local->child = std::make_unique<std::atomic<bool>[]>(local->objects);
-  std::vector<Extent> present;
-  if (img.diff_iterate2(nullptr, 0, overlap, false, true, &CollectExtent, &present) < 0) {
-    return nullptr;
+  if (!verify) {
+    std::vector<Extent> present;
+    if (img.diff_iterate2(nullptr, 0, overlap, false, true, &CollectExtent, &present) < 0) {
+      return nullptr;
+    }
+    for (const Extent& e : present) local->MarkChild(e.offset, e.length);
   }
-  for (const Extent& e : present) local->MarkChild(e.offset, e.length);
   std::string image_id;
   if (img.get_id(&image_id) < 0) return nullptr;
   local->header_oid = "rbd_header." + image_id;
-  spdlog::debug("{}: reads of the parent's bytes come from local image {}", conn.Where(name),
-                id->Hex());
+  local->data_prefix = img.get_block_name_prefix();
+  if (local->data_prefix.empty()) return nullptr;
+  spdlog::debug("{}: reads of the parent's bytes come from local image {}{}", conn.Where(name),
+                id->Hex(), verify ? ", checked in the cluster at each read" : "");
   return local;
+}
+
+std::optional<uint64_t> DecodeParentOverlap(const char* out, size_t len) {
+  // std::optional<uint64_t> in Ceph's encoding: a byte (present or not),
+  // then the value, little-endian.
+  if (len == 1 && out[0] == 0) return 0;
+  if (len != 9 || out[0] != 1) return std::nullopt;
+  uint64_t v = 0;
+  for (int i = 8; i >= 1; i--) v = (v << 8) | static_cast<uint8_t>(out[i]);
+  return v;
 }
 
 // ---- RbdDisk's side of the local reads (declared in rbd_disk_io.h).
 
 void RbdDisk::StartLocalReads() {
-  if (Local()) return;
-  local_ = OpenLocalParent(*conn_, images_, *image_, name_);
-  if (local_) {
-    watch_.overlap_changed = true;  // a change before the reads began
-    local_ptr_.store(local_.get(), std::memory_order_release);
-  }
+  LocalParent* cur = Local();
+  if (cur && !cur->verify) return;
+  auto local = OpenLocalParent(*conn_, images_, *image_, name_, /*verify=*/false);
+  if (!local) return;  // verified reads, if the disk has them, go on
+  watch_.overlap_changed = true;  // a change before the reads began
+  retired_ = std::move(local_);
+  local_ = std::move(local);
+  local_ptr_.store(local_.get(), std::memory_order_release);
 }
 
 bool RbdDisk::LocalCovers(uint64_t offset, uint64_t length) {
   LocalParent* local = Local();
-  if (!local) return false;
+  if (!local || local->verify) return false;
   if (watch_.overlap_changed.exchange(false)) {
     uint64_t overlap = 0;
     if (image_->overlap(&overlap) < 0) {
@@ -131,8 +154,8 @@ void RbdDisk::StopLocalReads() {
   }
 }
 
-bool RbdDisk::ReadLocal(uint64_t offset, MutableByteView buf) {
-  Status st = Local()->image->Read(offset, buf);
+bool RbdDisk::ReadLocal(LocalParent& local, uint64_t offset, MutableByteView buf) {
+  Status st = local.image->Read(offset, buf);
   if (st.ok()) {
     if (local_read_bytes_) local_read_bytes_->fetch_add(buf.size(), std::memory_order_relaxed);
     return true;
@@ -140,6 +163,143 @@ bool RbdDisk::ReadLocal(uint64_t offset, MutableByteView buf) {
   spdlog::warn("{}: reading the parent's bytes locally failed, reading them from the cluster: {}",
                Where(), st.ToString());
   return false;
+}
+
+// ---- Verified reads (a disk without the lock).
+
+// One part of a verified read: the stat of a data object of the clone, or
+// (object < 0) the read of the parent overlap from the header.
+struct RbdDisk::VerifyPart {
+  Verify* v = nullptr;
+  int64_t object = -1;
+  uint64_t size = 0;
+  time_t mtime = 0;
+};
+
+struct RbdDisk::Verify {
+  Verify(RbdDisk* d, LocalParent* l, uint64_t off, size_t len, ReadBuffersCallback cb)
+      : disk(d), local(l), offset(off), length(len), done(std::move(cb)) {}
+
+  RbdDisk* disk;
+  LocalParent* local;
+  uint64_t offset;
+  size_t length;
+  ReadBuffersCallback done;
+  std::vector<VerifyPart> parts;  // the header's first
+  std::atomic<size_t> pending{0};
+  std::atomic<int> error{0};     // the first failure (not ENOENT of an object)
+  std::atomic<bool> exists{false};  // an object of the range is the clone's
+  uint64_t overlap = 0;          // from the header (its part's completion)
+  rados_read_op_t op = nullptr;  // the header's
+  char snap[8] = {};             // parent_overlap_get's input
+  char* out = nullptr;
+  size_t out_len = 0;
+  int prval = 0;
+
+  ~Verify() {
+    if (op) rados_release_read_op(op);
+    if (out) rados_buffer_free(out);
+  }
+};
+
+LocalParent* RbdDisk::LocalMayCover(uint64_t offset, uint64_t length) const {
+  LocalParent* local = Local();
+  return local && local->verify && local->Covers(offset, length) ? local : nullptr;
+}
+
+void RbdDisk::ReadVerified(LocalParent& local, uint64_t offset, size_t length,
+                           ReadBuffersCallback done) {
+  {
+    MutexLock lock(inflight_mu_);
+    inflight_++;
+  }
+  uint64_t first = offset / local.object_size;
+  uint64_t last = (offset + length - 1) / local.object_size;
+  auto* v = new Verify(this, &local, offset, length, std::move(done));
+  v->parts.resize(last - first + 2);
+  v->pending = v->parts.size();
+  for (size_t i = 0; i < v->parts.size(); i++) {
+    v->parts[i].v = v;
+    v->parts[i].object = i == 0 ? -1 : static_cast<int64_t>(first + i - 1);
+  }
+  for (int i = 0; i < 8; i++) v->snap[i] = static_cast<char>(kNoSnap >> (8 * i));
+  v->op = rados_create_read_op();
+  if (v->op) {
+    rados_read_op_exec(v->op, "rbd", "parent_overlap_get", v->snap, sizeof v->snap, &v->out,
+                       &v->out_len, &v->prval);
+  }
+  // Nothing of `v` is touched after the last part is sent: it may be done.
+  size_t n = v->parts.size();
+  for (size_t i = 0; i < n; i++) {
+    VerifyPart& part = v->parts[i];
+    rados_completion_t c = nullptr;
+    int r = rados_aio_create_completion2(&part, &VerifyPartDone, &c);
+    if (r == 0 && part.object < 0) {
+      r = v->op ? rados_aio_read_op_operate(v->op, conn_->io, c, local.header_oid.c_str(), 0)
+                : -ENOMEM;
+    } else if (r == 0) {
+      char oid[128];
+      std::snprintf(oid, sizeof oid, "%s.%016llx", local.data_prefix.c_str(),
+                    static_cast<unsigned long long>(part.object));
+      r = rados_aio_stat(conn_->io, oid, c, &part.size, &part.mtime);
+    }
+    if (r < 0) {
+      if (c) rados_aio_release(c);
+      VerifyPartResult(part, r);
+    }
+  }
+}
+
+void RbdDisk::VerifyPartDone(rados_completion_t c, void* arg) {
+  int r = rados_aio_get_return_value(c);
+  rados_aio_release(c);
+  VerifyPartResult(*static_cast<VerifyPart*>(arg), r);
+}
+
+void RbdDisk::VerifyPartResult(VerifyPart& part, int r) {
+  Verify* v = part.v;
+  if (part.object < 0) {
+    if (r >= 0) r = v->prval;
+    if (r >= 0) {
+      auto overlap = DecodeParentOverlap(v->out, v->out_len);
+      if (overlap) {
+        v->overlap = *overlap;
+      } else {
+        r = -EIO;
+      }
+    }
+  } else if (r == 0) {
+    v->exists.store(true);
+    v->local->MarkChild(static_cast<uint64_t>(part.object) * v->local->object_size, 1);
+  } else if (r == -ENOENT) {
+    r = 0;
+  }
+  if (r < 0) {
+    int none = 0;
+    v->error.compare_exchange_strong(none, r);
+  }
+  if (v->pending.fetch_sub(1) == 1) v->disk->FinishVerify(v);
+}
+
+void RbdDisk::FinishVerify(Verify* v) {
+  std::unique_ptr<Verify> own(v);
+  int r = v->error.load();
+  LocalParent& local = *v->local;
+  if (r == 0 && !v->exists.load()) {
+    local.LowerOverlap(v->overlap);
+    // Below the overlap just read, unless the local reads were stopped
+    // (overlap 0) meanwhile.
+    if (v->offset + v->length <= local.overlap.load()) {
+      std::shared_ptr<uint8_t[]> buf(new uint8_t[v->length]);
+      if (ReadLocal(local, v->offset, MutableByteView(buf.get(), v->length))) {
+        v->done(ReadBuffers{{ByteView(buf.get(), v->length)}, buf});
+        Finished(0);
+        return;
+      }
+    }
+  }
+  ReadCluster(v->offset, v->length, std::move(v->done));
+  Finished(r);
 }
 
 }  // namespace imgfs::rbd_internal

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <random>
@@ -696,10 +697,11 @@ TEST_CASE("rbd: a writable clone reads its parent's bytes from local images unti
     return b;
   };
 
-  // Read-only handles never read locally: another host may write the disk.
+  // Read-only handles read locally too, after a check in the cluster
+  // ("a read-only clone ..." below).
   auto ro = be->Open({"inst2", "disk"}, OpenMode::kReadOnly);
   REQUIRE(ro.ok());
-  REQUIRE(diff(read_all(**ro), content) == "same");
+  REQUIRE(diff(read_all(**ro), local) == "same");
 
   auto d = be->Open(kDisk, OpenMode::kReadWrite);
   REQUIRE(d.ok());
@@ -771,6 +773,208 @@ TEST_CASE("rbd: a writable clone reads its parent's bytes from local images unti
   auto rd = rbe->Open({"inst3", "disk"}, OpenMode::kReadWrite);
   REQUIRE(rd.ok());
   REQUIRE(diff(read_all(**rd), content) == "same");
+  auto rro = rbe->Open({"inst3", "disk"}, OpenMode::kReadOnly);
+  REQUIRE(rro.ok());
+  REQUIRE(diff(read_all(**rro), content) == "same");
+}
+
+TEST_CASE("rbd: a read-only clone reads its parent's bytes locally where the cluster says it "
+          "has no object",
+          "[rbd]") {
+  Namespace ns;
+  TestImages images(64 * 1024, /*local=*/true);
+  Bytes content = RandomBytes(12u << 20, 31);
+  ImageId id = images.Add(content);
+  auto be = Backend(ns, &images);
+  DiskCreateOptions co;
+  co.image = id;
+  REQUIRE_OK(be->Create(kDisk, co));
+  // The local store answers other bytes than the base holds (impossible in
+  // a real store), so every read shows where it was served from.
+  Bytes local = content;
+  for (uint8_t& c : local) c ^= 0xff;
+  images.Substitute(id, local);
+  auto diff = [](const Bytes& got, const Bytes& want) -> std::string {
+    if (got.size() != want.size()) return "size " + std::to_string(got.size());
+    auto m = std::mismatch(got.begin(), got.end(), want.begin());
+    if (m.first == got.end()) return "same";
+    return "differs from offset " + std::to_string(m.first - got.begin());
+  };
+  // Synchronous reads, one RBD object (4 MiB) at a time.
+  auto read_all = [](Disk& d) {
+    Bytes b(d.size(), 0xee);
+    for (uint64_t off = 0; off < b.size(); off += 4u << 20) {
+      size_t n = std::min<size_t>(4u << 20, b.size() - off);
+      Status st = d.Read(off, MutableByteView(b).subspan(off, n));
+      INFO(st.ToString());
+      REQUIRE(st.ok());
+    }
+    return b;
+  };
+  auto read_buffers = [](Disk& d, uint64_t off, size_t len) {
+    std::promise<Result<ReadBuffers>> p;
+    d.ReadBuffersAsync(off, len, [&p](Result<ReadBuffers> r) { p.set_value(std::move(r)); });
+    Result<ReadBuffers> r = p.get_future().get();
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    REQUIRE(r->size() == len);
+    Bytes b(len);
+    r->CopyTo(b);
+    return b;
+  };
+  auto slice = [](const Bytes& b, uint64_t off, size_t len) {
+    return Bytes(b.begin() + off, b.begin() + off + len);
+  };
+  // Another client: librbd straight on the image (it takes the lock).
+  auto other = [&](const std::function<void(rbd_image_t)>& f) {
+    rbd_image_t img;
+    REQUIRE(rbd_open(ns.raw().io(), "inst1_disk", &img, nullptr) == 0);
+    f(img);
+    REQUIRE(rbd_close(img) == 0);
+  };
+  constexpr uint64_t kObj = 4u << 20;
+
+  auto ro = be->Open(kDisk, OpenMode::kReadOnly);
+  REQUIRE(ro.ok());
+  Disk& d = **ro;
+  auto counter = std::make_shared<std::atomic<uint64_t>>(0);
+  d.SetLocalReadCounter(counter);
+  REQUIRE(diff(read_all(d), local) == "same");
+  REQUIRE(*counter == 12u << 20);
+  REQUIRE(read_buffers(d, 100, 5000) == slice(local, 100, 5000));
+  REQUIRE(read_buffers(d, kObj - 10, 20) == slice(local, kObj - 10, 20));  // two objects
+  REQUIRE(*counter == (12u << 20) + 5020);
+
+  // Another client writes object 1 and discards all of object 2: both read
+  // from the cluster from then on (the parent's bytes around the write).
+  Bytes w = RandomBytes(4096, 32);
+  other([&](rbd_image_t img) {
+    REQUIRE(rbd_write(img, 5u << 20, w.size(), reinterpret_cast<const char*>(w.data())) ==
+            static_cast<ssize_t>(w.size()));
+    REQUIRE(rbd_discard(img, 2 * kObj, kObj) == static_cast<int>(kObj));
+  });
+  Bytes expect = local;
+  std::copy_n(content.begin() + kObj, kObj, expect.begin() + kObj);
+  std::copy(w.begin(), w.end(), expect.begin() + (5u << 20));
+  std::fill_n(expect.begin() + 2 * kObj, kObj, 0);
+  uint64_t before = *counter;
+  REQUIRE(diff(read_all(d), expect) == "same");
+  REQUIRE(*counter == before + kObj);  // object 0 only
+  REQUIRE(read_buffers(d, 5u << 20, 4096) == w);
+  // A read across an object the clone has goes to the cluster whole.
+  REQUIRE(read_buffers(d, kObj - 10, 20) == slice(content, kObj - 10, 20));
+  REQUIRE(*counter == before + kObj);
+
+  // A shrink and regrowth by another client lowers the overlap: object 1
+  // and 2 read zeros, and object 0 still locally.
+  other([&](rbd_image_t img) {
+    REQUIRE(rbd_resize(img, kObj) == 0);
+    REQUIRE(rbd_resize(img, 12u << 20) == 0);
+  });
+  Bytes shrunk(12u << 20, 0);
+  std::copy_n(local.begin(), kObj, shrunk.begin());
+  for (int i = 0; i < 100 && d.size() != 12u << 20; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  before = *counter;
+  REQUIRE(diff(read_all(d), shrunk) == "same");
+  REQUIRE(*counter == before + kObj);
+  // Within object 0: a read-only handle never notices (no header watch
+  // needed): the regrown bytes past 2 MiB read zeros.
+  other([&](rbd_image_t img) {
+    REQUIRE(rbd_resize(img, 2u << 20) == 0);
+    REQUIRE(rbd_resize(img, 12u << 20) == 0);
+  });
+  REQUIRE(read_buffers(d, (2u << 20) - 4096, 8192) ==
+          [&] {
+            Bytes b(8192, 0);
+            std::copy_n(content.begin() + (2u << 20) - 4096, 4096, b.begin());
+            return b;
+          }());
+
+  // A read-only handle opened after a flatten reads the cluster only; the
+  // open one too (its objects now exist).
+  other([&](rbd_image_t img) { REQUIRE(rbd_flatten(img) == 0); });
+  before = *counter;
+  Bytes flat(12u << 20, 0);
+  std::copy_n(content.begin(), 2u << 20, flat.begin());
+  REQUIRE(diff(read_all(d), flat) == "same");
+  REQUIRE(*counter == before);
+  auto ro2 = be->Open(kDisk, OpenMode::kReadOnly);
+  REQUIRE(ro2.ok());
+  REQUIRE(diff(read_all(**ro2), flat) == "same");
+}
+
+TEST_CASE("rbd: a read-only clone's local reads stop when its client is cut off", "[rbd]") {
+  Namespace ns;
+  TestImages images(64 * 1024, /*local=*/true);
+  Bytes content = RandomBytes(8u << 20, 41);
+  ImageId id = images.Add(content);
+  auto be = Backend(ns, &images);
+  DiskCreateOptions co;
+  co.image = id;
+  REQUIRE_OK(be->Create(kDisk, co));
+  auto ro = be->Open(kDisk, OpenMode::kReadOnly);
+  REQUIRE(ro.ok());
+  auto counter = std::make_shared<std::atomic<uint64_t>>(0);
+  (*ro)->SetLocalReadCounter(counter);
+  Bytes local = content;
+  for (uint8_t& c : local) c ^= 0xff;
+  images.Substitute(id, local);
+  Bytes b(4096);
+  REQUIRE_OK((*ro)->Read(0, b));
+  REQUIRE(*counter == 4096);
+  REQUIRE(b == Bytes(local.begin(), local.begin() + 4096));
+  // The backend's client, found by its watch of the header (the read-only
+  // disk has a writable librbd handle, which watches), is blocklisted.
+  std::string addr;
+  {
+    rbd_image_t img;
+    REQUIRE(rbd_open_read_only(ns.raw().io(), "inst1_disk", &img, nullptr) == 0);
+    rbd_image_watcher_t w[8];
+    size_t n = 8;
+    REQUIRE(rbd_watchers_list(img, w, &n) == 0);
+    REQUIRE(n == 1);
+    addr = w[0].addr;
+    rbd_watchers_list_cleanup(w, n);
+    rbd_close(img);
+  }
+  rados_t admin;
+  REQUIRE(rados_create(&admin, Env("IMGFS_CEPH_ID").empty() ? "admin"
+                                                             : Env("IMGFS_CEPH_ID").c_str()) == 0);
+  REQUIRE(rados_conf_read_file(admin, Env("IMGFS_CEPH_CONF").c_str()) == 0);
+  if (!Env("IMGFS_CEPH_KEYRING").empty()) {
+    REQUIRE(rados_conf_set(admin, "keyring", Env("IMGFS_CEPH_KEYRING").c_str()) == 0);
+  }
+  REQUIRE(rados_connect(admin) == 0);
+  auto blocklist = [&](const char* op) {
+    std::string cmd = std::string(R"({"prefix": "osd blocklist", "blocklistop": ")") + op +
+                      R"(", "addr": ")" + addr + R"("})";
+    const char* cmds[] = {cmd.c_str()};
+    char *outbuf = nullptr, *outs = nullptr;
+    size_t outbuf_len = 0, outs_len = 0;
+    int r = rados_mon_command(admin, cmds, 1, "", 0, &outbuf, &outbuf_len, &outs, &outs_len);
+    INFO(cmd << ": " << std::string(outs ? outs : "", outs_len));
+    rados_buffer_free(outbuf);
+    rados_buffer_free(outs);
+    REQUIRE(r == 0);
+  };
+  blocklist("add");
+  // Every read checks the cluster: the next one fails (or, if the stat
+  // raced the blocklist, still never answers from the local store after).
+  bool failed = false;
+  for (int i = 0; i < 50 && !failed; i++) {
+    Status st = (*ro)->Read(0, b);
+    failed = !st.ok();
+    if (!failed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  uint64_t after = *counter;
+  blocklist("rm");
+  rados_shutdown(admin);
+  REQUIRE(failed);
+  Status st = (*ro)->Read(0, b);
+  if (st.ok()) REQUIRE(b == Bytes(content.begin(), content.begin() + 4096));
+  REQUIRE(*counter == after);
 }
 
 TEST_CASE("rbd: two hosts publishing the same image at once end with one base", "[rbd]") {

@@ -914,13 +914,13 @@ TEST_CASE("rbd: a read-only clone's local reads stop when its client is cut off"
   DiskCreateOptions co;
   co.image = id;
   REQUIRE_OK(be->Create(kDisk, co));
+  Bytes local = content;
+  for (uint8_t& c : local) c ^= 0xff;
+  images.Substitute(id, local);
   auto ro = be->Open(kDisk, OpenMode::kReadOnly);
   REQUIRE(ro.ok());
   auto counter = std::make_shared<std::atomic<uint64_t>>(0);
   (*ro)->SetLocalReadCounter(counter);
-  Bytes local = content;
-  for (uint8_t& c : local) c ^= 0xff;
-  images.Substitute(id, local);
   Bytes b(4096);
   REQUIRE_OK((*ro)->Read(0, b));
   REQUIRE(*counter == 4096);

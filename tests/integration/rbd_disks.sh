@@ -181,6 +181,71 @@ EOF
   fail "a backend error was not returned"
 unmount_imgfs "$M3" "$MOUNT_PID"
 
+# A disk opened read-only (a backup, `qemu-img convert`) reads its parent's
+# bytes from the local store too, where a stat in the cluster at each read
+# finds no object of the clone (docs/rbd.md, "Reads of the parent from the
+# local store"); what another client writes, and a shrink and regrowth it
+# makes, are seen at the next read. r1/disk: 24 MiB of data, 6 objects.
+"$IMGFS" disk create r1/disk --image "$idt" >/dev/null
+M4="$T/mnt4"
+mount_imgfs "$M4" -o "metrics_file=$T/m4.prom,metrics_interval=1"
+m4_pid="$MOUNT_PID"
+# local_read_bytes: r1/disk's imgfs_disk_local_parent_read_bytes_total, once
+# the metrics file shows the reads made so far (it is rewritten each second).
+local_read_bytes() {
+  local v="" i
+  sleep 1.2
+  for ((i = 0; i < 30; i++)); do
+    v="$(awk -v n="imgfs_disk_local_parent_read_bytes_total{mountpoint=\"$M4\",instance_name=\"r1\",disk=\"disk\"}" \
+      '$1 == n { v = $2 } END { print v + 0 }' "$T/m4.prom" 2>/dev/null)"
+    [[ -n "$v" ]] && break
+    sleep 0.2
+  done
+  echo "${v:-0}"
+}
+# ro_read OFF LEN WANT-FILE WANT-OFF: an O_DIRECT read of r1/disk through the
+# mount, opened read-only, must equal WANT-FILE's bytes at WANT-OFF
+# (/dev/zero: zeros).
+ro_read() {
+  python3 - "$M4/r1/disk" "$@" <<'PY' || fail "read-only read of r1/disk at $1+$2 differs from $3@$4"
+import mmap, os, sys
+path, off, n, want, woff = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, n)
+got = os.preadv(fd, [buf], off)
+os.close(fd)
+with open(want, "rb") as f:
+    f.seek(woff)
+    exp = f.read(n)
+sys.exit(0 if got == n and buf[:] == exp else 1)
+PY
+}
+l0="$(local_read_bytes)"
+ro_read 0 $((4 << 20)) "$T/two.raw" 0
+ro_read $((20 << 20)) $((4 << 20)) "$T/two.raw" $((20 << 20))
+l1="$(local_read_bytes)"
+((l1 - l0 == 8 << 20)) || fail "read-only reads of the parent: $((l1 - l0)) bytes locally, not 8 MiB"
+# Another client writes 4 KiB in object 1 (qemu-io through librbd, which
+# takes the lock: the mount holds none).
+head -c 4096 /dev/urandom >"$T/w4k"
+qemu-io -f raw -c "write -s $T/w4k $((5 << 20)) 4096" "$(qemu_rbd "$P/r1_disk")" >"$T/qemu-io.out" 2>&1 ||
+  fail "qemu-io could not write r1_disk: $(cat "$T/qemu-io.out")"
+cp "$T/two.raw" "$T/r1.want"
+dd if="$T/w4k" of="$T/r1.want" bs=4096 seek=$(((5 << 20) / 4096)) conv=notrunc status=none
+ro_read $((4 << 20)) $((4 << 20)) "$T/r1.want" $((4 << 20))
+l2="$(local_read_bytes)"
+((l2 == l1)) || fail "reads of an object another client wrote were served locally ($((l2 - l1)) bytes)"
+# Another client shrinks the disk to 8 MiB and grows it back: MiB 8-24 read
+# zeros now (above the parent overlap), not the parent's bytes.
+rbdc resize --allow-shrink --size 8M "$P/r1_disk" >/dev/null 2>&1
+rbdc resize --size 24M "$P/r1_disk" >/dev/null 2>&1
+sleep 1
+ro_read $((8 << 20)) $((16 << 20)) /dev/zero 0
+ro_read 0 $((4 << 20)) "$T/two.raw" 0
+l3="$(local_read_bytes)"
+((l3 - l2 == 4 << 20)) || fail "after the shrink, $((l3 - l2)) bytes locally, not the 4 MiB of object 0"
+unmount_imgfs "$M4" "$m4_pid"
+
 # Bad input: init checks the cluster, the key and the pool at once, with a
 # clear one-line error, and creates nothing; a dead cluster fails after the
 # client timeout (--ceph-timeout), never hangs.

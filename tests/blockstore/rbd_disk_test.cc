@@ -235,6 +235,72 @@ const DiskRef kDisk{"inst1", "disk"};
     REQUIRE(s_.ok());                     \
   } while (0)
 
+// The first offset where `got` differs from `want`, or "same".
+std::string Diff(const Bytes& got, const Bytes& want) {
+  if (got.size() != want.size()) return "size " + std::to_string(got.size());
+  auto m = std::mismatch(got.begin(), got.end(), want.begin());
+  if (m.first == got.end()) return "same";
+  return "differs from offset " + std::to_string(m.first - got.begin());
+}
+
+// Reads the disk one RBD object (4 MiB) at a time: a read that spans
+// objects the clone has and objects it has not goes to the cluster whole.
+Bytes ReadAll(Disk& d) {
+  Bytes b(d.size(), 0xee);
+  for (uint64_t off = 0; off < b.size(); off += 4u << 20) {
+    size_t n = std::min<size_t>(4u << 20, b.size() - off);
+    Status st = d.Read(off, MutableByteView(b).subspan(off, n));
+    INFO(st.ToString());
+    REQUIRE(st.ok());
+  }
+  return b;
+}
+
+// ReadBuffersAsync, waited for.
+Bytes ReadBuffersOf(Disk& d, uint64_t off, size_t len) {
+  std::promise<Result<ReadBuffers>> p;
+  d.ReadBuffersAsync(off, len, [&p](Result<ReadBuffers> r) { p.set_value(std::move(r)); });
+  Result<ReadBuffers> r = p.get_future().get();
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  REQUIRE(r->size() == len);
+  Bytes b(len);
+  r->CopyTo(b);
+  return b;
+}
+
+// From here on the local store answers other bytes for image `id` (its
+// content inverted) than the published base holds, so every read shows
+// where it was served from. Returns them.
+Bytes InvertLocally(TestImages& images, const ImageId& id, const Bytes& content) {
+  Bytes local = content;
+  for (uint8_t& c : local) c ^= 0xff;
+  images.Substitute(id, local);
+  return local;
+}
+
+// Disk kDisk, a clone of a random image of `size` bytes, on a backend whose
+// images are local and answer other bytes than the base (InvertLocally).
+struct LocalClone {
+  LocalClone(size_t size, uint64_t seed)
+      : images(64 * 1024, /*local=*/true),
+        content(RandomBytes(size, seed)),
+        id(images.Add(content)),
+        be(Backend(ns, &images)) {
+    co.image = id;
+    REQUIRE_OK(be->Create(kDisk, co));
+    local = InvertLocally(images, id, content);
+  }
+
+  Namespace ns;
+  TestImages images;
+  Bytes content;
+  ImageId id;
+  std::unique_ptr<DiskBackend> be;
+  DiskCreateOptions co;
+  Bytes local;
+};
+
 }  // namespace
 
 TEST_CASE("rbd: a blank disk reads zeros, keeps writes, grows, discards", "[rbd]") {
@@ -653,60 +719,20 @@ TEST_CASE("rbd: a disk from an image is a clone of its one publication", "[rbd]"
 
 TEST_CASE("rbd: a writable clone reads its parent's bytes from local images until it has them",
           "[rbd]") {
-  Namespace ns;
-  TestImages images(64 * 1024, /*local=*/true);
-  Bytes content = RandomBytes(12u << 20, 21);
-  ImageId id = images.Add(content);
-  auto be = Backend(ns, &images);
-  DiskCreateOptions co;
-  co.image = id;
-  REQUIRE_OK(be->Create(kDisk, co));
+  LocalClone f(12u << 20, 21);
+  auto& [ns, images, content, id, be, co, local] = f;
   REQUIRE_OK(be->Create({"inst2", "disk"}, co));
-  // From here the local store answers other bytes for the image than the
-  // published base holds, so every read shows where it was served from.
-  Bytes local = content;
-  for (uint8_t& c : local) c ^= 0xff;
-  images.Substitute(id, local);
-  // Reads the disk one RBD object (4 MiB) at a time: a read that spans
-  // objects the clone has and objects it has not goes to the cluster whole.
-  auto read_all = [](Disk& d) {
-    Bytes b(d.size(), 0xee);
-    for (uint64_t off = 0; off < b.size(); off += 4u << 20) {
-      size_t n = std::min<size_t>(4u << 20, b.size() - off);
-      Status st = d.Read(off, MutableByteView(b).subspan(off, n));
-      INFO(st.ToString());
-      REQUIRE(st.ok());
-    }
-    return b;
-  };
-  // The first offset where `got` differs from `want`, or "same".
-  auto diff = [](const Bytes& got, const Bytes& want) -> std::string {
-    if (got.size() != want.size()) return "size " + std::to_string(got.size());
-    auto m = std::mismatch(got.begin(), got.end(), want.begin());
-    if (m.first == got.end()) return "same";
-    return "differs from offset " + std::to_string(m.first - got.begin());
-  };
-  auto read_buffers = [](Disk& d, uint64_t off, size_t len) {
-    std::promise<Result<ReadBuffers>> p;
-    d.ReadBuffersAsync(off, len, [&p](Result<ReadBuffers> r) { p.set_value(std::move(r)); });
-    Result<ReadBuffers> r = p.get_future().get();
-    REQUIRE(r.ok());
-    REQUIRE(r->size() == len);
-    Bytes b(len);
-    r->CopyTo(b);
-    return b;
-  };
 
   // Read-only handles read locally too, after a check in the cluster
   // ("a read-only clone ..." below).
   auto ro = be->Open({"inst2", "disk"}, OpenMode::kReadOnly);
   REQUIRE(ro.ok());
-  REQUIRE(diff(read_all(**ro), local) == "same");
+  REQUIRE(Diff(ReadAll(**ro), local) == "same");
 
   auto d = be->Open(kDisk, OpenMode::kReadWrite);
   REQUIRE(d.ok());
-  REQUIRE(diff(read_all(**d), local) == "same");
-  REQUIRE(read_buffers(**d, 100, 5000) == Bytes(local.begin() + 100, local.begin() + 5100));
+  REQUIRE(Diff(ReadAll(**d), local) == "same");
+  REQUIRE(ReadBuffersOf(**d, 100, 5000) == Bytes(local.begin() + 100, local.begin() + 5100));
 
   // A write or discard sends its whole RBD object (4 MiB) to the cluster,
   // where the clone reads the parent's bytes around what was written.
@@ -717,30 +743,30 @@ TEST_CASE("rbd: a writable clone reads its parent's bytes from local images unti
   std::copy(content.begin() + (4u << 20), content.end(), expect.begin() + (4u << 20));
   std::copy(w.begin(), w.end(), expect.begin() + (5u << 20));
   std::fill_n(expect.begin() + (9u << 20), 4096, 0);
-  REQUIRE(diff(read_all(**d), expect) == "same");
+  REQUIRE(Diff(ReadAll(**d), expect) == "same");
   // A read across an object the clone has goes to the cluster whole.
   Bytes across(content.begin() + (4u << 20) - 10, content.begin() + (4u << 20) + 10);
-  REQUIRE(read_buffers(**d, (4u << 20) - 10, 20) == across);
+  REQUIRE(ReadBuffersOf(**d, (4u << 20) - 10, 20) == across);
 
   // A shrink lowers the parent overlap: regrown bytes are zeros.
   REQUIRE_OK((*d)->Resize(4u << 20, true));
   REQUIRE_OK((*d)->Resize(12u << 20, false));
   Bytes shrunk(12u << 20, 0);
   std::copy_n(local.begin(), 4u << 20, shrunk.begin());
-  REQUIRE(diff(read_all(**d), shrunk) == "same");
+  REQUIRE(Diff(ReadAll(**d), shrunk) == "same");
   // Reopened, the clone's objects come from its object map.
   REQUIRE_OK((*d)->Flush());
   d->reset();
   d = be->Open(kDisk, OpenMode::kReadWrite);
   REQUIRE(d.ok());
-  REQUIRE(diff(read_all(**d), shrunk) == "same");
+  REQUIRE(Diff(ReadAll(**d), shrunk) == "same");
   // A shrink within an object makes librbd copy that object up: it then
   // reads from the cluster.
   REQUIRE_OK((*d)->Resize(2u << 20, true));
   REQUIRE_OK((*d)->Resize(12u << 20, false));
   std::fill(shrunk.begin(), shrunk.end(), 0);
   std::copy_n(content.begin(), 2u << 20, shrunk.begin());
-  REQUIRE(diff(read_all(**d), shrunk) == "same");
+  REQUIRE(Diff(ReadAll(**d), shrunk) == "same");
 
   // A shrink made through another client (forwarded to this lock owner by
   // librbd) lowers the overlap too.
@@ -750,7 +776,7 @@ TEST_CASE("rbd: a writable clone reads its parent's bytes from local images unti
   REQUIRE(d4.ok());
   Bytes last(4u << 20);
   REQUIRE_OK((*d4)->Read(8u << 20, last));
-  REQUIRE(diff(last, Bytes(local.begin() + (8u << 20), local.end())) == "same");
+  REQUIRE(Diff(last, Bytes(local.begin() + (8u << 20), local.end())) == "same");
   {
     rbd_image_t other;
     REQUIRE(rbd_open(ns.raw().io(), "inst4_disk", &other, nullptr) == 0);
@@ -759,9 +785,9 @@ TEST_CASE("rbd: a writable clone reads its parent's bytes from local images unti
     rbd_close(other);
   }
   REQUIRE_OK((*d4)->Read(8u << 20, last));
-  REQUIRE(diff(last, Bytes(last.size(), 0)) == "same");
+  REQUIRE(Diff(last, Bytes(last.size(), 0)) == "same");
   REQUIRE_OK((*d4)->Read(4u << 20, last));
-  REQUIRE(diff(last, Bytes(local.begin() + (4u << 20), local.begin() + (8u << 20))) == "same");
+  REQUIRE(Diff(last, Bytes(local.begin() + (4u << 20), local.begin() + (8u << 20))) == "same");
 
   // Images that are not local are never read in place of the cluster.
   TestImages remote;
@@ -772,56 +798,17 @@ TEST_CASE("rbd: a writable clone reads its parent's bytes from local images unti
   remote.Substitute(rid, local);
   auto rd = rbe->Open({"inst3", "disk"}, OpenMode::kReadWrite);
   REQUIRE(rd.ok());
-  REQUIRE(diff(read_all(**rd), content) == "same");
+  REQUIRE(Diff(ReadAll(**rd), content) == "same");
   auto rro = rbe->Open({"inst3", "disk"}, OpenMode::kReadOnly);
   REQUIRE(rro.ok());
-  REQUIRE(diff(read_all(**rro), content) == "same");
+  REQUIRE(Diff(ReadAll(**rro), content) == "same");
 }
 
 TEST_CASE("rbd: a read-only clone reads its parent's bytes locally where the cluster says it "
           "has no object",
           "[rbd]") {
-  Namespace ns;
-  TestImages images(64 * 1024, /*local=*/true);
-  Bytes content = RandomBytes(12u << 20, 31);
-  ImageId id = images.Add(content);
-  auto be = Backend(ns, &images);
-  DiskCreateOptions co;
-  co.image = id;
-  REQUIRE_OK(be->Create(kDisk, co));
-  // The local store answers other bytes than the base holds (impossible in
-  // a real store), so every read shows where it was served from.
-  Bytes local = content;
-  for (uint8_t& c : local) c ^= 0xff;
-  images.Substitute(id, local);
-  auto diff = [](const Bytes& got, const Bytes& want) -> std::string {
-    if (got.size() != want.size()) return "size " + std::to_string(got.size());
-    auto m = std::mismatch(got.begin(), got.end(), want.begin());
-    if (m.first == got.end()) return "same";
-    return "differs from offset " + std::to_string(m.first - got.begin());
-  };
-  // Synchronous reads, one RBD object (4 MiB) at a time.
-  auto read_all = [](Disk& d) {
-    Bytes b(d.size(), 0xee);
-    for (uint64_t off = 0; off < b.size(); off += 4u << 20) {
-      size_t n = std::min<size_t>(4u << 20, b.size() - off);
-      Status st = d.Read(off, MutableByteView(b).subspan(off, n));
-      INFO(st.ToString());
-      REQUIRE(st.ok());
-    }
-    return b;
-  };
-  auto read_buffers = [](Disk& d, uint64_t off, size_t len) {
-    std::promise<Result<ReadBuffers>> p;
-    d.ReadBuffersAsync(off, len, [&p](Result<ReadBuffers> r) { p.set_value(std::move(r)); });
-    Result<ReadBuffers> r = p.get_future().get();
-    INFO(r.status().ToString());
-    REQUIRE(r.ok());
-    REQUIRE(r->size() == len);
-    Bytes b(len);
-    r->CopyTo(b);
-    return b;
-  };
+  LocalClone f(12u << 20, 31);
+  auto& [ns, images, content, id, be, co, local] = f;
   auto slice = [](const Bytes& b, uint64_t off, size_t len) {
     return Bytes(b.begin() + off, b.begin() + off + len);
   };
@@ -839,10 +826,10 @@ TEST_CASE("rbd: a read-only clone reads its parent's bytes locally where the clu
   Disk& d = **ro;
   auto counter = std::make_shared<std::atomic<uint64_t>>(0);
   d.SetLocalReadCounter(counter);
-  REQUIRE(diff(read_all(d), local) == "same");
+  REQUIRE(Diff(ReadAll(d), local) == "same");
   REQUIRE(*counter == 12u << 20);
-  REQUIRE(read_buffers(d, 100, 5000) == slice(local, 100, 5000));
-  REQUIRE(read_buffers(d, kObj - 10, 20) == slice(local, kObj - 10, 20));  // two objects
+  REQUIRE(ReadBuffersOf(d, 100, 5000) == slice(local, 100, 5000));
+  REQUIRE(ReadBuffersOf(d, kObj - 10, 20) == slice(local, kObj - 10, 20));  // two objects
   REQUIRE(*counter == (12u << 20) + 5020);
 
   // Another client writes object 1 and discards all of object 2: both read
@@ -858,11 +845,11 @@ TEST_CASE("rbd: a read-only clone reads its parent's bytes locally where the clu
   std::copy(w.begin(), w.end(), expect.begin() + (5u << 20));
   std::fill_n(expect.begin() + 2 * kObj, kObj, 0);
   uint64_t before = *counter;
-  REQUIRE(diff(read_all(d), expect) == "same");
+  REQUIRE(Diff(ReadAll(d), expect) == "same");
   REQUIRE(*counter == before + kObj);  // object 0 only
-  REQUIRE(read_buffers(d, 5u << 20, 4096) == w);
+  REQUIRE(ReadBuffersOf(d, 5u << 20, 4096) == w);
   // A read across an object the clone has goes to the cluster whole.
-  REQUIRE(read_buffers(d, kObj - 10, 20) == slice(content, kObj - 10, 20));
+  REQUIRE(ReadBuffersOf(d, kObj - 10, 20) == slice(content, kObj - 10, 20));
   REQUIRE(*counter == before + kObj);
 
   // A shrink and regrowth by another client lowers the overlap: object 1
@@ -877,7 +864,7 @@ TEST_CASE("rbd: a read-only clone reads its parent's bytes locally where the clu
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   before = *counter;
-  REQUIRE(diff(read_all(d), shrunk) == "same");
+  REQUIRE(Diff(ReadAll(d), shrunk) == "same");
   REQUIRE(*counter == before + kObj);
   // Within object 0: a read-only handle never notices (no header watch
   // needed): the regrown bytes past 2 MiB read zeros.
@@ -885,7 +872,7 @@ TEST_CASE("rbd: a read-only clone reads its parent's bytes locally where the clu
     REQUIRE(rbd_resize(img, 2u << 20) == 0);
     REQUIRE(rbd_resize(img, 12u << 20) == 0);
   });
-  REQUIRE(read_buffers(d, (2u << 20) - 4096, 8192) ==
+  REQUIRE(ReadBuffersOf(d, (2u << 20) - 4096, 8192) ==
           [&] {
             Bytes b(8192, 0);
             std::copy_n(content.begin() + (2u << 20) - 4096, 4096, b.begin());
@@ -898,25 +885,16 @@ TEST_CASE("rbd: a read-only clone reads its parent's bytes locally where the clu
   before = *counter;
   Bytes flat(12u << 20, 0);
   std::copy_n(content.begin(), 2u << 20, flat.begin());
-  REQUIRE(diff(read_all(d), flat) == "same");
+  REQUIRE(Diff(ReadAll(d), flat) == "same");
   REQUIRE(*counter == before);
   auto ro2 = be->Open(kDisk, OpenMode::kReadOnly);
   REQUIRE(ro2.ok());
-  REQUIRE(diff(read_all(**ro2), flat) == "same");
+  REQUIRE(Diff(ReadAll(**ro2), flat) == "same");
 }
 
 TEST_CASE("rbd: a read-only clone's local reads stop when its client is cut off", "[rbd]") {
-  Namespace ns;
-  TestImages images(64 * 1024, /*local=*/true);
-  Bytes content = RandomBytes(8u << 20, 41);
-  ImageId id = images.Add(content);
-  auto be = Backend(ns, &images);
-  DiskCreateOptions co;
-  co.image = id;
-  REQUIRE_OK(be->Create(kDisk, co));
-  Bytes local = content;
-  for (uint8_t& c : local) c ^= 0xff;
-  images.Substitute(id, local);
+  LocalClone f(8u << 20, 41);
+  auto& [ns, images, content, id, be, co, local] = f;
   auto ro = be->Open(kDisk, OpenMode::kReadOnly);
   REQUIRE(ro.ok());
   auto counter = std::make_shared<std::atomic<uint64_t>>(0);

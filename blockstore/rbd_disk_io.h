@@ -193,15 +193,22 @@ class RbdDisk : public Disk {
   // offset+length), else null.
   LocalParent* LocalMayCover(uint64_t offset, uint64_t length) const;
   // Stats the clone's objects the range touches and reads the parent
-  // overlap from the header, all at once, then reads the range from the
-  // local image if the clone still reads the parent there, else from the
-  // cluster. Counted as a request in flight; a failed stat or overlap read
-  // counts as a failed request (Finished).
+  // overlap from the header, all at once (the header read shared with the
+  // other verified reads that began before it was sent: JoinOverlapCheck),
+  // then reads the range from the local image if the clone still reads the
+  // parent there, else from the cluster. Counted as a request in flight; a
+  // failed stat or overlap read counts as a failed request (Finished).
   void ReadVerified(LocalParent& local, uint64_t offset, size_t length, ReadBuffersCallback done);
   struct Verify;
   struct VerifyPart;
+  struct OverlapCheck;
   static void VerifyPartDone(rados_completion_t c, void* arg);
   static void VerifyPartResult(VerifyPart& part, int r);
+  static void VerifySettle(Verify* v, int r);
+  void JoinOverlapCheck(Verify* v);
+  void SendOverlapCheck();
+  static void OverlapChecked(rados_completion_t c, void* arg);
+  static void OverlapCheckDone(OverlapCheck* check, int r);
   void FinishVerify(Verify* v);
   // ----
 
@@ -259,6 +266,12 @@ class RbdDisk : public Disk {
   // Bytes read from local_ (SetLocalReadCounter); set before other threads
   // see the disk.
   std::shared_ptr<std::atomic<uint64_t>> local_read_bytes_;
+
+  // The verified reads' header read (JoinOverlapCheck): whether one is in
+  // flight, and the reads that began since it was sent.
+  Mutex check_mu_;
+  bool checking_ GUARDED_BY(check_mu_) = false;
+  std::vector<Verify*> check_waiting_ GUARDED_BY(check_mu_);
 
   Mutex inflight_mu_;
   CondVar inflight_cv_;

@@ -167,11 +167,10 @@ bool RbdDisk::ReadLocal(LocalParent& local, uint64_t offset, MutableByteView buf
 
 // ---- Verified reads (a disk without the lock).
 
-// One part of a verified read: the stat of a data object of the clone, or
-// (object < 0) the read of the parent overlap from the header.
+// The stat of one data object of the clone, for a verified read.
 struct RbdDisk::VerifyPart {
   Verify* v = nullptr;
-  int64_t object = -1;
+  uint64_t object = 0;
   uint64_t size = 0;
   time_t mtime = 0;
 };
@@ -185,18 +184,28 @@ struct RbdDisk::Verify {
   uint64_t offset;
   size_t length;
   ReadBuffersCallback done;
-  std::vector<VerifyPart> parts;  // the header's first
-  std::atomic<size_t> pending{0};
-  std::atomic<int> error{0};     // the first failure (not ENOENT of an object)
+  std::vector<VerifyPart> parts;
+  std::atomic<size_t> pending{0};   // the parts and the overlap check
+  std::atomic<int> error{0};        // the first failure (not ENOENT of an object)
   std::atomic<bool> exists{false};  // an object of the range is the clone's
-  uint64_t overlap = 0;          // from the header (its part's completion)
-  rados_read_op_t op = nullptr;  // the header's
-  char snap[8] = {};             // parent_overlap_get's input
+  uint64_t overlap = 0;             // from the header (OverlapCheckDone)
+};
+
+// One read of the parent overlap from the header (cls_rbd's
+// parent_overlap_get), shared by every verified read in `readers`: each
+// began before it was sent.
+struct RbdDisk::OverlapCheck {
+  explicit OverlapCheck(RbdDisk* d) : disk(d) {}
+
+  RbdDisk* disk;
+  std::vector<Verify*> readers;
+  rados_read_op_t op = nullptr;
+  char snap[8] = {};  // parent_overlap_get's input
   char* out = nullptr;
   size_t out_len = 0;
   int prval = 0;
 
-  ~Verify() {
+  ~OverlapCheck() {
     if (op) rados_release_read_op(op);
     if (out) rados_buffer_free(out);
   }
@@ -216,38 +225,25 @@ void RbdDisk::ReadVerified(LocalParent& local, uint64_t offset, size_t length,
   uint64_t first = offset / local.object_size;
   uint64_t last = (offset + length - 1) / local.object_size;
   auto* v = new Verify(this, &local, offset, length, std::move(done));
-  v->parts.resize(last - first + 2);
-  v->pending = v->parts.size();
+  v->parts.resize(last - first + 1);
+  v->pending = v->parts.size() + 1;
   for (size_t i = 0; i < v->parts.size(); i++) {
-    v->parts[i].v = v;
-    v->parts[i].object = i == 0 ? -1 : static_cast<int64_t>(first + i - 1);
-  }
-  for (int i = 0; i < 8; i++) v->snap[i] = static_cast<char>(kNoSnap >> (8 * i));
-  v->op = rados_create_read_op();
-  if (v->op) {
-    rados_read_op_exec(v->op, "rbd", "parent_overlap_get", v->snap, sizeof v->snap, &v->out,
-                       &v->out_len, &v->prval);
-  }
-  // Nothing of `v` is touched after the last part is sent: it may be done.
-  size_t n = v->parts.size();
-  for (size_t i = 0; i < n; i++) {
     VerifyPart& part = v->parts[i];
+    part.v = v;
+    part.object = first + i;
+    char oid[128];
+    std::snprintf(oid, sizeof oid, "%s.%016llx", local.data_prefix.c_str(),
+                  static_cast<unsigned long long>(part.object));
     rados_completion_t c = nullptr;
     int r = rados_aio_create_completion2(&part, &VerifyPartDone, &c);
-    if (r == 0 && part.object < 0) {
-      r = v->op ? rados_aio_read_op_operate(v->op, conn_->io, c, local.header_oid.c_str(), 0)
-                : -ENOMEM;
-    } else if (r == 0) {
-      char oid[128];
-      std::snprintf(oid, sizeof oid, "%s.%016llx", local.data_prefix.c_str(),
-                    static_cast<unsigned long long>(part.object));
-      r = rados_aio_stat(conn_->io, oid, c, &part.size, &part.mtime);
-    }
+    if (r == 0) r = rados_aio_stat(conn_->io, oid, c, &part.size, &part.mtime);
     if (r < 0) {
       if (c) rados_aio_release(c);
       VerifyPartResult(part, r);
     }
   }
+  // Last: `v` may be done once it has joined.
+  JoinOverlapCheck(v);
 }
 
 void RbdDisk::VerifyPartDone(rados_completion_t c, void* arg) {
@@ -258,27 +254,94 @@ void RbdDisk::VerifyPartDone(rados_completion_t c, void* arg) {
 
 void RbdDisk::VerifyPartResult(VerifyPart& part, int r) {
   Verify* v = part.v;
-  if (part.object < 0) {
-    if (r >= 0) r = v->prval;
-    if (r >= 0) {
-      auto overlap = DecodeParentOverlap(v->out, v->out_len);
-      if (overlap) {
-        v->overlap = *overlap;
-      } else {
-        r = -EIO;
-      }
-    }
-  } else if (r == 0) {
+  if (r == 0) {
     v->exists.store(true);
-    v->local->MarkChild(static_cast<uint64_t>(part.object) * v->local->object_size, 1);
+    v->local->MarkChild(part.object * v->local->object_size, 1);
   } else if (r == -ENOENT) {
     r = 0;
   }
+  VerifySettle(v, r);
+}
+
+void RbdDisk::VerifySettle(Verify* v, int r) {
   if (r < 0) {
     int none = 0;
     v->error.compare_exchange_strong(none, r);
   }
   if (v->pending.fetch_sub(1) == 1) v->disk->FinishVerify(v);
+}
+
+// The reads of the overlap are sent one at a time: a read that begins while
+// one is in flight waits for the next, sent when that one is back (so the
+// next is sent after the read began, as it must be), with every read that
+// began meanwhile. Under load one header read serves many data reads.
+void RbdDisk::JoinOverlapCheck(Verify* v) {
+  {
+    MutexLock lock(check_mu_);
+    check_waiting_.push_back(v);
+    if (checking_) return;
+    checking_ = true;
+  }
+  SendOverlapCheck();
+}
+
+void RbdDisk::SendOverlapCheck() {
+  auto* check = new OverlapCheck(this);
+  {
+    MutexLock lock(check_mu_);
+    check->readers.swap(check_waiting_);
+  }
+  for (int i = 0; i < 8; i++) check->snap[i] = static_cast<char>(kNoSnap >> (8 * i));
+  rados_completion_t c = nullptr;
+  int r = -ENOMEM;
+  check->op = rados_create_read_op();
+  if (check->op) {
+    rados_read_op_exec(check->op, "rbd", "parent_overlap_get", check->snap, sizeof check->snap,
+                       &check->out, &check->out_len, &check->prval);
+    r = rados_aio_create_completion2(check, &OverlapChecked, &c);
+  }
+  // The header of every LocalParent of this disk is the same.
+  const std::string& oid = check->readers.front()->local->header_oid;
+  if (r == 0) r = rados_aio_read_op_operate(check->op, conn_->io, c, oid.c_str(), 0);
+  if (r < 0) {
+    if (c) rados_aio_release(c);
+    OverlapCheckDone(check, r);
+  }
+}
+
+void RbdDisk::OverlapChecked(rados_completion_t c, void* arg) {
+  int r = rados_aio_get_return_value(c);
+  rados_aio_release(c);
+  OverlapCheckDone(static_cast<OverlapCheck*>(arg), r);
+}
+
+void RbdDisk::OverlapCheckDone(OverlapCheck* check, int r) {
+  uint64_t overlap = 0;
+  if (r >= 0) r = check->prval;
+  if (r >= 0) {
+    auto got = DecodeParentOverlap(check->out, check->out_len);
+    if (got) {
+      overlap = *got;
+    } else {
+      r = -EIO;
+    }
+  }
+  RbdDisk* disk = check->disk;
+  std::vector<Verify*> readers = std::move(check->readers);
+  delete check;
+  // The next check first (its readers keep the disk alive); nothing of the
+  // disk is touched after the last of these readers is done.
+  bool again;
+  {
+    MutexLock lock(disk->check_mu_);
+    again = !disk->check_waiting_.empty();
+    if (!again) disk->checking_ = false;
+  }
+  if (again) disk->SendOverlapCheck();
+  for (Verify* v : readers) {
+    v->overlap = overlap;
+    VerifySettle(v, r);
+  }
 }
 
 void RbdDisk::FinishVerify(Verify* v) {

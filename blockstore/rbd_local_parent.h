@@ -38,8 +38,9 @@ namespace imgfs::rbd_internal {
 //   `overlap` the lowest overlap seen (the overlap never grows); they only
 //   spare a read the check when it would go to the cluster anyway (a marked
 //   object's reads always do, which is never wrong).
-//   Each admitted read stats the clone's data objects it touches and reads
-//   the parent overlap from the header, all at once, after the read began
+//   Each admitted read stats the clone's data objects it touches and joins
+//   a read of the parent overlap from the header (shared by the reads that
+//   began before it was sent), all after the read began
 //   (RbdDisk::ReadVerified): only when every object is absent and the range
 //   lies below that overlap does the local image answer. Whatever another
 //   client finished before the read began is seen; a read racing a write

@@ -289,10 +289,10 @@ Result<bool> InstanceExists(DiskBackend& disks, const std::string& instance) {
   return refs.status();
 }
 
-// A disk's reads from the local store count in its DiskCounters.
 }  // namespace
 
 void FileSystem::AttachDisk(Disk& disk, const OpenFile& of) {
+  // A disk's reads from the local store count in its DiskCounters.
   if (of.counters) {
     disk.SetLocalReadCounter(
         std::shared_ptr<std::atomic<uint64_t>>(of.counters, &of.counters->local_parent_read_bytes));

@@ -37,7 +37,6 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 b_bin="${IMGFS_BENCH_B_BIN:-}"
 b_opts="${IMGFS_BENCH_B_OPTS:-}"
-[[ -n "$b_opts" && -z "$b_bin" ]] && b_bin="$imgfs"
 mib="${1:-512}"
 depth="${IMGFS_BENCH_QEMU_DEPTH:-16}"
 scale="${IMGFS_BENCH_QEMU_SCALE:-1}"
@@ -51,6 +50,7 @@ pids=() mnts=() cdir="" namespaces=()
 # build-bench/), as every bench-*.sh that sources bench-lib.sh.
 bench_build imgfs
 imgfs="$build/tools/imgfs"
+[[ -n "$b_opts" && -z "$b_bin" ]] && b_bin="$imgfs"
 cleanup() {
   local p m ns
   for p in "${pids[@]}"; do

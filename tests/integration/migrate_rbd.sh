@@ -151,9 +151,9 @@ e2e_qmp "$T/$last.qmp" migrate "{\"uri\": \"tcp:127.0.0.1:$port\"}" >/dev/null
 e2e_qmp "$T/$last.qmp" block_resize '{"device": "disk0", "size": 100663296}' >/dev/null
 [[ "$(e2e_qmp "$T/$last.qmp" query-migrate | jq -r .status)" == active ]] ||
   fail "the resize did not happen during the migration"
-# The destination's mount learns the new size from the header watch, and
-# the kernel keeps a file's attributes for the mount's attr_timeout (1 s):
-# the hand-over waits until a stat through the destination's mount shows it
+# The destination's mount learns the new size from the header watch, which
+# comes asynchronously (the mount then drops the kernel's attributes): the
+# hand-over waits until a stat through the destination's mount shows it
 # (docs/rbd.md, "Size"; bounded: a size that never comes fails the test).
 for ((i = 0; i < 300; i++)); do
   seen="$(stat -c %s "$(disk_on "$dst")")"
